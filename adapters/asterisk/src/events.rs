@@ -1,0 +1,299 @@
+//! ARI events and the WebSocket that carries them.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::header::{HeaderValue, AUTHORIZATION};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::model::{Channel, ContactInfo, Endpoint};
+
+/// The ARI events pushwake acts on; every other event type parses as [`AriEvent::Other`].
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type")]
+pub enum AriEvent {
+    /// A channel entered the application.
+    StasisStart {
+        /// The channel.
+        channel: Channel,
+        /// Arguments after the application name.
+        #[serde(default)]
+        args: Vec<String>,
+    },
+    /// A channel left the application.
+    StasisEnd {
+        /// The channel.
+        channel: Channel,
+    },
+    /// A channel was destroyed.
+    ChannelDestroyed {
+        /// The channel.
+        channel: Channel,
+        /// Q.850 cause code.
+        #[serde(default)]
+        cause: i64,
+        /// Its text.
+        #[serde(default)]
+        cause_txt: String,
+    },
+    /// A channel's state changed (`Ringing`, `Up`, …).
+    ChannelStateChange {
+        /// The channel.
+        channel: Channel,
+    },
+    /// Progress of a dial.
+    Dial {
+        /// The channel being dialled.
+        peer: Channel,
+        /// `RINGING`, `ANSWER`, `BUSY`, `NOANSWER`, `CANCEL`, …
+        #[serde(default)]
+        dialstatus: String,
+    },
+    /// A contact of an endpoint changed (registered, removed, …).
+    ContactStatusChange {
+        /// The endpoint.
+        endpoint: Endpoint,
+        /// The contact.
+        contact_info: ContactInfo,
+    },
+    /// Any other event.
+    #[serde(other)]
+    Other,
+}
+
+impl AriEvent {
+    /// Parses one WebSocket text frame.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        serde_json::from_str(text).map_err(|e| {
+            let kind = serde_json::from_str::<serde_json::Value>(text)
+                .ok()
+                .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_owned))
+                .unwrap_or_else(|| "(no type)".to_owned());
+            format!("unreadable ARI event {kind}: {e}")
+        })
+    }
+}
+
+/// What the event pump delivers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EventFeed {
+    /// The WebSocket is (re)connected: the application exists in Asterisk again.
+    Connected,
+    /// An event (boxed: events are large, and most of the feed's traffic).
+    Event(Box<AriEvent>),
+    /// The WebSocket was lost; the pump reconnects by itself.
+    Disconnected,
+}
+
+/// Where and as whom to connect the event WebSocket.
+#[derive(Clone)]
+pub struct EventsConfig {
+    /// ARI base URL (`http://host:8088`).
+    pub url: String,
+    /// ARI user.
+    pub username: String,
+    /// ARI password.
+    pub password: String,
+    /// Application name.
+    pub app: String,
+}
+
+impl std::fmt::Debug for EventsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventsConfig")
+            .field("url", &self.url)
+            .field("username", &self.username)
+            .field("app", &self.app)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EventsConfig {
+    /// The WebSocket URL (`ws://` for `http://`, `wss://` for `https://`). It carries no
+    /// credentials: they go in the `Authorization` header, so the URL can be logged.
+    pub fn websocket_url(&self) -> String {
+        let base = self.url.trim_end_matches('/');
+        let base = if let Some(rest) = base.strip_prefix("https://") {
+            format!("wss://{rest}")
+        } else if let Some(rest) = base.strip_prefix("http://") {
+            format!("ws://{rest}")
+        } else {
+            base.to_owned()
+        };
+        format!("{base}/ari/events?app={}&subscribeAll=true", self.app)
+    }
+}
+
+/// First reconnect delay; doubled after each failure up to [`MAX_RECONNECT_DELAY`].
+const FIRST_RECONNECT_DELAY: Duration = Duration::from_millis(250);
+/// Longest wait between two connection attempts.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(30);
+/// A WebSocket ping is sent when nothing was received for this long…
+const PING_AFTER: Duration = Duration::from_secs(15);
+/// …and the connection is given up when nothing at all came for this long.
+const DEAD_AFTER: Duration = Duration::from_secs(40);
+
+/// Keeps the application's event WebSocket connected for as long as the returned
+/// receiver lives, reconnecting with capped exponential backoff forever. Logs state
+/// changes (connected, lost, still failing), not every retry.
+pub fn spawn_event_pump(config: EventsConfig) -> mpsc::Receiver<EventFeed> {
+    let (tx, rx) = mpsc::channel(1024);
+    tokio::spawn(pump(config, tx));
+    rx
+}
+
+async fn pump(config: EventsConfig, tx: mpsc::Sender<EventFeed>) {
+    let url = config.websocket_url();
+    let mut delay = FIRST_RECONNECT_DELAY;
+    let mut failures = 0u32;
+    loop {
+        match connect(&config, &url).await {
+            Ok(socket) => {
+                tracing::info!(%url, "ARI events connected");
+                failures = 0;
+                delay = FIRST_RECONNECT_DELAY;
+                if tx.send(EventFeed::Connected).await.is_err() {
+                    return;
+                }
+                let reason = read(socket, &tx).await;
+                if tx.is_closed() {
+                    return;
+                }
+                tracing::warn!(%reason, "ARI events lost; reconnecting");
+                if tx.send(EventFeed::Disconnected).await.is_err() {
+                    return;
+                }
+            }
+            Err(error) => {
+                failures += 1;
+                // Say it once, then again only now and then, not on every retry.
+                if failures == 1 || failures.is_power_of_two() {
+                    tracing::warn!(%url, %error, failures, "cannot connect to ARI events; retrying");
+                } else {
+                    tracing::debug!(%url, %error, failures, "cannot connect to ARI events");
+                }
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = tx.closed() => return,
+        }
+        delay = (delay * 2).min(MAX_RECONNECT_DELAY);
+    }
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(config: &EventsConfig, url: &str) -> Result<Socket, String> {
+    let mut request = url.into_client_request().map_err(|e| e.to_string())?;
+    let credentials = base64::engine::general_purpose::STANDARD
+        .encode(format!("{}:{}", config.username, config.password));
+    let value =
+        HeaderValue::from_str(&format!("Basic {credentials}")).map_err(|e| e.to_string())?;
+    request.headers_mut().insert(AUTHORIZATION, value);
+    let connecting = tokio_tungstenite::connect_async(request);
+    match tokio::time::timeout(Duration::from_secs(10), connecting).await {
+        Ok(Ok((socket, _response))) => Ok(socket),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("timed out".to_owned()),
+    }
+}
+
+/// Reads events until the socket fails; returns why it ended.
+async fn read(mut socket: Socket, tx: &mpsc::Sender<EventFeed>) -> String {
+    let mut last_heard = tokio::time::Instant::now();
+    let mut pinged = false;
+    loop {
+        let wait = if pinged { DEAD_AFTER } else { PING_AFTER };
+        let frame = tokio::select! {
+            frame = socket.next() => frame,
+            () = tokio::time::sleep_until(last_heard + wait) => {
+                if pinged {
+                    return format!("nothing received for {}s", DEAD_AFTER.as_secs());
+                }
+                pinged = true;
+                if let Err(e) = socket.send(Message::Ping(Vec::new().into())).await {
+                    return e.to_string();
+                }
+                continue;
+            }
+            () = tx.closed() => return "shutting down".to_owned(),
+        };
+        last_heard = tokio::time::Instant::now();
+        pinged = false;
+        match frame {
+            None => return "connection closed".to_owned(),
+            Some(Err(e)) => return e.to_string(),
+            Some(Ok(Message::Text(text))) => match AriEvent::parse(text.as_str()) {
+                Ok(AriEvent::Other) => {}
+                Ok(event) => {
+                    if tx.send(EventFeed::Event(Box::new(event))).await.is_err() {
+                        return "shutting down".to_owned();
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "ignoring an ARI event"),
+            },
+            Some(Ok(Message::Close(frame))) => {
+                return format!(
+                    "closed by Asterisk: {}",
+                    frame.map(|f| f.reason.to_string()).unwrap_or_default()
+                );
+            }
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_contact_status_change_with_rfc8599_params() {
+        let text = r#"{"type":"ContactStatusChange","timestamp":"2026-11-23T10:00:00.000+0000",
+            "contact_info":{"uri":"sip:101@127.0.0.1:5070;pn-provider=apns;pn-param=ABCDE12345.com.example.app.voip;pn-prid=00fc13","contact_status":"NonQualified","aor":"101","roundtrip_usec":"0"},
+            "endpoint":{"technology":"PJSIP","resource":"101","state":"online","channel_ids":[]},"asterisk_id":"x","application":"pushwake"}"#;
+        match AriEvent::parse(text).unwrap() {
+            AriEvent::ContactStatusChange {
+                endpoint,
+                contact_info,
+            } => {
+                assert_eq!(endpoint.resource, "101");
+                assert_eq!(contact_info.contact_status, "NonQualified");
+                assert!(contact_info.uri.ends_with("pn-prid=00fc13"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_events_are_other_and_broken_known_events_are_errors() {
+        assert_eq!(
+            AriEvent::parse(r#"{"type":"ChannelVarset","variable":"X"}"#).unwrap(),
+            AriEvent::Other
+        );
+        let e = AriEvent::parse(r#"{"type":"StasisStart","args":[]}"#).unwrap_err();
+        assert!(e.contains("StasisStart") && e.contains("channel"), "{e}");
+        assert!(AriEvent::parse("not json").is_err());
+    }
+
+    #[test]
+    fn websocket_url_follows_the_scheme_and_carries_no_secret() {
+        let config = EventsConfig {
+            url: "https://pbx.example:8089/".into(),
+            username: "u".into(),
+            password: "hunter2".into(),
+            app: "pushwake".into(),
+        };
+        assert_eq!(
+            config.websocket_url(),
+            "wss://pbx.example:8089/ari/events?app=pushwake&subscribeAll=true"
+        );
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
+}

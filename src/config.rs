@@ -1,0 +1,510 @@
+//! The configuration file (`pushwake.toml`).
+//!
+//! Key names are a contract with operators: keys are added, never renamed. Unknown keys
+//! are an error naming the key and its line. Every error is one line of the form
+//! `<file>:<line>: <what is wrong>`, so a failed `pushwake check-config` or service start
+//! says exactly what to fix. Files holding secrets (this file, the APNs key) must not be
+//! readable by other users.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::directory::{Device, DeviceToken, Directory, ExtensionPolicy, Platform};
+
+/// The default ring timeout when neither the extension nor `[defaults]` sets one.
+pub const DEFAULT_RING_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest ring timeout accepted: a caller should not wait longer than this.
+pub const MAX_RING_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// A configuration problem, located in its file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file the problem is in.
+    pub file: PathBuf,
+    /// The 1-based line, when the problem has one.
+    pub line: Option<usize>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{}: {}", self.file.display(), line, self.message),
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// `[asterisk]`: how to reach ARI.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AsteriskConfig {
+    /// ARI base URL (`http://host:8088`); events use the matching `ws://`/`wss://`.
+    pub url: String,
+    /// ARI user.
+    pub username: String,
+    /// ARI password. Secret.
+    pub password: String,
+    /// Stasis application name used in the dialplan.
+    pub app: String,
+}
+
+impl fmt::Debug for AsteriskConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsteriskConfig")
+            .field("url", &self.url)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .field("app", &self.app)
+            .finish()
+    }
+}
+
+/// `[apns]`: token-based APNs credentials.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApnsConfig {
+    /// Developer team id.
+    pub team_id: String,
+    /// Signing key id.
+    pub key_id: String,
+    /// Path of the .p8 key.
+    pub key_file: PathBuf,
+    /// The key's PEM text, read and checked at load time. Secret.
+    pub key_pem: Vec<u8>,
+    /// VoIP topic (bundle id + `.voip`).
+    pub topic: String,
+    /// APNs base URL.
+    pub endpoint: String,
+}
+
+impl fmt::Debug for ApnsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApnsConfig")
+            .field("team_id", &self.team_id)
+            .field("key_id", &self.key_id)
+            .field("key_file", &self.key_file)
+            .field("topic", &self.topic)
+            .field("endpoint", &self.endpoint)
+            .finish()
+    }
+}
+
+/// The whole, checked configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Where it was read from.
+    pub file: PathBuf,
+    /// `[asterisk]`.
+    pub asterisk: AsteriskConfig,
+    /// `[apns]`, if configured.
+    pub apns: Option<ApnsConfig>,
+    /// The push-enabled extensions.
+    pub directory: Directory,
+}
+
+// ---- the file as written -------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    asterisk: RawAsterisk,
+    #[serde(default)]
+    defaults: RawDefaults,
+    apns: Option<Spanned<RawApns>>,
+    #[serde(default)]
+    extension: Vec<Spanned<RawExtension>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAsterisk {
+    url: Spanned<String>,
+    username: String,
+    password: String,
+    #[serde(default = "default_app")]
+    app: Spanned<String>,
+}
+
+fn default_app() -> Spanned<String> {
+    Spanned::new(0..0, "pushwake".to_owned())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDefaults {
+    ring_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApns {
+    team_id: Spanned<String>,
+    key_id: Spanned<String>,
+    key_file: Spanned<String>,
+    topic: Spanned<String>,
+    #[serde(default)]
+    endpoint: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExtension {
+    number: Spanned<String>,
+    ring_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    device: Vec<Spanned<RawDevice>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDevice {
+    platform: Spanned<String>,
+    token: Spanned<String>,
+    name: Option<String>,
+}
+
+/// Reads and checks a configuration file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let whole = |message: String| ConfigError {
+        file: path.to_owned(),
+        line: None,
+        message,
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| whole(format!("cannot read the configuration: {e}")))?;
+    check_private(
+        path,
+        "the configuration file (it holds the ARI password and device tokens)",
+    )
+    .map_err(whole)?;
+    parse(path, &text)
+}
+
+/// Checks the text of a configuration file; `path` is used for messages and to resolve
+/// nothing else (key files are read from their own absolute or working-directory
+/// relative paths).
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let at = |span: Range<usize>, message: String| ConfigError {
+        file: path.to_owned(),
+        line: (span.end > 0).then(|| line_of(text, span.start)),
+        message,
+    };
+    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let message = e.message().trim().replace('\n', " ");
+        match e.span() {
+            Some(span) => at(span, message),
+            None => at(0..0, message),
+        }
+    })?;
+
+    let url = raw.asterisk.url.get_ref().trim_end_matches('/').to_owned();
+    match url::Url::parse(&url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+        _ => {
+            return Err(at(
+                raw.asterisk.url.span(),
+                format!("asterisk.url: `{url}` is not an http:// or https:// URL"),
+            ))
+        }
+    }
+    let app = raw.asterisk.app.get_ref().clone();
+    if app.is_empty()
+        || !app
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(at(
+            raw.asterisk.app.span(),
+            format!("asterisk.app: `{app}` must be letters, digits, `-` or `_`"),
+        ));
+    }
+    let asterisk = AsteriskConfig {
+        url,
+        username: raw.asterisk.username,
+        password: raw.asterisk.password,
+        app,
+    };
+
+    let default_ring = match &raw.defaults.ring_timeout {
+        Some(value) => {
+            ring_timeout(value, "defaults.ring_timeout").map_err(|m| at(value.span(), m))?
+        }
+        None => DEFAULT_RING_TIMEOUT,
+    };
+
+    let apns = match raw.apns {
+        Some(section) => {
+            let span = section.span();
+            let section = section.into_inner();
+            Some(apns(section).map_err(|(s, m)| at(if s.end > 0 { s } else { span.clone() }, m))?)
+        }
+        None => None,
+    };
+
+    let mut extensions = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for ext in raw.extension {
+        let ext_span = ext.span();
+        let ext = ext.into_inner();
+        let number = ext.number.get_ref().trim().to_owned();
+        if number.is_empty() || !number.chars().all(|c| c.is_ascii_graphic()) {
+            return Err(at(
+                ext.number.span(),
+                format!("extension.number: `{number}` is not an extension number"),
+            ));
+        }
+        if !seen.insert(number.clone()) {
+            return Err(at(
+                ext.number.span(),
+                format!("extension {number} is configured twice"),
+            ));
+        }
+        let ring = match &ext.ring_timeout {
+            Some(value) => {
+                ring_timeout(value, "extension.ring_timeout").map_err(|m| at(value.span(), m))?
+            }
+            None => default_ring,
+        };
+        let mut devices = Vec::new();
+        for (index, device) in ext.device.into_iter().enumerate() {
+            let device = device.into_inner();
+            let platform = match device.platform.get_ref().as_str() {
+                "apns" => Platform::Apns,
+                other => {
+                    return Err(at(
+                        device.platform.span(),
+                        format!("extension {number}: device platform `{other}` is not supported (supported: apns)"),
+                    ))
+                }
+            };
+            if platform == Platform::Apns && apns.is_none() {
+                return Err(at(
+                    device.platform.span(),
+                    format!("extension {number}: an apns device needs an [apns] section"),
+                ));
+            }
+            let token = device.token.get_ref().trim();
+            if token.is_empty()
+                || token.len() % 2 != 0
+                || !token.chars().all(|c| c.is_ascii_hexdigit())
+            {
+                // The token itself is a secret: describe it, don't quote it.
+                return Err(at(
+                    device.token.span(),
+                    format!(
+                        "extension {number}: device token must be hexadecimal (got {} characters)",
+                        token.len()
+                    ),
+                ));
+            }
+            let label = device
+                .name
+                .unwrap_or_else(|| format!("{number}/{platform}#{index}"));
+            devices.push(Device {
+                platform,
+                token: DeviceToken::new(token.to_ascii_lowercase()),
+                label,
+            });
+        }
+        if devices.is_empty() {
+            tracing::debug!(extension = %number, line = line_of(text, ext_span.start), "extension has no devices");
+        }
+        extensions.push(ExtensionPolicy {
+            number,
+            ring_timeout: ring,
+            devices,
+        });
+    }
+
+    Ok(Config {
+        file: path.to_owned(),
+        asterisk,
+        apns,
+        directory: Directory::new(extensions),
+    })
+}
+
+fn apns(raw: RawApns) -> Result<ApnsConfig, (Range<usize>, String)> {
+    let non_empty = |v: &Spanned<String>, key: &str| {
+        if v.get_ref().trim().is_empty() {
+            Err((v.span(), format!("apns.{key} must not be empty")))
+        } else {
+            Ok(v.get_ref().trim().to_owned())
+        }
+    };
+    let team_id = non_empty(&raw.team_id, "team_id")?;
+    let key_id = non_empty(&raw.key_id, "key_id")?;
+    let topic = non_empty(&raw.topic, "topic")?;
+    let endpoint = match &raw.endpoint {
+        Some(e) => {
+            let value = e.get_ref().trim_end_matches('/').to_owned();
+            match url::Url::parse(&value) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => value,
+                _ => {
+                    return Err((
+                        e.span(),
+                        format!("apns.endpoint: `{value}` is not an http:// or https:// URL"),
+                    ))
+                }
+            }
+        }
+        None => crate::push::apns::PRODUCTION_ENDPOINT.to_owned(),
+    };
+    let key_file = PathBuf::from(raw.key_file.get_ref());
+    let span = raw.key_file.span();
+    let key_pem = std::fs::read(&key_file).map_err(|e| {
+        (
+            span.clone(),
+            format!("apns.key_file: cannot read {}: {e}", key_file.display()),
+        )
+    })?;
+    check_private(&key_file, "the APNs signing key")
+        .map_err(|m| (span.clone(), format!("apns.key_file: {m}")))?;
+    crate::push::apns::check_key(&key_pem).map_err(|e| {
+        (
+            span.clone(),
+            format!("apns.key_file: {}: {e}", key_file.display()),
+        )
+    })?;
+    Ok(ApnsConfig {
+        team_id,
+        key_id,
+        key_file,
+        key_pem,
+        topic,
+        endpoint,
+    })
+}
+
+fn ring_timeout(value: &Spanned<String>, key: &str) -> Result<Duration, String> {
+    let text = value.get_ref();
+    let duration = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{key}: `{text}` is not a duration like \"30s\" or \"1m\" ({e})"))?;
+    if duration.is_zero() || duration > MAX_RING_TIMEOUT {
+        return Err(format!(
+            "{key}: `{text}` must be more than 0s and at most {}s",
+            MAX_RING_TIMEOUT.as_secs()
+        ));
+    }
+    Ok(duration)
+}
+
+/// Refuses a secret-holding file that other users can read, or that anyone but its owner
+/// can write.
+fn check_private(path: &Path, what: &str) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("cannot inspect {}: {e}", path.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o007 != 0 || mode & 0o020 != 0 {
+        return Err(format!(
+            "{} is {what} and has mode {mode:04o}; other users must not read it: chmod 0640 (or 0600) {}",
+            path.display(),
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[asterisk]
+url = "http://127.0.0.1:8088"
+username = "pushwake"
+password = "secret"
+
+[[extension]]
+number = "101"
+"#;
+
+    fn err(text: &str) -> String {
+        parse(Path::new("pw.toml"), text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn minimal_file_gets_defaults() {
+        let config = parse(Path::new("pw.toml"), MINIMAL).unwrap();
+        assert_eq!(config.asterisk.app, "pushwake");
+        let ext = config.directory.extension("101").unwrap();
+        assert_eq!(ext.ring_timeout, DEFAULT_RING_TIMEOUT);
+        assert!(ext.devices.is_empty());
+        assert!(!format!("{config:?}").contains("secret"));
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let text = MINIMAL.replace(
+            "password = \"secret\"",
+            "password = \"secret\"\npasword = \"x\"",
+        );
+        let e = err(&text);
+        assert!(e.starts_with("pw.toml:6: "), "{e}");
+        assert!(e.contains("pasword"), "{e}");
+        assert!(!e.contains('\n'));
+    }
+
+    #[test]
+    fn syntax_error_has_a_line() {
+        let e = err("[asterisk\nurl = 1\n");
+        assert!(e.starts_with("pw.toml:1: "), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_names_the_key_and_line() {
+        let text = MINIMAL.replace(
+            "number = \"101\"",
+            "number = \"101\"\nring_timeout = \"30 parsecs\"",
+        );
+        let e = err(&text);
+        assert!(e.starts_with("pw.toml:9: "), "{e}");
+        assert!(
+            e.contains("extension.ring_timeout") && e.contains("30 parsecs"),
+            "{e}"
+        );
+        let e = err(&MINIMAL.replace(
+            "[[extension]]",
+            "[defaults]\nring_timeout = \"0s\"\n[[extension]]",
+        ));
+        assert!(e.contains("defaults.ring_timeout"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_extension_and_missing_apns_section_are_refused() {
+        let e = err(&format!("{MINIMAL}\n[[extension]]\nnumber = \"101\"\n"));
+        assert!(e.contains("configured twice"), "{e}");
+        let e = err(&format!(
+            "{MINIMAL}\n[[extension.device]]\nplatform = \"apns\"\ntoken = \"abcd\"\n"
+        ));
+        assert!(e.contains("needs an [apns] section"), "{e}");
+    }
+
+    #[test]
+    fn device_token_is_never_quoted_in_errors() {
+        let apns = "[apns]\nteam_id = \"T\"\nkey_id = \"K\"\nkey_file = \"/nonexistent.p8\"\ntopic = \"t.voip\"\n";
+        let e = err(&format!(
+            "{MINIMAL}\n[[extension.device]]\nplatform = \"apns\"\ntoken = \"zzsecretzz\"\n{apns}"
+        ));
+        // The key file is checked first or the token is; neither message quotes the token.
+        assert!(!e.contains("zzsecretzz"), "{e}");
+    }
+
+    #[test]
+    fn bad_url_is_refused() {
+        let e = err(&MINIMAL.replace("http://127.0.0.1:8088", "127.0.0.1:8088"));
+        assert!(e.starts_with("pw.toml:3: asterisk.url"), "{e}");
+    }
+}

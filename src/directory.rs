@@ -1,0 +1,145 @@
+//! Which extensions are push-enabled, and their devices.
+//!
+//! Built from the configuration file; the wake logic looks extensions up here when a
+//! call arrives. Device tokens are secrets: they never appear in `Debug` or `Display`
+//! output, only a short fingerprint does.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+
+/// The push service a device is reached through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Platform {
+    /// Apple Push Notification service (PushKit VoIP pushes).
+    Apns,
+}
+
+impl Platform {
+    /// The name used in the configuration file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Platform::Apns => "apns",
+        }
+    }
+}
+
+impl fmt::Display for Platform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A device's push token. Its `Debug` and `Display` show only a fingerprint, so a token
+/// cannot leak into logs or error messages by accident.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct DeviceToken(String);
+
+impl DeviceToken {
+    /// Wraps a token.
+    pub fn new(token: impl Into<String>) -> Self {
+        Self(token.into())
+    }
+
+    /// The token itself, for the one place that must send it to the provider.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// A short, stable, non-reversible fingerprint for logs.
+    pub fn fingerprint(&self) -> String {
+        // FNV-1a: stable across runs and processes (unlike std's RandomState), and 32
+        // bits of a hash reveal nothing usable of a 256-bit token.
+        let mut hash: u32 = 0x811c_9dc5;
+        for byte in self.0.bytes() {
+            hash ^= u32::from(byte);
+            hash = hash.wrapping_mul(0x0100_0193);
+        }
+        format!("{hash:08x}")
+    }
+}
+
+impl fmt::Debug for DeviceToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DeviceToken(~{})", self.fingerprint())
+    }
+}
+
+impl fmt::Display for DeviceToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "~{}", self.fingerprint())
+    }
+}
+
+/// One device of an extension.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Device {
+    /// The push service it is reached through.
+    pub platform: Platform,
+    /// Its push token.
+    pub token: DeviceToken,
+    /// A name for logs: the configured `name`, or `<extension>/<platform>#<n>`.
+    pub label: String,
+}
+
+/// The wake settings of one extension.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExtensionPolicy {
+    /// The extension number (the PBX endpoint / AOR name).
+    pub number: String,
+    /// How long a caller waits for a device to answer.
+    pub ring_timeout: Duration,
+    /// The devices to push.
+    pub devices: Vec<Device>,
+}
+
+/// All push-enabled extensions.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Directory {
+    extensions: HashMap<String, ExtensionPolicy>,
+}
+
+impl Directory {
+    /// Builds a directory; a later extension with the same number replaces an earlier
+    /// one (the configuration loader rejects duplicates before this point).
+    pub fn new(extensions: impl IntoIterator<Item = ExtensionPolicy>) -> Self {
+        Self {
+            extensions: extensions
+                .into_iter()
+                .map(|e| (e.number.clone(), e))
+                .collect(),
+        }
+    }
+
+    /// The extension's settings, if it is configured.
+    pub fn extension(&self, number: &str) -> Option<&ExtensionPolicy> {
+        self.extensions.get(number)
+    }
+
+    /// Number of configured extensions.
+    pub fn len(&self) -> usize {
+        self.extensions.len()
+    }
+
+    /// Whether no extension is configured.
+    pub fn is_empty(&self) -> bool {
+        self.extensions.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_never_shows_in_debug_or_display() {
+        let token =
+            DeviceToken::new("00fc13adff785122b4ad28809a3420982341241421348097878e577c991de8f0");
+        let shown = format!("{token:?} {token}");
+        assert!(!shown.contains("00fc13ad"), "{shown}");
+        assert!(!shown.contains("991de8f0"), "{shown}");
+        assert_eq!(token.fingerprint().len(), 8);
+        assert_eq!(token.fingerprint(), token.clone().fingerprint());
+        assert_ne!(token.fingerprint(), DeviceToken::new("other").fingerprint());
+    }
+}

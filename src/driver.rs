@@ -1,0 +1,238 @@
+//! The async driver around [`WakeEngine`]: feeds it PBX events, timer expiries and the
+//! results of earlier commands, and carries out the commands it queues.
+//!
+//! One task owns the engine, so the engine needs no locks; every command runs in its own
+//! task so a slow REST call or a push retry never holds up the next event. Commands that
+//! end or return a call (hang-up, continue, bridge removal) are retried a few times on
+//! transient PBX errors: a lost hang-up is a leg left ringing, a lost continue is a caller
+//! left waiting (the reconnect reconciliation is the last safety net for both).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::directory::Directory;
+use crate::pbx::{CallControl, PbxCommand, PbxError, PbxEvent, PbxReply};
+use crate::push::PushService;
+use crate::wake::{Command, EngineSettings, EngineStats, Input, WakeEngine};
+
+/// Requests to a running driver.
+#[derive(Debug)]
+pub enum Control {
+    /// Return every waiting caller with `SHUTDOWN`, finish the commands under way, stop.
+    Shutdown,
+    /// Serve new calls with this directory (configuration reload).
+    Reload(Arc<Directory>),
+}
+
+/// Waits between retries of a call-ending command.
+const RETRY_DELAYS: [Duration; 3] = [
+    Duration::from_millis(200),
+    Duration::from_secs(1),
+    Duration::from_secs(3),
+];
+/// How long shutdown waits for the last commands to reach the PBX.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Drives a [`WakeEngine`] against a PBX and the push providers.
+pub struct Driver<P: CallControl> {
+    engine: WakeEngine,
+    pbx: Arc<P>,
+    push: PushService,
+    pbx_tasks: JoinSet<Option<Input>>,
+    push_tasks: JoinSet<Option<Input>>,
+}
+
+impl<P: CallControl> Driver<P> {
+    /// A driver for `pbx`, serving the extensions of `directory`.
+    pub fn new(
+        pbx: Arc<P>,
+        push: PushService,
+        directory: Arc<Directory>,
+        settings: EngineSettings,
+    ) -> Self {
+        Self {
+            engine: WakeEngine::new(directory, settings),
+            pbx,
+            push,
+            pbx_tasks: JoinSet::new(),
+            push_tasks: JoinSet::new(),
+        }
+    }
+
+    /// Runs until `control` asks for shutdown (or is dropped) or `events` ends, then
+    /// returns the engine's counters.
+    pub async fn run(
+        mut self,
+        mut events: mpsc::Receiver<PbxEvent>,
+        mut control: mpsc::Receiver<Control>,
+    ) -> EngineStats {
+        loop {
+            let timeout = self.engine.next_timeout();
+            tokio::select! {
+                event = events.recv() => match event {
+                    Some(event) => self.feed(Input::Event(event)),
+                    None => {
+                        tracing::error!("the PBX event stream ended");
+                        break;
+                    }
+                },
+                Some(done) = self.pbx_tasks.join_next(), if !self.pbx_tasks.is_empty() => {
+                    self.task_done(done);
+                }
+                Some(done) = self.push_tasks.join_next(), if !self.push_tasks.is_empty() => {
+                    self.task_done(done);
+                }
+                () = sleep_until(timeout), if timeout.is_some() => {
+                    self.engine.handle_timeout(Instant::now().into_std());
+                    self.dispatch();
+                }
+                request = control.recv() => match request {
+                    Some(Control::Reload(directory)) => {
+                        tracing::info!(extensions = directory.len(), "configuration reloaded");
+                        self.engine.set_directory(directory);
+                    }
+                    Some(Control::Shutdown) | None => break,
+                },
+            }
+        }
+        self.shut_down(events).await
+    }
+
+    async fn shut_down(mut self, mut events: mpsc::Receiver<PbxEvent>) -> EngineStats {
+        let waiting = self.engine.waiting_calls();
+        tracing::info!(
+            waiting,
+            "shutting down: returning waiting callers to the dialplan"
+        );
+        self.engine.shutdown(Instant::now().into_std());
+        self.dispatch();
+        // Pushes for calls that are over are pointless now.
+        self.push_tasks.abort_all();
+        let grace = tokio::time::sleep(SHUTDOWN_GRACE);
+        tokio::pin!(grace);
+        while !self.pbx_tasks.is_empty() {
+            tokio::select! {
+                Some(done) = self.pbx_tasks.join_next() => self.task_done(done),
+                // Keep answering events (e.g. a leg answering now is hung up).
+                Some(event) = events.recv() => self.feed(Input::Event(event)),
+                () = &mut grace => {
+                    tracing::error!(left = self.pbx_tasks.len(), "PBX commands still unfinished at shutdown");
+                    break;
+                }
+            }
+        }
+        self.engine.stats().clone()
+    }
+
+    fn task_done(&mut self, done: Result<Option<Input>, tokio::task::JoinError>) {
+        match done {
+            Ok(Some(input)) => self.feed(input),
+            Ok(None) => {}
+            Err(error) if error.is_cancelled() => {}
+            Err(error) => tracing::error!(%error, "a command task failed"),
+        }
+    }
+
+    fn feed(&mut self, input: Input) {
+        self.engine.handle(Instant::now().into_std(), input);
+        self.dispatch();
+    }
+
+    fn dispatch(&mut self) {
+        while let Some(command) = self.engine.poll_command() {
+            match command {
+                Command::Pbx(command) => {
+                    let pbx = self.pbx.clone();
+                    self.pbx_tasks.spawn(execute(pbx, command));
+                }
+                Command::Push(job) => {
+                    let push = self.push.clone();
+                    self.push_tasks.spawn(async move {
+                        let deadline = Instant::from_std(job.deadline);
+                        let verdict = push.send(&job.device, &job.push, deadline).await;
+                        match &verdict {
+                            crate::push::PushVerdict::Delivered => {
+                                tracing::info!(call = %job.call, device = %job.device.label, "push delivered")
+                            }
+                            crate::push::PushVerdict::Failed { reason, dead_token } => {
+                                tracing::warn!(call = %job.call, device = %job.device.label, %reason, dead_token, "push failed")
+                            }
+                        }
+                        Some(Input::PushResult {
+                            call: job.call,
+                            device: job.device_index,
+                            verdict,
+                        })
+                    });
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(Instant::from_std(deadline)).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Carries out one PBX command and turns its result into an engine input where the
+/// engine needs one.
+async fn execute<P: CallControl>(pbx: Arc<P>, command: PbxCommand) -> Option<Input> {
+    match command {
+        PbxCommand::ListContacts { ref call, .. } => {
+            let call = call.clone();
+            let result = pbx.execute(command).await.map(|reply| match reply {
+                PbxReply::Contacts(contacts) => contacts,
+                PbxReply::Done => Vec::new(),
+            });
+            Some(Input::ContactsListed { call, result })
+        }
+        PbxCommand::Dial(ref request) => {
+            let leg = request.leg.clone();
+            let result = pbx.execute(command).await.map(|_| ());
+            Some(Input::DialResult { leg, result })
+        }
+        PbxCommand::Connect { ref call, .. } => {
+            let call = call.clone();
+            let result = pbx.execute(command).await.map(|_| ());
+            Some(Input::ConnectResult { call, result })
+        }
+        PbxCommand::Ring { .. }
+        | PbxCommand::Hangup { .. }
+        | PbxCommand::Continue { .. }
+        | PbxCommand::DestroyBridge { .. } => {
+            execute_with_retries(&*pbx, command).await;
+            None
+        }
+    }
+}
+
+async fn execute_with_retries<P: CallControl>(pbx: &P, command: PbxCommand) {
+    let retryable = !matches!(command, PbxCommand::Ring { .. });
+    let mut delays = RETRY_DELAYS.iter();
+    loop {
+        match pbx.execute(command.clone()).await {
+            Ok(_) => return,
+            Err(PbxError::Gone(what)) => {
+                tracing::debug!(command = command.name(), %what, "nothing to do: already gone");
+                return;
+            }
+            Err(PbxError::Failed(error)) => match delays.next() {
+                Some(delay) if retryable => {
+                    tracing::warn!(command = command.name(), %error, retry_in = ?delay, "PBX command failed; retrying");
+                    tokio::time::sleep(*delay).await;
+                }
+                _ => {
+                    tracing::error!(command = command.name(), %error, "PBX command failed");
+                    return;
+                }
+            },
+        }
+    }
+}

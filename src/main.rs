@@ -1,0 +1,196 @@
+//! The `pushwake` command: `run` the daemon, or `check-config`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use tokio::sync::mpsc;
+
+use pushwake::asterisk::AsteriskPbx;
+use pushwake::config::{self, Config};
+use pushwake::driver::{Control, Driver};
+use pushwake::push::apns::{ApnsPushkin, ApnsSettings};
+use pushwake::push::PushService;
+use pushwake::wake::EngineSettings;
+
+/// Exit code for a configuration error (also used by `check-config`).
+const EXIT_CONFIG: u8 = 2;
+/// Exit code for a failure after start-up.
+const EXIT_RUNTIME: u8 = 1;
+
+#[derive(Parser)]
+#[command(
+    name = "pushwake",
+    version,
+    about = "Wakes sleeping mobile softphones with a VoIP push when a call arrives at the PBX"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Run {
+        /// The configuration file.
+        #[arg(long, short, default_value = "/etc/pushwake/pushwake.toml")]
+        config: PathBuf,
+    },
+    /// Check the configuration file and exit (0: fine, 2: an error, printed on one line).
+    CheckConfig {
+        /// The configuration file.
+        #[arg(long, short, default_value = "/etc/pushwake/pushwake.toml")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Command::CheckConfig { config } => match config::load(&config) {
+            Ok(loaded) => {
+                println!(
+                    "{}: ok ({} extension(s), apns {})",
+                    config.display(),
+                    loaded.directory.len(),
+                    if loaded.apns.is_some() {
+                        "configured"
+                    } else {
+                        "not configured"
+                    }
+                );
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("pushwake: {error}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::Run { config } => {
+            let loaded = match config::load(&config) {
+                Ok(loaded) => loaded,
+                Err(error) => {
+                    eprintln!("pushwake: {error}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    eprintln!("pushwake: cannot start the runtime: {error}");
+                    return ExitCode::from(EXIT_RUNTIME);
+                }
+            };
+            runtime.block_on(run(config, loaded))
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PUSHWAKE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn run(path: PathBuf, config: Config) -> ExitCode {
+    let mut push = PushService::new();
+    if let Some(apns) = &config.apns {
+        let settings = ApnsSettings {
+            team_id: apns.team_id.clone(),
+            key_id: apns.key_id.clone(),
+            key_pem: apns.key_pem.clone(),
+            topic: apns.topic.clone(),
+            endpoint: apns.endpoint.clone(),
+        };
+        match ApnsPushkin::new(settings) {
+            Ok(pushkin) => {
+                let pushkin = Arc::new(pushkin);
+                let warming = pushkin.clone();
+                tokio::spawn(async move { warming.warm_up().await });
+                push.add(pushkin);
+            }
+            Err(error) => {
+                eprintln!("pushwake: {}: apns: {error}", path.display());
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        }
+    }
+    let pbx = match AsteriskPbx::new(&config.asterisk) {
+        Ok(pbx) => pbx,
+        Err(error) => {
+            eprintln!("pushwake: cannot set up the ARI client: {error}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    tokio::spawn(pbx.client().clone().keep_warm());
+    let events = pbx.events(&config.asterisk);
+    let (control_tx, control_rx) = mpsc::channel(8);
+    tokio::spawn(signals(path.clone(), config.clone(), control_tx));
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = %path.display(),
+        app = %config.asterisk.app,
+        extensions = config.directory.len(),
+        "pushwake starting"
+    );
+    let driver = Driver::new(
+        Arc::new(pbx),
+        push,
+        Arc::new(config.directory.clone()),
+        EngineSettings::default(),
+    );
+    let stats = driver.run(events, control_rx).await;
+    tracing::info!(
+        calls = stats.calls,
+        legs = stats.legs_dialled,
+        pushes = stats.pushes,
+        "pushwake stopped"
+    );
+    ExitCode::SUCCESS
+}
+
+/// SIGTERM / SIGINT: shut down (waiting callers go back to the dialplan).
+/// SIGHUP: reload the extensions from the configuration file.
+async fn signals(path: PathBuf, running: Config, control: mpsc::Sender<Control>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => reload(&path, &running, &control).await,
+        }
+    }
+    tracing::info!("stop requested");
+    let _ = control.send(Control::Shutdown).await;
+}
+
+async fn reload(path: &Path, running: &Config, control: &mpsc::Sender<Control>) {
+    match config::load(path) {
+        Ok(new) => {
+            if new.asterisk != running.asterisk || new.apns != running.apns {
+                tracing::warn!("[asterisk] and [apns] changes take effect only after a restart");
+            }
+            let _ = control.send(Control::Reload(Arc::new(new.directory))).await;
+        }
+        Err(error) => {
+            tracing::error!(%error, "configuration not reloaded; keeping the running one")
+        }
+    }
+}

@@ -1,0 +1,306 @@
+//! Push providers.
+//!
+//! One "pushkin" per provider ([`Pushkin`]), all behind one interface; [`PushService`]
+//! picks the pushkin for a device's platform and retries transient failures with jittered
+//! backoff, never past the call's ring deadline. The payload contract (what an app
+//! receives) is built in [`payload`] and documented in the README.
+
+pub mod apns;
+pub mod payload;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::directory::{Device, DeviceToken, Platform};
+use crate::pbx::{CallId, Party};
+
+/// What a wake-up push says, independent of the provider.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WakePush {
+    /// The call's id, also sent in the `X-Pushwake-Call-Id` header of the INVITE.
+    pub call_id: CallId,
+    /// The called extension.
+    pub extension: String,
+    /// Who is calling.
+    pub caller: Party,
+}
+
+/// The final verdict on one push.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PushVerdict {
+    /// The provider accepted the push.
+    Delivered,
+    /// The push could not be delivered, and retrying within the ring window will not help.
+    Failed {
+        /// Why, for logs (never contains the token).
+        reason: String,
+        /// The provider says the token is dead (unregistered, invalid).
+        dead_token: bool,
+    },
+}
+
+/// What one attempt at a provider produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Attempt {
+    /// Accepted by the provider.
+    Delivered,
+    /// Rejected for good.
+    Rejected {
+        /// The provider's reason.
+        reason: String,
+        /// The token is dead.
+        dead_token: bool,
+    },
+    /// Worth another try.
+    Retry {
+        /// The provider's reason, or the network error.
+        reason: String,
+        /// How long the provider asked us to wait, if it did.
+        after: Option<Duration>,
+    },
+}
+
+/// The boxed future a [`Pushkin`] returns.
+pub type AttemptFuture<'a> = Pin<Box<dyn Future<Output = Attempt> + Send + 'a>>;
+
+/// One push provider, for one set of credentials.
+pub trait Pushkin: Send + Sync {
+    /// The platform it serves.
+    fn platform(&self) -> Platform;
+
+    /// Sends one push to one device, once. `ring_window` is how long the call keeps
+    /// ringing from now (for the provider's expiry / TTL field).
+    fn attempt<'a>(
+        &'a self,
+        token: &'a DeviceToken,
+        push: &'a WakePush,
+        ring_window: Duration,
+    ) -> AttemptFuture<'a>;
+}
+
+/// Every configured pushkin, by platform, with the retry policy around them.
+#[derive(Clone, Default)]
+pub struct PushService {
+    pushkins: HashMap<Platform, Arc<dyn Pushkin>>,
+}
+
+impl std::fmt::Debug for PushService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PushService")
+            .field("platforms", &self.pushkins.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// First retry delay; doubled on each further retry, up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+/// Longest wait between two attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(4);
+
+impl PushService {
+    /// An empty service (no platform configured).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds (or replaces) the pushkin for its platform.
+    pub fn add(&mut self, pushkin: Arc<dyn Pushkin>) {
+        self.pushkins.insert(pushkin.platform(), pushkin);
+    }
+
+    /// Sends a push to a device, retrying transient failures with jittered exponential
+    /// backoff until `deadline`; no attempt starts after it.
+    pub async fn send(&self, device: &Device, push: &WakePush, deadline: Instant) -> PushVerdict {
+        let Some(pushkin) = self.pushkins.get(&device.platform) else {
+            return PushVerdict::Failed {
+                reason: format!("no [{}] section configured", device.platform),
+                dead_token: false,
+            };
+        };
+        let mut backoff = FIRST_BACKOFF;
+        let mut attempts = 0u32;
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return PushVerdict::Failed {
+                    reason: format!("ring window over after {attempts} attempt(s)"),
+                    dead_token: false,
+                };
+            }
+            attempts += 1;
+            match pushkin.attempt(&device.token, push, deadline - now).await {
+                Attempt::Delivered => return PushVerdict::Delivered,
+                Attempt::Rejected { reason, dead_token } => {
+                    return PushVerdict::Failed { reason, dead_token }
+                }
+                Attempt::Retry { reason, after } => {
+                    let wait = after.unwrap_or_else(|| jitter(backoff));
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    if Instant::now() + wait >= deadline {
+                        return PushVerdict::Failed {
+                            reason: format!("{reason} (no time left to retry)"),
+                            dead_token: false,
+                        };
+                    }
+                    tracing::info!(call = %push.call_id, device = %device.label, %reason, retry_in = ?wait, "push failed; retrying");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+}
+
+/// A duration between half and all of `base`, so retries from many calls spread out.
+fn jitter(base: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded randomly per instance: enough randomness for spreading
+    // retries without a dependency on a random number crate.
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(base.as_nanos() as u64);
+    let fraction = (hasher.finish() % 1000) as u32;
+    base / 2 + base / 2 * fraction / 1000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Mutex;
+
+    /// A pushkin that answers from a script and counts attempts.
+    struct Scripted {
+        answers: Mutex<Vec<Attempt>>,
+        attempts: AtomicU32,
+    }
+
+    impl Pushkin for Scripted {
+        fn platform(&self) -> Platform {
+            Platform::Apns
+        }
+        fn attempt<'a>(
+            &'a self,
+            _: &'a DeviceToken,
+            _: &'a WakePush,
+            _: Duration,
+        ) -> AttemptFuture<'a> {
+            self.attempts.fetch_add(1, Ordering::SeqCst);
+            let answer = self.answers.lock().unwrap().remove(0);
+            Box::pin(async move { answer })
+        }
+    }
+
+    fn service(answers: Vec<Attempt>) -> (PushService, Arc<Scripted>) {
+        let scripted = Arc::new(Scripted {
+            answers: Mutex::new(answers),
+            attempts: AtomicU32::new(0),
+        });
+        let mut service = PushService::new();
+        service.add(scripted.clone());
+        (service, scripted)
+    }
+
+    fn device() -> Device {
+        Device {
+            platform: Platform::Apns,
+            token: DeviceToken::new("aa"),
+            label: "101/apns#0".into(),
+        }
+    }
+
+    fn push() -> WakePush {
+        WakePush {
+            call_id: CallId("c1".into()),
+            extension: "101".into(),
+            caller: Party::default(),
+        }
+    }
+
+    fn retry() -> Attempt {
+        Attempt::Retry {
+            reason: "503".into(),
+            after: None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_failures_are_retried_until_delivered() {
+        let (service, scripted) = service(vec![retry(), retry(), Attempt::Delivered]);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        assert_eq!(
+            service.send(&device(), &push(), deadline).await,
+            PushVerdict::Delivered
+        );
+        assert_eq!(scripted.attempts.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_attempt_after_the_deadline() {
+        let (service, scripted) = service(vec![retry(); 100]);
+        let start = Instant::now();
+        let deadline = start + Duration::from_secs(5);
+        let verdict = service.send(&device(), &push(), deadline).await;
+        assert!(
+            matches!(
+                verdict,
+                PushVerdict::Failed {
+                    dead_token: false,
+                    ..
+                }
+            ),
+            "{verdict:?}"
+        );
+        assert!(Instant::now() <= deadline, "slept past the deadline");
+        // 0.25 + 0.5 + 1 + 2 s of backoff (jittered down to half) fit in 5 s; 4 more do not.
+        let attempts = scripted.attempts.load(Ordering::SeqCst);
+        assert!((3..=7).contains(&attempts), "{attempts} attempts");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rejection_is_final() {
+        let rejected = Attempt::Rejected {
+            reason: "Unregistered".into(),
+            dead_token: true,
+        };
+        let (service, scripted) = service(vec![rejected, Attempt::Delivered]);
+        let verdict = service
+            .send(&device(), &push(), Instant::now() + Duration::from_secs(30))
+            .await;
+        assert_eq!(
+            verdict,
+            PushVerdict::Failed {
+                reason: "Unregistered".into(),
+                dead_token: true
+            }
+        );
+        assert_eq!(scripted.attempts.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_provider_asking_for_a_long_wait_ends_the_push() {
+        let (service, scripted) = service(vec![Attempt::Retry {
+            reason: "429".into(),
+            after: Some(Duration::from_secs(60)),
+        }]);
+        let verdict = service
+            .send(&device(), &push(), Instant::now() + Duration::from_secs(30))
+            .await;
+        assert!(matches!(verdict, PushVerdict::Failed { .. }));
+        assert_eq!(scripted.attempts.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn jitter_stays_between_half_and_whole() {
+        for _ in 0..1000 {
+            let j = jitter(Duration::from_millis(1000));
+            assert!(
+                j >= Duration::from_millis(500) && j <= Duration::from_millis(1000),
+                "{j:?}"
+            );
+        }
+    }
+}

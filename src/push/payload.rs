@@ -1,0 +1,59 @@
+//! The push payload contract: what an app receives in a wake-up push.
+//!
+//! Kept in one place so every provider sends the same fields and the README's contract
+//! (and its test) has one source. Field names are part of the public contract with app
+//! developers: add fields, never rename or remove one.
+
+use serde_json::{json, Value};
+
+use super::WakePush;
+
+/// Version of the payload contract; bumped only for an incompatible change.
+pub const PAYLOAD_VERSION: u32 = 1;
+
+/// The JSON object announcing an incoming call.
+///
+/// `expires_at` is the Unix time (seconds) at which the call stops ringing: an app woken
+/// after it should report the call as ended at once instead of ringing.
+pub fn incoming_call(push: &WakePush, expires_at: u64) -> Value {
+    json!({
+        "type": "incoming_call",
+        "version": PAYLOAD_VERSION,
+        "call_id": push.call_id.as_str(),
+        "extension": push.extension,
+        "caller_number": push.caller.number,
+        "caller_name": push.caller.name,
+        "expires_at": expires_at,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pbx::{CallId, Party};
+
+    #[test]
+    fn carries_every_documented_field() {
+        let push = WakePush {
+            call_id: CallId("5d7d1c1e-0000-4000-8000-000000000001".into()),
+            extension: "101".into(),
+            caller: Party {
+                number: "200".into(),
+                name: "Alice".into(),
+            },
+        };
+        let value = incoming_call(&push, 1_800_000_000);
+        assert_eq!(
+            value,
+            json!({
+                "type": "incoming_call",
+                "version": 1,
+                "call_id": "5d7d1c1e-0000-4000-8000-000000000001",
+                "extension": "101",
+                "caller_number": "200",
+                "caller_name": "Alice",
+                "expires_at": 1_800_000_000u64,
+            })
+        );
+    }
+}

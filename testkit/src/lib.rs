@@ -1,0 +1,3 @@
+//! Test and demo harness for pushwake. Placeholder; filled in below.
+pub mod apns;
+pub mod keys;
