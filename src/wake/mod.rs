@@ -964,3 +964,6 @@ fn adoptable(
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests;

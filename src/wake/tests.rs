@@ -1,0 +1,771 @@
+//! The wake logic's rules, checked without a runtime: inputs and a hand-moved clock in,
+//! commands out.
+
+use super::*;
+use crate::directory::{DeviceToken, ExtensionPolicy, Platform};
+use crate::pbx::AppBridge;
+use crate::pbx::ParkedChannel;
+
+const RING: Duration = Duration::from_secs(25);
+
+struct Harness {
+    engine: WakeEngine,
+    now: Instant,
+}
+
+fn device(n: usize) -> Device {
+    Device {
+        platform: Platform::Apns,
+        token: DeviceToken::new(format!("{n:064x}")),
+        label: format!("dev{n}"),
+    }
+}
+
+impl Harness {
+    fn new() -> Self {
+        let directory = Directory::new([
+            ExtensionPolicy {
+                number: "101".into(),
+                ring_timeout: RING,
+                devices: vec![device(1)],
+            },
+            ExtensionPolicy {
+                number: "102".into(),
+                ring_timeout: RING,
+                devices: vec![device(2), device(3)],
+            },
+            ExtensionPolicy {
+                number: "103".into(),
+                ring_timeout: RING,
+                devices: vec![],
+            },
+        ]);
+        Self {
+            engine: WakeEngine::new(Arc::new(directory), EngineSettings::default()),
+            now: Instant::now(),
+        }
+    }
+
+    fn feed(&mut self, input: Input) -> Vec<Command> {
+        self.engine.handle(self.now, input);
+        self.take()
+    }
+
+    fn event(&mut self, event: PbxEvent) -> Vec<Command> {
+        self.feed(Input::Event(event))
+    }
+
+    fn take(&mut self) -> Vec<Command> {
+        std::iter::from_fn(|| self.engine.poll_command()).collect()
+    }
+
+    fn advance(&mut self, by: Duration) -> Vec<Command> {
+        self.now += by;
+        self.engine.handle_timeout(self.now);
+        self.take()
+    }
+
+    /// A caller enters for `extension`; returns the call id and the commands.
+    fn caller(&mut self, channel: &str, extension: &str) -> (Option<CallId>, Vec<Command>) {
+        let commands = self.event(PbxEvent::ChannelEntered {
+            channel: ch(channel),
+            args: vec![extension.into()],
+            caller: Party {
+                number: "200".into(),
+                name: "Alice".into(),
+            },
+        });
+        let call = commands.iter().find_map(|c| match c {
+            Command::Pbx(PbxCommand::ListContacts { call, .. }) => Some(call.clone()),
+            _ => None,
+        });
+        (call, commands)
+    }
+
+    fn contacts(&mut self, call: &CallId, contacts: &[(&str, Option<&str>)]) -> Vec<Command> {
+        let contacts = contacts
+            .iter()
+            .map(|(uri, reg)| Contact {
+                uri: (*uri).into(),
+                registration: reg.map(str::to_owned),
+            })
+            .collect();
+        self.feed(Input::ContactsListed {
+            call: call.clone(),
+            result: Ok(contacts),
+        })
+    }
+
+    fn push_result(&mut self, call: &CallId, device: usize, delivered: bool) -> Vec<Command> {
+        let verdict = if delivered {
+            PushVerdict::Delivered
+        } else {
+            PushVerdict::Failed {
+                reason: "BadDeviceToken".into(),
+                dead_token: true,
+            }
+        };
+        self.feed(Input::PushResult {
+            call: call.clone(),
+            device,
+            verdict,
+        })
+    }
+}
+
+fn ch(id: &str) -> ChannelId {
+    ChannelId(id.into())
+}
+
+fn dials(commands: &[Command]) -> Vec<DialRequest> {
+    commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::Pbx(PbxCommand::Dial(d)) => Some(d.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn hangups(commands: &[Command]) -> Vec<(ChannelId, HangupReason)> {
+    commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::Pbx(PbxCommand::Hangup { channel, reason }) => {
+                Some((channel.clone(), *reason))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn continued(commands: &[Command]) -> Vec<(ChannelId, WakeStatus)> {
+    commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::Pbx(PbxCommand::Continue { channel, status }) => {
+                Some((channel.clone(), *status))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn destroyed(commands: &[Command]) -> Vec<BridgeId> {
+    commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::Pbx(PbxCommand::DestroyBridge { bridge }) => Some(bridge.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn gone(channel: &ChannelId) -> PbxEvent {
+    PbxEvent::ChannelGone {
+        channel: channel.clone(),
+        cause: "16 Normal Clearing".into(),
+    }
+}
+
+fn answered(leg: &ChannelId) -> PbxEvent {
+    PbxEvent::ChannelEntered {
+        channel: leg.clone(),
+        args: vec![LEG_MARKER.into(), "x".into()],
+        caller: Party::default(),
+    }
+}
+
+#[test]
+fn unknown_extension_or_one_without_devices_returns_nopush_at_once() {
+    let mut h = Harness::new();
+    let (call, commands) = h.caller("c1", "999");
+    assert!(call.is_none());
+    assert_eq!(
+        commands,
+        vec![Command::Pbx(PbxCommand::Continue {
+            channel: ch("c1"),
+            status: WakeStatus::NoPush
+        })]
+    );
+    let (_, commands) = h.caller("c2", "103");
+    assert_eq!(continued(&commands), vec![(ch("c2"), WakeStatus::NoPush)]);
+    let (_, commands) = h.caller("c3", "");
+    assert_eq!(continued(&commands), vec![(ch("c3"), WakeStatus::NoPush)]);
+    assert_eq!(h.engine.active_calls(), 0);
+    assert_eq!(h.engine.next_timeout(), None);
+}
+
+#[test]
+fn a_caller_gets_ringback_a_contact_listing_and_one_push_per_device() {
+    let mut h = Harness::new();
+    let (call, commands) = h.caller("c1", "102");
+    let call = call.expect("a call");
+    assert_eq!(
+        commands[0],
+        Command::Pbx(PbxCommand::Ring { channel: ch("c1") })
+    );
+    let pushes: Vec<&PushJob> = commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::Push(p) => Some(p),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(pushes.len(), 2);
+    assert_eq!(pushes[0].device, device(2));
+    assert_eq!(pushes[1].device_index, 1);
+    assert_eq!(pushes[0].push.call_id, call);
+    assert_eq!(pushes[0].push.caller.name, "Alice");
+    assert_eq!(pushes[0].deadline, h.now + RING);
+    assert_eq!(h.engine.next_timeout(), Some(h.now + RING));
+}
+
+#[test]
+fn registered_contacts_are_dialled_and_new_registrations_fork_late() {
+    let mut h = Harness::new();
+    let (call, _) = h.caller("c1", "101");
+    let call = call.unwrap();
+    let commands = h.contacts(&call, &[("sip:101@10.0.0.1:5060", Some("100"))]);
+    let first = dials(&commands);
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].contact_uri, "sip:101@10.0.0.1:5060");
+    assert_eq!(first[0].caller_channel, ch("c1"));
+    assert_eq!(first[0].call, call);
+    assert_eq!(first[0].timeout, RING);
+
+    // The woken phone registers a new contact 3.2 s later: dialled at once.
+    h.advance(Duration::from_millis(3200));
+    let commands = h.event(PbxEvent::ContactAdded {
+        extension: "101".into(),
+        uri: "sip:101@10.0.0.9:5070;pn-prid=ab".into(),
+    });
+    let late = dials(&commands);
+    assert_eq!(late.len(), 1);
+    assert_eq!(late[0].contact_uri, "sip:101@10.0.0.9:5070;pn-prid=ab");
+    assert_ne!(late[0].leg, first[0].leg);
+    // The leg's own safety timeout is what is left of the ring window, rounded up.
+    assert_eq!(late[0].timeout, Duration::from_secs(22));
+
+    // The same registration announced twice (Created, then NonQualified) is one leg.
+    let again = h.event(PbxEvent::ContactAdded {
+        extension: "101".into(),
+        uri: "sip:101@10.0.0.9:5070;pn-prid=ab".into(),
+    });
+    assert!(dials(&again).is_empty());
+    // A listing that finds it again is not a new leg either.
+    let listed = h.contacts(
+        &call,
+        &[
+            ("sip:101@10.0.0.1:5060", Some("100")),
+            ("sip:101@10.0.0.9:5070;pn-prid=ab", Some("200")),
+        ],
+    );
+    assert!(dials(&listed).is_empty());
+    // Another extension's registration is none of this call's business.
+    let other = h.event(PbxEvent::ContactAdded {
+        extension: "102".into(),
+        uri: "sip:102@10.0.0.3".into(),
+    });
+    assert!(other.is_empty());
+}
+
+#[test]
+fn first_answer_wins_and_the_other_legs_are_told_it_was_answered_elsewhere() {
+    let mut h = Harness::new();
+    let (call, _) = h.caller("c1", "102");
+    let call = call.unwrap();
+    let legs = dials(&h.contacts(&call, &[("sip:a", None), ("sip:b", None)]));
+    let (a, b) = (legs[0].leg.clone(), legs[1].leg.clone());
+    h.feed(Input::DialResult {
+        leg: a.clone(),
+        result: Ok(()),
+    });
+    h.feed(Input::DialResult {
+        leg: b.clone(),
+        result: Ok(()),
+    });
+
+    let commands = h.event(answered(&b));
+    let connect = commands.iter().find_map(|c| match c {
+        Command::Pbx(PbxCommand::Connect {
+            caller,
+            leg,
+            bridge,
+            ..
+        }) => Some((caller.clone(), leg.clone(), bridge.clone())),
+        _ => None,
+    });
+    let (caller, leg, bridge) = connect.expect("connect");
+    assert_eq!((caller, leg), (ch("c1"), b.clone()));
+    assert_eq!(
+        hangups(&commands),
+        vec![(a.clone(), HangupReason::AnsweredElsewhere)]
+    );
+    assert_eq!(h.engine.next_timeout(), None, "no timeout once answered");
+
+    // The loser answering a moment later is hung up too.
+    let late = h.event(answered(&a));
+    assert_eq!(
+        hangups(&late),
+        vec![(a.clone(), HangupReason::AnsweredElsewhere)]
+    );
+    assert!(late
+        .iter()
+        .all(|c| !matches!(c, Command::Pbx(PbxCommand::Connect { .. }))));
+
+    h.feed(Input::ConnectResult {
+        call: call.clone(),
+        result: Ok(()),
+    });
+    // Caller hangs up: the device's leg goes, the bridge goes.
+    let end = h.event(gone(&ch("c1")));
+    assert_eq!(hangups(&end), vec![(b.clone(), HangupReason::Normal)]);
+    assert_eq!(destroyed(&end), vec![bridge]);
+    assert_eq!(h.engine.active_calls(), 0);
+    assert_eq!(
+        h.engine.stats().outcomes.get(&CallOutcome::Completed),
+        Some(&1)
+    );
+}
+
+#[test]
+fn the_device_hanging_up_ends_the_caller_too() {
+    let mut h = Harness::new();
+    let (call, _) = h.caller("c1", "101");
+    let call = call.unwrap();
+    let leg = dials(&h.contacts(&call, &[("sip:a", None)]))[0].leg.clone();
+    h.event(answered(&leg));
+    h.feed(Input::ConnectResult {
+        call,
+        result: Ok(()),
+    });
+    let end = h.event(gone(&leg));
+    assert_eq!(hangups(&end), vec![(ch("c1"), HangupReason::Normal)]);
+    assert_eq!(destroyed(&end).len(), 1);
+    assert!(continued(&end).is_empty());
+    assert_eq!(h.engine.active_calls(), 0);
+}
+
+#[test]
+fn no_answer_in_time_returns_the_caller_with_timeout_and_hangs_up_the_legs() {
+    let mut h = Harness::new();
+    let (call, _) = h.caller("c1", "101");
+    let call = call.unwrap();
+    let leg = dials(&h.contacts(&call, &[("sip:a", None)]))[0].leg.clone();
+    h.push_result(&call, 0, true);
+    let before = h.advance(RING - Duration::from_millis(1));
+    assert!(continued(&before).is_empty());
+    let commands = h.advance(Duration::from_millis(1));
+    assert_eq!(
+        hangups(&commands),
+        vec![(leg.clone(), HangupReason::Normal)]
+    );
+    assert_eq!(continued(&commands), vec![(ch("c1"), WakeStatus::Timeout)]);
+    assert_eq!(h.engine.active_calls(), 0);
+    assert_eq!(h.engine.next_timeout(), None);
+    // The leg's dial request returning only now still gets it hung up.
+    let late = h.feed(Input::DialResult {
+        leg: leg.clone(),
+        result: Ok(()),
+    });
+    assert_eq!(hangups(&late), vec![(leg, HangupReason::Normal)]);
+}
+
+#[test]
+fn every_push_failing_with_nothing_to_dial_fails_at_once() {
+    let mut h = Harness::new();
+    let (call, _) = h.caller("c1", "102");
+    let call = call.unwrap();
+    assert!(h.push_result(&call, 0, false).is_empty(), "one device left");
+    assert!(
+        h.push_result(&call, 1, false).is_empty(),
+        "contacts not known yet"
+    );
+    let commands = h.contacts(&call, &[]);
+    assert_eq!(continued(&commands), vec![(ch("c1"), WakeStatus::Failed)]);
+    assert_eq!(h.engine.active_calls(), 0);
+}
+
+#[test]
+fn a_failed_push_waits_while_a_leg_still_rings_then_fails_when_it_ends() {
+    let mut h = Harness::new();
+    let (call, _) = h.caller("c1", "101");
+    let call = call.unwrap();
+    let leg = dials(&h.contacts(&call, &[("sip:a", None)]))[0].leg.clone();
+    h.feed(Input::DialResult {
+        leg: leg.clone(),
+        result: Ok(()),
+    });
+    assert!(continued(&h.push_result(&call, 0, false)).is_empty());
+    let commands = h.event(gone(&leg));
+    assert_eq!(continued(&commands), vec![(ch("c1"), WakeStatus::Failed)]);
+}
+
+#[test]
+fn a_delivered_push_keeps_the_caller_waiting_for_the_phone() {
+    let mut h = Harness::new();
+    let (call, _) = h.caller("c1", "101");
+    let call = call.unwrap();
+    h.push_result(&call, 0, true);
+    assert!(continued(&h.contacts(&call, &[])).is_empty());
+    assert_eq!(h.engine.waiting_calls(), 1);
+}
+
+#[test]
+fn the_caller_hanging_up_while_waiting_hangs_up_every_leg() {
+    let mut h = Harness::new();
+    let (call, _) = h.caller("c1", "102");
+    let call = call.unwrap();
+    let legs = dials(&h.contacts(&call, &[("sip:a", None), ("sip:b", None)]));
+    let commands = h.event(gone(&ch("c1")));
+    let mut hung: Vec<ChannelId> = hangups(&commands).into_iter().map(|(c, _)| c).collect();
+    hung.sort();
+    let mut expected: Vec<ChannelId> = legs.iter().map(|d| d.leg.clone()).collect();
+    expected.sort();
+    assert_eq!(hung, expected);
+    assert!(continued(&commands).is_empty());
+    assert_eq!(h.engine.active_calls(), 0);
+    assert_eq!(h.engine.next_timeout(), None);
+    // Results arriving for the ended call change nothing.
+    assert!(h.push_result(&call, 0, true).is_empty());
+    assert!(h.contacts(&call, &[("sip:c", None)]).is_empty());
+}
+
+#[test]
+fn a_phone_registering_again_on_the_same_uri_is_rung_anew() {
+    let mut h = Harness::new();
+    let (call, _) = h.caller("c1", "101");
+    let call = call.unwrap();
+    let stale = dials(&h.contacts(&call, &[("sip:101@10.0.0.9:5070", Some("1000"))]))[0]
+        .leg
+        .clone();
+    h.feed(Input::DialResult {
+        leg: stale.clone(),
+        result: Ok(()),
+    });
+    // A poll with nothing new: nothing happens.
+    let polled = h.advance(Duration::from_secs(1));
+    assert!(
+        matches!(
+            polled.as_slice(),
+            [Command::Pbx(PbxCommand::ListContacts { .. })]
+        ),
+        "{polled:?}"
+    );
+    assert!(h
+        .contacts(&call, &[("sip:101@10.0.0.9:5070", Some("1000"))])
+        .is_empty());
+    // The phone woke and registered the very same URI: only the marker moved.
+    h.advance(Duration::from_secs(1));
+    let commands = h.contacts(&call, &[("sip:101@10.0.0.9:5070", Some("1003"))]);
+    assert_eq!(
+        hangups(&commands),
+        vec![(stale.clone(), HangupReason::Normal)]
+    );
+    let fresh = dials(&commands);
+    assert_eq!(fresh.len(), 1);
+    assert_eq!(fresh[0].contact_uri, "sip:101@10.0.0.9:5070");
+    assert_ne!(fresh[0].leg, stale);
+    // The old leg's end does not count as the call failing.
+    h.push_result(&call, 0, false);
+    assert!(continued(&h.event(gone(&stale))).is_empty());
+}
+
+#[test]
+fn a_ringing_leg_is_not_replaced_and_a_failed_one_is_redialled_on_a_new_registration() {
+    let mut h = Harness::new();
+    let (call, _) = h.caller("c1", "101");
+    let call = call.unwrap();
+    let leg = dials(&h.contacts(&call, &[("sip:a", Some("1"))]))[0]
+        .leg
+        .clone();
+    h.feed(Input::DialResult {
+        leg: leg.clone(),
+        result: Ok(()),
+    });
+    h.event(PbxEvent::ChannelRinging {
+        channel: leg.clone(),
+    });
+    assert!(
+        h.contacts(&call, &[("sip:a", Some("2"))]).is_empty(),
+        "ringing legs stay"
+    );
+    // It fails (say, the phone was busy); the same contact announced again is redialled.
+    h.event(gone(&leg));
+    assert!(
+        dials(&h.contacts(&call, &[("sip:a", Some("2"))])).is_empty(),
+        "same registration: not again"
+    );
+    let again = h.event(PbxEvent::ContactAdded {
+        extension: "101".into(),
+        uri: "sip:a".into(),
+    });
+    assert_eq!(dials(&again).len(), 1);
+}
+
+#[test]
+fn a_failed_dial_request_counts_as_a_dead_leg() {
+    let mut h = Harness::new();
+    let (call, _) = h.caller("c1", "101");
+    let call = call.unwrap();
+    let leg = dials(&h.contacts(&call, &[("sip:a", None)]))[0].leg.clone();
+    h.push_result(&call, 0, false);
+    let commands = h.feed(Input::DialResult {
+        leg,
+        result: Err(PbxError::Failed("500".into())),
+    });
+    assert_eq!(continued(&commands), vec![(ch("c1"), WakeStatus::Failed)]);
+}
+
+#[test]
+fn a_failed_bridge_returns_the_caller_with_failed() {
+    let mut h = Harness::new();
+    let (call, _) = h.caller("c1", "101");
+    let call = call.unwrap();
+    let leg = dials(&h.contacts(&call, &[("sip:a", None)]))[0].leg.clone();
+    h.event(answered(&leg));
+    let commands = h.feed(Input::ConnectResult {
+        call,
+        result: Err(PbxError::Failed("boom".into())),
+    });
+    assert_eq!(hangups(&commands), vec![(leg, HangupReason::Normal)]);
+    assert_eq!(continued(&commands), vec![(ch("c1"), WakeStatus::Failed)]);
+    assert_eq!(destroyed(&commands).len(), 1);
+}
+
+#[test]
+fn shutdown_returns_waiting_callers_and_leaves_bridged_ones_talking() {
+    let mut h = Harness::new();
+    let (waiting, _) = h.caller("c1", "101");
+    let waiting = waiting.unwrap();
+    let waiting_leg = dials(&h.contacts(&waiting, &[("sip:a", None)]))[0]
+        .leg
+        .clone();
+    let (talking, _) = h.caller("c2", "102");
+    let talking = talking.unwrap();
+    let talking_leg = dials(&h.contacts(&talking, &[("sip:b", None)]))[0]
+        .leg
+        .clone();
+    h.event(answered(&talking_leg));
+    h.feed(Input::ConnectResult {
+        call: talking,
+        result: Ok(()),
+    });
+
+    h.engine.shutdown(h.now);
+    let commands = h.take();
+    assert_eq!(continued(&commands), vec![(ch("c1"), WakeStatus::Shutdown)]);
+    assert_eq!(
+        hangups(&commands),
+        vec![(waiting_leg, HangupReason::Normal)]
+    );
+    assert_eq!(h.engine.active_calls(), 1);
+    // A caller arriving now is returned at once.
+    let (call, commands) = h.caller("c3", "101");
+    assert!(call.is_none());
+    assert_eq!(continued(&commands), vec![(ch("c3"), WakeStatus::Shutdown)]);
+}
+
+#[test]
+fn reconnecting_returns_callers_left_by_a_previous_process_and_adopts_bridged_ones() {
+    let mut h = Harness::new();
+    let old_call = "6f1d2c3b-0000-4000-8000-00000000abcd";
+    let bridged_leg = ch(&format!("pwleg-{old_call}-1"));
+    let snapshot = PbxSnapshot {
+        parked: vec![
+            ParkedChannel {
+                channel: ch("stray-caller"),
+                args: vec!["101".into()],
+            },
+            ParkedChannel {
+                channel: ch("stray-leg"),
+                args: vec![LEG_MARKER.into(), "old".into()],
+            },
+            ParkedChannel {
+                channel: ch("talking-caller"),
+                args: vec!["102".into()],
+            },
+            ParkedChannel {
+                channel: bridged_leg.clone(),
+                args: vec![LEG_MARKER.into(), old_call.into()],
+            },
+            ParkedChannel {
+                channel: ch("lonely"),
+                args: vec!["101".into()],
+            },
+        ],
+        bridges: vec![
+            AppBridge {
+                bridge: BridgeId(format!("pwbridge-{old_call}")),
+                channels: vec![ch("talking-caller"), bridged_leg.clone()],
+            },
+            AppBridge {
+                bridge: BridgeId("pwbridge-half".into()),
+                channels: vec![ch("lonely")],
+            },
+        ],
+        all_channels: ["stray-caller", "stray-leg", "talking-caller", "lonely"]
+            .iter()
+            .map(|c| ch(c))
+            .chain([bridged_leg.clone()])
+            .collect(),
+    };
+    let commands = h.event(PbxEvent::Connected(snapshot));
+    let mut returned = continued(&commands);
+    returned.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        returned,
+        vec![
+            (ch("lonely"), WakeStatus::Recovered),
+            (ch("stray-caller"), WakeStatus::Recovered)
+        ]
+    );
+    assert_eq!(
+        hangups(&commands),
+        vec![(ch("stray-leg"), HangupReason::Normal)]
+    );
+    assert_eq!(destroyed(&commands), vec![BridgeId("pwbridge-half".into())]);
+    // The adopted conversation is looked after: when the device hangs up, so does the caller.
+    assert_eq!(h.engine.active_calls(), 1);
+    let end = h.event(gone(&bridged_leg));
+    assert_eq!(
+        hangups(&end),
+        vec![(ch("talking-caller"), HangupReason::Normal)]
+    );
+    assert_eq!(
+        destroyed(&end),
+        vec![BridgeId(format!("pwbridge-{old_call}"))]
+    );
+}
+
+#[test]
+fn reconnecting_applies_hangups_missed_while_disconnected() {
+    let mut h = Harness::new();
+    let (call, _) = h.caller("c1", "101");
+    let call = call.unwrap();
+    let leg = dials(&h.contacts(&call, &[("sip:a", None)]))[0].leg.clone();
+    h.feed(Input::DialResult {
+        leg: leg.clone(),
+        result: Ok(()),
+    });
+    h.event(PbxEvent::Disconnected);
+    // The caller hung up while the events were down; the leg still rings.
+    let snapshot = PbxSnapshot {
+        parked: vec![],
+        bridges: vec![],
+        all_channels: [leg.clone()].into_iter().collect(),
+    };
+    let commands = h.event(PbxEvent::Connected(snapshot));
+    assert_eq!(hangups(&commands), vec![(leg, HangupReason::Normal)]);
+    assert!(continued(&commands).is_empty());
+    assert_eq!(h.engine.active_calls(), 0);
+}
+
+#[test]
+fn our_own_waiting_caller_is_not_recovered_on_reconnect() {
+    let mut h = Harness::new();
+    let (call, _) = h.caller("c1", "101");
+    assert!(call.is_some());
+    let snapshot = PbxSnapshot {
+        parked: vec![ParkedChannel {
+            channel: ch("c1"),
+            args: vec!["101".into()],
+        }],
+        bridges: vec![],
+        all_channels: [ch("c1")].into_iter().collect(),
+    };
+    assert!(h.event(PbxEvent::Connected(snapshot)).is_empty());
+    assert_eq!(h.engine.waiting_calls(), 1);
+}
+
+/// Whatever happens, in whatever order, every caller that enters ends up returned to
+/// the dialplan exactly once, hung up by the caller, or bridged; and no call is left
+/// behind once the ring window is over.
+#[test]
+fn no_caller_is_ever_left_waiting() {
+    // A small deterministic pseudo-random generator: the same sequences every run.
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    for _round in 0..300 {
+        let mut h = Harness::new();
+        let (call, _) = h.caller("c1", if next(2) == 0 { "101" } else { "102" });
+        let call = call.unwrap();
+        let mut legs: Vec<ChannelId> = Vec::new();
+        let mut returned = 0;
+        let mut caller_gone = false;
+        let mut hung_up = 0;
+        for _step in 0..12 {
+            let commands = match next(9) {
+                0 => h.contacts(
+                    &call,
+                    &[("sip:a", Some(&next(3).to_string())), ("sip:b", None)],
+                ),
+                1 => h.event(PbxEvent::ContactAdded {
+                    extension: "101".into(),
+                    uri: format!("sip:{}", next(4)),
+                }),
+                2 => h.push_result(&call, next(2) as usize, next(2) == 0),
+                3 if !legs.is_empty() => {
+                    let l = legs[next(legs.len() as u64) as usize].clone();
+                    h.event(gone(&l))
+                }
+                4 if !legs.is_empty() => {
+                    let l = legs[next(legs.len() as u64) as usize].clone();
+                    h.event(answered(&l))
+                }
+                5 if !legs.is_empty() => {
+                    let l = legs[next(legs.len() as u64) as usize].clone();
+                    h.feed(Input::DialResult {
+                        leg: l,
+                        result: if next(2) == 0 {
+                            Ok(())
+                        } else {
+                            Err(PbxError::Failed("x".into()))
+                        },
+                    })
+                }
+                6 => h.advance(Duration::from_secs(next(8))),
+                7 if next(5) == 0 => {
+                    caller_gone = true;
+                    h.event(gone(&ch("c1")))
+                }
+                8 => h.feed(Input::ConnectResult {
+                    call: call.clone(),
+                    result: Ok(()),
+                }),
+                _ => Vec::new(),
+            };
+            legs.extend(dials(&commands).into_iter().map(|d| d.leg));
+            returned += continued(&commands)
+                .iter()
+                .filter(|(c, _)| c == &ch("c1"))
+                .count();
+            hung_up += hangups(&commands)
+                .iter()
+                .filter(|(c, _)| c == &ch("c1"))
+                .count();
+        }
+        let commands = h.advance(RING * 2);
+        returned += continued(&commands)
+            .iter()
+            .filter(|(c, _)| c == &ch("c1"))
+            .count();
+        assert!(
+            returned + hung_up <= 1,
+            "caller returned {returned} and hung up {hung_up} times"
+        );
+        let bridged = h.engine.active_calls() == 1 && h.engine.waiting_calls() == 0;
+        assert!(
+            returned == 1 || hung_up == 1 || caller_gone || bridged,
+            "caller left waiting: returned {returned}, gone {caller_gone}, active {}",
+            h.engine.active_calls()
+        );
+        assert_eq!(h.engine.waiting_calls(), 0);
+    }
+}

@@ -1,0 +1,274 @@
+//! The driver against a fake PBX and a fake push provider, with tokio's clock paused:
+//! timers, retries and shutdown are checked in virtual time, without sleeping.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pushwake::directory::{Device, DeviceToken, Directory, ExtensionPolicy, Platform};
+use pushwake::driver::{Control, Driver};
+use pushwake::pbx::{
+    CallControl, ChannelId, Contact, Party, PbxCommand, PbxError, PbxEvent, PbxReply, PbxSnapshot,
+    WakeStatus, LEG_MARKER,
+};
+use pushwake::push::{Attempt, AttemptFuture, PushService, Pushkin, WakePush};
+use pushwake::wake::EngineSettings;
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
+
+#[derive(Default)]
+struct FakePbx {
+    log: Mutex<Vec<(Instant, PbxCommand)>>,
+    changed: Notify,
+    contacts: Mutex<Vec<Contact>>,
+    failing_continues: AtomicU32,
+}
+
+impl CallControl for FakePbx {
+    async fn execute(&self, command: PbxCommand) -> Result<PbxReply, PbxError> {
+        self.log
+            .lock()
+            .unwrap()
+            .push((Instant::now(), command.clone()));
+        self.changed.notify_waiters();
+        match command {
+            PbxCommand::ListContacts { .. } => {
+                Ok(PbxReply::Contacts(self.contacts.lock().unwrap().clone()))
+            }
+            PbxCommand::Continue { .. } if self.failing_continues.load(Ordering::SeqCst) > 0 => {
+                self.failing_continues.fetch_sub(1, Ordering::SeqCst);
+                Err(PbxError::Failed("503 Service Unavailable".into()))
+            }
+            _ => Ok(PbxReply::Done),
+        }
+    }
+}
+
+impl FakePbx {
+    /// Waits (in virtual time) until a command matching `pred` has been executed.
+    async fn wait_for(
+        &self,
+        what: &str,
+        pred: impl Fn(&PbxCommand) -> bool,
+    ) -> (Instant, PbxCommand) {
+        let give_up = Instant::now() + Duration::from_secs(600);
+        loop {
+            let notified = self.changed.notified();
+            if let Some(found) = self
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|(_, c)| pred(c))
+                .cloned()
+            {
+                return found;
+            }
+            if tokio::time::timeout_at(give_up, notified).await.is_err() {
+                panic!("no {what} command; saw {:?}", self.log.lock().unwrap());
+            }
+        }
+    }
+
+    fn count(&self, pred: impl Fn(&PbxCommand) -> bool) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, c)| pred(c))
+            .count()
+    }
+}
+
+struct AlwaysDelivered;
+
+impl Pushkin for AlwaysDelivered {
+    fn platform(&self) -> Platform {
+        Platform::Apns
+    }
+    fn attempt<'a>(
+        &'a self,
+        _: &'a DeviceToken,
+        _: &'a WakePush,
+        _: Duration,
+    ) -> AttemptFuture<'a> {
+        Box::pin(async { Attempt::Delivered })
+    }
+}
+
+struct Setup {
+    pbx: Arc<FakePbx>,
+    events: mpsc::Sender<PbxEvent>,
+    control: mpsc::Sender<Control>,
+    driver: tokio::task::JoinHandle<pushwake::wake::EngineStats>,
+}
+
+fn start() -> Setup {
+    let directory = Directory::new([ExtensionPolicy {
+        number: "101".into(),
+        ring_timeout: Duration::from_secs(25),
+        devices: vec![Device {
+            platform: Platform::Apns,
+            token: DeviceToken::new("ab".repeat(32)),
+            label: "101/apns#0".into(),
+        }],
+    }]);
+    let pbx = Arc::new(FakePbx::default());
+    let mut push = PushService::new();
+    push.add(Arc::new(AlwaysDelivered));
+    let (events, events_rx) = mpsc::channel(64);
+    let (control, control_rx) = mpsc::channel(4);
+    let driver = Driver::new(
+        pbx.clone(),
+        push,
+        Arc::new(directory),
+        EngineSettings::default(),
+    );
+    let driver = tokio::spawn(driver.run(events_rx, control_rx));
+    Setup {
+        pbx,
+        events,
+        control,
+        driver,
+    }
+}
+
+async fn caller_enters(setup: &Setup, channel: &str) {
+    setup
+        .events
+        .send(PbxEvent::Connected(PbxSnapshot::default()))
+        .await
+        .unwrap();
+    setup
+        .events
+        .send(PbxEvent::ChannelEntered {
+            channel: ChannelId(channel.into()),
+            args: vec!["101".into()],
+            caller: Party {
+                number: "200".into(),
+                name: "Alice".into(),
+            },
+        })
+        .await
+        .unwrap();
+}
+
+fn is_continue(status: WakeStatus) -> impl Fn(&PbxCommand) -> bool {
+    move |c| matches!(c, PbxCommand::Continue { status: s, .. } if *s == status)
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_woken_phone_is_dialled_when_it_registers_and_connected_when_it_answers() {
+    let setup = start();
+    let start = Instant::now();
+    caller_enters(&setup, "caller-1").await;
+    setup
+        .pbx
+        .wait_for("ring", |c| matches!(c, PbxCommand::Ring { .. }))
+        .await;
+
+    // The phone wakes 2 s later and registers.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    setup
+        .events
+        .send(PbxEvent::ContactAdded {
+            extension: "101".into(),
+            uri: "sip:101@127.0.0.1:5070;pn-provider=apns".into(),
+        })
+        .await
+        .unwrap();
+    let (at, dial) = setup
+        .pbx
+        .wait_for("dial", |c| matches!(c, PbxCommand::Dial(_)))
+        .await;
+    assert!(
+        at - start < Duration::from_millis(2100),
+        "dialled {:?} after the call started",
+        at - start
+    );
+    let PbxCommand::Dial(dial) = dial else {
+        unreachable!()
+    };
+    assert_eq!(dial.contact_uri, "sip:101@127.0.0.1:5070;pn-provider=apns");
+    assert_eq!(dial.caller.name, "Alice");
+
+    setup
+        .events
+        .send(PbxEvent::ChannelEntered {
+            channel: dial.leg.clone(),
+            args: vec![LEG_MARKER.into(), dial.call.0.clone()],
+            caller: Party::default(),
+        })
+        .await
+        .unwrap();
+    setup
+        .pbx
+        .wait_for(
+            "connect",
+            |c| matches!(c, PbxCommand::Connect { leg, .. } if *leg == dial.leg),
+        )
+        .await;
+
+    // Long after the ring window, nothing has returned the bridged caller.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(
+        setup
+            .pbx
+            .count(|c| matches!(c, PbxCommand::Continue { .. })),
+        0
+    );
+    drop(setup.control);
+    setup.driver.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unanswered_call_returns_with_timeout_after_exactly_the_ring_timeout() {
+    let setup = start();
+    let start = Instant::now();
+    caller_enters(&setup, "caller-1").await;
+    let (at, _) = setup
+        .pbx
+        .wait_for("continue TIMEOUT", is_continue(WakeStatus::Timeout))
+        .await;
+    let waited = at - start;
+    assert!(
+        waited >= Duration::from_secs(25) && waited < Duration::from_millis(25_100),
+        "{waited:?}"
+    );
+    // The contacts were polled about once a second meanwhile, for the silent re-REGISTER.
+    let polls = setup
+        .pbx
+        .count(|c| matches!(c, PbxCommand::ListContacts { .. }));
+    assert!((20..=26).contains(&polls), "{polls} contact listings");
+    drop(setup.control);
+    setup.driver.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_continue_is_retried_so_the_caller_is_not_stuck() {
+    let setup = start();
+    setup.pbx.failing_continues.store(2, Ordering::SeqCst);
+    caller_enters(&setup, "caller-1").await;
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    assert_eq!(
+        setup.pbx.count(is_continue(WakeStatus::Timeout)),
+        3,
+        "two failures, then success"
+    );
+    drop(setup.control);
+    setup.driver.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_returns_waiting_callers_before_the_driver_ends() {
+    let setup = start();
+    caller_enters(&setup, "caller-1").await;
+    setup
+        .pbx
+        .wait_for("ring", |c| matches!(c, PbxCommand::Ring { .. }))
+        .await;
+    setup.control.send(Control::Shutdown).await.unwrap();
+    let stats = setup.driver.await.unwrap();
+    assert_eq!(stats.calls, 1);
+    assert_eq!(setup.pbx.count(is_continue(WakeStatus::Shutdown)), 1);
+}
