@@ -212,7 +212,8 @@ impl ApnsPushkin {
         let response = self
             .client
             .post(url)
-            .bearer_auth(jwt)
+            // Apple's documented form; the scheme is case-insensitive (RFC 7235).
+            .header(reqwest::header::AUTHORIZATION, format!("bearer {jwt}"))
             .header("apns-push-type", "voip")
             .header("apns-topic", &self.topic)
             .header("apns-priority", "10")

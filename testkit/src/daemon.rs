@@ -1,0 +1,210 @@
+//! The real `pushwake` binary as a child process, with its log captured.
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::Notify;
+
+use crate::asterisk::TestAsterisk;
+use crate::keys::EcKey;
+
+/// Test APNs credentials: the key pair, and the values the config and server share.
+#[derive(Clone)]
+pub struct TestApns {
+    /// The signing key.
+    pub key: EcKey,
+    /// Team id.
+    pub team_id: String,
+    /// Key id.
+    pub key_id: String,
+    /// VoIP topic.
+    pub topic: String,
+}
+
+impl TestApns {
+    /// Fresh credentials with a new key.
+    pub fn generate() -> Self {
+        Self {
+            key: EcKey::generate(),
+            team_id: "TEAM123456".into(),
+            key_id: "KEY7654321".into(),
+            topic: "com.example.phone.voip".into(),
+        }
+    }
+
+    /// What a local APNs server should expect of pushes signed with these.
+    pub fn expectations(&self) -> crate::apns::ApnsExpectations {
+        crate::apns::ApnsExpectations {
+            key: self.key.clone(),
+            team_id: self.team_id.clone(),
+            key_id: self.key_id.clone(),
+            topic: self.topic.clone(),
+        }
+    }
+}
+
+/// One extension in a generated configuration.
+#[derive(Clone, Debug)]
+pub struct TestExtension {
+    /// Number.
+    pub number: String,
+    /// `ring_timeout` value, e.g. `"10s"`.
+    pub ring_timeout: String,
+    /// APNs device tokens.
+    pub tokens: Vec<String>,
+}
+
+/// Writes a pushwake configuration for `app` on the test Asterisk into `dir`, with the
+/// APNs key beside it; returns the config path.
+pub fn write_config(
+    dir: &Path,
+    pbx: &TestAsterisk,
+    app: &str,
+    apns: &TestApns,
+    apns_endpoint: &str,
+    extensions: &[TestExtension],
+) -> std::io::Result<PathBuf> {
+    use std::fmt::Write as _;
+    use std::os::unix::fs::PermissionsExt;
+    let key_path = dir.join(format!("AuthKey_{}.p8", apns.key_id));
+    apns.key.write_private(&key_path)?;
+    let mut text = format!(
+        "[asterisk]\nurl = \"{}\"\nusername = \"{}\"\npassword = \"{}\"\napp = \"{app}\"\n\n[apns]\nteam_id = \"{}\"\nkey_id = \"{}\"\nkey_file = \"{}\"\ntopic = \"{}\"\nendpoint = \"{apns_endpoint}\"\n",
+        pbx.ari_url, pbx.ari_user, pbx.ari_password, apns.team_id, apns.key_id, key_path.display(), apns.topic
+    );
+    for ext in extensions {
+        let _ = write!(
+            text,
+            "\n[[extension]]\nnumber = \"{}\"\nring_timeout = \"{}\"\n",
+            ext.number, ext.ring_timeout
+        );
+        for token in &ext.tokens {
+            let _ = write!(
+                text,
+                "\n[[extension.device]]\nplatform = \"apns\"\ntoken = \"{token}\"\n"
+            );
+        }
+    }
+    let path = dir.join("pushwake.toml");
+    std::fs::write(&path, text)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(path)
+}
+
+/// A running daemon.
+pub struct Daemon {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+    grew: Arc<Notify>,
+}
+
+impl Daemon {
+    /// Starts `binary run --config <config>` and waits until it is connected to ARI.
+    pub async fn start(binary: &Path, config: &Path) -> Result<Self, String> {
+        let mut child = Command::new(binary)
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .env(
+                "PUSHWAKE_LOG",
+                std::env::var("PUSHWAKE_TEST_LOG").unwrap_or_else(|_| "info,pushwake=debug".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let grew = Arc::new(Notify::new());
+        let (sink, notify) = (log.clone(), grew.clone());
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if std::env::var_os("PUSHWAKE_TEST_ECHO").is_some() {
+                    eprintln!("[pushwake] {line}");
+                }
+                sink.lock().unwrap().push(line);
+                notify.notify_waiters();
+            }
+            notify.notify_waiters();
+        });
+        let daemon = Self { child, log, grew };
+        daemon
+            .wait_log("ARI events connected", Duration::from_secs(30))
+            .await?;
+        Ok(daemon)
+    }
+
+    /// Waits for a log line containing `needle`; returns it.
+    pub async fn wait_log(&self, needle: &str, timeout: Duration) -> Result<String, String> {
+        self.wait_log_after(0, needle, timeout).await
+    }
+
+    /// Like [`Daemon::wait_log`], looking only at lines after the first `skip`.
+    pub async fn wait_log_after(
+        &self,
+        skip: usize,
+        needle: &str,
+        timeout: Duration,
+    ) -> Result<String, String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let grew = self.grew.notified();
+            if let Some(line) = self
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .skip(skip)
+                .find(|l| l.contains(needle))
+            {
+                return Ok(line.clone());
+            }
+            if tokio::time::timeout_at(deadline, grew).await.is_err() {
+                return Err(format!(
+                    "pushwake never logged {needle:?} within {timeout:?}; its log:\n{}",
+                    self.logs()
+                ));
+            }
+        }
+    }
+
+    /// Number of log lines so far.
+    pub fn log_len(&self) -> usize {
+        self.log.lock().unwrap().len()
+    }
+
+    /// The whole log so far.
+    pub fn logs(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Kills it with SIGKILL (a crash) and reaps it.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// Sends SIGTERM and waits for it to exit.
+    pub async fn terminate(&mut self, timeout: Duration) -> Result<ExitStatus, String> {
+        let pid = self.child.id().ok_or("already exited")?;
+        // SAFETY: kill(2) with a pid we own; no memory is involved.
+        unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGTERM);
+        }
+        tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .map_err(|_| {
+                format!(
+                    "pushwake did not exit within {timeout:?} of SIGTERM; its log:\n{}",
+                    self.logs()
+                )
+            })?
+            .map_err(|e| e.to_string())
+    }
+}

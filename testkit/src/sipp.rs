@@ -1,0 +1,287 @@
+//! sipp processes: callers and phones, with the scenarios in `testkit/scenarios/`.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+
+/// The scenario file `name` shipped with the testkit.
+pub fn scenario(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scenarios")
+        .join(name)
+}
+
+/// A running sipp.
+pub struct SippRun {
+    name: String,
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+/// How a phone behaves when the INVITE comes.
+#[derive(Clone, Copy, Debug)]
+pub enum Phone {
+    /// Answers after `answer_after_ms`, then waits for the BYE.
+    Answer {
+        /// Delay before 200 OK.
+        answer_after_ms: u64,
+    },
+    /// Answers after `answer_after_ms`, talks `talk_ms`, sends BYE.
+    AnswerThenBye {
+        /// Delay before 200 OK.
+        answer_after_ms: u64,
+        /// Time before its BYE.
+        talk_ms: u64,
+    },
+    /// Rings and never answers; expects a CANCEL.
+    Ignore,
+}
+
+/// How the caller's call must end.
+#[derive(Clone, Copy, Debug)]
+pub enum CallerEnd {
+    /// Answered; the far end hangs up.
+    AnsweredFarHangsUp,
+    /// Answered; the caller hangs up after `talk_ms`.
+    AnsweredCallerHangsUp {
+        /// Talk time.
+        talk_ms: u64,
+    },
+    /// Not answered: the final response must be this code.
+    Refused(u16),
+    /// The caller cancels `after_ms` after it hears ringing.
+    Cancels {
+        /// Delay after the 180.
+        after_ms: u64,
+    },
+}
+
+impl SippRun {
+    fn spawn(name: &str, args: &[String]) -> Result<Self, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let out = std::fs::File::create(dir.path().join("stdout")).map_err(|e| e.to_string())?;
+        let err = std::fs::File::create(dir.path().join("stderr")).map_err(|e| e.to_string())?;
+        let mut command = Command::new("sipp");
+        command
+            .args(args)
+            .args([
+                "-nostdin",
+                "-m",
+                "1",
+                "-trace_logs",
+                "-trace_err",
+                "-trace_msg",
+            ])
+            .arg("-log_file")
+            .arg(dir.path().join("log"))
+            .arg("-error_file")
+            .arg(dir.path().join("errors"))
+            .arg("-message_file")
+            .arg(dir.path().join("messages"))
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .kill_on_drop(true);
+        let child = command
+            .spawn()
+            .map_err(|e| format!("cannot start sipp ({name}): {e}"))?;
+        Ok(Self {
+            name: name.to_owned(),
+            child,
+            dir,
+        })
+    }
+
+    /// A caller from `from_user` (bound to `local_port`) dialling `to` at the PBX.
+    pub fn caller(
+        pbx: &str,
+        from_user: &str,
+        to: &str,
+        local_port: u16,
+        end: CallerEnd,
+    ) -> Result<Self, String> {
+        let mut args = vec![
+            pbx.to_owned(),
+            "-i".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            local_port.to_string(),
+            "-s".into(),
+            to.to_owned(),
+        ];
+        let mut key = |k: &str, v: String| args.extend(["-key".to_owned(), k.to_owned(), v]);
+        key("from_user", from_user.to_owned());
+        let file = match end {
+            CallerEnd::Cancels { after_ms } => {
+                key("cancel_after_ms", after_ms.to_string());
+                "caller-cancel.xml"
+            }
+            CallerEnd::AnsweredFarHangsUp => {
+                key("expect", "200".into());
+                key("hangup_by", "far".into());
+                key("talk_ms", "0".into());
+                "caller.xml"
+            }
+            CallerEnd::AnsweredCallerHangsUp { talk_ms } => {
+                key("expect", "200".into());
+                key("hangup_by", "caller".into());
+                key("talk_ms", talk_ms.to_string());
+                "caller.xml"
+            }
+            CallerEnd::Refused(code) => {
+                key("expect", code.to_string());
+                key("hangup_by", "far".into());
+                key("talk_ms", "0".into());
+                "caller.xml"
+            }
+        };
+        args.extend(["-sf".to_owned(), scenario(file).display().to_string()]);
+        Self::spawn(&format!("caller {from_user}→{to}"), &args)
+    }
+
+    /// A phone listening on `port` (it is not registered by this: see [`SippRun::register`]).
+    pub async fn phone(port: u16, behaviour: Phone) -> Result<Self, String> {
+        let mut args = vec![
+            "-i".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string(),
+        ];
+        let file = match behaviour {
+            Phone::Answer { answer_after_ms } => {
+                args.extend([
+                    "-key".into(),
+                    "answer_after_ms".into(),
+                    answer_after_ms.to_string(),
+                ]);
+                "phone-answer.xml"
+            }
+            Phone::AnswerThenBye {
+                answer_after_ms,
+                talk_ms,
+            } => {
+                args.extend([
+                    "-key".into(),
+                    "answer_after_ms".into(),
+                    answer_after_ms.to_string(),
+                ]);
+                args.extend(["-key".into(), "talk_ms".into(), talk_ms.to_string()]);
+                "phone-answer-bye.xml"
+            }
+            Phone::Ignore => "phone-ignore.xml",
+        };
+        args.extend(["-sf".to_owned(), scenario(file).display().to_string()]);
+        let run = Self::spawn(&format!("phone on {port}"), &args)?;
+        // The phone must be listening before any INVITE can reach it: wait for sipp to
+        // hold the port (binding it ourselves fails once it does).
+        crate::wait_until(
+            &format!("sipp to listen on UDP {port}"),
+            Duration::from_secs(10),
+            || async move {
+                std::net::UdpSocket::bind(("127.0.0.1", port))
+                    .is_err()
+                    .then_some(())
+            },
+        )
+        .await?;
+        Ok(run)
+    }
+
+    /// One REGISTER of `user` from `local_port`, with an RFC 8599 APNs contact on
+    /// `contact_port`; `expires` 0 unregisters. Waits for the 200.
+    pub async fn register(
+        pbx: &str,
+        user: &str,
+        local_port: u16,
+        contact_port: u16,
+        expires: u32,
+        pn_prid: &str,
+    ) -> Result<SippRun, String> {
+        let args: Vec<String> = [
+            pbx,
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &local_port.to_string(),
+            "-key",
+            "user",
+            user,
+            "-key",
+            "contact_port",
+            &contact_port.to_string(),
+            "-key",
+            "expires",
+            &expires.to_string(),
+            "-key",
+            "pn_param",
+            "ABCDE12345.com.example.phone.voip",
+            "-key",
+            "pn_prid",
+            pn_prid,
+            "-sf",
+            &scenario("phone-register.xml").display().to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut run = Self::spawn(&format!("register {user}"), &args)?;
+        run.finish(Duration::from_secs(15)).await?;
+        Ok(run)
+    }
+
+    /// Waits for sipp to end; an error (with sipp's own words) unless it exited 0.
+    pub async fn finish(&mut self, timeout: Duration) -> Result<(), String> {
+        match tokio::time::timeout(timeout, self.child.wait()).await {
+            Ok(Ok(status)) if status.success() => Ok(()),
+            Ok(Ok(status)) => Err(format!(
+                "sipp {} failed ({status}):\n{}",
+                self.name,
+                self.report()
+            )),
+            Ok(Err(e)) => Err(format!("sipp {}: {e}", self.name)),
+            Err(_) => {
+                let _ = self.child.start_kill();
+                Err(format!(
+                    "sipp {} did not finish within {timeout:?}:\n{}",
+                    self.name,
+                    self.report()
+                ))
+            }
+        }
+    }
+
+    /// The scenario's `<log>` output (e.g. `X-Pushwake-Call-Id: …`).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+    }
+
+    /// The SIP message trace (`-trace_msg`), with sipp's timestamps.
+    pub fn messages(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("messages")).unwrap_or_default()
+    }
+
+    /// Everything sipp wrote, for a failure message.
+    pub fn report(&self) -> String {
+        let read = |f: &str| std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default();
+        let tail = |s: String, n: usize| {
+            s.lines()
+                .rev()
+                .take(n)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        format!(
+            "--- errors\n{}\n--- log\n{}\n--- messages (tail)\n{}\n--- stderr\n{}",
+            tail(read("errors"), 30),
+            tail(read("log"), 30),
+            tail(read("messages"), 60),
+            tail(read("stderr"), 10)
+        )
+    }
+}
