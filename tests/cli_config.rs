@@ -1,0 +1,208 @@
+//! The `pushwake` binary's handling of configuration files: a bad file gets one clear
+//! line naming file, line and key, and exit code 2 — for `check-config` and for `run`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use pushwake_testkit::keys::EcKey;
+
+fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_pushwake")
+}
+
+struct Files {
+    dir: tempfile::TempDir,
+}
+
+impl Files {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn write(&self, name: &str, text: &str, mode: u32) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    }
+
+    fn key(&self) -> PathBuf {
+        self.write("AuthKey.p8", &EcKey::generate().private_pem, 0o600)
+    }
+
+    /// The shipped example, with its key path pointed at `key`.
+    fn example(&self, key: &Path) -> String {
+        let example = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("config/pushwake.toml"),
+        )
+        .unwrap();
+        example.replace(
+            "/etc/pushwake/AuthKey_KEY1234567.p8",
+            &key.display().to_string(),
+        )
+    }
+}
+
+/// Runs `pushwake <args> --config <config>`; returns (exit code, stdout, stderr).
+fn run(args: &[&str], config: &Path) -> (i32, String, String) {
+    let out = Command::new(binary())
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env("PUSHWAKE_LOG", "info")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Asserts `check-config` and `run` both refuse the file with exit code 2 and one line
+/// on stderr containing every `needle`.
+fn refused(config: &Path, needles: &[&str]) {
+    for args in [&["check-config"][..], &["run"][..]] {
+        let (code, _, stderr) = run(args, config);
+        assert_eq!(code, 2, "{args:?}: exit code; stderr: {stderr}");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{args:?}: want one line, got: {stderr}");
+        for needle in needles {
+            assert!(
+                lines[0].contains(needle),
+                "{args:?}: {:?} lacks {needle:?}",
+                lines[0]
+            );
+        }
+    }
+}
+
+#[test]
+fn the_shipped_example_is_valid() {
+    let files = Files::new();
+    let key = files.key();
+    let config = files.write("pushwake.toml", &files.example(&key), 0o640);
+    let (code, stdout, stderr) = run(&["check-config"], &config);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("ok (1 extension(s), apns configured)"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_syntax_error_names_the_file_and_line() {
+    let files = Files::new();
+    let key = files.key();
+    let text = files.example(&key).replace("[defaults]", "[defaults");
+    let config = files.write("pushwake.toml", &text, 0o600);
+    let line = text.lines().position(|l| l == "[defaults").unwrap() + 1;
+    refused(&config, &[&format!("pushwake.toml:{line}:")]);
+}
+
+#[test]
+fn an_unknown_key_is_named_with_its_line() {
+    let files = Files::new();
+    let key = files.key();
+    let text = files.example(&key).replace(
+        "ring_timeout = \"25s\"",
+        "ring_timeout = \"25s\"\nring_timout = \"20s\"",
+    );
+    let config = files.write("pushwake.toml", &text, 0o600);
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("ring_timout"))
+        .unwrap()
+        + 1;
+    refused(&config, &[&format!("pushwake.toml:{line}:"), "ring_timout"]);
+}
+
+#[test]
+fn a_missing_key_file_is_named() {
+    let files = Files::new();
+    let text = files.example(Path::new("/nonexistent/AuthKey_X.p8"));
+    let config = files.write("pushwake.toml", &text, 0o600);
+    refused(
+        &config,
+        &["apns.key_file", "/nonexistent/AuthKey_X.p8", "No such file"],
+    );
+}
+
+#[test]
+fn a_key_file_that_is_not_a_p256_key_is_refused() {
+    let files = Files::new();
+    let key = files.write(
+        "AuthKey.p8",
+        "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n",
+        0o600,
+    );
+    let config = files.write("pushwake.toml", &files.example(&key), 0o600);
+    refused(&config, &["apns.key_file", "P-256"]);
+}
+
+#[test]
+fn secret_files_readable_by_others_are_refused() {
+    let files = Files::new();
+    let key = files.key();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let config = files.write("pushwake.toml", &files.example(&key), 0o600);
+    refused(&config, &["apns.key_file", "0644", "chmod"]);
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    refused(&config, &["pushwake.toml", "0644", "chmod"]);
+}
+
+#[test]
+fn a_bad_duration_names_the_key_and_line() {
+    let files = Files::new();
+    let key = files.key();
+    let text = files
+        .example(&key)
+        .replace("ring_timeout = \"25s\"", "ring_timeout = \"twenty\"");
+    let config = files.write("pushwake.toml", &text, 0o600);
+    let line = text.lines().position(|l| l.contains("\"twenty\"")).unwrap() + 1;
+    refused(
+        &config,
+        &[
+            &format!("pushwake.toml:{line}:"),
+            "extension.ring_timeout",
+            "twenty",
+        ],
+    );
+}
+
+#[test]
+fn an_unreadable_config_file_is_named() {
+    let files = Files::new();
+    refused(
+        &files.dir.path().join("absent.toml"),
+        &["absent.toml", "cannot read"],
+    );
+}
+
+#[test]
+fn errors_never_show_the_device_token_or_password() {
+    let files = Files::new();
+    let key = files.key();
+    let text = files
+        .example(&key)
+        .replace(
+            "00fc13adff785122b4ad28809a3420982341241421348097878e577c991de8f0",
+            "00fc13adff785122b4ad28809a34209823412414213480978zz",
+        )
+        .replace("password = \"change-me\"", "password = \"hunter2-secret\"");
+    let config = files.write("pushwake.toml", &text, 0o600);
+    let (code, _, stderr) = run(&["check-config"], &config);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("device token must be hexadecimal"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("00fc13ad") && !stderr.contains("hunter2"),
+        "{stderr}"
+    );
+}
