@@ -175,6 +175,11 @@ impl Daemon {
         }
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// Number of log lines so far.
     pub fn log_len(&self) -> usize {
         self.log.lock().unwrap().len()

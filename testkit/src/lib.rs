@@ -11,6 +11,8 @@ pub mod daemon;
 pub mod keys;
 pub mod sipp;
 pub mod slot;
+pub mod trace;
+pub mod woken_call;
 
 /// Waits until `check` returns `Some`, polling every 20 ms, for at most `timeout`.
 /// Used where the thing waited for has no event of its own (a port being bound, a channel

@@ -1,0 +1,148 @@
+//! `pushwake-bench`: how fast a woken phone is rung.
+//!
+//! Repeats a woken call (see `woken_call`) and reports the time from the phone's
+//! REGISTER leaving the phone to the INVITE for the waiting call reaching it, from
+//! sipp's packet timestamps (loopback: the same as REGISTER reaching Asterisk → INVITE
+//! leaving it, plus two loopback hops). Also the daemon's resident memory when idle.
+//! Run it with `scripts/bench` (release build). Not a test: figures on a shared machine
+//! vary; CI does not run it.
+
+use std::time::Duration;
+
+use pushwake_testkit::apns::ApnsServer;
+use pushwake_testkit::asterisk::TestAsterisk;
+use pushwake_testkit::daemon::{write_config, Daemon, TestApns, TestExtension};
+use pushwake_testkit::slot::Slot;
+use pushwake_testkit::woken_call::{self, WokenCallPlan};
+
+#[tokio::main]
+async fn main() {
+    let calls: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(60);
+    if let Err(e) = bench(calls).await {
+        eprintln!("pushwake-bench: FAILED: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+async fn bench(calls: usize) -> Result<(), String> {
+    let slot = Slot::new(39);
+    let pbx = TestAsterisk::connect().await?;
+    let apns = TestApns::generate();
+    let server = ApnsServer::start(apns.expectations())
+        .await
+        .map_err(|e| e.to_string())?;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let token = "39".repeat(32);
+    let extension = TestExtension {
+        number: slot.phone(1),
+        ring_timeout: "20s".into(),
+        tokens: vec![token.clone()],
+    };
+    let config = write_config(
+        dir.path(),
+        &pbx,
+        &slot.app(),
+        &apns,
+        &server.endpoint(),
+        &[extension],
+    )
+    .map_err(|e| e.to_string())?;
+    let binary = woken_call::pushwake_binary()?;
+    let daemon = Daemon::start(&binary, &config).await?;
+    let pid = daemon.pid().ok_or("daemon exited")?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle_rss = rss_kib(pid).ok_or("cannot read the daemon's RSS")?;
+
+    let plan = WokenCallPlan {
+        caller: slot.caller(),
+        extension: slot.phone(1),
+        caller_port: slot.port(0),
+        phone_port: slot.port(1),
+        register_port: slot.port(2),
+        token: token.clone(),
+        // Long enough for the call's set-up (ringback, first contact listing) to be over:
+        // what is measured is the fork-late path, a registration arriving mid-call.
+        wake_delay: Duration::from_millis(150),
+        answer_after: Duration::from_millis(0),
+        talk: Duration::from_millis(0),
+    };
+    pushwake_testkit::sipp::SippRun::register(
+        &pbx.sip,
+        &plan.extension,
+        plan.register_port,
+        plan.phone_port,
+        0,
+        &token,
+    )
+    .await?;
+    println!(
+        "pushwake-bench: {calls} woken calls against {} ({})",
+        pbx.ari_url,
+        binary.display()
+    );
+    let mut samples = Vec::with_capacity(calls);
+    for i in 0..calls {
+        let call = woken_call::run(&pbx, &server, &plan)
+            .await
+            .map_err(|e| format!("call {}: {e}\npushwake log:\n{}", i + 1, daemon.logs()))?;
+        if call.invite_call_id != call.push_call_id {
+            return Err(format!(
+                "call {}: X-Pushwake-Call-Id {} != push call_id {}",
+                i + 1,
+                call.invite_call_id,
+                call.push_call_id
+            ));
+        }
+        samples.push(call.register_to_invite);
+        if (i + 1) % 10 == 0 {
+            eprintln!("  {} calls done", i + 1);
+        }
+    }
+    pbx.wait_clean(slot, Duration::from_secs(10)).await?;
+    let after_rss = rss_kib(pid).unwrap_or(0);
+    let mut sorted = samples.clone();
+    sorted.sort();
+    let mean = samples.iter().sum::<Duration>() / samples.len() as u32;
+    println!("REGISTER sent by the woken phone → INVITE received by it (sipp packet timestamps, loopback), {} calls:", samples.len());
+    println!(
+        "  p50 {:.3} ms   p95 {:.3} ms   max {:.3} ms   (min {:.3} ms, mean {:.3} ms)",
+        ms(percentile(&sorted, 50.0)),
+        ms(percentile(&sorted, 95.0)),
+        ms(*sorted.last().unwrap()),
+        ms(sorted[0]),
+        ms(mean)
+    );
+    println!("  every INVITE carried the push's call id in X-Pushwake-Call-Id");
+    println!(
+        "pushwake resident memory: idle {:.1} MiB, after {} calls {:.1} MiB",
+        idle_rss as f64 / 1024.0,
+        samples.len(),
+        after_rss as f64 / 1024.0
+    );
+    println!(
+        "pushes accepted by the local APNs server: {}, HTTP/2 connections opened: {}",
+        server.accepted().len(),
+        server.connections()
+    );
+    Ok(())
+}

@@ -1,0 +1,157 @@
+//! One complete woken call, as the demo shows it and the benchmark repeats it: a caller
+//! dials an extension whose phone is asleep, the push arrives at the local APNs server,
+//! the phone wakes and registers, pushwake dials it, it answers, the caller hangs up.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::apns::ApnsServer;
+use crate::asterisk::TestAsterisk;
+use crate::sipp::{CallerEnd, Phone, SippRun};
+use crate::trace;
+
+/// Who calls whom, and on which ports.
+#[derive(Clone, Debug)]
+pub struct WokenCallPlan {
+    /// Caller endpoint.
+    pub caller: String,
+    /// The sleeping phone's extension.
+    pub extension: String,
+    /// The caller's local port.
+    pub caller_port: u16,
+    /// Where the phone listens once awake (its contact).
+    pub phone_port: u16,
+    /// The port the phone registers from.
+    pub register_port: u16,
+    /// The device token (also used as the contact's `pn-prid`).
+    pub token: String,
+    /// How long the phone's app takes to start after the push.
+    pub wake_delay: Duration,
+    /// How long the phone takes to answer once it rings.
+    pub answer_after: Duration,
+    /// How long the call lasts before the caller hangs up.
+    pub talk: Duration,
+}
+
+/// What happened, when. Instants are on this process's clock; the REGISTER→INVITE
+/// latency comes from sipp's own packet timestamps at the phone.
+#[derive(Clone, Debug)]
+pub struct WokenCall {
+    /// The caller's sipp started.
+    pub dialled: Instant,
+    /// The APNs server accepted the push.
+    pub pushed: Instant,
+    /// The phone's REGISTER was answered.
+    pub registered: Instant,
+    /// The caller's call ended (BYE answered).
+    pub ended: Instant,
+    /// The call id in the push.
+    pub push_call_id: String,
+    /// The call id in the INVITE's `X-Pushwake-Call-Id`.
+    pub invite_call_id: String,
+    /// REGISTER sent by the phone → INVITE received by the phone, per sipp's traces.
+    pub register_to_invite: Duration,
+}
+
+/// Runs one woken call; the phone is unregistered again at the end, so the next call
+/// finds it asleep.
+pub async fn run(
+    pbx: &TestAsterisk,
+    apns: &ApnsServer,
+    plan: &WokenCallPlan,
+) -> Result<WokenCall, String> {
+    let before = apns.accepted().len();
+    let mut phone = SippRun::phone(
+        plan.phone_port,
+        Phone::Answer {
+            answer_after_ms: plan.answer_after.as_millis() as u64,
+        },
+    )
+    .await?;
+    let dialled = Instant::now();
+    let mut caller = SippRun::caller(
+        &pbx.sip,
+        &plan.caller,
+        &plan.extension,
+        plan.caller_port,
+        CallerEnd::AnsweredCallerHangsUp {
+            talk_ms: plan.talk.as_millis() as u64,
+        },
+    )?;
+    let pushes = apns.wait_for(before + 1, Duration::from_secs(15)).await?;
+    let push = pushes.last().expect("one push").clone();
+    let push_call_id = push.body["call_id"].as_str().unwrap_or_default().to_owned();
+    tokio::time::sleep(plan.wake_delay).await;
+    let register = SippRun::register(
+        &pbx.sip,
+        &plan.extension,
+        plan.register_port,
+        plan.phone_port,
+        120,
+        &plan.token,
+    )
+    .await?;
+    let registered = Instant::now();
+    caller.finish(Duration::from_secs(30)).await?;
+    let ended = Instant::now();
+    phone.finish(Duration::from_secs(30)).await?;
+    SippRun::register(
+        &pbx.sip,
+        &plan.extension,
+        plan.register_port,
+        plan.phone_port,
+        0,
+        &plan.token,
+    )
+    .await?;
+
+    let sent = trace::parse(&register.messages())
+        .into_iter()
+        .find(|m| m.sent && m.is_request("REGISTER"))
+        .ok_or("no REGISTER in the phone's trace")?;
+    let invite = trace::parse(&phone.messages())
+        .into_iter()
+        .find(|m| !m.sent && m.is_request("INVITE"))
+        .ok_or("no INVITE in the phone's trace")?;
+    let micros = invite.at_micros - sent.at_micros;
+    if micros < 0 {
+        return Err(format!(
+            "INVITE traced {micros} µs before the REGISTER: the phone was rung before it woke"
+        ));
+    }
+    let invite_call_id = phone
+        .log()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("X-Pushwake-Call-Id: ")
+                .map(|v| v.trim().to_owned())
+        })
+        .unwrap_or_default();
+    Ok(WokenCall {
+        dialled,
+        pushed: push.at,
+        registered,
+        ended,
+        push_call_id,
+        invite_call_id,
+        register_to_invite: Duration::from_micros(micros as u64),
+    })
+}
+
+/// The `pushwake` binary next to the running one (`target/<profile>/`), or `$PUSHWAKE_BIN`.
+pub fn pushwake_binary() -> Result<std::path::PathBuf, String> {
+    if let Some(path) = std::env::var_os("PUSHWAKE_BIN") {
+        return Ok(path.into());
+    }
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let sibling = me.with_file_name("pushwake");
+    if sibling.is_file() {
+        Ok(sibling)
+    } else {
+        Err(format!(
+            "no pushwake binary at {} (build it with `cargo build --release`, or set PUSHWAKE_BIN)",
+            sibling.display()
+        ))
+    }
+}
