@@ -54,7 +54,12 @@ impl AsteriskPbx {
         rx
     }
 
+    /// Subscribes the application to registrations (every PJSIP endpoint's contact
+    /// changes), then reads what the PBX holds. Called on every (re)connect; the
+    /// subscription comes first so nothing registering meanwhile is missed (the wake
+    /// logic's contact polling covers the moment between connect and subscribe).
     async fn snapshot(&self) -> Result<PbxSnapshot, AriError> {
+        self.client.subscribe(&self.app, "endpoint:PJSIP").await?;
         let (channels, bridges) = tokio::try_join!(self.client.channels(), self.client.bridges())?;
         let parked = channels
             .iter()
@@ -80,8 +85,8 @@ impl AsteriskPbx {
         })
     }
 
-    /// Whether a channel entering Stasis belongs to this application (with
-    /// `subscribeAll`, events of other applications' channels arrive too).
+    /// Whether a channel entering Stasis belongs to this application (a guard: events
+    /// of other applications' channels must never be acted on).
     fn is_ours(&self, channel: &pushwake_asterisk::Channel) -> bool {
         let data = &channel.dialplan.app_data;
         data.is_empty() || data.split(',').next().map(str::trim) == Some(self.app.as_str())

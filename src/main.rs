@@ -77,7 +77,11 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
+            // One thread: pushwake does little CPU work and much waiting, and on the path
+            // from a REGISTER event to the INVITE every hand-over between threads is a
+            // wake-up the OS may delay on a busy machine. On one thread those hand-overs
+            // are queue pushes.
+            let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
             {

@@ -590,6 +590,7 @@ impl WakeEngine {
         };
         match result {
             Ok(()) => {
+                tracing::debug!(call = %call_id, leg = %leg_id, "dial request accepted");
                 if leg.state == LegState::Requested {
                     leg.state = LegState::Dialing;
                 }
@@ -609,6 +610,12 @@ impl WakeEngine {
         let Some(call) = self.calls.get_mut(id) else {
             return;
         };
+        match &call.phase {
+            // Asterisk may deliver a leg's events twice: the winner entering again is
+            // the same answer, not a second one.
+            Phase::Connecting { leg, .. } | Phase::Connected { leg, .. } if leg == leg_id => return,
+            _ => {}
+        }
         if call.phase != Phase::Waiting {
             tracing::info!(call = %id, leg = %leg_id, "a second device answered: hanging it up");
             if let Some(leg) = call.leg_mut(leg_id) {

@@ -117,48 +117,43 @@ fn ch(id: &str) -> ChannelId {
     ChannelId(id.into())
 }
 
-fn dials(commands: &[Command]) -> Vec<DialRequest> {
+/// The PBX commands among `commands` that `pick` selects, in order.
+fn pbx<T>(commands: &[Command], pick: impl Fn(&PbxCommand) -> Option<T>) -> Vec<T> {
     commands
         .iter()
         .filter_map(|c| match c {
-            Command::Pbx(PbxCommand::Dial(d)) => Some(d.clone()),
-            _ => None,
+            Command::Pbx(command) => pick(command),
+            Command::Push(_) => None,
         })
         .collect()
+}
+
+fn dials(commands: &[Command]) -> Vec<DialRequest> {
+    pbx(commands, |c| match c {
+        PbxCommand::Dial(d) => Some(d.clone()),
+        _ => None,
+    })
 }
 
 fn hangups(commands: &[Command]) -> Vec<(ChannelId, HangupReason)> {
-    commands
-        .iter()
-        .filter_map(|c| match c {
-            Command::Pbx(PbxCommand::Hangup { channel, reason }) => {
-                Some((channel.clone(), *reason))
-            }
-            _ => None,
-        })
-        .collect()
+    pbx(commands, |c| match c {
+        PbxCommand::Hangup { channel, reason } => Some((channel.clone(), *reason)),
+        _ => None,
+    })
 }
 
 fn continued(commands: &[Command]) -> Vec<(ChannelId, WakeStatus)> {
-    commands
-        .iter()
-        .filter_map(|c| match c {
-            Command::Pbx(PbxCommand::Continue { channel, status }) => {
-                Some((channel.clone(), *status))
-            }
-            _ => None,
-        })
-        .collect()
+    pbx(commands, |c| match c {
+        PbxCommand::Continue { channel, status } => Some((channel.clone(), *status)),
+        _ => None,
+    })
 }
 
 fn destroyed(commands: &[Command]) -> Vec<BridgeId> {
-    commands
-        .iter()
-        .filter_map(|c| match c {
-            Command::Pbx(PbxCommand::DestroyBridge { bridge }) => Some(bridge.clone()),
-            _ => None,
-        })
-        .collect()
+    pbx(commands, |c| match c {
+        PbxCommand::DestroyBridge { bridge } => Some(bridge.clone()),
+        _ => None,
+    })
 }
 
 fn gone(channel: &ChannelId) -> PbxEvent {
@@ -304,6 +299,8 @@ fn first_answer_wins_and_the_other_legs_are_told_it_was_answered_elsewhere() {
     );
     assert_eq!(h.engine.next_timeout(), None, "no timeout once answered");
 
+    // The same answer delivered twice (Asterisk repeats a leg's events) changes nothing.
+    assert!(h.event(answered(&b)).is_empty());
     // The loser answering a moment later is hung up too.
     let late = h.event(answered(&a));
     assert_eq!(

@@ -52,15 +52,19 @@ pub fn parse(text: &str) -> Vec<TracedMessage> {
     out
 }
 
-/// `2026-11-23 23:58:05.882142` → microseconds since the epoch.
-fn parse_stamp(stamp: &str) -> Option<i64> {
-    let (date, time) = stamp.split_once(' ')?;
+/// `2026-11-23 23:58:05.882142` (sipp) or `2026-11-23T23:58:05.882142Z` (pushwake's
+/// log) → microseconds since the epoch.
+pub fn parse_stamp(stamp: &str) -> Option<i64> {
+    let stamp = stamp.trim_end_matches('Z');
+    let (date, time) = stamp.split_once([' ', 'T'])?;
     let mut d = date.split('-').map(|p| p.parse::<i64>());
     let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
     let (hms, micros) = time.split_once('.')?;
     let mut t = hms.split(':').map(|p| p.parse::<i64>());
     let (hh, mm, ss) = (t.next()?.ok()?, t.next()?.ok()?, t.next()?.ok()?);
-    let micros: i64 = micros.parse().ok()?;
+    // Scale to microseconds whatever the number of digits.
+    let digits = micros.len().min(6);
+    let micros: i64 = micros[..digits].parse::<i64>().ok()? * 10_i64.pow(6 - digits as u32);
     let days = days_from_civil(y, m, day);
     Some(((days * 24 + hh) * 60 + mm) * 60_000_000 + ss * 1_000_000 + micros)
 }
@@ -88,6 +92,10 @@ mod tests {
         assert!(!messages[1].sent && messages[1].is_request("INVITE"));
         assert_eq!(messages[1].at_micros - messages[0].at_micros, 1200);
         assert_eq!(days_from_civil(1970, 1, 1), 0);
+        assert_eq!(
+            parse_stamp("2026-11-24T00:00:00.0011Z"),
+            parse_stamp("2026-11-24 00:00:00.001100")
+        );
         assert_eq!(days_from_civil(2000, 3, 1), 11_017);
     }
 }

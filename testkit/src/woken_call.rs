@@ -52,6 +52,8 @@ pub struct WokenCall {
     pub invite_call_id: String,
     /// REGISTER sent by the phone → INVITE received by the phone, per sipp's traces.
     pub register_to_invite: Duration,
+    /// When the phone sent its REGISTER (µs since the epoch, sipp's clock).
+    pub register_sent_micros: i64,
 }
 
 /// Runs one woken call; the phone is unregistered again at the end, so the next call
@@ -136,6 +138,7 @@ pub async fn run(
         push_call_id,
         invite_call_id,
         register_to_invite: Duration::from_micros(micros as u64),
+        register_sent_micros: sent.at_micros,
     })
 }
 

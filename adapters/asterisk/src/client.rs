@@ -346,6 +346,19 @@ impl AriClient {
         .map(|_| ())
     }
 
+    /// Subscribes `app` to an event source (`endpoint:PJSIP`, `channel:<id>`, …). A
+    /// subscription lasts as long as the application's WebSocket.
+    pub async fn subscribe(&self, app: &str, source: &str) -> Result<(), AriError> {
+        self.call(
+            Method::POST,
+            &format!("/applications/{}/subscription", seg(app)),
+            &[("eventSource", source)],
+            None,
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// Every channel.
     pub async fn channels(&self) -> Result<Vec<Channel>, AriError> {
         self.call_json(Method::GET, "/channels", &[], None).await

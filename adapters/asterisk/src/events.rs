@@ -115,6 +115,11 @@ impl std::fmt::Debug for EventsConfig {
 impl EventsConfig {
     /// The WebSocket URL (`ws://` for `http://`, `wss://` for `https://`). It carries no
     /// credentials: they go in the `Authorization` header, so the URL can be logged.
+    ///
+    /// No `subscribeAll=true`: Asterisk 22.10 deadlocks its ARI (every later WebSocket
+    /// connect hangs) when an app connected with it disconnects while device-state events
+    /// are delivered — a daemon restart could take ARI down. The app subscribes to the
+    /// event sources it needs instead ([`crate::AriClient::subscribe`]).
     pub fn websocket_url(&self) -> String {
         let base = self.url.trim_end_matches('/');
         let base = if let Some(rest) = base.strip_prefix("https://") {
@@ -124,7 +129,7 @@ impl EventsConfig {
         } else {
             base.to_owned()
         };
-        format!("{base}/ari/events?app={}&subscribeAll=true", self.app)
+        format!("{base}/ari/events?app={}", self.app)
     }
 }
 

@@ -101,6 +101,10 @@ async fn bench(calls: usize) -> Result<(), String> {
         binary.display()
     );
     let mut samples = Vec::with_capacity(calls);
+    // REGISTER → pushwake decides to dial (Asterisk's event + our event path), and
+    // → the originate request answered, from pushwake's log timestamps.
+    let mut to_decision = Vec::with_capacity(calls);
+    let mut to_accepted = Vec::with_capacity(calls);
     for i in 0..calls {
         let call = woken_call::run(&pbx, &server, &plan)
             .await
@@ -114,6 +118,33 @@ async fn bench(calls: usize) -> Result<(), String> {
             ));
         }
         samples.push(call.register_to_invite);
+        let logs = daemon.logs();
+        let stamp_of = |needle: &str| {
+            logs.lines()
+                .find(|l| l.contains(needle) && l.contains(&call.push_call_id))
+                .and_then(|l| l.split_whitespace().next())
+                .and_then(pushwake_testkit::trace::parse_stamp)
+        };
+        if let (Some(decided), Some(accepted)) = (
+            stamp_of(" dialling contact call="),
+            stamp_of("dial request accepted"),
+        ) {
+            if std::env::var_os("PUSHWAKE_BENCH_RAW").is_some() {
+                eprintln!(
+                    "  call {}: REGISTER sent +0, decided {:+} µs, accepted {:+} µs, INVITE at phone {:+} µs",
+                    i + 1,
+                    decided - call.register_sent_micros,
+                    accepted - call.register_sent_micros,
+                    call.register_to_invite.as_micros()
+                );
+            }
+            to_decision.push(Duration::from_micros(
+                (decided - call.register_sent_micros).max(0) as u64,
+            ));
+            to_accepted.push(Duration::from_micros(
+                (accepted - call.register_sent_micros).max(0) as u64,
+            ));
+        }
         if (i + 1) % 10 == 0 {
             eprintln!("  {} calls done", i + 1);
         }
@@ -133,6 +164,15 @@ async fn bench(calls: usize) -> Result<(), String> {
         ms(mean)
     );
     println!("  every INVITE carried the push's call id in X-Pushwake-Call-Id");
+    if !to_decision.is_empty() {
+        to_decision.sort();
+        to_accepted.sort();
+        println!(
+            "  breakdown (p50, from pushwake's debug log): REGISTER → pushwake decides to dial {:.3} ms; → ARI answered the originate {:.3} ms",
+            ms(percentile(&to_decision, 50.0)),
+            ms(percentile(&to_accepted, 50.0))
+        );
+    }
     println!(
         "pushwake resident memory: idle {:.1} MiB, after {} calls {:.1} MiB",
         idle_rss as f64 / 1024.0,
