@@ -22,6 +22,10 @@ pub const CALL_ID_HEADER: &str = "X-Pushwake-Call-Id";
 #[derive(Debug, Clone)]
 pub struct AsteriskPbx {
     client: AriClient,
+    /// A second connection pool used only to dial: on the path from a phone's REGISTER
+    /// to its INVITE, the dial must find an idle, open connection, not one busy with a
+    /// contact listing (a new connection costs a TCP handshake and an Asterisk thread).
+    dial_client: AriClient,
     app: String,
 }
 
@@ -30,13 +34,14 @@ impl AsteriskPbx {
     pub fn new(config: &AsteriskConfig) -> Result<Self, AriError> {
         Ok(Self {
             client: AriClient::new(&config.url, &config.username, &config.password)?,
+            dial_client: AriClient::new(&config.url, &config.username, &config.password)?,
             app: config.app.clone(),
         })
     }
 
-    /// The REST client (for keeping its connection warm).
-    pub fn client(&self) -> &AriClient {
-        &self.client
+    /// Keeps both REST connection pools warm, forever. Run it in its own task.
+    pub async fn keep_warm(self) {
+        tokio::join!(self.client.keep_warm(), self.dial_client.keep_warm());
     }
 
     /// Starts the event WebSocket and returns the translated event stream. On every
@@ -191,7 +196,7 @@ impl CallControl for AsteriskPbx {
                         request.call.0.clone(),
                     )],
                 };
-                c.originate(&originate).await.map(|_| ())
+                self.dial_client.originate(&originate).await.map(|_| ())
             }
             PbxCommand::Connect {
                 caller,

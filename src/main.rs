@@ -138,7 +138,7 @@ async fn run(path: PathBuf, config: Config) -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
-    tokio::spawn(pbx.client().clone().keep_warm());
+    tokio::spawn(pbx.clone().keep_warm());
     let events = pbx.events(&config.asterisk);
     let (control_tx, control_rx) = mpsc::channel(8);
     tokio::spawn(signals(path.clone(), config.clone(), control_tx));

@@ -237,6 +237,9 @@ async fn read(mut socket: Socket, tx: &mpsc::Sender<EventFeed>) -> String {
             Some(Ok(Message::Text(text))) => match AriEvent::parse(text.as_str()) {
                 Ok(AriEvent::Other) => {}
                 Ok(event) => {
+                    if let AriEvent::ContactStatusChange { contact_info, .. } = &event {
+                        tracing::debug!(aor = %contact_info.aor, status = %contact_info.contact_status, "contact event received");
+                    }
                     if tx.send(EventFeed::Event(Box::new(event))).await.is_err() {
                         return "shutting down".to_owned();
                     }

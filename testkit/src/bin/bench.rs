@@ -130,8 +130,20 @@ async fn bench(calls: usize) -> Result<(), String> {
             stamp_of("dial request accepted"),
         ) {
             if std::env::var_os("PUSHWAKE_BENCH_RAW").is_some() {
+                let received = logs
+                    .lines()
+                    .filter(|l| {
+                        l.contains("contact event received") && l.contains("status=NonQualified")
+                    })
+                    .filter_map(|l| {
+                        l.split_whitespace()
+                            .next()
+                            .and_then(pushwake_testkit::trace::parse_stamp)
+                    })
+                    .find(|t| *t >= call.register_sent_micros - 2_000)
+                    .map(|t| t - call.register_sent_micros);
                 eprintln!(
-                    "  call {}: REGISTER sent +0, decided {:+} µs, accepted {:+} µs, INVITE at phone {:+} µs",
+                    "  call {}: REGISTER sent +0, event at pushwake {received:?} µs, decided {:+} µs, accepted {:+} µs, INVITE at phone {:+} µs",
                     i + 1,
                     decided - call.register_sent_micros,
                     accepted - call.register_sent_micros,
