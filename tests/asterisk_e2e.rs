@@ -388,3 +388,50 @@ async fn every_push_failing_with_nothing_to_dial_returns_failed_without_waiting(
     );
     assert_clean(&env).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phone_registering_again_on_the_same_contact_is_rung_anew() {
+    // Asterisk announces no event when a phone refreshes a contact with the very same
+    // URI; pushwake must notice it by itself (it re-reads the contacts every second).
+    let env = setup(20, &[(1, "20s", 1)]).await;
+    let ext = env.slot.phone(1);
+    register(&env.pbx, env.slot, 1, 1).await;
+    let registered_at = tokio::time::Instant::now();
+    // The app was killed; what answers its stored contact now rejects the call (as a
+    // phone whose TCP connection died would fail it).
+    let mut dead = SippRun::phone(phone_port(env.slot, 1, 1), Phone::Reject)
+        .await
+        .unwrap();
+    let mut call = caller(
+        &env,
+        &ext,
+        CallerEnd::AnsweredCallerHangsUp { talk_ms: 1000 },
+    );
+    finish(&env, &mut dead, 30).await;
+    one_push(&env).await;
+    env.daemon
+        .wait_log("leg ended without answering", SECS(10))
+        .await
+        .unwrap();
+    // The woken app registers the identical contact again, at least a second later (the
+    // registration's expiry is kept in whole seconds).
+    let resume_at = registered_at + Duration::from_millis(1100);
+    tokio::time::sleep_until(resume_at).await;
+    let mut phone = SippRun::phone(
+        phone_port(env.slot, 1, 1),
+        Phone::Answer {
+            answer_after_ms: 200,
+        },
+    )
+    .await
+    .unwrap();
+    register(&env.pbx, env.slot, 1, 1).await;
+    finish(&env, &mut call, 30).await;
+    finish(&env, &mut phone, 30).await;
+    env.daemon
+        .wait_log("phone registered again on the same contact", SECS(5))
+        .await
+        .unwrap();
+    assert_clean(&env).await;
+    unregister(&env.pbx, env.slot, 1, 1).await;
+}

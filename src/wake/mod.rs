@@ -347,12 +347,14 @@ impl WakeEngine {
             } => self.channel_entered(now, channel, args, caller),
             PbxEvent::ChannelRinging { channel } => {
                 if let Some(call) = self.call_of_leg(&channel) {
+                    let id = call.id.clone();
                     if let Some(leg) = call.leg_mut(&channel) {
+                        // Logged once: Asterisk reports ringing more than once per leg.
                         if matches!(leg.state, LegState::Requested | LegState::Dialing) {
                             leg.state = LegState::Ringing;
+                            tracing::debug!(call = %id, leg = %channel, "phone ringing");
                         }
                     }
-                    tracing::debug!(call = %call.id, leg = %channel, "phone ringing");
                 }
             }
             PbxEvent::ChannelGone { channel, cause } => self.channel_gone(now, &channel, &cause),
@@ -519,6 +521,10 @@ impl WakeEngine {
                 if contact.registration.is_some() {
                     leg.registration = contact.registration.clone();
                 }
+                if refreshed && matches!(leg.state, LegState::Gone | LegState::Dialing) {
+                    // Asterisk announces no event for this; the contact listing shows it.
+                    tracing::info!(call = %id, leg = %leg.id, "phone registered again on the same contact: ringing it anew");
+                }
                 match leg.state {
                     LegState::Gone if announced || refreshed => {}
                     LegState::Dialing if refreshed => {
@@ -532,7 +538,6 @@ impl WakeEngine {
             }
         }
         if let Some(old) = replace {
-            tracing::info!(call = %id, leg = %old, "phone registered again on the same contact: ringing it anew");
             if let Some(leg) = call.leg_mut(&old) {
                 leg.state = LegState::Gone;
             }

@@ -37,6 +37,8 @@ pub enum Phone {
     },
     /// Rings and never answers; expects a CANCEL.
     Ignore,
+    /// Rings, then rejects with 486 Busy Here.
+    Reject,
 }
 
 /// How the caller's call must end.
@@ -172,6 +174,7 @@ impl SippRun {
                 "phone-answer-bye.xml"
             }
             Phone::Ignore => "phone-ignore.xml",
+            Phone::Reject => "phone-reject.xml",
         };
         args.extend(["-sf".to_owned(), scenario(file).display().to_string()]);
         let run = Self::spawn(&format!("phone on {port}"), &args)?;
