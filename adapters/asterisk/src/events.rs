@@ -300,7 +300,7 @@ mod tests {
         };
         assert_eq!(
             config.websocket_url(),
-            "wss://pbx.example:8089/ari/events?app=pushwake&subscribeAll=true"
+            "wss://pbx.example:8089/ari/events?app=pushwake"
         );
         assert!(!format!("{config:?}").contains("hunter2"));
     }
