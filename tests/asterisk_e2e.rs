@@ -435,3 +435,40 @@ async fn a_phone_registering_again_on_the_same_contact_is_rung_anew() {
     assert_clean(&env).await;
     unregister(&env.pbx, env.slot, 1, 1).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridged_call_outlives_a_daemon_crash_and_is_still_torn_down() {
+    let mut env = setup(21, &[(1, "20s", 1)]).await;
+    let ext = env.slot.phone(1);
+    let mut phone = SippRun::phone(
+        phone_port(env.slot, 1, 1),
+        Phone::Answer {
+            answer_after_ms: 100,
+        },
+    )
+    .await
+    .unwrap();
+    register(&env.pbx, env.slot, 1, 1).await;
+    let mut call = caller(
+        &env,
+        &ext,
+        CallerEnd::AnsweredCallerHangsUp { talk_ms: 6000 },
+    );
+    env.daemon
+        .wait_log("caller connected", SECS(15))
+        .await
+        .unwrap();
+    env.daemon.kill().await;
+    // A new daemon finds the conversation and looks after it; when the caller hangs up,
+    // the phone must get its BYE (Asterisk would leave its leg in the bridge forever).
+    let restarted = Daemon::start(&binary(), &env.config).await.unwrap();
+    env.daemon = restarted;
+    finish(&env, &mut call, 30).await;
+    finish(&env, &mut phone, 30).await;
+    env.daemon
+        .wait_log("caller hung up", SECS(5))
+        .await
+        .unwrap();
+    assert_clean(&env).await;
+    unregister(&env.pbx, env.slot, 1, 1).await;
+}
