@@ -8,6 +8,7 @@
 pub mod apns;
 pub mod asterisk;
 pub mod daemon;
+pub mod fcm;
 pub mod keys;
 pub mod sipp;
 pub mod slot;
