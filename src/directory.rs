@@ -13,6 +13,8 @@ use std::time::Duration;
 pub enum Platform {
     /// Apple Push Notification service (PushKit VoIP pushes).
     Apns,
+    /// Firebase Cloud Messaging, HTTP v1 API (high-priority data messages to Android).
+    Fcm,
 }
 
 impl Platform {
@@ -20,6 +22,7 @@ impl Platform {
     pub fn as_str(self) -> &'static str {
         match self {
             Platform::Apns => "apns",
+            Platform::Fcm => "fcm",
         }
     }
 }

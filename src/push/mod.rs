@@ -6,6 +6,7 @@
 //! receives) is built in [`payload`] and documented in the README.
 
 pub mod apns;
+pub mod fcm;
 pub mod payload;
 
 use std::collections::HashMap;

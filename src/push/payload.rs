@@ -4,6 +4,8 @@
 //! (and its test) has one source. Field names are part of the public contract with app
 //! developers: add fields, never rename or remove one.
 
+use std::collections::BTreeMap;
+
 use serde_json::{json, Value};
 
 use super::WakePush;
@@ -25,6 +27,25 @@ pub fn incoming_call(push: &WakePush, expires_at: u64) -> Value {
         "caller_name": push.caller.name,
         "expires_at": expires_at,
     })
+}
+
+/// The same announcement as [`incoming_call`], as a map of strings: the form of a data
+/// message (FCM and similar services accept only string values). Numbers are written in
+/// decimal (`"version": "1"`, `"expires_at": "1800000000"`).
+pub fn incoming_call_data(push: &WakePush, expires_at: u64) -> BTreeMap<String, String> {
+    let Value::Object(fields) = incoming_call(push, expires_at) else {
+        unreachable!("incoming_call builds an object")
+    };
+    fields
+        .into_iter()
+        .map(|(key, value)| {
+            let text = match value {
+                Value::String(text) => text,
+                other => other.to_string(),
+            };
+            (key, text)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -55,5 +76,37 @@ mod tests {
                 "expires_at": 1_800_000_000u64,
             })
         );
+    }
+
+    #[test]
+    fn the_data_form_has_the_same_fields_as_strings() {
+        let push = WakePush {
+            call_id: CallId("5d7d1c1e-0000-4000-8000-000000000001".into()),
+            extension: "101".into(),
+            caller: Party {
+                number: "200".into(),
+                name: "Alice \"A\" Smith".into(),
+            },
+        };
+        let data = incoming_call_data(&push, 1_800_000_000);
+        let expected: BTreeMap<String, String> = [
+            ("type", "incoming_call"),
+            ("version", "1"),
+            ("call_id", "5d7d1c1e-0000-4000-8000-000000000001"),
+            ("extension", "101"),
+            ("caller_number", "200"),
+            ("caller_name", "Alice \"A\" Smith"),
+            ("expires_at", "1800000000"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        assert_eq!(data, expected);
+        let Value::Object(json_form) = incoming_call(&push, 1_800_000_000) else {
+            panic!("not an object")
+        };
+        let json_keys: std::collections::BTreeSet<&String> = json_form.keys().collect();
+        let data_keys: std::collections::BTreeSet<&String> = data.keys().collect();
+        assert_eq!(json_keys, data_keys, "same fields in both forms");
     }
 }
