@@ -3,8 +3,8 @@
 //! Key names are a contract with operators: keys are added, never renamed. Unknown keys
 //! are an error naming the key and its line. Every error is one line of the form
 //! `<file>:<line>: <what is wrong>`, so a failed `pushwake check-config` or service start
-//! says exactly what to fix. Files holding secrets (this file, the APNs key) must not be
-//! readable by other users.
+//! says exactly what to fix. Files holding secrets (this file, the APNs key, the FCM
+//! service-account file) must not be readable by other users.
 
 use std::fmt;
 use std::ops::Range;
@@ -20,6 +20,8 @@ use crate::directory::{Device, DeviceToken, Directory, ExtensionPolicy, Platform
 pub const DEFAULT_RING_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest ring timeout accepted: a caller should not wait longer than this.
 pub const MAX_RING_TIMEOUT: Duration = Duration::from_secs(300);
+/// The longest FCM registration token accepted (today's are about 160 characters).
+pub const MAX_FCM_TOKEN_LEN: usize = 4096;
 
 /// A configuration problem, located in its file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +98,28 @@ impl fmt::Debug for ApnsConfig {
     }
 }
 
+/// `[fcm]`: Firebase Cloud Messaging (HTTP v1) with a Google service account.
+#[derive(Clone, PartialEq, Eq)]
+pub struct FcmConfig {
+    /// Path of the service-account JSON key file.
+    pub service_account_file: PathBuf,
+    /// The service account, read and checked at load time (its key is a secret).
+    pub account: crate::push::fcm::ServiceAccount,
+    /// FCM base URL.
+    pub endpoint: String,
+}
+
+impl fmt::Debug for FcmConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FcmConfig")
+            .field("service_account_file", &self.service_account_file)
+            .field("project_id", &self.account.project_id)
+            .field("client_email", &self.account.client_email)
+            .field("endpoint", &self.endpoint)
+            .finish()
+    }
+}
+
 /// The whole, checked configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -105,6 +129,8 @@ pub struct Config {
     pub asterisk: AsteriskConfig,
     /// `[apns]`, if configured.
     pub apns: Option<ApnsConfig>,
+    /// `[fcm]`, if configured.
+    pub fcm: Option<FcmConfig>,
     /// The push-enabled extensions.
     pub directory: Directory,
 }
@@ -118,6 +144,7 @@ struct RawConfig {
     #[serde(default)]
     defaults: RawDefaults,
     apns: Option<Spanned<RawApns>>,
+    fcm: Option<Spanned<RawFcm>>,
     #[serde(default)]
     extension: Vec<Spanned<RawExtension>>,
 }
@@ -149,6 +176,14 @@ struct RawApns {
     key_id: Spanned<String>,
     key_file: Spanned<String>,
     topic: Spanned<String>,
+    #[serde(default)]
+    endpoint: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFcm {
+    service_account_file: Spanned<String>,
     #[serde(default)]
     endpoint: Option<Spanned<String>>,
 }
@@ -247,6 +282,14 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         }
         None => None,
     };
+    let fcm = match raw.fcm {
+        Some(section) => {
+            let span = section.span();
+            let section = section.into_inner();
+            Some(fcm(section).map_err(|(s, m)| at(if s.end > 0 { s } else { span.clone() }, m))?)
+        }
+        None => None,
+    };
 
     let mut extensions = Vec::new();
     let mut seen = std::collections::HashSet::new();
@@ -277,39 +320,69 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             let device = device.into_inner();
             let platform = match device.platform.get_ref().as_str() {
                 "apns" => Platform::Apns,
+                "fcm" => Platform::Fcm,
                 other => {
                     return Err(at(
                         device.platform.span(),
-                        format!("extension {number}: device platform `{other}` is not supported (supported: apns)"),
+                        format!("extension {number}: device platform `{other}` is not supported (supported: apns, fcm)"),
                     ))
                 }
             };
-            if platform == Platform::Apns && apns.is_none() {
+            let configured = match platform {
+                Platform::Apns => apns.is_some(),
+                Platform::Fcm => fcm.is_some(),
+            };
+            if !configured {
                 return Err(at(
                     device.platform.span(),
-                    format!("extension {number}: an apns device needs an [apns] section"),
-                ));
-            }
-            let token = device.token.get_ref().trim();
-            if token.is_empty()
-                || token.len() % 2 != 0
-                || !token.chars().all(|c| c.is_ascii_hexdigit())
-            {
-                // The token itself is a secret: describe it, don't quote it.
-                return Err(at(
-                    device.token.span(),
                     format!(
-                        "extension {number}: device token must be hexadecimal (got {} characters)",
-                        token.len()
+                        "extension {number}: an {platform} device needs an [{platform}] section"
                     ),
                 ));
             }
+            let token = device.token.get_ref().trim();
+            // The token itself is a secret: describe it, don't quote it.
+            let token = match platform {
+                Platform::Apns => {
+                    if token.is_empty()
+                        || token.len() % 2 != 0
+                        || !token.chars().all(|c| c.is_ascii_hexdigit())
+                    {
+                        return Err(at(
+                            device.token.span(),
+                            format!(
+                                "extension {number}: device token must be hexadecimal (got {} characters)",
+                                token.len()
+                            ),
+                        ));
+                    }
+                    token.to_ascii_lowercase()
+                }
+                Platform::Fcm => {
+                    if token.is_empty()
+                        || token.len() > MAX_FCM_TOKEN_LEN
+                        || !token
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | ':'))
+                    {
+                        return Err(at(
+                            device.token.span(),
+                            format!(
+                                "extension {number}: an fcm device token is 1 to {MAX_FCM_TOKEN_LEN} letters, digits, `_`, `-` or `:` (got {} characters)",
+                                token.chars().count()
+                            ),
+                        ));
+                    }
+                    // FCM tokens are case-sensitive: kept as written.
+                    token.to_owned()
+                }
+            };
             let label = device
                 .name
                 .unwrap_or_else(|| format!("{number}/{platform}#{index}"));
             devices.push(Device {
                 platform,
-                token: DeviceToken::new(token.to_ascii_lowercase()),
+                token: DeviceToken::new(token),
                 label,
             });
         }
@@ -327,6 +400,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         file: path.to_owned(),
         asterisk,
         apns,
+        fcm,
         directory: Directory::new(extensions),
     })
 }
@@ -379,6 +453,37 @@ fn apns(raw: RawApns) -> Result<ApnsConfig, (Range<usize>, String)> {
         key_file,
         key_pem,
         topic,
+        endpoint,
+    })
+}
+
+fn fcm(raw: RawFcm) -> Result<FcmConfig, (Range<usize>, String)> {
+    let endpoint = match &raw.endpoint {
+        Some(e) => {
+            let value = e.get_ref().trim_end_matches('/').to_owned();
+            match url::Url::parse(&value) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => value,
+                _ => {
+                    return Err((
+                        e.span(),
+                        format!("fcm.endpoint: `{value}` is not an http:// or https:// URL"),
+                    ))
+                }
+            }
+        }
+        None => crate::push::fcm::DEFAULT_ENDPOINT.to_owned(),
+    };
+    let file = PathBuf::from(raw.service_account_file.get_ref());
+    let span = raw.service_account_file.span();
+    let fail = |m: String| (span.clone(), format!("fcm.service_account_file: {m}"));
+    let bytes =
+        std::fs::read(&file).map_err(|e| fail(format!("cannot read {}: {e}", file.display())))?;
+    check_private(&file, "the FCM service-account key").map_err(fail)?;
+    let account = crate::push::fcm::ServiceAccount::from_json(&bytes)
+        .map_err(|e| fail(format!("{}: {e}", file.display())))?;
+    Ok(FcmConfig {
+        service_account_file: file,
+        account,
         endpoint,
     })
 }
@@ -506,5 +611,94 @@ number = "101"
     fn bad_url_is_refused() {
         let e = err(&MINIMAL.replace("http://127.0.0.1:8088", "127.0.0.1:8088"));
         assert!(e.starts_with("pw.toml:3: asterisk.url"), "{e}");
+    }
+
+    /// A service-account file in a fresh directory, and an `[fcm]` section naming it
+    /// (followed by `extra` lines).
+    fn fcm_section(extra: &str) -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sa.json");
+        pushwake_testkit::keys::RsaKey::shared()
+            .write_service_account(
+                &path,
+                "pushwake-test",
+                "pw@pushwake-test.iam.gserviceaccount.com",
+                "https://oauth2.googleapis.com/token",
+            )
+            .unwrap();
+        let section = format!(
+            "[fcm]\nservice_account_file = \"{}\"\n{extra}",
+            path.display()
+        );
+        (dir, section)
+    }
+
+    #[test]
+    fn an_fcm_section_reads_the_service_account() {
+        let (_dir, fcm) = fcm_section("");
+        let config = parse(Path::new("pw.toml"), &format!("{fcm}{MINIMAL}")).unwrap();
+        let section = config.fcm.as_ref().unwrap();
+        assert_eq!(section.endpoint, "https://fcm.googleapis.com");
+        assert_eq!(section.account.project_id, "pushwake-test");
+        assert_eq!(
+            section.account.token_uri,
+            "https://oauth2.googleapis.com/token"
+        );
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("PRIVATE KEY"), "{shown}");
+        let (_dir, fcm) = fcm_section("endpoint = \"http://127.0.0.1:4000/\"\n");
+        let config = parse(Path::new("pw.toml"), &format!("{fcm}{MINIMAL}")).unwrap();
+        assert_eq!(config.fcm.unwrap().endpoint, "http://127.0.0.1:4000");
+        let (_dir, fcm) = fcm_section("endpoint = \"fcm.googleapis.com\"\n");
+        let e = err(&format!("{fcm}{MINIMAL}"));
+        assert!(e.starts_with("pw.toml:3: fcm.endpoint"), "{e}");
+        let (_dir, fcm) = fcm_section("project_id = \"x\"\n");
+        let e = err(&format!("{fcm}{MINIMAL}"));
+        assert!(
+            e.starts_with("pw.toml:3: ") && e.contains("project_id"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn fcm_devices_need_an_fcm_section_and_take_fcm_tokens_as_written() {
+        let device = |platform: &str, token: &str| {
+            format!("\n[[extension.device]]\nplatform = \"{platform}\"\ntoken = \"{token}\"\n")
+        };
+        let e = err(&format!("{MINIMAL}{}", device("fcm", "abc")));
+        assert!(e.contains("an fcm device needs an [fcm] section"), "{e}");
+
+        let (_dir, fcm) = fcm_section("");
+        let token = "dXbQ2k1rT0e:APA91bH-x_YZ09";
+        let config = parse(
+            Path::new("pw.toml"),
+            &format!("{fcm}{MINIMAL}{}", device("fcm", token)),
+        )
+        .unwrap();
+        let devices = &config.directory.extension("101").unwrap().devices;
+        assert_eq!(devices[0].platform, Platform::Fcm);
+        assert_eq!(
+            devices[0].token.expose(),
+            token,
+            "case and punctuation kept"
+        );
+        assert_eq!(devices[0].label, "101/fcm#0");
+
+        for bad in ["has space", "semi;colon", "", "ä"] {
+            let e = err(&format!("{fcm}{MINIMAL}{}", device("fcm", bad)));
+            assert!(e.contains("an fcm device token is"), "{bad:?}: {e}");
+            assert!(e.starts_with("pw.toml:14: "), "{e}");
+            if !bad.is_empty() {
+                assert!(!e.contains(bad), "{e}");
+            }
+        }
+        let long = "a".repeat(MAX_FCM_TOKEN_LEN + 1);
+        let e = err(&format!("{fcm}{MINIMAL}{}", device("fcm", &long)));
+        assert!(e.contains("got 4097 characters"), "{e}");
+        // APNs devices still need [apns]; FCM's section does not stand in for it.
+        let e = err(&format!("{fcm}{MINIMAL}{}", device("apns", "abcd")));
+        assert!(e.contains("an apns device needs an [apns] section"), "{e}");
+        let e = err(&format!("{fcm}{MINIMAL}{}", device("hms", "abcd")));
+        assert!(e.contains("supported: apns, fcm"), "{e}");
     }
 }

@@ -11,6 +11,7 @@ use pushwake::asterisk::AsteriskPbx;
 use pushwake::config::{self, Config};
 use pushwake::driver::{Control, Driver};
 use pushwake::push::apns::{ApnsPushkin, ApnsSettings};
+use pushwake::push::fcm::{FcmPushkin, FcmSettings};
 use pushwake::push::PushService;
 use pushwake::wake::EngineSettings;
 
@@ -52,15 +53,19 @@ fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig { config } => match config::load(&config) {
             Ok(loaded) => {
-                println!(
-                    "{}: ok ({} extension(s), apns {})",
-                    config.display(),
-                    loaded.directory.len(),
-                    if loaded.apns.is_some() {
+                let state = |configured: bool| {
+                    if configured {
                         "configured"
                     } else {
                         "not configured"
                     }
+                };
+                println!(
+                    "{}: ok ({} extension(s), apns {}, fcm {})",
+                    config.display(),
+                    loaded.directory.len(),
+                    state(loaded.apns.is_some()),
+                    state(loaded.fcm.is_some()),
                 );
                 ExitCode::SUCCESS
             }
@@ -131,6 +136,24 @@ async fn run(path: PathBuf, config: Config) -> ExitCode {
             }
         }
     }
+    if let Some(fcm) = &config.fcm {
+        let settings = FcmSettings {
+            account: fcm.account.clone(),
+            endpoint: fcm.endpoint.clone(),
+        };
+        match FcmPushkin::new(settings) {
+            Ok(pushkin) => {
+                let pushkin = Arc::new(pushkin);
+                let warming = pushkin.clone();
+                tokio::spawn(async move { warming.warm_up().await });
+                push.add(pushkin);
+            }
+            Err(error) => {
+                eprintln!("pushwake: {}: fcm: {error}", path.display());
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        }
+    }
     let pbx = match AsteriskPbx::new(&config.asterisk) {
         Ok(pbx) => pbx,
         Err(error) => {
@@ -191,8 +214,13 @@ async fn signals(path: PathBuf, running: Config, control: mpsc::Sender<Control>)
 async fn reload(path: &Path, running: &Config, control: &mpsc::Sender<Control>) {
     match config::load(path) {
         Ok(new) => {
-            if new.asterisk != running.asterisk || new.apns != running.apns {
-                tracing::warn!("[asterisk] and [apns] changes take effect only after a restart");
+            if new.asterisk != running.asterisk
+                || new.apns != running.apns
+                || new.fcm != running.fcm
+            {
+                tracing::warn!(
+                    "[asterisk], [apns] and [fcm] changes take effect only after a restart"
+                );
             }
             let _ = control.send(Control::Reload(Arc::new(new.directory))).await;
         }

@@ -88,7 +88,7 @@ fn the_shipped_example_is_valid() {
     let (code, stdout, stderr) = run(&["check-config"], &config);
     assert_eq!(code, 0, "{stderr}");
     assert!(
-        stdout.contains("ok (1 extension(s), apns configured)"),
+        stdout.contains("ok (1 extension(s), apns configured, fcm not configured)"),
         "{stdout}"
     );
 }
