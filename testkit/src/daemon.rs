@@ -10,7 +10,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::Notify;
 
 use crate::asterisk::TestAsterisk;
-use crate::keys::EcKey;
+use crate::keys::{EcKey, RsaKey};
 
 /// Test APNs credentials: the key pair, and the values the config and server share.
 #[derive(Clone)]
@@ -58,6 +58,54 @@ pub struct TestExtension {
     pub tokens: Vec<String>,
 }
 
+/// Test FCM credentials: the service account's key, and the values the service-account
+/// file and the local FCM server share.
+#[derive(Clone)]
+pub struct TestFcm {
+    /// The service account's RSA key.
+    pub key: RsaKey,
+    /// The Firebase project.
+    pub project_id: String,
+    /// The service account's e-mail address.
+    pub client_email: String,
+}
+
+impl TestFcm {
+    /// Fresh credentials with a new key.
+    pub fn generate() -> Self {
+        Self {
+            key: RsaKey::generate(),
+            project_id: "pushwake-test".into(),
+            client_email: "pushwake@pushwake-test.iam.gserviceaccount.com".into(),
+        }
+    }
+
+    /// What a local FCM server should expect of messages sent with these, with `android.ttl`
+    /// at most `max_ttl`.
+    pub fn expectations(&self, max_ttl: Duration) -> crate::fcm::FcmExpectations {
+        crate::fcm::FcmExpectations {
+            key: self.key.clone(),
+            project_id: self.project_id.clone(),
+            client_email: self.client_email.clone(),
+            max_ttl,
+        }
+    }
+}
+
+/// The `[fcm]` part of a generated configuration.
+#[derive(Clone)]
+pub struct FcmPart<'a> {
+    /// The credentials.
+    pub fcm: &'a TestFcm,
+    /// The FCM base URL (`fcm.endpoint`).
+    pub endpoint: &'a str,
+    /// The service account's `token_uri`.
+    pub token_uri: &'a str,
+    /// FCM devices: (extension number, FCM registration token). The extension must be one
+    /// of the configuration's extensions.
+    pub devices: &'a [(String, String)],
+}
+
 /// Writes a pushwake configuration for `app` on the test Asterisk into `dir`, with the
 /// APNs key beside it; returns the config path.
 pub fn write_config(
@@ -68,6 +116,32 @@ pub fn write_config(
     apns_endpoint: &str,
     extensions: &[TestExtension],
 ) -> std::io::Result<PathBuf> {
+    write_config_inner(dir, pbx, app, apns, apns_endpoint, extensions, None)
+}
+
+/// Like [`write_config`], with an `[fcm]` section too: the service-account file (mode
+/// 0600) beside the config, and the FCM devices of `part` added to their extensions.
+pub fn write_config_with_fcm(
+    dir: &Path,
+    pbx: &TestAsterisk,
+    app: &str,
+    apns: &TestApns,
+    apns_endpoint: &str,
+    extensions: &[TestExtension],
+    fcm: &FcmPart<'_>,
+) -> std::io::Result<PathBuf> {
+    write_config_inner(dir, pbx, app, apns, apns_endpoint, extensions, Some(fcm))
+}
+
+fn write_config_inner(
+    dir: &Path,
+    pbx: &TestAsterisk,
+    app: &str,
+    apns: &TestApns,
+    apns_endpoint: &str,
+    extensions: &[TestExtension],
+    fcm: Option<&FcmPart<'_>>,
+) -> std::io::Result<PathBuf> {
     use std::fmt::Write as _;
     use std::os::unix::fs::PermissionsExt;
     let key_path = dir.join(format!("AuthKey_{}.p8", apns.key_id));
@@ -76,6 +150,21 @@ pub fn write_config(
         "[asterisk]\nurl = \"{}\"\nusername = \"{}\"\npassword = \"{}\"\napp = \"{app}\"\n\n[apns]\nteam_id = \"{}\"\nkey_id = \"{}\"\nkey_file = \"{}\"\ntopic = \"{}\"\nendpoint = \"{apns_endpoint}\"\n",
         pbx.ari_url, pbx.ari_user, pbx.ari_password, apns.team_id, apns.key_id, key_path.display(), apns.topic
     );
+    if let Some(part) = fcm {
+        let account = dir.join("fcm-service-account.json");
+        part.fcm.key.write_service_account(
+            &account,
+            &part.fcm.project_id,
+            &part.fcm.client_email,
+            part.token_uri,
+        )?;
+        let _ = write!(
+            text,
+            "\n[fcm]\nservice_account_file = \"{}\"\nendpoint = \"{}\"\n",
+            account.display(),
+            part.endpoint
+        );
+    }
     for ext in extensions {
         let _ = write!(
             text,
@@ -86,6 +175,16 @@ pub fn write_config(
             let _ = write!(
                 text,
                 "\n[[extension.device]]\nplatform = \"apns\"\ntoken = \"{token}\"\n"
+            );
+        }
+        let fcm_devices = fcm.map(|part| part.devices).unwrap_or_default();
+        for (_, token) in fcm_devices
+            .iter()
+            .filter(|(number, _)| *number == ext.number)
+        {
+            let _ = write!(
+                text,
+                "\n[[extension.device]]\nplatform = \"fcm\"\ntoken = \"{token}\"\n"
             );
         }
     }
