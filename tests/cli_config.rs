@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use pushwake_testkit::keys::EcKey;
+use pushwake_testkit::keys::{EcKey, RsaKey};
 
 fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_pushwake")
@@ -44,6 +44,64 @@ impl Files {
             &key.display().to_string(),
         )
     }
+
+    /// A service-account file (mode 0600) as Google issues it.
+    fn service_account(&self) -> PathBuf {
+        let path = self.dir.path().join("fcm-service-account.json");
+        RsaKey::shared()
+            .write_service_account(
+                &path,
+                "pushwake-test",
+                "pushwake@pushwake-test.iam.gserviceaccount.com",
+                "https://oauth2.googleapis.com/token",
+            )
+            .unwrap();
+        path
+    }
+
+    /// The shipped example with its commented-out `[fcm]` section and Android device
+    /// uncommented, the service-account path pointed at `account`.
+    fn example_with_fcm(&self, key: &Path, account: &Path) -> String {
+        uncomment_fcm(&self.example(key)).replace(
+            "/etc/pushwake/fcm-service-account.json",
+            &account.display().to_string(),
+        )
+    }
+}
+
+/// Uncomments the example's `[fcm]` section and its Android device, as an operator would.
+fn uncomment_fcm(example: &str) -> String {
+    const KEYS: [&str; 7] = [
+        "[fcm]",
+        "service_account_file = ",
+        "endpoint = \"https://fcm.googleapis.com\"",
+        "[[extension.device]]",
+        "platform = \"fcm\"",
+        "token = \"",
+        "name = \"bob-android\"",
+    ];
+    let mut uncommented = 0;
+    let lines: Vec<String> = example
+        .lines()
+        .map(|line| match line.strip_prefix("# ") {
+            Some(rest) if KEYS.iter().any(|k| rest.starts_with(k)) => {
+                uncommented += 1;
+                rest.to_owned()
+            }
+            _ => line.to_owned(),
+        })
+        .collect();
+    assert_eq!(
+        uncommented,
+        KEYS.len(),
+        "the example's commented [fcm] lines"
+    );
+    lines.join("\n") + "\n"
+}
+
+/// The 1-based line of the first line starting with `prefix`.
+fn line_of(text: &str, prefix: &str) -> usize {
+    text.lines().position(|l| l.starts_with(prefix)).unwrap() + 1
 }
 
 /// Runs `pushwake <args> --config <config>`; returns (exit code, stdout, stderr).
@@ -91,6 +149,98 @@ fn the_shipped_example_is_valid() {
         stdout.contains("ok (1 extension(s), apns configured, fcm not configured)"),
         "{stdout}"
     );
+}
+
+#[test]
+fn the_shipped_example_with_its_fcm_section_uncommented_is_valid() {
+    let files = Files::new();
+    let (key, account) = (files.key(), files.service_account());
+    let text = files.example_with_fcm(&key, &account);
+    let config = files.write("pushwake.toml", &text, 0o640);
+    let (code, stdout, stderr) = run(&["check-config"], &config);
+    assert_eq!(code, 0, "{stderr}\n{text}");
+    assert!(
+        stdout.contains("ok (1 extension(s), apns configured, fcm configured)"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn an_fcm_device_without_an_fcm_section_is_refused() {
+    let files = Files::new();
+    let key = files.key();
+    let text = uncomment_fcm(&files.example(&key))
+        .replace("[fcm]\n", "")
+        .replace("service_account_file = ", "# service_account_file = ")
+        .replace(
+            "endpoint = \"https://fcm.googleapis.com\"",
+            "# endpoint = \"https://fcm.googleapis.com\"",
+        );
+    let config = files.write("pushwake.toml", &text, 0o600);
+    let line = line_of(&text, "platform = \"fcm\"");
+    refused(
+        &config,
+        &[
+            &format!("pushwake.toml:{line}:"),
+            "an fcm device needs an [fcm] section",
+        ],
+    );
+}
+
+#[test]
+fn bad_fcm_service_account_files_are_refused_on_one_line_naming_the_key() {
+    let files = Files::new();
+    let key = files.key();
+    let account = files.service_account();
+    let good: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&account).unwrap()).unwrap();
+    let private_key = good["private_key"].as_str().unwrap().to_owned();
+    let check = |account: &Path, needles: &[&str]| {
+        let text = files.example_with_fcm(&key, account);
+        let config = files.write("pushwake.toml", &text, 0o600);
+        let line = line_of(&text, "service_account_file = ");
+        let mut all = vec![format!("pushwake.toml:{line}: fcm.service_account_file")];
+        all.extend(needles.iter().map(|n| n.to_string()));
+        refused(&config, &all.iter().map(String::as_str).collect::<Vec<_>>());
+        // The private key never shows, whatever is wrong.
+        let (_, _, stderr) = run(&["check-config"], &config);
+        assert!(!stderr.contains(&private_key[40..80]), "{stderr}");
+    };
+
+    check(
+        Path::new("/nonexistent/fcm.json"),
+        &["/nonexistent/fcm.json", "No such file"],
+    );
+
+    let not_json = files.write("not-json.json", "this is not JSON\n", 0o600);
+    check(&not_json, &["not-json.json", "not JSON"]);
+
+    let mut missing = good.clone();
+    missing.as_object_mut().unwrap().remove("client_email");
+    let missing = files.write("missing.json", &missing.to_string(), 0o600);
+    check(&missing, &["\"client_email\" is missing"]);
+
+    let mut wrong_type = good.clone();
+    wrong_type["type"] = "authorized_user".into();
+    let wrong_type = files.write("user.json", &wrong_type.to_string(), 0o600);
+    check(&wrong_type, &["not \"service_account\""]);
+
+    let mut ec_key = good.clone();
+    ec_key["private_key"] = EcKey::generate().private_pem.into();
+    let ec_key = files.write("ec.json", &ec_key.to_string(), 0o600);
+    check(&ec_key, &["private_key", "RSA"]);
+
+    let mut garbage = good.clone();
+    garbage["private_key"] = format!(
+        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+        &private_key[40..80]
+    )
+    .into();
+    let garbage = files.write("garbage.json", &garbage.to_string(), 0o600);
+    check(&garbage, &["private_key", "RSA"]);
+
+    std::fs::set_permissions(&account, std::fs::Permissions::from_mode(0o644)).unwrap();
+    check(&account, &["0644", "chmod"]);
 }
 
 #[test]
