@@ -10,11 +10,12 @@
 //!
 //! Accepted messages are recorded and can be awaited; error replies in FCM's own JSON
 //! format (with an optional `Retry-After`) can be scripted per device token, and the token
-//! endpoint can be made to fail.
+//! endpoint can be made to fail. [`FcmServer::start_tls`] serves the same over TLS with a
+//! throwaway CA, offering h2 and HTTP/1.1 in ALPN like Google's hosts, and records what
+//! each client offered and what was negotiated.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -256,6 +257,8 @@ impl FcmReply {
 
 #[derive(Default)]
 struct State {
+    /// Per TLS connection: the ALPN protocols the client offered, and the one chosen.
+    alpn: Mutex<Vec<(Vec<String>, Option<String>)>>,
     accepted: Mutex<Vec<ReceivedMessage>>,
     refused: Mutex<Vec<Refusal>>,
     /// Per device token: the reply and how many more times (None: always).
@@ -274,7 +277,7 @@ struct State {
 
 /// The running server; stops when dropped.
 pub struct FcmServer {
-    addr: SocketAddr,
+    base_url: String,
     state: Arc<State>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -366,11 +369,69 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// A throwaway CA (its certificate in PEM, to trust) and a server certificate for
+/// 127.0.0.1 and localhost signed by it.
+fn test_tls() -> Result<(String, tokio_rustls::rustls::ServerConfig), String> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
+    use tokio_rustls::rustls;
+    let e = |e: rcgen::Error| e.to_string();
+    let ca_key = KeyPair::generate().map_err(e)?;
+    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(e)?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "pushwake test CA");
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca.self_signed(&ca_key).map_err(e)?;
+    let issuer = Issuer::new(ca, ca_key);
+    let leaf_key = KeyPair::generate().map_err(e)?;
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .map_err(e)?
+        .signed_by(&leaf_key, &issuer)
+        .map_err(e)?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+        )
+        .map_err(|e| e.to_string())?;
+    // Google's order: h2 first, HTTP/1.1 for clients without it.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok((ca_cert.pem(), config))
+}
+
 impl FcmServer {
-    /// Starts a server on a free loopback port.
+    /// Starts a server on a free loopback port, speaking HTTP/2 without TLS.
     pub async fn start(expect: FcmExpectations) -> std::io::Result<Self> {
+        Self::start_inner(expect, None).await
+    }
+
+    /// Starts a server speaking TLS (ALPN h2 or HTTP/1.1; it serves only HTTP/2), with a
+    /// certificate for 127.0.0.1 from a throwaway CA; returns the CA certificate (PEM)
+    /// for the client to trust.
+    pub async fn start_tls(expect: FcmExpectations) -> std::io::Result<(Self, String)> {
+        let (ca_pem, config) = test_tls().map_err(std::io::Error::other)?;
+        let server = Self::start_inner(expect, Some(Arc::new(config))).await?;
+        Ok((server, ca_pem))
+    }
+
+    async fn start_inner(
+        expect: FcmExpectations,
+        tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    ) -> std::io::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let base_url = format!("{scheme}://{addr}");
+        let base: Arc<str> = base_url.clone().into();
         let state = Arc::new(State::default());
         state.token_lifetime.store(3600, Ordering::SeqCst);
         let serving = state.clone();
@@ -384,27 +445,68 @@ impl FcmServer {
                 serving.connections.fetch_add(1, Ordering::SeqCst);
                 let state = serving.clone();
                 let expect = expect.clone();
+                let base = base.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
+                    let record = state.clone();
                     let service = hyper::service::service_fn(move |request| {
-                        handle(state.clone(), expect.clone(), addr, request)
+                        handle(state.clone(), expect.clone(), base.clone(), request)
                     });
-                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                    match tls {
+                        None => {
+                            let _ = http2.serve_connection(TokioIo::new(stream), service).await;
+                        }
+                        Some(config) => {
+                            let acceptor = tokio_rustls::LazyConfigAcceptor::new(
+                                tokio_rustls::rustls::server::Acceptor::default(),
+                                stream,
+                            );
+                            let Ok(start) = acceptor.await else { return };
+                            let offered: Vec<String> = start
+                                .client_hello()
+                                .alpn()
+                                .map(|protocols| {
+                                    protocols
+                                        .map(|p| String::from_utf8_lossy(p).into_owned())
+                                        .collect()
+                                })
+                                .unwrap_or_default();
+                            let Ok(stream) = start.into_stream(config).await else {
+                                return;
+                            };
+                            let chosen = stream
+                                .get_ref()
+                                .1
+                                .alpn_protocol()
+                                .map(|p| String::from_utf8_lossy(p).into_owned());
+                            record.alpn.lock().unwrap().push((offered, chosen));
+                            let _ = http2.serve_connection(TokioIo::new(stream), service).await;
+                        }
+                    }
                 });
             }
         });
-        Ok(Self { addr, state, task })
+        Ok(Self {
+            base_url,
+            state,
+            task,
+        })
     }
 
     /// The base URL to configure as `fcm.endpoint`.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        self.base_url.clone()
     }
 
     /// The token endpoint, for the service account's `token_uri`.
     pub fn token_uri(&self) -> String {
-        format!("http://{}/token", self.addr)
+        format!("{}/token", self.base_url)
+    }
+
+    /// Per TLS connection: the ALPN protocols the client offered and the one negotiated.
+    pub fn alpn(&self) -> Vec<(Vec<String>, Option<String>)> {
+        self.state.alpn.lock().unwrap().clone()
     }
 
     /// TCP connections accepted so far.
@@ -553,7 +655,7 @@ fn json_response(status: u16, body: String) -> Response<Full<Bytes>> {
 async fn handle(
     state: Arc<State>,
     expect: Arc<FcmExpectations>,
-    addr: SocketAddr,
+    base: Arc<str>,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let delay = *state.delay.lock().unwrap();
@@ -579,7 +681,7 @@ async fn handle(
         Err(_) => Bytes::new(),
     };
     let response = if path == "/token" && method == hyper::Method::POST {
-        token(&state, &expect, addr, &content_type, &body)
+        token(&state, &expect, &base, &content_type, &body)
     } else if let Some(project) = path
         .strip_prefix("/v1/projects/")
         .and_then(|p| p.strip_suffix("/messages:send"))
@@ -601,7 +703,7 @@ async fn handle(
 fn token(
     state: &State,
     expect: &FcmExpectations,
-    addr: SocketAddr,
+    base: &str,
     content_type: &str,
     body: &[u8],
 ) -> Response<Full<Bytes>> {
@@ -652,7 +754,7 @@ fn token(
         .get("assertion")
         .map(String::as_str)
         .unwrap_or_default();
-    let token_uri = format!("http://{addr}/token");
+    let token_uri = format!("{base}/token");
     if let Err(detail) = verify_assertion(
         assertion,
         &expect.key,
