@@ -7,16 +7,17 @@
 //! transient PBX errors: a lost hang-up is a leg left ringing, a lost continue is a caller
 //! left waiting (the reconnect reconciliation is the last safety net for both).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 
 use crate::directory::Directory;
-use crate::pbx::{CallControl, PbxCommand, PbxError, PbxEvent, PbxReply};
-use crate::push::PushService;
+use crate::pbx::{CallControl, CallId, PbxCommand, PbxError, PbxEvent, PbxReply};
+use crate::push::{PushKind, PushService, PushVerdict};
 use crate::wake::{Command, EngineSettings, EngineStats, Input, WakeEngine};
 
 /// Requests to a running driver.
@@ -44,6 +45,8 @@ pub struct Driver<P: CallControl> {
     push: PushService,
     pbx_tasks: JoinSet<Option<Input>>,
     push_tasks: JoinSet<Option<Input>>,
+    /// The incoming-call pushes of each call, to stop when the call no longer waits.
+    wake_pushes: HashMap<CallId, Vec<AbortHandle>>,
 }
 
 impl<P: CallControl> Driver<P> {
@@ -60,6 +63,7 @@ impl<P: CallControl> Driver<P> {
             push,
             pbx_tasks: JoinSet::new(),
             push_tasks: JoinSet::new(),
+            wake_pushes: HashMap::new(),
         }
     }
 
@@ -151,23 +155,42 @@ impl<P: CallControl> Driver<P> {
                 }
                 Command::Push(job) => {
                     let push = self.push.clone();
-                    self.push_tasks.spawn(async move {
+                    let wakes = job.push.kind == PushKind::IncomingCall;
+                    let call = job.call.clone();
+                    let handle = self.push_tasks.spawn(async move {
                         let deadline = Instant::from_std(job.deadline);
                         let verdict = push.send(&job.device, &job.push, deadline).await;
+                        let what = match job.push.kind {
+                            PushKind::IncomingCall => "incoming call",
+                            PushKind::CallEnded(reason) => reason.as_str(),
+                        };
                         match &verdict {
-                            crate::push::PushVerdict::Delivered => {
-                                tracing::info!(call = %job.call, device = %job.device.label, "push delivered")
+                            PushVerdict::Delivered => {
+                                tracing::info!(call = %job.call, device = %job.device.label, push = what, "push delivered")
                             }
-                            crate::push::PushVerdict::Failed { reason, dead_token } => {
-                                tracing::warn!(call = %job.call, device = %job.device.label, %reason, dead_token, "push failed")
+                            PushVerdict::Failed { reason, dead_token } => {
+                                tracing::warn!(call = %job.call, device = %job.device.label, push = what, %reason, dead_token, "push failed")
+                            }
+                            PushVerdict::NotSent { reason } => {
+                                tracing::debug!(call = %job.call, device = %job.device.label, push = what, %reason, "push not sent")
                             }
                         }
-                        Some(Input::PushResult {
+                        // Only the wake-up's verdict matters to the call; the end of a
+                        // call is told once and forgotten.
+                        wakes.then_some(Input::PushResult {
                             call: job.call,
                             device: job.device_index,
                             verdict,
                         })
                     });
+                    if wakes {
+                        self.wake_pushes.entry(call).or_default().push(handle);
+                    }
+                }
+                Command::AbortPushes { call } => {
+                    for handle in self.wake_pushes.remove(&call).unwrap_or_default() {
+                        handle.abort();
+                    }
                 }
             }
         }

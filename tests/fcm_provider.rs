@@ -10,7 +10,7 @@ use std::time::Duration;
 use pushwake::directory::{Device, DeviceToken, Platform};
 use pushwake::pbx::{CallId, Party};
 use pushwake::push::fcm::{FcmPushkin, FcmSettings, ServiceAccount};
-use pushwake::push::{Attempt, PushService, PushVerdict, Pushkin, WakePush};
+use pushwake::push::{Attempt, PushKind, PushService, PushVerdict, Pushkin, WakePush};
 use pushwake_testkit::fcm::{FcmExpectations, FcmReply, FcmServer, DATA_FIELDS};
 use pushwake_testkit::keys::RsaKey;
 use tokio::time::Instant;
@@ -111,6 +111,7 @@ fn push(n: usize) -> WakePush {
             number: "200".into(),
             name: "Alice".into(),
         },
+        kind: PushKind::IncomingCall,
     }
 }
 

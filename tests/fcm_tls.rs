@@ -11,7 +11,7 @@ use std::time::Duration;
 use pushwake::directory::DeviceToken;
 use pushwake::pbx::{CallId, Party};
 use pushwake::push::fcm::{FcmPushkin, FcmSettings, ServiceAccount};
-use pushwake::push::{Attempt, Pushkin, WakePush};
+use pushwake::push::{Attempt, PushKind, Pushkin, WakePush};
 use pushwake_testkit::fcm::{FcmExpectations, FcmServer};
 use pushwake_testkit::keys::RsaKey;
 
@@ -58,6 +58,7 @@ async fn over_https_alpn_negotiates_h2_and_one_connection_carries_everything() {
         call_id: CallId("5d7d1c1e-0000-4000-8000-000000000001".into()),
         extension: "101".into(),
         caller: Party::default(),
+        kind: PushKind::IncomingCall,
     };
     let attempts = futures_util::future::join_all(
         tokens

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::StatusCode;
 
-use super::{payload, Attempt, AttemptFuture, Pushkin, WakePush};
+use super::{payload, Attempt, AttemptFuture, PushKind, Pushkin, WakePush};
 use crate::directory::{DeviceToken, Platform};
 
 /// Apple's production endpoint.
@@ -196,6 +196,14 @@ impl ApnsPushkin {
         push: &WakePush,
         ring_window: Duration,
     ) -> Attempt {
+        if push.kind != PushKind::IncomingCall {
+            // Apple forbids VoIP pushes that report no call (iOS 13+ ends such apps);
+            // PushService never asks, this makes sure.
+            return Attempt::Rejected {
+                reason: "APNs carries no VoIP push for an ended call".into(),
+                dead_token: false,
+            };
+        }
         let now = unix_now();
         let jwt = match self.token.lock().expect("token lock").get(now) {
             Ok(jwt) => jwt,

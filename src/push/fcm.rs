@@ -542,12 +542,12 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
 // ---- the message ---------------------------------------------------------------------------
 
 /// The request body of one wake-up: a data-only message with high Android priority and a
-/// `ttl` of `ttl_secs`, carrying [`payload::incoming_call_data`].
+/// `ttl` of `ttl_secs`, carrying [`payload::data`].
 pub fn message(token: &DeviceToken, push: &WakePush, expires_at: u64, ttl_secs: u64) -> Value {
     json!({
         "message": {
             "token": token.expose(),
-            "data": payload::incoming_call_data(push, expires_at),
+            "data": payload::data(push, expires_at),
             "android": {
                 "priority": "HIGH",
                 "ttl": format!("{ttl_secs}s"),
@@ -828,6 +828,11 @@ impl Pushkin for FcmPushkin {
         Platform::Fcm
     }
 
+    fn delivers_call_ended(&self) -> bool {
+        // A data message wakes the app without showing anything: fine for "stop ringing".
+        true
+    }
+
     fn attempt<'a>(
         &'a self,
         token: &'a DeviceToken,
@@ -852,6 +857,7 @@ impl Pushkin for FcmPushkin {
 mod tests {
     use super::*;
     use crate::pbx::{CallId, Party};
+    use crate::push::PushKind;
     use pushwake_testkit::keys::RsaKey;
 
     const T0: u64 = 1_800_000_000;
@@ -1235,6 +1241,7 @@ mod tests {
                 number: "200".into(),
                 name: "Alice".into(),
             },
+            kind: PushKind::IncomingCall,
         };
         let token = DeviceToken::new("dXbQ:APA91b-x_y");
         let body = message(&token, &push, T0 + 25, 25);

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use crate::directory::{Device, DeviceToken, Platform};
 use crate::pbx::{CallId, Party};
 
-/// What a wake-up push says, independent of the provider.
+/// What a push says about a call, independent of the provider.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WakePush {
     /// The call's id, also sent in the `X-Pushwake-Call-Id` header of the INVITE.
@@ -29,6 +29,42 @@ pub struct WakePush {
     pub extension: String,
     /// Who is calling.
     pub caller: Party,
+    /// An incoming call, or the end of one the device was woken for.
+    pub kind: PushKind,
+}
+
+/// What a push announces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PushKind {
+    /// A call is waiting: wake up, register, ring.
+    IncomingCall,
+    /// The call this device was woken for is over without it: stop ringing.
+    CallEnded(EndReason),
+}
+
+/// Why a call ended, as a woken device is told.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EndReason {
+    /// The caller hung up before any device answered.
+    CallerHungUp,
+    /// Another device answered.
+    AnsweredElsewhere,
+    /// No device answered in time; the caller went on (voicemail).
+    Timeout,
+    /// pushwake returned the caller to the dialplan for another reason.
+    Ended,
+}
+
+impl EndReason {
+    /// The `reason` string in the payload.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::CallerHungUp => "caller_hung_up",
+            EndReason::AnsweredElsewhere => "answered_elsewhere",
+            EndReason::Timeout => "timeout",
+            EndReason::Ended => "ended",
+        }
+    }
 }
 
 /// The final verdict on one push.
@@ -42,6 +78,12 @@ pub enum PushVerdict {
         reason: String,
         /// The provider says the token is dead (unregistered, invalid).
         dead_token: bool,
+    },
+    /// Deliberately not sent: this provider must not carry this kind of push (APNs
+    /// carries no VoIP push for a call that has ended).
+    NotSent {
+        /// Why, for logs.
+        reason: String,
     },
 }
 
@@ -74,8 +116,14 @@ pub trait Pushkin: Send + Sync {
     /// The platform it serves.
     fn platform(&self) -> Platform;
 
-    /// Sends one push to one device, once. `ring_window` is how long the call keeps
-    /// ringing from now (for the provider's expiry / TTL field).
+    /// Whether this provider may carry a [`PushKind::CallEnded`] push. Apple forbids VoIP
+    /// pushes that report no call, so APNs does not.
+    fn delivers_call_ended(&self) -> bool {
+        false
+    }
+
+    /// Sends one push to one device, once. `ring_window` is how long the push stays
+    /// useful from now (for the provider's expiry / TTL field).
     fn attempt<'a>(
         &'a self,
         token: &'a DeviceToken,
@@ -123,6 +171,11 @@ impl PushService {
                 dead_token: false,
             };
         };
+        if matches!(push.kind, PushKind::CallEnded(_)) && !pushkin.delivers_call_ended() {
+            return PushVerdict::NotSent {
+                reason: format!("{} carries no push for an ended call", device.platform),
+            };
+        }
         let mut backoff = FIRST_BACKOFF;
         let mut attempts = 0u32;
         loop {
@@ -218,6 +271,7 @@ mod tests {
             call_id: CallId("c1".into()),
             extension: "101".into(),
             caller: Party::default(),
+            kind: PushKind::IncomingCall,
         }
     }
 
@@ -292,6 +346,23 @@ mod tests {
             .await;
         assert!(matches!(verdict, PushVerdict::Failed { .. }));
         assert_eq!(scripted.attempts.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ended_call_is_not_pushed_through_a_provider_that_must_not_carry_it() {
+        let (service, scripted) = service(vec![Attempt::Delivered]);
+        let ended = WakePush {
+            kind: PushKind::CallEnded(EndReason::CallerHungUp),
+            ..push()
+        };
+        let verdict = service
+            .send(&device(), &ended, Instant::now() + Duration::from_secs(10))
+            .await;
+        assert!(
+            matches!(verdict, PushVerdict::NotSent { .. }),
+            "{verdict:?}"
+        );
+        assert_eq!(scripted.attempts.load(Ordering::SeqCst), 0);
     }
 
     #[test]

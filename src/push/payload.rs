@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
-use super::WakePush;
+use super::{PushKind, WakePush};
 
 /// Version of the payload contract; bumped only for an incompatible change.
 pub const PAYLOAD_VERSION: u32 = 1;
@@ -29,12 +29,25 @@ pub fn incoming_call(push: &WakePush, expires_at: u64) -> Value {
     })
 }
 
-/// The same announcement as [`incoming_call`], as a map of strings: the form of a data
-/// message (FCM and similar services accept only string values). Numbers are written in
-/// decimal (`"version": "1"`, `"expires_at": "1800000000"`).
-pub fn incoming_call_data(push: &WakePush, expires_at: u64) -> BTreeMap<String, String> {
-    let Value::Object(fields) = incoming_call(push, expires_at) else {
-        unreachable!("incoming_call builds an object")
+/// The JSON object of any push: [`incoming_call`] for an incoming call; for a call that
+/// ended, the same fields with `"type": "call_cancelled"` and a `reason`
+/// (`caller_hung_up`, `answered_elsewhere`, `timeout`, `ended`), so an app that showed
+/// the call can end it.
+pub fn for_push(push: &WakePush, expires_at: u64) -> Value {
+    let mut value = incoming_call(push, expires_at);
+    if let (PushKind::CallEnded(reason), Value::Object(fields)) = (push.kind, &mut value) {
+        fields.insert("type".into(), json!("call_cancelled"));
+        fields.insert("reason".into(), json!(reason.as_str()));
+    }
+    value
+}
+
+/// The same as [`for_push`], as a map of strings: the form of a data message (FCM and
+/// similar services accept only string values). Numbers are written in decimal
+/// (`"version": "1"`, `"expires_at": "1800000000"`).
+pub fn data(push: &WakePush, expires_at: u64) -> BTreeMap<String, String> {
+    let Value::Object(fields) = for_push(push, expires_at) else {
+        unreachable!("for_push builds an object")
     };
     fields
         .into_iter()
@@ -62,6 +75,7 @@ mod tests {
                 number: "200".into(),
                 name: "Alice".into(),
             },
+            kind: PushKind::IncomingCall,
         };
         let value = incoming_call(&push, 1_800_000_000);
         assert_eq!(
@@ -87,8 +101,9 @@ mod tests {
                 number: "200".into(),
                 name: "Alice \"A\" Smith".into(),
             },
+            kind: PushKind::IncomingCall,
         };
-        let data = incoming_call_data(&push, 1_800_000_000);
+        let data = data(&push, 1_800_000_000);
         let expected: BTreeMap<String, String> = [
             ("type", "incoming_call"),
             ("version", "1"),
@@ -108,5 +123,30 @@ mod tests {
         let json_keys: std::collections::BTreeSet<&String> = json_form.keys().collect();
         let data_keys: std::collections::BTreeSet<&String> = data.keys().collect();
         assert_eq!(json_keys, data_keys, "same fields in both forms");
+    }
+
+    #[test]
+    fn an_ended_call_keeps_the_fields_and_says_why() {
+        let push = WakePush {
+            call_id: CallId("5d7d1c1e-0000-4000-8000-000000000001".into()),
+            extension: "101".into(),
+            caller: Party {
+                number: "200".into(),
+                name: "Alice".into(),
+            },
+            kind: PushKind::CallEnded(crate::push::EndReason::AnsweredElsewhere),
+        };
+        let value = for_push(&push, 1_800_000_000);
+        assert_eq!(value["type"], "call_cancelled");
+        assert_eq!(value["reason"], "answered_elsewhere");
+        assert_eq!(value["call_id"], "5d7d1c1e-0000-4000-8000-000000000001");
+        let data = data(&push, 1_800_000_000);
+        assert_eq!(data["type"], "call_cancelled");
+        assert_eq!(data["reason"], "answered_elsewhere");
+        let incoming = WakePush {
+            kind: PushKind::IncomingCall,
+            ..push
+        };
+        assert!(for_push(&incoming, 1).get("reason").is_none());
     }
 }

@@ -20,12 +20,14 @@ use crate::pbx::{
     BridgeId, CallId, ChannelId, Contact, DialRequest, HangupReason, Party, PbxCommand, PbxError,
     PbxEvent, PbxSnapshot, WakeStatus, LEG_MARKER,
 };
-use crate::push::{PushVerdict, WakePush};
+use crate::push::{EndReason, PushKind, PushVerdict, WakePush};
 
 /// Prefix of the ids pushwake gives its outgoing legs.
 const LEG_PREFIX: &str = "pwleg-";
 /// Prefix of the ids pushwake gives its bridges; the call id follows it.
 const BRIDGE_PREFIX: &str = "pwbridge-";
+/// How long a "call ended" push may still be sent after the call ended.
+const CALL_ENDED_WINDOW: Duration = Duration::from_secs(10);
 
 /// Tunables of the engine that are not per extension.
 #[derive(Clone, Debug)]
@@ -104,6 +106,12 @@ pub enum Command {
     Pbx(PbxCommand),
     /// A push to one device.
     Push(PushJob),
+    /// Stop the call's incoming-call pushes still being tried: the call is answered or
+    /// over, and a late wake-up push would make a phone ring for nothing.
+    AbortPushes {
+        /// The call.
+        call: CallId,
+    },
 }
 
 /// Where a call is in its life.
@@ -150,6 +158,8 @@ enum PushState {
     Pending,
     Delivered,
     Failed,
+    /// Told that the call ended (or it is the device that answered): nothing more to say.
+    Done,
 }
 
 #[derive(Clone, Debug)]
@@ -163,6 +173,7 @@ struct Call {
     next_poll: Option<Instant>,
     phase: Phase,
     legs: Vec<Leg>,
+    devices: Vec<Device>,
     pushes: Vec<PushState>,
     contacts_listed: bool,
 }
@@ -449,6 +460,7 @@ impl WakeEngine {
                     call_id: id.clone(),
                     extension: extension.clone(),
                     caller: party.clone(),
+                    kind: PushKind::IncomingCall,
                 },
                 deadline,
             }));
@@ -467,6 +479,7 @@ impl WakeEngine {
                 phase: Phase::Waiting,
                 legs: Vec::new(),
                 pushes: vec![PushState::Pending; policy.devices.len()],
+                devices: policy.devices,
                 contacts_listed: false,
             },
         );
@@ -645,6 +658,19 @@ impl WakeEngine {
             leg: leg_id.clone(),
             bridge: bridge.clone(),
         };
+        // The device that answered, known by the RFC 8599 token in its contact. Only if
+        // it is known are the others told now: telling every device would end the call
+        // on the one that just answered.
+        let winner_uri = call
+            .legs
+            .iter()
+            .find(|l| &l.id == leg_id)
+            .map(|l| l.uri.clone())
+            .unwrap_or_default();
+        let winner = call
+            .devices
+            .iter()
+            .position(|d| contact_names_device(&winner_uri, &d.token));
         self.commands.push_back(Command::Pbx(PbxCommand::Connect {
             call: id.clone(),
             caller: call.caller.clone(),
@@ -654,6 +680,12 @@ impl WakeEngine {
         for loser in losers {
             self.by_leg.remove(&loser);
             self.hangup(loser, HangupReason::AnsweredElsewhere);
+        }
+        if let Some(winner) = winner {
+            if let Some(call) = self.calls.get_mut(id) {
+                call.pushes[winner] = PushState::Done;
+            }
+            self.tell_devices(now, id, EndReason::AnsweredElsewhere);
         }
     }
 
@@ -676,7 +708,7 @@ impl WakeEngine {
                 self.commands
                     .push_back(Command::Pbx(PbxCommand::DestroyBridge { bridge }));
                 self.continue_caller(caller, WakeStatus::Failed);
-                self.end_call(id, CallOutcome::Returned(WakeStatus::Failed));
+                self.end_call(now, id, CallOutcome::Returned(WakeStatus::Failed));
             }
         }
     }
@@ -688,9 +720,12 @@ impl WakeEngine {
         let Some(state) = call.pushes.get_mut(device) else {
             return;
         };
+        if *state != PushState::Pending {
+            return;
+        }
         match verdict {
             PushVerdict::Delivered => *state = PushState::Delivered,
-            PushVerdict::Failed { .. } => {
+            PushVerdict::Failed { .. } | PushVerdict::NotSent { .. } => {
                 *state = PushState::Failed;
                 self.fail_if_hopeless(now, id);
             }
@@ -736,7 +771,7 @@ impl WakeEngine {
             }
         };
         self.tear_down(id, HangupReason::Normal, None);
-        self.end_call(id, outcome);
+        self.end_call(now, id, outcome);
     }
 
     fn leg_gone(&mut self, now: Instant, id: &CallId, leg_id: &ChannelId, cause: &str) {
@@ -752,7 +787,7 @@ impl WakeEngine {
                 tracing::info!(call = %id, cause, "device hung up");
                 let caller = call.caller.clone();
                 self.tear_down(id, HangupReason::Normal, Some(caller));
-                self.end_call(id, CallOutcome::Completed);
+                self.end_call(now, id, CallOutcome::Completed);
             }
             Phase::Waiting => {
                 tracing::info!(call = %id, leg = %leg_id, cause, "leg ended without answering");
@@ -800,10 +835,18 @@ impl WakeEngine {
         tracing::info!(call = %id, %status, after = ?now - call.started, "returning the caller to the dialplan");
         self.tear_down(id, HangupReason::Normal, None);
         self.continue_caller(caller, status);
-        self.end_call(id, CallOutcome::Returned(status));
+        self.end_call(now, id, CallOutcome::Returned(status));
     }
 
-    fn end_call(&mut self, id: &CallId, outcome: CallOutcome) {
+    fn end_call(&mut self, now: Instant, id: &CallId, outcome: CallOutcome) {
+        let reason = match outcome {
+            CallOutcome::CallerHungUp => EndReason::CallerHungUp,
+            CallOutcome::Returned(WakeStatus::Timeout) => EndReason::Timeout,
+            CallOutcome::Returned(_) => EndReason::Ended,
+            // Answered by a device that could not be told apart from the others.
+            CallOutcome::Completed => EndReason::AnsweredElsewhere,
+        };
+        self.tell_devices(now, id, reason);
         if let Some(call) = self.calls.remove(id) {
             self.by_caller.remove(&call.caller);
             for leg in &call.legs {
@@ -811,6 +854,37 @@ impl WakeEngine {
             }
         }
         *self.stats.outcomes.entry(outcome).or_default() += 1;
+    }
+
+    /// Tells every device pushed for the call, and not yet told, that the call ended
+    /// without it, and stops the call's wake-up pushes still being tried.
+    fn tell_devices(&mut self, now: Instant, id: &CallId, reason: EndReason) {
+        let Some(call) = self.calls.get_mut(id) else {
+            return;
+        };
+        if call.devices.is_empty() {
+            return;
+        }
+        self.commands
+            .push_back(Command::AbortPushes { call: id.clone() });
+        for (index, state) in call.pushes.iter_mut().enumerate() {
+            if !matches!(state, PushState::Pending | PushState::Delivered) {
+                continue;
+            }
+            *state = PushState::Done;
+            self.commands.push_back(Command::Push(PushJob {
+                call: id.clone(),
+                device_index: index,
+                device: call.devices[index].clone(),
+                push: WakePush {
+                    call_id: id.clone(),
+                    extension: call.extension.clone(),
+                    caller: call.party.clone(),
+                    kind: PushKind::CallEnded(reason),
+                },
+                deadline: now + CALL_ENDED_WINDOW,
+            }));
+        }
     }
 
     fn hangup(&mut self, channel: ChannelId, reason: HangupReason) {
@@ -888,6 +962,7 @@ impl WakeEngine {
                                 registration: None,
                                 state: LegState::Answered,
                             }],
+                            devices: Vec::new(),
                             pushes: Vec::new(),
                             contacts_listed: true,
                         },
@@ -940,6 +1015,45 @@ impl WakeEngine {
             self.channel_gone(now, &channel, "gone while disconnected");
         }
     }
+}
+
+/// Whether a contact URI carries the device's push token in its RFC 8599 `pn-prid`
+/// parameter. Parameters are found by name (clients put them in any order), the value is
+/// %-decoded, and Linphone's `<token>:remote&<token>:voip` form matches either token.
+pub fn contact_names_device(uri: &str, token: &crate::directory::DeviceToken) -> bool {
+    let token = token.expose().to_ascii_lowercase();
+    if token.is_empty() {
+        return false;
+    }
+    uri.split(';').skip(1).any(|param| {
+        let (name, value) = param.split_once('=').unwrap_or((param, ""));
+        name.trim().eq_ignore_ascii_case("pn-prid")
+            && percent_decode(value).to_ascii_lowercase().contains(&token)
+    })
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Whether a channel id is one pushwake gave to a leg.

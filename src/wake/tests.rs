@@ -5,6 +5,7 @@ use super::*;
 use crate::directory::{DeviceToken, ExtensionPolicy, Platform};
 use crate::pbx::AppBridge;
 use crate::pbx::ParkedChannel;
+use crate::push::{EndReason, PushKind};
 
 const RING: Duration = Duration::from_secs(25);
 
@@ -123,7 +124,7 @@ fn pbx<T>(commands: &[Command], pick: impl Fn(&PbxCommand) -> Option<T>) -> Vec<
         .iter()
         .filter_map(|c| match c {
             Command::Pbx(command) => pick(command),
-            Command::Push(_) => None,
+            Command::Push(_) | Command::AbortPushes { .. } => None,
         })
         .collect()
 }
@@ -154,6 +155,32 @@ fn destroyed(commands: &[Command]) -> Vec<BridgeId> {
         PbxCommand::DestroyBridge { bridge } => Some(bridge.clone()),
         _ => None,
     })
+}
+
+/// The "call ended" pushes among `commands`: (device index, reason).
+fn told(commands: &[Command]) -> Vec<(usize, EndReason)> {
+    commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::Push(PushJob {
+                device_index,
+                push:
+                    WakePush {
+                        kind: PushKind::CallEnded(reason),
+                        ..
+                    },
+                ..
+            }) => Some((*device_index, *reason)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn aborts(commands: &[Command]) -> usize {
+    commands
+        .iter()
+        .filter(|c| matches!(c, Command::AbortPushes { .. }))
+        .count()
 }
 
 fn gone(channel: &ChannelId) -> PbxEvent {
@@ -765,4 +792,123 @@ fn no_caller_is_ever_left_waiting() {
         );
         assert_eq!(h.engine.waiting_calls(), 0);
     }
+}
+
+#[test]
+fn devices_pushed_for_a_call_the_caller_abandons_are_told_it_ended() {
+    let mut h = Harness::new();
+    let (call, _) = h.caller("c1", "102");
+    let call = call.unwrap();
+    h.push_result(&call, 0, true);
+    // Device 1's push is still being tried: it is stopped, and told too.
+    let commands = h.event(gone(&ch("c1")));
+    assert_eq!(aborts(&commands), 1);
+    assert_eq!(
+        told(&commands),
+        vec![(0, EndReason::CallerHungUp), (1, EndReason::CallerHungUp)]
+    );
+    let job = commands
+        .iter()
+        .find_map(|c| match c {
+            Command::Push(j) => Some(j.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(job.deadline, h.now + CALL_ENDED_WINDOW);
+    assert_eq!(job.push.call_id, call);
+}
+
+#[test]
+fn a_timeout_tells_the_delivered_devices_but_not_the_failed_ones() {
+    let mut h = Harness::new();
+    let (call, _) = h.caller("c1", "102");
+    let call = call.unwrap();
+    h.push_result(&call, 0, false);
+    h.push_result(&call, 1, true);
+    h.contacts(&call, &[]);
+    let commands = h.advance(RING);
+    assert_eq!(continued(&commands), vec![(ch("c1"), WakeStatus::Timeout)]);
+    assert_eq!(told(&commands), vec![(1, EndReason::Timeout)]);
+}
+
+#[test]
+fn when_a_known_device_answers_only_the_others_are_told_and_only_once() {
+    let mut h = Harness::new();
+    let (call, _) = h.caller("c1", "102");
+    let call = call.unwrap();
+    h.push_result(&call, 0, true);
+    h.push_result(&call, 1, true);
+    // Device 1 (index 1, token …03) wakes and registers with its token in pn-prid.
+    let uri = format!(
+        "sip:102@10.0.0.9:5070;transport=udp;pn-provider=apns;PN-PRID={};pn-param=T.voip",
+        device(3).token.expose().to_uppercase()
+    );
+    let leg = dials(&h.event(PbxEvent::ContactAdded {
+        extension: "102".into(),
+        uri,
+    }))[0]
+        .leg
+        .clone();
+    let commands = h.event(answered(&leg));
+    assert_eq!(told(&commands), vec![(0, EndReason::AnsweredElsewhere)]);
+    assert_eq!(aborts(&commands), 1);
+    h.feed(Input::ConnectResult {
+        call,
+        result: Ok(()),
+    });
+    // The conversation ends: nobody is told again.
+    let end = h.event(gone(&ch("c1")));
+    assert!(told(&end).is_empty(), "{end:?}");
+}
+
+#[test]
+fn when_the_answering_device_is_unknown_nobody_is_told_until_the_call_is_over() {
+    let mut h = Harness::new();
+    let (call, _) = h.caller("c1", "102");
+    let call = call.unwrap();
+    h.push_result(&call, 0, true);
+    h.push_result(&call, 1, true);
+    let leg = dials(&h.contacts(&call, &[("sip:102@10.0.0.5:5060", None)]))[0]
+        .leg
+        .clone();
+    // Telling every device now would end the call on the one that just answered.
+    assert!(told(&h.event(answered(&leg))).is_empty());
+    h.feed(Input::ConnectResult {
+        call,
+        result: Ok(()),
+    });
+    let end = h.event(gone(&leg));
+    assert_eq!(
+        told(&end),
+        vec![
+            (0, EndReason::AnsweredElsewhere),
+            (1, EndReason::AnsweredElsewhere)
+        ]
+    );
+}
+
+#[test]
+fn push_tokens_are_found_in_contacts_by_parameter_name() {
+    let token = DeviceToken::new("00fc13adff785122");
+    assert!(contact_names_device(
+        "sip:1@h;pn-provider=apns;pn-prid=00fc13adff785122;pn-param=x",
+        &token
+    ));
+    assert!(contact_names_device(
+        "sip:1@h;transport=udp;pn-prid=AB:remote%2600FC13ADFF785122:voip",
+        &token
+    ));
+    assert!(contact_names_device(
+        "sip:1@h;pn-prid=aa:remote&00fc13adff785122:voip;pn-param=x",
+        &token
+    ));
+    assert!(
+        !contact_names_device("sip:1@h;pn-param=00fc13adff785122", &token),
+        "only pn-prid counts"
+    );
+    assert!(!contact_names_device("sip:00fc13adff785122@h", &token));
+    assert!(!contact_names_device(
+        "sip:1@h;pn-prid=",
+        &DeviceToken::new("")
+    ));
 }
