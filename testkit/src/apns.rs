@@ -170,6 +170,8 @@ impl ApnsServer {
                         handle(state.clone(), expect.clone(), request)
                     });
                     let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        // What Apple's servers advertise (SETTINGS_MAX_CONCURRENT_STREAMS).
+                        .max_concurrent_streams(1000)
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
                 });
