@@ -12,7 +12,7 @@ use pushwake::config::{self, Config};
 use pushwake::driver::{Control, Driver};
 use pushwake::push::apns::{ApnsPushkin, ApnsSettings};
 use pushwake::push::fcm::{FcmPushkin, FcmSettings};
-use pushwake::push::PushService;
+use pushwake::push::{PushService, Pushkin};
 use pushwake::wake::EngineSettings;
 
 /// Exit code for a configuration error (also used by `check-config`).
@@ -115,45 +115,16 @@ fn init_logging() {
 
 async fn run(path: PathBuf, config: Config) -> ExitCode {
     let mut push = PushService::new();
-    if let Some(apns) = &config.apns {
-        let settings = ApnsSettings {
-            team_id: apns.team_id.clone(),
-            key_id: apns.key_id.clone(),
-            key_pem: apns.key_pem.clone(),
-            topic: apns.topic.clone(),
-            endpoint: apns.endpoint.clone(),
-        };
-        match ApnsPushkin::new(settings) {
-            Ok(pushkin) => {
-                let pushkin = Arc::new(pushkin);
-                let warming = pushkin.clone();
-                tokio::spawn(async move { warming.warm_up().await });
-                push.add(pushkin);
-            }
-            Err(error) => {
-                eprintln!("pushwake: {}: apns: {error}", path.display());
-                return ExitCode::from(EXIT_CONFIG);
-            }
+    match pushkins(&config) {
+        Ok(pushkins) => pushkins.into_iter().for_each(|p| push.add(p)),
+        Err(error) => {
+            eprintln!("pushwake: {}: {error}", path.display());
+            return ExitCode::from(EXIT_CONFIG);
         }
     }
-    if let Some(fcm) = &config.fcm {
-        let settings = FcmSettings {
-            account: fcm.account.clone(),
-            endpoint: fcm.endpoint.clone(),
-        };
-        match FcmPushkin::new(settings) {
-            Ok(pushkin) => {
-                let pushkin = Arc::new(pushkin);
-                let warming = pushkin.clone();
-                tokio::spawn(async move { warming.warm_up().await });
-                push.add(pushkin);
-            }
-            Err(error) => {
-                eprintln!("pushwake: {}: fcm: {error}", path.display());
-                return ExitCode::from(EXIT_CONFIG);
-            }
-        }
-    }
+    // Connections open (and tokens fetched) before the first call needs them.
+    let warming = push.clone();
+    tokio::spawn(async move { warming.warm_up().await });
     let pbx = match AsteriskPbx::new(&config.asterisk) {
         Ok(pbx) => pbx,
         Err(error) => {
@@ -186,6 +157,33 @@ async fn run(path: PathBuf, config: Config) -> ExitCode {
         "pushwake stopped"
     );
     ExitCode::SUCCESS
+}
+
+/// The push providers the configuration asks for.
+fn pushkins(config: &Config) -> Result<Vec<Arc<dyn Pushkin>>, String> {
+    let mut pushkins: Vec<Arc<dyn Pushkin>> = Vec::new();
+    if let Some(apns) = &config.apns {
+        let settings = ApnsSettings {
+            team_id: apns.team_id.clone(),
+            key_id: apns.key_id.clone(),
+            key_pem: apns.key_pem.clone(),
+            topic: apns.topic.clone(),
+            endpoint: apns.endpoint.clone(),
+        };
+        pushkins.push(Arc::new(
+            ApnsPushkin::new(settings).map_err(|e| format!("apns: {e}"))?,
+        ));
+    }
+    if let Some(fcm) = &config.fcm {
+        let settings = FcmSettings {
+            account: fcm.account.clone(),
+            endpoint: fcm.endpoint.clone(),
+        };
+        pushkins.push(Arc::new(
+            FcmPushkin::new(settings).map_err(|e| format!("fcm: {e}"))?,
+        ));
+    }
+    Ok(pushkins)
 }
 
 /// SIGTERM / SIGINT: shut down (waiting callers go back to the dialplan).

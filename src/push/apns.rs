@@ -185,7 +185,7 @@ impl ApnsPushkin {
                 tracing::info!(endpoint = %self.endpoint, version = ?response.version(), "APNs connection open")
             }
             Err(error) => {
-                tracing::warn!(endpoint = %self.endpoint, error = %without_url(&error), "cannot reach APNs yet; pushes will retry")
+                tracing::warn!(endpoint = %self.endpoint, error = %super::describe_http_error(&error, "<apns>"), "cannot reach APNs yet; pushes will retry")
             }
         }
     }
@@ -234,7 +234,7 @@ impl ApnsPushkin {
             Ok(r) => r,
             Err(error) => {
                 return Attempt::Retry {
-                    reason: without_url(&error),
+                    reason: super::describe_http_error(&error, "<apns>"),
                     after: None,
                 };
             }
@@ -302,25 +302,13 @@ pub fn classify(status: StatusCode, reason: &str, retry_after: Option<Duration>)
     }
 }
 
-/// A reqwest error's text without its URL: the URL carries the device token.
-fn without_url(error: &reqwest::Error) -> String {
-    let mut text = error.to_string();
-    if let Some(url) = error.url() {
-        text = text.replace(url.as_str(), "<apns>");
-    }
-    // The error's source chain names the cause (connection refused, …) without the URL.
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 impl Pushkin for ApnsPushkin {
     fn platform(&self) -> Platform {
         Platform::Apns
+    }
+
+    fn warm_up(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(ApnsPushkin::warm_up(self))
     }
 
     fn attempt<'a>(

@@ -649,7 +649,7 @@ impl FcmPushkin {
                 tracing::info!(endpoint = %self.endpoint, version = ?response.version(), "FCM connection open")
             }
             Err(error) => {
-                tracing::warn!(endpoint = %self.endpoint, error = %describe(&error), "cannot reach FCM yet; pushes will retry")
+                tracing::warn!(endpoint = %self.endpoint, error = %super::describe_http_error(&error, "<fcm>"), "cannot reach FCM yet; pushes will retry")
             }
         }
     }
@@ -732,12 +732,19 @@ impl FcmPushkin {
             .body(body)
             .send()
             .await
-            .map_err(|e| TokenError::Transient(format!("FCM token endpoint: {}", describe(&e))))?;
+            .map_err(|e| {
+                TokenError::Transient(format!(
+                    "FCM token endpoint: {}",
+                    super::describe_http_error(&e, "<fcm>")
+                ))
+            })?;
         let status = response.status();
-        let text = response
-            .text()
-            .await
-            .map_err(|e| TokenError::Transient(format!("FCM token endpoint: {}", describe(&e))))?;
+        let text = response.text().await.map_err(|e| {
+            TokenError::Transient(format!(
+                "FCM token endpoint: {}",
+                super::describe_http_error(&e, "<fcm>")
+            ))
+        })?;
         read_token_reply(status, &text, &[&assertion])
     }
 
@@ -765,7 +772,7 @@ impl FcmPushkin {
             Ok(response) => response,
             Err(error) => {
                 return Attempt::Retry {
-                    reason: format!("FCM: {}", describe(&error)),
+                    reason: format!("FCM: {}", super::describe_http_error(&error, "<fcm>")),
                     after: None,
                 }
             }
@@ -808,24 +815,13 @@ impl FcmPushkin {
     }
 }
 
-/// A reqwest error's text without its URL, with the causes that name the failure.
-fn describe(error: &reqwest::Error) -> String {
-    let mut text = error.to_string();
-    if let Some(url) = error.url() {
-        text = text.replace(url.as_str(), "<fcm>");
-    }
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 impl Pushkin for FcmPushkin {
     fn platform(&self) -> Platform {
         Platform::Fcm
+    }
+
+    fn warm_up(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(FcmPushkin::warm_up(self))
     }
 
     fn delivers_call_ended(&self) -> bool {

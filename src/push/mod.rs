@@ -116,6 +116,12 @@ pub trait Pushkin: Send + Sync {
     /// The platform it serves.
     fn platform(&self) -> Platform;
 
+    /// Opens the provider's connection (and fetches what it needs to sign in) ahead of
+    /// the first push. Failure is only logged: pushes retry by themselves.
+    fn warm_up(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async {})
+    }
+
     /// Whether this provider may carry a [`PushKind::CallEnded`] push. Apple forbids VoIP
     /// pushes that report no call, so APNs does not.
     fn delivers_call_ended(&self) -> bool {
@@ -155,6 +161,11 @@ impl PushService {
     /// An empty service (no platform configured).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Warms every pushkin up, concurrently (see [`Pushkin::warm_up`]).
+    pub async fn warm_up(&self) {
+        futures_util::future::join_all(self.pushkins.values().map(|p| p.warm_up())).await;
     }
 
     /// Adds (or replaces) the pushkin for its platform.
@@ -207,6 +218,23 @@ impl PushService {
             }
         }
     }
+}
+
+/// A reqwest error as text for logs and verdicts: the URL (which carries the device
+/// token) replaced by `placeholder`, followed by the error's causes, which name what
+/// went wrong (connection refused, timed out, …).
+pub(crate) fn describe_http_error(error: &reqwest::Error, placeholder: &str) -> String {
+    let mut text = error.to_string();
+    if let Some(url) = error.url() {
+        text = text.replace(url.as_str(), placeholder);
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// A duration between half and all of `base`, so retries from many calls spread out.
