@@ -387,6 +387,20 @@ async fn every_push_failing_with_nothing_to_dial_returns_failed_without_waiting(
         "one attempt, no retry of a dead token: {rejected:?}"
     );
     assert_clean(&env).await;
+    // The dead token is not tried again: the extension has no live device left, so the
+    // next call goes on through the dialplan at once (404 = NOPUSH in the test dialplan).
+    env.daemon
+        .wait_log("device's token is dead", SECS(5))
+        .await
+        .unwrap();
+    let mut again = caller(&env, &env.slot.phone(1), CallerEnd::Refused(404));
+    finish(&env, &mut again, 30).await;
+    assert_eq!(
+        env.server.rejected().len(),
+        1,
+        "no second attempt at a dead token"
+    );
+    assert_clean(&env).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -223,6 +223,9 @@ pub struct WakeEngine {
     commands: VecDeque<Command>,
     shutting_down: bool,
     stats: EngineStats,
+    /// Tokens a provider declared dead (unregistered, invalid): those devices get no more
+    /// pushes until the configuration is reloaded.
+    dead_tokens: HashSet<crate::directory::DeviceToken>,
 }
 
 impl WakeEngine {
@@ -237,13 +240,16 @@ impl WakeEngine {
             commands: VecDeque::new(),
             shutting_down: false,
             stats: EngineStats::default(),
+            dead_tokens: HashSet::new(),
         }
     }
 
     /// Replaces the directory (configuration reload). Calls already waiting keep the
-    /// settings they started with.
+    /// settings they started with. Devices disabled for a dead token are tried again:
+    /// the operator may have replaced the token.
     pub fn set_directory(&mut self, directory: Arc<Directory>) {
         self.directory = directory;
+        self.dead_tokens.clear();
     }
 
     /// The next queued command, if any.
@@ -422,7 +428,22 @@ impl WakeEngine {
         }
         let extension = args.first().cloned().unwrap_or_default();
         let policy = match self.directory.extension(&extension) {
-            Some(p) if !p.devices.is_empty() => p.clone(),
+            Some(p)
+                if p.devices
+                    .iter()
+                    .any(|d| !self.dead_tokens.contains(&d.token)) =>
+            {
+                let mut policy = p.clone();
+                policy
+                    .devices
+                    .retain(|d| !self.dead_tokens.contains(&d.token));
+                policy
+            }
+            Some(p) if !p.devices.is_empty() => {
+                tracing::info!(caller = %channel, extension, "every device of the extension has a dead token: NOPUSH");
+                self.continue_caller(channel, WakeStatus::NoPush);
+                return;
+            }
             Some(_) => {
                 tracing::info!(caller = %channel, extension, "extension has no devices: NOPUSH");
                 self.continue_caller(channel, WakeStatus::NoPush);
@@ -722,6 +743,20 @@ impl WakeEngine {
         };
         if *state != PushState::Pending {
             return;
+        }
+        if let PushVerdict::Failed {
+            dead_token: true,
+            reason,
+        } = &verdict
+        {
+            let device = &call.devices[device];
+            if self.dead_tokens.insert(device.token.clone()) {
+                // Said once: the device is skipped from now on.
+                tracing::warn!(
+                    device = %device.label, token = %device.token, %reason,
+                    "the push service says this device's token is dead: no more pushes to it until the configuration is reloaded; update or remove the device"
+                );
+            }
         }
         match verdict {
             PushVerdict::Delivered => *state = PushState::Delivered,

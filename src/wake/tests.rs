@@ -912,3 +912,51 @@ fn push_tokens_are_found_in_contacts_by_parameter_name() {
         &DeviceToken::new("")
     ));
 }
+
+#[test]
+fn a_device_with_a_dead_token_is_skipped_until_the_configuration_is_reloaded() {
+    let mut h = Harness::new();
+    let (call, _) = h.caller("c1", "102");
+    let call = call.unwrap();
+    h.push_result(&call, 0, false); // BadDeviceToken: dead
+    h.event(gone(&ch("c1")));
+    // The next call to 102 pushes only the live device.
+    let (_, commands) = h.caller("c2", "102");
+    let pushed: Vec<Device> = commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::Push(j) => Some(j.device.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(pushed, vec![device(3)]);
+    // An extension whose only device is dead returns at once.
+    let (call, _) = h.caller("c3", "101");
+    h.push_result(&call.unwrap(), 0, false);
+    let (none, commands) = h.caller("c4", "101");
+    assert!(none.is_none());
+    assert_eq!(continued(&commands), vec![(ch("c4"), WakeStatus::NoPush)]);
+    // A reload (the operator may have fixed the token) tries it again.
+    let directory = h.engine.directory.clone();
+    h.engine.set_directory(directory);
+    let (call, _) = h.caller("c5", "101");
+    assert!(call.is_some());
+}
+
+#[test]
+fn a_transient_failure_does_not_disable_a_device() {
+    let mut h = Harness::new();
+    let (call, _) = h.caller("c1", "101");
+    let call = call.unwrap();
+    h.feed(Input::PushResult {
+        call,
+        device: 0,
+        verdict: PushVerdict::Failed {
+            reason: "ring window over".into(),
+            dead_token: false,
+        },
+    });
+    h.event(gone(&ch("c1")));
+    let (call, _) = h.caller("c2", "101");
+    assert!(call.is_some(), "still pushed");
+}
