@@ -120,6 +120,29 @@ impl fmt::Debug for FcmConfig {
     }
 }
 
+/// `[webhook]`: events POSTed to the operator's own backend, signed with a shared secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WebhookConfig {
+    /// Where events are POSTed.
+    pub url: String,
+    /// Path of the file holding the HMAC secret.
+    pub secret_file: PathBuf,
+    /// The secret, read and checked at load time.
+    pub secret: crate::push::webhook::WebhookSecret,
+    /// How long one request may take.
+    pub timeout: Duration,
+}
+
+impl fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("url", &self.url)
+            .field("secret_file", &self.secret_file)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
 /// The whole, checked configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -131,6 +154,8 @@ pub struct Config {
     pub apns: Option<ApnsConfig>,
     /// `[fcm]`, if configured.
     pub fcm: Option<FcmConfig>,
+    /// `[webhook]`, if configured.
+    pub webhook: Option<WebhookConfig>,
     /// The push-enabled extensions.
     pub directory: Directory,
 }
@@ -145,6 +170,7 @@ struct RawConfig {
     defaults: RawDefaults,
     apns: Option<Spanned<RawApns>>,
     fcm: Option<Spanned<RawFcm>>,
+    webhook: Option<Spanned<RawWebhook>>,
     #[serde(default)]
     extension: Vec<Spanned<RawExtension>>,
 }
@@ -186,6 +212,15 @@ struct RawFcm {
     service_account_file: Spanned<String>,
     #[serde(default)]
     endpoint: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhook {
+    url: Spanned<String>,
+    secret_file: Spanned<String>,
+    #[serde(default)]
+    timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -290,6 +325,17 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         }
         None => None,
     };
+    let webhook = match raw.webhook {
+        Some(section) => {
+            let span = section.span();
+            let section = section.into_inner();
+            Some(
+                webhook(section)
+                    .map_err(|(s, m)| at(if s.end > 0 { s } else { span.clone() }, m))?,
+            )
+        }
+        None => None,
+    };
 
     let mut extensions = Vec::new();
     let mut seen = std::collections::HashSet::new();
@@ -321,22 +367,25 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             let platform = match device.platform.get_ref().as_str() {
                 "apns" => Platform::Apns,
                 "fcm" => Platform::Fcm,
+                "webhook" => Platform::Webhook,
                 other => {
                     return Err(at(
                         device.platform.span(),
-                        format!("extension {number}: device platform `{other}` is not supported (supported: apns, fcm)"),
+                        format!("extension {number}: device platform `{other}` is not supported (supported: apns, fcm, webhook)"),
                     ))
                 }
             };
             let configured = match platform {
                 Platform::Apns => apns.is_some(),
                 Platform::Fcm => fcm.is_some(),
+                Platform::Webhook => webhook.is_some(),
             };
             if !configured {
                 return Err(at(
                     device.platform.span(),
                     format!(
-                        "extension {number}: an {platform} device needs an [{platform}] section"
+                        "extension {number}: {article} {platform} device needs {article} [{platform}] section",
+                        article = if platform == Platform::Webhook { "a" } else { "an" }
                     ),
                 ));
             }
@@ -376,6 +425,20 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
                     // FCM tokens are case-sensitive: kept as written.
                     token.to_owned()
                 }
+                Platform::Webhook => {
+                    if !crate::push::webhook::valid_device_id(token) {
+                        return Err(at(
+                            device.token.span(),
+                            format!(
+                                "extension {number}: a webhook device token is the backend's device id, 1 to {} printable ASCII characters without spaces (got {} characters)",
+                                crate::push::webhook::MAX_DEVICE_ID_LEN,
+                                token.chars().count()
+                            ),
+                        ));
+                    }
+                    // The operator's id: kept as written.
+                    token.to_owned()
+                }
             };
             let label = device
                 .name
@@ -401,6 +464,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         asterisk,
         apns,
         fcm,
+        webhook,
         directory: Directory::new(extensions),
     })
 }
@@ -485,6 +549,55 @@ fn fcm(raw: RawFcm) -> Result<FcmConfig, (Range<usize>, String)> {
         service_account_file: file,
         account,
         endpoint,
+    })
+}
+
+fn webhook(raw: RawWebhook) -> Result<WebhookConfig, (Range<usize>, String)> {
+    let url = raw.url.get_ref().trim().to_owned();
+    match url::Url::parse(&url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+        _ => {
+            return Err((
+                raw.url.span(),
+                format!("webhook.url: `{url}` is not an http:// or https:// URL"),
+            ))
+        }
+    }
+    let timeout = match &raw.timeout {
+        Some(value) => {
+            let text = value.get_ref();
+            let duration = humantime::parse_duration(text.trim()).map_err(|e| {
+                (
+                    value.span(),
+                    format!("webhook.timeout: `{text}` is not a duration like \"5s\" ({e})"),
+                )
+            })?;
+            if duration.is_zero() || duration > MAX_RING_TIMEOUT {
+                return Err((
+                    value.span(),
+                    format!(
+                        "webhook.timeout: `{text}` must be more than 0s and at most {}s",
+                        MAX_RING_TIMEOUT.as_secs()
+                    ),
+                ));
+            }
+            duration
+        }
+        None => crate::push::webhook::DEFAULT_TIMEOUT,
+    };
+    let file = PathBuf::from(raw.secret_file.get_ref());
+    let span = raw.secret_file.span();
+    let fail = |m: String| (span.clone(), format!("webhook.secret_file: {m}"));
+    let bytes =
+        std::fs::read(&file).map_err(|e| fail(format!("cannot read {}: {e}", file.display())))?;
+    check_private(&file, "the webhook secret").map_err(fail)?;
+    let secret = crate::push::webhook::WebhookSecret::from_file_contents(&bytes)
+        .map_err(|e| fail(format!("{}: {e}", file.display())))?;
+    Ok(WebhookConfig {
+        url,
+        secret_file: file,
+        secret,
+        timeout,
     })
 }
 
@@ -700,5 +813,103 @@ number = "101"
         assert!(e.contains("an apns device needs an [apns] section"), "{e}");
         let e = err(&format!("{fcm}{MINIMAL}{}", device("hms", "abcd")));
         assert!(e.contains("supported: apns, fcm"), "{e}");
+    }
+
+    fn webhook_section(secret: &[u8], mode: u32, extra: &str) -> (tempfile::TempDir, String) {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("webhook.secret");
+        std::fs::write(&path, secret).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        let section = format!(
+            "[webhook]\nurl = \"https://push.example.com/pushwake\"\nsecret_file = \"{}\"\n{extra}",
+            path.display()
+        );
+        (dir, section)
+    }
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef\n";
+
+    #[test]
+    fn a_webhook_section_reads_and_checks_the_secret() {
+        let (_dir, hook) = webhook_section(SECRET, 0o600, "");
+        let config = parse(Path::new("pw.toml"), &format!("{hook}{MINIMAL}")).unwrap();
+        let section = config.webhook.as_ref().unwrap();
+        assert_eq!(section.url, "https://push.example.com/pushwake");
+        assert_eq!(section.timeout, Duration::from_secs(5));
+        assert_eq!(section.secret.expose(), &SECRET[..32]);
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("0123456789abcdef"), "{shown}");
+
+        let (_dir, hook) = webhook_section(SECRET, 0o640, "timeout = \"2s\"\n");
+        let config = parse(Path::new("pw.toml"), &format!("{hook}{MINIMAL}")).unwrap();
+        assert_eq!(config.webhook.unwrap().timeout, Duration::from_secs(2));
+
+        let (_dir, hook) = webhook_section(SECRET, 0o600, "timeout = \"soon\"\n");
+        let e = err(&format!("{hook}{MINIMAL}"));
+        assert!(e.starts_with("pw.toml:4: webhook.timeout"), "{e}");
+
+        let (_dir, hook) = webhook_section(SECRET, 0o644, "");
+        let e = err(&format!("{hook}{MINIMAL}"));
+        assert!(
+            e.starts_with("pw.toml:3: webhook.secret_file: ") && e.contains("chmod"),
+            "{e}"
+        );
+        for bad in [&b""[..], b"\n", b"short-secret-16b\n"] {
+            let (_dir, hook) = webhook_section(bad, 0o600, "");
+            let e = err(&format!("{hook}{MINIMAL}"));
+            assert!(e.starts_with("pw.toml:3: webhook.secret_file: "), "{e}");
+            assert!(!e.contains("short-secret") && !e.contains('\n'), "{e}");
+        }
+        let (_dir, hook) = webhook_section(SECRET, 0o600, "");
+        let e = err(&format!(
+            "{}{MINIMAL}",
+            hook.replace("https://push.example.com/pushwake", "ftp://x")
+        ));
+        assert!(e.starts_with("pw.toml:2: webhook.url"), "{e}");
+        let e = err(&format!("{hook}secret = \"x\"\n{MINIMAL}"));
+        assert!(e.starts_with("pw.toml:4: ") && e.contains("secret"), "{e}");
+        let e = err(&MINIMAL.replace(
+            "[[extension]]",
+            "[webhook]\nurl = \"http://127.0.0.1:1/\"\nsecret_file = \"/nonexistent/pw-secret\"\n\n[[extension]]",
+        ));
+        assert!(e.contains("webhook.secret_file: cannot read"), "{e}");
+    }
+
+    #[test]
+    fn webhook_devices_need_the_section_and_keep_their_id() {
+        let device = |token: &str| {
+            format!("\n[[extension.device]]\nplatform = \"webhook\"\ntoken = \"{token}\"\n")
+        };
+        let e = err(&format!("{MINIMAL}{}", device("abc")));
+        assert!(
+            e.contains("a webhook device needs a [webhook] section"),
+            "{e}"
+        );
+
+        let (_dir, hook) = webhook_section(SECRET, 0o600, "");
+        let id = "Op-Device_42:x/Y==";
+        let config = parse(
+            Path::new("pw.toml"),
+            &format!("{hook}{MINIMAL}{}", device(id)),
+        )
+        .unwrap();
+        let devices = &config.directory.extension("101").unwrap().devices;
+        assert_eq!(devices[0].platform, Platform::Webhook);
+        assert_eq!(devices[0].token.expose(), id, "case kept");
+        assert_eq!(devices[0].label, "101/webhook#0");
+        for bad in ["has space", "", "ä-device", &"a".repeat(513)] {
+            let e = err(&format!("{hook}{MINIMAL}{}", device(bad)));
+            assert!(e.contains("a webhook device token is"), "{bad:?}: {e}");
+            assert!(e.starts_with("pw.toml:15: "), "{e}");
+            if !bad.is_empty() {
+                assert!(!e.contains(bad), "{e}");
+            }
+        }
+        let e = err(&format!(
+            "{hook}{MINIMAL}{}",
+            device("a").replace("webhook", "hms")
+        ));
+        assert!(e.contains("supported: apns, fcm, webhook"), "{e}");
     }
 }

@@ -15,6 +15,9 @@ pub enum Platform {
     Apns,
     /// Firebase Cloud Messaging, HTTP v1 API (high-priority data messages to Android).
     Fcm,
+    /// The operator's own backend, through a signed webhook (the token is the operator's
+    /// device id).
+    Webhook,
 }
 
 impl Platform {
@@ -23,6 +26,7 @@ impl Platform {
         match self {
             Platform::Apns => "apns",
             Platform::Fcm => "fcm",
+            Platform::Webhook => "webhook",
         }
     }
 }

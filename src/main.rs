@@ -183,6 +183,17 @@ fn pushkins(config: &Config) -> Result<Vec<Arc<dyn Pushkin>>, String> {
             FcmPushkin::new(settings).map_err(|e| format!("fcm: {e}"))?,
         ));
     }
+    if let Some(webhook) = &config.webhook {
+        let settings = pushwake::push::webhook::WebhookSettings {
+            url: webhook.url.clone(),
+            secret: webhook.secret.clone(),
+            timeout: webhook.timeout,
+        };
+        pushkins.push(Arc::new(
+            pushwake::push::webhook::WebhookPushkin::new(settings)
+                .map_err(|e| format!("webhook: {e}"))?,
+        ));
+    }
     Ok(pushkins)
 }
 

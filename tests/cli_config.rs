@@ -80,23 +80,56 @@ fn uncomment_fcm(example: &str) -> String {
         "token = \"",
         "name = \"bob-android\"",
     ];
+    uncomment(example, &["[fcm]", "platform = \"fcm\""], &KEYS, "[fcm]")
+}
+
+/// Uncomments the example's `[webhook]` section and its webhook device.
+fn uncomment_webhook(example: &str) -> String {
+    const KEYS: [&str; 7] = [
+        "[webhook]",
+        "url = ",
+        "secret_file = ",
+        "timeout = ",
+        "[[extension.device]]",
+        "platform = \"webhook\"",
+        "token = \"",
+    ];
+    uncomment(
+        example,
+        &["[webhook]", "platform = \"webhook\""],
+        &KEYS,
+        "[webhook]",
+    )
+}
+
+/// Uncomments, in the paragraphs (blocks between blank lines) holding one of the
+/// commented `anchors`, the commented lines starting with one of `keys`; each key must
+/// be found exactly once.
+fn uncomment(example: &str, anchors: &[&str], keys: &[&str], what: &str) -> String {
     let mut uncommented = 0;
-    let lines: Vec<String> = example
-        .lines()
-        .map(|line| match line.strip_prefix("# ") {
-            Some(rest) if KEYS.iter().any(|k| rest.starts_with(k)) => {
-                uncommented += 1;
-                rest.to_owned()
-            }
-            _ => line.to_owned(),
-        })
-        .collect();
+    let mut out = Vec::new();
+    for paragraph in example.split("\n\n") {
+        let anchored = paragraph
+            .lines()
+            .any(|l| l.strip_prefix("# ").is_some_and(|r| anchors.contains(&r)));
+        let lines: Vec<String> = paragraph
+            .lines()
+            .map(|line| match line.strip_prefix("# ") {
+                Some(rest) if anchored && keys.iter().any(|k| rest.starts_with(k)) => {
+                    uncommented += 1;
+                    rest.to_owned()
+                }
+                _ => line.to_owned(),
+            })
+            .collect();
+        out.push(lines.join("\n"));
+    }
     assert_eq!(
         uncommented,
-        KEYS.len(),
-        "the example's commented [fcm] lines"
+        keys.len(),
+        "the example's commented {what} lines"
     );
-    lines.join("\n") + "\n"
+    out.join("\n\n").trim_end().to_owned() + "\n"
 }
 
 /// The 1-based line of the first line starting with `prefix`.
@@ -162,6 +195,102 @@ fn the_shipped_example_with_its_fcm_section_uncommented_is_valid() {
     assert!(
         stdout.contains("ok (1 extension(s), apns configured, fcm configured)"),
         "{stdout}"
+    );
+}
+
+#[test]
+fn the_shipped_example_with_its_webhook_section_uncommented_is_valid() {
+    let files = Files::new();
+    let key = files.key();
+    let secret = files.write(
+        "webhook.secret",
+        "0123456789abcdef0123456789abcdef\n",
+        0o600,
+    );
+    let text = uncomment_webhook(&files.example(&key)).replace(
+        "/etc/pushwake/webhook.secret",
+        &secret.display().to_string(),
+    );
+    let config = files.write("pushwake.toml", &text, 0o640);
+    let (code, _, stderr) = run(&["check-config"], &config);
+    assert_eq!(code, 0, "{stderr}\n{text}");
+
+    // Both optional sections at once.
+    let account = files.service_account();
+    let both = uncomment_webhook(&files.example_with_fcm(&key, &account)).replace(
+        "/etc/pushwake/webhook.secret",
+        &secret.display().to_string(),
+    );
+    let config = files.write("pushwake.toml", &both, 0o640);
+    let (code, stdout, stderr) = run(&["check-config"], &config);
+    assert_eq!(code, 0, "{stderr}\n{both}");
+    assert!(stdout.contains("fcm configured"), "{stdout}");
+}
+
+#[test]
+fn bad_webhook_sections_are_refused_on_one_line_without_the_secret() {
+    let files = Files::new();
+    let key = files.key();
+    let example = uncomment_webhook(&files.example(&key));
+    let check = |secret: &Path, text: &str, needles: &[&str]| {
+        let text = text.replace(
+            "/etc/pushwake/webhook.secret",
+            &secret.display().to_string(),
+        );
+        let config = files.write("pushwake.toml", &text, 0o600);
+        refused(&config, needles);
+        let (_, _, stderr) = run(&["check-config"], &config);
+        assert!(!stderr.contains("short-secret"), "{stderr}");
+    };
+    let line = line_of(&example, "secret_file = ");
+    let at = format!("pushwake.toml:{line}: webhook.secret_file");
+
+    let short = files.write("short.secret", "short-secret\n", 0o600);
+    check(&short, &example, &[&at, "at least 32"]);
+    let empty = files.write("empty.secret", "", 0o600);
+    check(&empty, &example, &[&at, "empty"]);
+    let open = files.write("open.secret", "0123456789abcdef0123456789abcdef", 0o644);
+    check(&open, &example, &[&at, "0644", "chmod"]);
+    check(
+        Path::new("/nonexistent/webhook.secret"),
+        &example,
+        &[&at, "No such file"],
+    );
+
+    let good = files.write("good.secret", "0123456789abcdef0123456789abcdef", 0o600);
+    let url_line = line_of(&example, "url = \"https://push.example.com");
+    let bad_url = example.replace(
+        "url = \"https://push.example.com/pushwake/events\"",
+        "url = \"push.example.com/pushwake/events\"",
+    );
+    check(
+        &good,
+        &bad_url,
+        &[&format!("pushwake.toml:{url_line}: webhook.url")],
+    );
+    let bad_token = example.replace("token = \"carol-tablet-7f3a\"", "token = \"carol tablet\"");
+    let token_line = line_of(&bad_token, "token = \"carol");
+    check(
+        &good,
+        &bad_token,
+        &[
+            &format!("pushwake.toml:{token_line}:"),
+            "a webhook device token is",
+        ],
+    );
+    let no_section = example
+        .replace("[webhook]\n", "")
+        .replace("url = \"https", "# url = \"https")
+        .replace("secret_file = ", "# secret_file = ")
+        .replace("timeout = \"5s\"", "# timeout = \"5s\"");
+    let device_line = line_of(&no_section, "platform = \"webhook\"");
+    check(
+        &good,
+        &no_section,
+        &[
+            &format!("pushwake.toml:{device_line}:"),
+            "a webhook device needs a [webhook] section",
+        ],
     );
 }
 

@@ -8,6 +8,7 @@
 pub mod apns;
 pub mod fcm;
 pub mod payload;
+pub mod webhook;
 
 use std::collections::HashMap;
 use std::future::Future;
