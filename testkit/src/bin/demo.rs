@@ -110,17 +110,34 @@ async fn demo() -> Result<(), String> {
         "Alice (200) dials 101; the dialplan runs Stasis(pushwake,101); Alice hears ringback",
     );
     let push = server.accepted().last().cloned().ok_or("no push")?;
+    // How long pushwake itself took: from the call entering it to the push delivered,
+    // by its own log (the time since the dial includes starting sipp).
+    let logs = daemon.logs();
+    let stamp = |needle: &str| {
+        logs.lines()
+            .find(|l| l.contains(needle) && l.contains(&call.push_call_id))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(pushwake_testkit::trace::parse_stamp)
+    };
+    let inside = match (stamp("caller waiting"), stamp("push delivered")) {
+        (Some(entered), Some(delivered)) => format!(
+            "; {:.1} ms after the call entered pushwake",
+            (delivered - entered) as f64 / 1000.0
+        ),
+        _ => String::new(),
+    };
     step(
         start,
         call.pushed,
         &format!(
-            "APNs accepted a VoIP push for 101 ({} ms after the dial): call_id {}, caller \"{}\" <{}>",
+            "APNs accepted a VoIP push for 101 ({} ms after the caller's sipp started{inside}): call_id {}, caller \"{}\" <{}>",
             call.pushed.saturating_duration_since(call.dialled).as_millis(),
             call.push_call_id,
             push.body["caller_name"].as_str().unwrap_or(""),
             push.body["caller_number"].as_str().unwrap_or("")
         ),
     );
+
     step(
         start,
         call.registered,
