@@ -12,7 +12,7 @@
 //! - [`wake`]: the call/wake logic as a plain state machine (no I/O, no runtime).
 //! - [`driver`]: the async driver that runs the state machine against a PBX.
 //! - [`pbx`]: the PBX-agnostic vocabulary between the two; [`asterisk`] maps ARI onto it.
-//! - [`push`]: push providers behind one interface.
+//! - [`push`]: push providers behind one interface; [`test_push`] the operators' check.
 
 pub mod asterisk;
 pub mod config;
@@ -20,4 +20,5 @@ pub mod directory;
 pub mod driver;
 pub mod pbx;
 pub mod push;
+pub mod test_push;
 pub mod wake;

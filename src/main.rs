@@ -39,6 +39,20 @@ enum Command {
         #[arg(long, short, default_value = "/etc/pushwake/pushwake.toml")]
         config: PathBuf,
     },
+    /// Send one real push to an extension's devices with the configured credentials and
+    /// print each provider's verdict (0: all delivered, 1: some failed, 2: usage or
+    /// configuration error). The phone shows a call from "pushwake test-push" that ends
+    /// by itself.
+    TestPush {
+        /// The extension whose devices to push.
+        extension: String,
+        /// Only this device of the extension, counted from 0.
+        #[arg(long)]
+        device: Option<usize>,
+        /// The configuration file.
+        #[arg(long, short, default_value = "/etc/pushwake/pushwake.toml")]
+        config: PathBuf,
+    },
     /// Check the configuration file and exit (0: fine, 2: an error, printed on one line).
     CheckConfig {
         /// The configuration file.
@@ -74,6 +88,30 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
+        Command::TestPush {
+            extension,
+            device,
+            config,
+        } => {
+            let loaded = match config::load(&config) {
+                Ok(loaded) => loaded,
+                Err(error) => {
+                    eprintln!("pushwake: {error}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    eprintln!("pushwake: cannot start the runtime: {error}");
+                    return ExitCode::from(EXIT_RUNTIME);
+                }
+            };
+            runtime.block_on(test_push(&config, &loaded, &extension, device))
+        }
         Command::Run { config } => {
             let loaded = match config::load(&config) {
                 Ok(loaded) => loaded,
@@ -157,6 +195,41 @@ async fn run(path: PathBuf, config: Config) -> ExitCode {
         "pushwake stopped"
     );
     ExitCode::SUCCESS
+}
+
+async fn test_push(
+    path: &Path,
+    config: &Config,
+    extension: &str,
+    device: Option<usize>,
+) -> ExitCode {
+    let mut push = PushService::new();
+    match pushkins(config) {
+        Ok(pushkins) => pushkins.into_iter().for_each(|p| push.add(p)),
+        Err(error) => {
+            eprintln!("pushwake: {}: {error}", path.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    }
+    match pushwake::test_push::test_push(&push, &config.directory, extension, device).await {
+        Ok(results) => {
+            for result in &results {
+                println!("{}", pushwake::test_push::describe(result));
+            }
+            if results
+                .iter()
+                .all(|r| r.verdict == pushwake::push::PushVerdict::Delivered)
+            {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_RUNTIME)
+            }
+        }
+        Err(error) => {
+            eprintln!("pushwake: {error}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
 }
 
 /// The push providers the configuration asks for.
