@@ -106,6 +106,18 @@ pub struct FcmPart<'a> {
     pub devices: &'a [(String, String)],
 }
 
+/// The `[webhook]` part of a generated configuration.
+#[derive(Clone)]
+pub struct WebhookPart<'a> {
+    /// `webhook.url`.
+    pub url: &'a str,
+    /// The shared secret, written to a file (mode 0600) beside the config.
+    pub secret: &'a str,
+    /// Webhook devices: (extension number, device id). The extension must be one of the
+    /// configuration's extensions.
+    pub devices: &'a [(String, String)],
+}
+
 /// Writes a pushwake configuration for `app` on the test Asterisk into `dir`, with the
 /// APNs key beside it; returns the config path.
 pub fn write_config(
@@ -116,7 +128,7 @@ pub fn write_config(
     apns_endpoint: &str,
     extensions: &[TestExtension],
 ) -> std::io::Result<PathBuf> {
-    write_config_inner(dir, pbx, app, apns, apns_endpoint, extensions, None)
+    write_config_inner(dir, pbx, app, apns, apns_endpoint, extensions, None, None)
 }
 
 /// Like [`write_config`], with an `[fcm]` section too: the service-account file (mode
@@ -130,9 +142,42 @@ pub fn write_config_with_fcm(
     extensions: &[TestExtension],
     fcm: &FcmPart<'_>,
 ) -> std::io::Result<PathBuf> {
-    write_config_inner(dir, pbx, app, apns, apns_endpoint, extensions, Some(fcm))
+    write_config_inner(
+        dir,
+        pbx,
+        app,
+        apns,
+        apns_endpoint,
+        extensions,
+        Some(fcm),
+        None,
+    )
 }
 
+/// Like [`write_config`], with a `[webhook]` section too: the secret file (mode 0600)
+/// beside the config, and the webhook devices of `part` added to their extensions.
+pub fn write_config_with_webhook(
+    dir: &Path,
+    pbx: &TestAsterisk,
+    app: &str,
+    apns: &TestApns,
+    apns_endpoint: &str,
+    extensions: &[TestExtension],
+    webhook: &WebhookPart<'_>,
+) -> std::io::Result<PathBuf> {
+    write_config_inner(
+        dir,
+        pbx,
+        app,
+        apns,
+        apns_endpoint,
+        extensions,
+        None,
+        Some(webhook),
+    )
+}
+
+#[allow(clippy::too_many_arguments)] // private; the public writers take one part each
 fn write_config_inner(
     dir: &Path,
     pbx: &TestAsterisk,
@@ -141,6 +186,7 @@ fn write_config_inner(
     apns_endpoint: &str,
     extensions: &[TestExtension],
     fcm: Option<&FcmPart<'_>>,
+    webhook: Option<&WebhookPart<'_>>,
 ) -> std::io::Result<PathBuf> {
     use std::fmt::Write as _;
     use std::os::unix::fs::PermissionsExt;
@@ -165,6 +211,17 @@ fn write_config_inner(
             part.endpoint
         );
     }
+    if let Some(part) = webhook {
+        let secret = dir.join("webhook.secret");
+        std::fs::write(&secret, format!("{}\n", part.secret))?;
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600))?;
+        let _ = write!(
+            text,
+            "\n[webhook]\nurl = \"{}\"\nsecret_file = \"{}\"\n",
+            part.url,
+            secret.display()
+        );
+    }
     for ext in extensions {
         let _ = write!(
             text,
@@ -185,6 +242,16 @@ fn write_config_inner(
             let _ = write!(
                 text,
                 "\n[[extension.device]]\nplatform = \"fcm\"\ntoken = \"{token}\"\n"
+            );
+        }
+        let webhook_devices = webhook.map(|part| part.devices).unwrap_or_default();
+        for (_, token) in webhook_devices
+            .iter()
+            .filter(|(number, _)| *number == ext.number)
+        {
+            let _ = write!(
+                text,
+                "\n[[extension.device]]\nplatform = \"webhook\"\ntoken = \"{token}\"\n"
             );
         }
     }
