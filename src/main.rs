@@ -75,11 +75,12 @@ fn main() -> ExitCode {
                     }
                 };
                 println!(
-                    "{}: ok ({} extension(s), apns {}, fcm {})",
+                    "{}: ok ({} extension(s), apns {}, fcm {}, webhook {})",
                     config.display(),
                     loaded.directory.len(),
                     state(loaded.apns.is_some()),
                     state(loaded.fcm.is_some()),
+                    state(loaded.webhook.is_some()),
                 );
                 ExitCode::SUCCESS
             }

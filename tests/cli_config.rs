@@ -179,7 +179,9 @@ fn the_shipped_example_is_valid() {
     let (code, stdout, stderr) = run(&["check-config"], &config);
     assert_eq!(code, 0, "{stderr}");
     assert!(
-        stdout.contains("ok (1 extension(s), apns configured, fcm not configured)"),
+        stdout.contains(
+            "ok (1 extension(s), apns configured, fcm not configured, webhook not configured)"
+        ),
         "{stdout}"
     );
 }
@@ -193,7 +195,9 @@ fn the_shipped_example_with_its_fcm_section_uncommented_is_valid() {
     let (code, stdout, stderr) = run(&["check-config"], &config);
     assert_eq!(code, 0, "{stderr}\n{text}");
     assert!(
-        stdout.contains("ok (1 extension(s), apns configured, fcm configured)"),
+        stdout.contains(
+            "ok (1 extension(s), apns configured, fcm configured, webhook not configured)"
+        ),
         "{stdout}"
     );
 }
@@ -212,8 +216,12 @@ fn the_shipped_example_with_its_webhook_section_uncommented_is_valid() {
         &secret.display().to_string(),
     );
     let config = files.write("pushwake.toml", &text, 0o640);
-    let (code, _, stderr) = run(&["check-config"], &config);
+    let (code, stdout, stderr) = run(&["check-config"], &config);
     assert_eq!(code, 0, "{stderr}\n{text}");
+    assert!(
+        stdout.contains("fcm not configured, webhook configured)"),
+        "{stdout}"
+    );
 
     // Both optional sections at once.
     let account = files.service_account();
@@ -224,7 +232,10 @@ fn the_shipped_example_with_its_webhook_section_uncommented_is_valid() {
     let config = files.write("pushwake.toml", &both, 0o640);
     let (code, stdout, stderr) = run(&["check-config"], &config);
     assert_eq!(code, 0, "{stderr}\n{both}");
-    assert!(stdout.contains("fcm configured"), "{stdout}");
+    assert!(
+        stdout.contains("fcm configured, webhook configured)"),
+        "{stdout}"
+    );
 }
 
 #[test]
