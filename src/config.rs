@@ -143,6 +143,17 @@ impl fmt::Debug for WebhookConfig {
     }
 }
 
+/// `[webpush]`: Web Push (RFC 8030) to browsers, signed with a VAPID key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebPushConfig {
+    /// Path of the PKCS#8 PEM P-256 VAPID private key.
+    pub vapid_key_file: PathBuf,
+    /// The key, read and checked at load time (`Debug` shows only its public half).
+    pub vapid_key: crate::push::webpush::VapidKey,
+    /// The VAPID contact: a `mailto:` or `https:` URL.
+    pub subject: String,
+}
+
 /// The whole, checked configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -156,6 +167,8 @@ pub struct Config {
     pub fcm: Option<FcmConfig>,
     /// `[webhook]`, if configured.
     pub webhook: Option<WebhookConfig>,
+    /// `[webpush]`, if configured.
+    pub webpush: Option<WebPushConfig>,
     /// The push-enabled extensions.
     pub directory: Directory,
 }
@@ -171,6 +184,7 @@ struct RawConfig {
     apns: Option<Spanned<RawApns>>,
     fcm: Option<Spanned<RawFcm>>,
     webhook: Option<Spanned<RawWebhook>>,
+    webpush: Option<Spanned<RawWebPush>>,
     #[serde(default)]
     extension: Vec<Spanned<RawExtension>>,
 }
@@ -221,6 +235,13 @@ struct RawWebhook {
     secret_file: Spanned<String>,
     #[serde(default)]
     timeout: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebPush {
+    vapid_key_file: Spanned<String>,
+    subject: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -336,6 +357,17 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         }
         None => None,
     };
+    let webpush = match raw.webpush {
+        Some(section) => {
+            let span = section.span();
+            let section = section.into_inner();
+            Some(
+                webpush(section)
+                    .map_err(|(s, m)| at(if s.end > 0 { s } else { span.clone() }, m))?,
+            )
+        }
+        None => None,
+    };
 
     let mut extensions = Vec::new();
     let mut seen = std::collections::HashSet::new();
@@ -368,10 +400,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
                 "apns" => Platform::Apns,
                 "fcm" => Platform::Fcm,
                 "webhook" => Platform::Webhook,
+                "webpush" => Platform::WebPush,
                 other => {
                     return Err(at(
                         device.platform.span(),
-                        format!("extension {number}: device platform `{other}` is not supported (supported: apns, fcm, webhook)"),
+                        format!("extension {number}: device platform `{other}` is not supported (supported: apns, fcm, webhook, webpush)"),
                     ))
                 }
             };
@@ -379,13 +412,14 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
                 Platform::Apns => apns.is_some(),
                 Platform::Fcm => fcm.is_some(),
                 Platform::Webhook => webhook.is_some(),
+                Platform::WebPush => webpush.is_some(),
             };
             if !configured {
                 return Err(at(
                     device.platform.span(),
                     format!(
                         "extension {number}: {article} {platform} device needs {article} [{platform}] section",
-                        article = if platform == Platform::Webhook { "a" } else { "an" }
+                        article = if matches!(platform, Platform::Webhook | Platform::WebPush) { "a" } else { "an" }
                     ),
                 ));
             }
@@ -439,6 +473,17 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
                     // The operator's id: kept as written.
                     token.to_owned()
                 }
+                Platform::WebPush => {
+                    // The browser's PushSubscription JSON; the message names what is
+                    // wrong without quoting it.
+                    if let Err(e) = crate::push::webpush::Subscription::parse(token) {
+                        return Err(at(
+                            device.token.span(),
+                            format!("extension {number}: a webpush device token must be the browser's PushSubscription JSON: {e}"),
+                        ));
+                    }
+                    token.to_owned()
+                }
             };
             let label = device
                 .name
@@ -465,6 +510,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         apns,
         fcm,
         webhook,
+        webpush,
         directory: Directory::new(extensions),
     })
 }
@@ -598,6 +644,29 @@ fn webhook(raw: RawWebhook) -> Result<WebhookConfig, (Range<usize>, String)> {
         secret_file: file,
         secret,
         timeout,
+    })
+}
+
+fn webpush(raw: RawWebPush) -> Result<WebPushConfig, (Range<usize>, String)> {
+    let subject = raw.subject.get_ref().trim().to_owned();
+    if !crate::push::webpush::valid_subject(&subject) {
+        return Err((
+            raw.subject.span(),
+            format!("webpush.subject: `{subject}` is not a mailto: or https: URL (the push services' contact for you)"),
+        ));
+    }
+    let file = PathBuf::from(raw.vapid_key_file.get_ref());
+    let span = raw.vapid_key_file.span();
+    let fail = |m: String| (span.clone(), format!("webpush.vapid_key_file: {m}"));
+    let bytes =
+        std::fs::read(&file).map_err(|e| fail(format!("cannot read {}: {e}", file.display())))?;
+    check_private(&file, "the VAPID private key").map_err(fail)?;
+    let vapid_key = crate::push::webpush::VapidKey::from_pem(&bytes)
+        .map_err(|e| fail(format!("{}: {e}", file.display())))?;
+    Ok(WebPushConfig {
+        vapid_key_file: file,
+        vapid_key,
+        subject,
     })
 }
 

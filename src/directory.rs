@@ -18,6 +18,9 @@ pub enum Platform {
     /// The operator's own backend, through a signed webhook (the token is the operator's
     /// device id).
     Webhook,
+    /// Web Push (RFC 8030) to a browser softphone (the token is the browser's
+    /// `PushSubscription` JSON).
+    WebPush,
 }
 
 impl Platform {
@@ -27,6 +30,7 @@ impl Platform {
             Platform::Apns => "apns",
             Platform::Fcm => "fcm",
             Platform::Webhook => "webhook",
+            Platform::WebPush => "webpush",
         }
     }
 }

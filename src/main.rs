@@ -268,6 +268,17 @@ fn pushkins(config: &Config) -> Result<Vec<Arc<dyn Pushkin>>, String> {
                 .map_err(|e| format!("webhook: {e}"))?,
         ));
     }
+    if let Some(webpush) = &config.webpush {
+        let settings = pushwake::push::webpush::WebPushSettings {
+            vapid_key: webpush.vapid_key.clone(),
+            subject: webpush.subject.clone(),
+            timeout: pushwake::push::webpush::DEFAULT_TIMEOUT,
+        };
+        pushkins.push(Arc::new(
+            pushwake::push::webpush::WebPushPushkin::new(settings)
+                .map_err(|e| format!("webpush: {e}"))?,
+        ));
+    }
     Ok(pushkins)
 }
 

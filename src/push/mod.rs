@@ -10,6 +10,7 @@ pub mod fcm;
 pub mod oauth;
 pub mod payload;
 pub mod webhook;
+pub mod webpush;
 
 use std::collections::HashMap;
 use std::future::Future;
