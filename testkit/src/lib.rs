@@ -14,6 +14,7 @@ pub mod sipp;
 pub mod slot;
 pub mod trace;
 pub mod webhook;
+pub mod webpush;
 pub mod woken_call;
 
 /// Waits until `check` returns `Some`, polling every 20 ms, for at most `timeout`.
