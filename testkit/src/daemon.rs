@@ -177,6 +177,63 @@ pub fn write_config_with_webhook(
     )
 }
 
+/// The `[webpush]` part of a generated configuration.
+#[derive(Clone)]
+pub struct WebPushPart<'a> {
+    /// The VAPID private key (PKCS#8 PEM), written to a file (mode 0600) beside the config.
+    pub vapid_pem: &'a str,
+    /// `webpush.subject`.
+    pub subject: &'a str,
+    /// Web Push devices: (extension number, `PushSubscription.toJSON()`). The extension
+    /// must be one of the configuration's extensions.
+    pub devices: &'a [(String, String)],
+}
+
+/// Like [`write_config`], with a `[webpush]` section too: the VAPID key file (mode 0600)
+/// beside the config, and the Web Push devices of `part` added to their extensions (each
+/// token a TOML literal string `'''{"endpoint":…}'''`, as the README shows).
+pub fn write_config_with_webpush(
+    dir: &Path,
+    pbx: &TestAsterisk,
+    app: &str,
+    apns: &TestApns,
+    apns_endpoint: &str,
+    extensions: &[TestExtension],
+    webpush: &WebPushPart<'_>,
+) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = write_config(dir, pbx, app, apns, apns_endpoint, extensions)?;
+    let mut text = std::fs::read_to_string(&path)?;
+    let key = dir.join("vapid.pem");
+    std::fs::write(&key, webpush.vapid_pem)?;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+    let section = format!(
+        "\n[webpush]\nvapid_key_file = \"{}\"\nsubject = \"{}\"\n",
+        key.display(),
+        webpush.subject
+    );
+    let first_extension = text.find("\n[[extension]]").unwrap_or(text.len());
+    text.insert_str(first_extension, &section);
+    for (number, subscription) in webpush.devices {
+        let header = format!("\n[[extension]]\nnumber = \"{number}\"\n");
+        let Some(start) = text.find(&header) else {
+            return Err(std::io::Error::other(format!(
+                "extension {number} is not in the configuration"
+            )));
+        };
+        let after = start + header.len();
+        let end = text[after..]
+            .find("\n[[extension]]")
+            .map_or(text.len(), |at| after + at);
+        let device = format!(
+            "\n[[extension.device]]\nplatform = \"webpush\"\ntoken = '''{subscription}'''\n"
+        );
+        text.insert_str(end, &device);
+    }
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
 #[allow(clippy::too_many_arguments)] // private; the public writers take one part each
 fn write_config_inner(
     dir: &Path,
