@@ -496,3 +496,125 @@ fn errors_never_show_the_device_token_or_password() {
         "{stderr}"
     );
 }
+
+/// The shipped example plus a `[webpush]` section (key at `vapid`) and one browser device
+/// with `subscription` as its token, as the README shows it.
+fn with_webpush(example: &str, vapid: &Path, subscription: &str) -> String {
+    format!(
+        "{example}\n[webpush]\nvapid_key_file = \"{}\"\nsubject = \"mailto:ops@example.com\"\n\n[[extension.device]]\nplatform = \"webpush\"\ntoken = '''{subscription}'''\n",
+        vapid.display()
+    )
+}
+
+#[test]
+fn bad_webpush_settings_are_refused_on_one_line_without_the_subscription() {
+    use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, ECDSA_P384_SHA384_FIXED_SIGNING};
+    use pushwake_testkit::webpush::pkcs8_pem;
+    let files = Files::new();
+    let example = files.example(&files.key());
+    let vapid = files.write(
+        "vapid.pem",
+        &pkcs8_pem(&ECDSA_P256_SHA256_FIXED_SIGNING),
+        0o600,
+    );
+    let p256dh =
+        "BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4";
+    let endpoint = "https://push.example.net/wpush/v2/gAAAAABSECRETSUBSCRIPTION";
+    let subscription = |endpoint: &str, p256dh: &str, auth: &str| {
+        format!(
+            r#"{{"endpoint":"{endpoint}","expirationTime":null,"keys":{{"p256dh":"{p256dh}","auth":"{auth}"}}}}"#
+        )
+    };
+    let good = subscription(endpoint, p256dh, "BTBZMqHH6r4Tts7J_aSIgg");
+
+    let config = files.write(
+        "pushwake.toml",
+        &with_webpush(&example, &vapid, &good),
+        0o600,
+    );
+    let (code, stdout, stderr) = run(&["check-config"], &config);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+
+    let check = |vapid: &Path, subscription: &str, needles: &[&str]| {
+        let text = with_webpush(&example, vapid, subscription);
+        let config = files.write("pushwake.toml", &text, 0o600);
+        refused(&config, needles);
+        let (_, _, stderr) = run(&["check-config"], &config);
+        for secret in ["SECRETSUBSCRIPTION", "BTBZMqHH", "BCVxsr7N"] {
+            assert!(!stderr.contains(secret), "{stderr}");
+        }
+    };
+    let text = with_webpush(&example, &vapid, &good);
+    let key_at = format!(
+        "pushwake.toml:{}: webpush.vapid_key_file",
+        line_of(&text, "vapid_key_file = ")
+    );
+    let token_at = format!("pushwake.toml:{}:", line_of(&text, "token = '''"));
+
+    check(
+        Path::new("/nonexistent/vapid.pem"),
+        &good,
+        &[&key_at, "No such file"],
+    );
+    let p384 = files.write(
+        "p384.pem",
+        &pkcs8_pem(&ECDSA_P384_SHA384_FIXED_SIGNING),
+        0o600,
+    );
+    check(&p384, &good, &[&key_at, "P-256"]);
+    let open = files.write(
+        "open.pem",
+        &pkcs8_pem(&ECDSA_P256_SHA256_FIXED_SIGNING),
+        0o644,
+    );
+    check(&open, &good, &[&key_at, "0644", "chmod"]);
+
+    for (bad, why) in [
+        (good.replace("}}", "}"), "not JSON"),
+        (
+            subscription(
+                "push.example.net/wpush/SECRETSUBSCRIPTION",
+                p256dh,
+                "BTBZMqHH6r4Tts7J_aSIgg",
+            ),
+            "\"endpoint\"",
+        ),
+        (
+            subscription(endpoint, &p256dh[..60], "BTBZMqHH6r4Tts7J_aSIgg"),
+            "keys.p256dh",
+        ),
+        (subscription(endpoint, p256dh, "BTBZMqHH6r4T"), "keys.auth"),
+    ] {
+        check(
+            &vapid,
+            &bad,
+            &[&token_at, "a webpush device token must be", why],
+        );
+    }
+
+    let bad_subject = with_webpush(&example, &vapid, &good).replace("mailto:ops@", "ops@");
+    let config = files.write("pushwake.toml", &bad_subject, 0o600);
+    refused(
+        &config,
+        &[&format!(
+            "pushwake.toml:{}: webpush.subject",
+            line_of(&bad_subject, "subject = ")
+        )],
+    );
+
+    let no_section = with_webpush(&example, &vapid, &good)
+        .replace("[webpush]\n", "")
+        .replace("vapid_key_file = ", "# vapid_key_file = ")
+        .replace("subject = \"mailto", "# subject = \"mailto");
+    let config = files.write("pushwake.toml", &no_section, 0o600);
+    refused(
+        &config,
+        &[
+            &format!(
+                "pushwake.toml:{}:",
+                line_of(&no_section, "platform = \"webpush\"")
+            ),
+            "a webpush device needs a [webpush] section",
+        ],
+    );
+}
