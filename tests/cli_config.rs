@@ -618,3 +618,35 @@ fn bad_webpush_settings_are_refused_on_one_line_without_the_subscription() {
         ],
     );
 }
+
+#[test]
+fn the_shipped_example_with_its_webpush_section_uncommented_is_valid() {
+    use aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING;
+    const KEYS: [&str; 7] = [
+        "[webpush]",
+        "vapid_key_file = ",
+        "subject = ",
+        "[[extension.device]]",
+        "platform = \"webpush\"",
+        "token = '''",
+        "name = \"dave-browser\"",
+    ];
+    let files = Files::new();
+    let example = files.example(&files.key());
+    let vapid = files.write(
+        "vapid.pem",
+        &pushwake_testkit::webpush::pkcs8_pem(&ECDSA_P256_SHA256_FIXED_SIGNING),
+        0o600,
+    );
+    let text = uncomment(
+        &example,
+        &["[webpush]", "platform = \"webpush\""],
+        &KEYS,
+        "[webpush]",
+    )
+    .replace("/etc/pushwake/vapid.pem", &vapid.display().to_string());
+    let config = files.write("pushwake.toml", &text, 0o600);
+    let (code, stdout, stderr) = run(&["check-config"], &config);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(!stdout.contains("APA91bExample"), "{stdout}");
+}
