@@ -120,6 +120,30 @@ impl fmt::Debug for FcmConfig {
     }
 }
 
+/// `[hms]`: Huawei Push Kit with the app's OAuth2 client credentials.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HmsConfig {
+    /// The app id (the OAuth2 client id).
+    pub app_id: String,
+    /// The app secret, read from `client_secret_file`. Secret.
+    pub client_secret: String,
+    /// Push Kit base URL.
+    pub endpoint: String,
+    /// The OAuth2 token endpoint.
+    pub token_url: String,
+}
+
+impl fmt::Debug for HmsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HmsConfig")
+            .field("app_id", &self.app_id)
+            .field("client_secret", &"<redacted>")
+            .field("endpoint", &self.endpoint)
+            .field("token_url", &self.token_url)
+            .finish()
+    }
+}
+
 /// `[webhook]`: events POSTed to the operator's own backend, signed with a shared secret.
 #[derive(Clone, PartialEq, Eq)]
 pub struct WebhookConfig {
@@ -165,6 +189,8 @@ pub struct Config {
     pub apns: Option<ApnsConfig>,
     /// `[fcm]`, if configured.
     pub fcm: Option<FcmConfig>,
+    /// `[hms]`, if configured.
+    pub hms: Option<HmsConfig>,
     /// `[webhook]`, if configured.
     pub webhook: Option<WebhookConfig>,
     /// `[webpush]`, if configured.
@@ -183,6 +209,7 @@ struct RawConfig {
     defaults: RawDefaults,
     apns: Option<Spanned<RawApns>>,
     fcm: Option<Spanned<RawFcm>>,
+    hms: Option<Spanned<RawHms>>,
     webhook: Option<Spanned<RawWebhook>>,
     webpush: Option<Spanned<RawWebPush>>,
     #[serde(default)]
@@ -226,6 +253,17 @@ struct RawFcm {
     service_account_file: Spanned<String>,
     #[serde(default)]
     endpoint: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHms {
+    app_id: Spanned<String>,
+    client_secret_file: Spanned<String>,
+    #[serde(default)]
+    endpoint: Option<Spanned<String>>,
+    #[serde(default)]
+    token_url: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -346,6 +384,14 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         }
         None => None,
     };
+    let hms = match raw.hms {
+        Some(section) => {
+            let span = section.span();
+            let section = section.into_inner();
+            Some(hms(section).map_err(|(s, m)| at(if s.end > 0 { s } else { span.clone() }, m))?)
+        }
+        None => None,
+    };
     let webhook = match raw.webhook {
         Some(section) => {
             let span = section.span();
@@ -401,10 +447,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
                 "fcm" => Platform::Fcm,
                 "webhook" => Platform::Webhook,
                 "webpush" => Platform::WebPush,
+                "hms" => Platform::Hms,
                 other => {
                     return Err(at(
                         device.platform.span(),
-                        format!("extension {number}: device platform `{other}` is not supported (supported: apns, fcm, webhook, webpush)"),
+                        format!("extension {number}: device platform `{other}` is not supported (supported: apns, fcm, hms, webhook, webpush)"),
                     ))
                 }
             };
@@ -413,6 +460,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
                 Platform::Fcm => fcm.is_some(),
                 Platform::Webhook => webhook.is_some(),
                 Platform::WebPush => webpush.is_some(),
+                Platform::Hms => hms.is_some(),
             };
             if !configured {
                 return Err(at(
@@ -473,6 +521,18 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
                     // The operator's id: kept as written.
                     token.to_owned()
                 }
+                Platform::Hms => {
+                    if token.is_empty()
+                        || token.len() > MAX_HMS_TOKEN_LEN
+                        || !token.chars().all(|c| c.is_ascii_graphic())
+                    {
+                        return Err(at(
+                            device.token.span(),
+                            format!("extension {number}: an hms device token is 1 to {MAX_HMS_TOKEN_LEN} printable ASCII characters without spaces (got {} characters)", token.len()),
+                        ));
+                    }
+                    token.to_owned()
+                }
                 Platform::WebPush => {
                     // The browser's PushSubscription JSON; the message names what is
                     // wrong without quoting it.
@@ -509,6 +569,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         asterisk,
         apns,
         fcm,
+        hms,
         webhook,
         webpush,
         directory: Directory::new(extensions),
@@ -595,6 +656,61 @@ fn fcm(raw: RawFcm) -> Result<FcmConfig, (Range<usize>, String)> {
         service_account_file: file,
         account,
         endpoint,
+    })
+}
+
+/// The longest Huawei Push Kit token accepted.
+const MAX_HMS_TOKEN_LEN: usize = 1024;
+
+fn hms(raw: RawHms) -> Result<HmsConfig, (Range<usize>, String)> {
+    let app_id = raw.app_id.get_ref().trim().to_owned();
+    if app_id.is_empty() || !app_id.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return Err((
+            raw.app_id.span(),
+            format!("hms.app_id: `{app_id}` is not an app id"),
+        ));
+    }
+    let url = |value: &Option<Spanned<String>>, key: &str, default: &str| match value {
+        Some(v) => {
+            let text = v.get_ref().trim_end_matches('/').to_owned();
+            match url::Url::parse(&text) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(text),
+                _ => Err((
+                    v.span(),
+                    format!("hms.{key}: `{text}` is not an http:// or https:// URL"),
+                )),
+            }
+        }
+        None => Ok(default.to_owned()),
+    };
+    let endpoint = url(
+        &raw.endpoint,
+        "endpoint",
+        crate::push::hms::DEFAULT_ENDPOINT,
+    )?;
+    let token_url = url(
+        &raw.token_url,
+        "token_url",
+        crate::push::hms::DEFAULT_TOKEN_URL,
+    )?;
+    let file = PathBuf::from(raw.client_secret_file.get_ref());
+    let span = raw.client_secret_file.span();
+    let fail = |m: String| (span.clone(), format!("hms.client_secret_file: {m}"));
+    let text = std::fs::read_to_string(&file)
+        .map_err(|e| fail(format!("cannot read {}: {e}", file.display())))?;
+    check_private(&file, "the Huawei app secret").map_err(fail)?;
+    let client_secret = text.trim().to_owned();
+    if client_secret.is_empty() || client_secret.chars().any(char::is_whitespace) {
+        return Err(fail(format!(
+            "{} must hold the app secret on one line",
+            file.display()
+        )));
+    }
+    Ok(HmsConfig {
+        app_id,
+        client_secret,
+        endpoint,
+        token_url,
     })
 }
 
@@ -880,8 +996,11 @@ number = "101"
         // APNs devices still need [apns]; FCM's section does not stand in for it.
         let e = err(&format!("{fcm}{MINIMAL}{}", device("apns", "abcd")));
         assert!(e.contains("an apns device needs an [apns] section"), "{e}");
-        let e = err(&format!("{fcm}{MINIMAL}{}", device("hms", "abcd")));
-        assert!(e.contains("supported: apns, fcm"), "{e}");
+        let e = err(&format!("{fcm}{MINIMAL}{}", device("mqtt", "abcd")));
+        assert!(
+            e.contains("`mqtt` is not supported (supported: apns, fcm, hms, webhook, webpush)"),
+            "{e}"
+        );
     }
 
     fn webhook_section(secret: &[u8], mode: u32, extra: &str) -> (tempfile::TempDir, String) {
@@ -977,8 +1096,46 @@ number = "101"
         }
         let e = err(&format!(
             "{hook}{MINIMAL}{}",
-            device("a").replace("webhook", "hms")
+            device("a").replace("webhook", "mqtt")
         ));
-        assert!(e.contains("supported: apns, fcm, webhook"), "{e}");
+        assert!(e.contains("supported: apns, fcm, hms, webhook"), "{e}");
+    }
+
+    fn hms_section(secret: &str, mode: u32) -> (tempfile::TempDir, String) {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("hms.secret");
+        std::fs::write(&file, secret).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+        let section = format!(
+            "[hms]\napp_id = \"107654321\"\nclient_secret_file = \"{}\"\n",
+            file.display()
+        );
+        (dir, section)
+    }
+
+    #[test]
+    fn an_hms_section_reads_the_app_secret_and_hms_devices_need_it() {
+        let device = "\n[[extension.device]]\nplatform = \"hms\"\ntoken = \"IQAAAACy0kYkAACwNz-hms_device\"\n";
+        let (_dir, hms) = hms_section("0a1b2c3d4e5f0a1b2c3d4e5f\n", 0o600);
+        let config = parse(Path::new("pw.toml"), &format!("{hms}{MINIMAL}{device}")).unwrap();
+        let section = config.hms.as_ref().unwrap();
+        assert_eq!(section.client_secret, "0a1b2c3d4e5f0a1b2c3d4e5f");
+        assert_eq!(section.endpoint, crate::push::hms::DEFAULT_ENDPOINT);
+        assert!(!format!("{config:?}").contains("0a1b2c3d4e5f"));
+        let devices = &config.directory.extension("101").unwrap().devices;
+        assert_eq!(devices[0].platform, Platform::Hms);
+        assert_eq!(devices[0].token.expose(), "IQAAAACy0kYkAACwNz-hms_device");
+        let e = err(&format!("{MINIMAL}{device}"));
+        assert!(e.contains("an hms device needs an [hms] section"), "{e}");
+        let (_dir, readable) = hms_section("0a1b2c3d4e5f0a1b2c3d4e5f", 0o644);
+        let e = err(&format!("{readable}{MINIMAL}"));
+        assert!(
+            e.starts_with("pw.toml:3: hms.client_secret_file: ") && e.contains("0644"),
+            "{e}"
+        );
+        assert!(!e.contains("0a1b2c3d4e5f"), "{e}");
+        let (_dir, empty) = hms_section("\n", 0o600);
+        assert!(err(&format!("{empty}{MINIMAL}")).contains("must hold the app secret"));
     }
 }

@@ -21,6 +21,9 @@ pub enum Platform {
     /// Web Push (RFC 8030) to a browser softphone (the token is the browser's
     /// `PushSubscription` JSON).
     WebPush,
+    /// Huawei Push Kit (HMS Core): high-urgency data messages to Huawei phones without
+    /// Google services.
+    Hms,
 }
 
 impl Platform {
@@ -31,6 +34,7 @@ impl Platform {
             Platform::Fcm => "fcm",
             Platform::Webhook => "webhook",
             Platform::WebPush => "webpush",
+            Platform::Hms => "hms",
         }
     }
 }

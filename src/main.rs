@@ -279,6 +279,17 @@ fn pushkins(config: &Config) -> Result<Vec<Arc<dyn Pushkin>>, String> {
                 .map_err(|e| format!("webpush: {e}"))?,
         ));
     }
+    if let Some(hms) = &config.hms {
+        let settings = pushwake::push::hms::HmsSettings {
+            app_id: hms.app_id.clone(),
+            client_secret: hms.client_secret.clone(),
+            endpoint: hms.endpoint.clone(),
+            token_url: hms.token_url.clone(),
+        };
+        pushkins.push(Arc::new(
+            pushwake::push::hms::HmsPushkin::new(settings).map_err(|e| format!("hms: {e}"))?,
+        ));
+    }
     Ok(pushkins)
 }
 

@@ -7,6 +7,7 @@
 
 pub mod apns;
 pub mod fcm;
+pub mod hms;
 pub mod oauth;
 pub mod payload;
 pub mod webhook;

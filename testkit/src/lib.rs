@@ -9,6 +9,7 @@ pub mod apns;
 pub mod asterisk;
 pub mod daemon;
 pub mod fcm;
+pub mod hms;
 pub mod keys;
 pub mod sipp;
 pub mod slot;
