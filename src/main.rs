@@ -75,12 +75,14 @@ fn main() -> ExitCode {
                     }
                 };
                 println!(
-                    "{}: ok ({} extension(s), apns {}, fcm {}, webhook {})",
+                    "{}: ok ({} extension(s), apns {}, fcm {}, hms {}, webhook {}, webpush {})",
                     config.display(),
                     loaded.directory.len(),
                     state(loaded.apns.is_some()),
                     state(loaded.fcm.is_some()),
+                    state(loaded.hms.is_some()),
                     state(loaded.webhook.is_some()),
+                    state(loaded.webpush.is_some()),
                 );
                 ExitCode::SUCCESS
             }

@@ -180,7 +180,7 @@ fn the_shipped_example_is_valid() {
     assert_eq!(code, 0, "{stderr}");
     assert!(
         stdout.contains(
-            "ok (1 extension(s), apns configured, fcm not configured, webhook not configured)"
+            "ok (1 extension(s), apns configured, fcm not configured, hms not configured, webhook not configured, webpush not configured)"
         ),
         "{stdout}"
     );
@@ -196,7 +196,7 @@ fn the_shipped_example_with_its_fcm_section_uncommented_is_valid() {
     assert_eq!(code, 0, "{stderr}\n{text}");
     assert!(
         stdout.contains(
-            "ok (1 extension(s), apns configured, fcm configured, webhook not configured)"
+            "ok (1 extension(s), apns configured, fcm configured, hms not configured, webhook not configured, webpush not configured)"
         ),
         "{stdout}"
     );
@@ -219,7 +219,9 @@ fn the_shipped_example_with_its_webhook_section_uncommented_is_valid() {
     let (code, stdout, stderr) = run(&["check-config"], &config);
     assert_eq!(code, 0, "{stderr}\n{text}");
     assert!(
-        stdout.contains("fcm not configured, webhook configured)"),
+        stdout.contains(
+            "fcm not configured, hms not configured, webhook configured, webpush not configured)"
+        ),
         "{stdout}"
     );
 
@@ -233,7 +235,9 @@ fn the_shipped_example_with_its_webhook_section_uncommented_is_valid() {
     let (code, stdout, stderr) = run(&["check-config"], &config);
     assert_eq!(code, 0, "{stderr}\n{both}");
     assert!(
-        stdout.contains("fcm configured, webhook configured)"),
+        stdout.contains(
+            "fcm configured, hms not configured, webhook configured, webpush not configured)"
+        ),
         "{stdout}"
     );
 }
