@@ -13,7 +13,7 @@
 //! alive). Secrets — the VAPID private key, the subscription (whose endpoint is a
 //! capability URL) — never appear in logs or error texts.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::{aead, agreement, hkdf, signature};
@@ -28,6 +28,8 @@ use crate::directory::{DeviceToken, Platform};
 pub const RECORD_SIZE: u32 = 4096;
 /// Lifetime of a VAPID JWT (`exp - now`); RFC 8292 allows at most 24 hours.
 pub const JWT_LIFETIME: Duration = Duration::from_secs(12 * 3600);
+/// A cached VAPID JWT is signed anew when less than this is left of its lifetime.
+pub const JWT_RENEW_BEFORE: Duration = Duration::from_secs(3600);
 /// How long one request may take.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -427,6 +429,9 @@ pub struct WebPushPushkin {
     settings: WebPushSettings,
     /// The configuration-error statuses already logged at error level.
     logged: std::sync::Mutex<HashSet<u16>>,
+    /// The `Authorization` value per push service origin, with its JWT's `exp`: one
+    /// signature per origin and lifetime, not one per push.
+    authorizations: std::sync::Mutex<HashMap<String, (String, u64)>>,
 }
 
 impl std::fmt::Debug for WebPushPushkin {
@@ -453,7 +458,27 @@ impl WebPushPushkin {
             client,
             settings,
             logged: std::sync::Mutex::new(HashSet::new()),
+            authorizations: std::sync::Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The `Authorization` header for a push service `origin` at `now` (Unix seconds):
+    /// the cached one while more than [`JWT_RENEW_BEFORE`] of its JWT is left, else a
+    /// newly signed one expiring [`JWT_LIFETIME`] from now.
+    pub fn authorization_for(&self, origin: &str, now: u64) -> Result<String, String> {
+        let mut cache = self.authorizations.lock().expect("VAPID cache");
+        if let Some((header, exp)) = cache.get(origin) {
+            if *exp > now + JWT_RENEW_BEFORE.as_secs() {
+                return Ok(header.clone());
+            }
+        }
+        let exp = now + JWT_LIFETIME.as_secs();
+        let header = self
+            .settings
+            .vapid_key
+            .authorization(origin, &self.settings.subject, exp)?;
+        cache.insert(origin.to_owned(), (header.clone(), exp));
+        Ok(header)
     }
 
     async fn send_once(
@@ -483,12 +508,7 @@ impl WebPushPushkin {
                 }
             }
         };
-        let exp = now + JWT_LIFETIME.as_secs();
-        let authorization = match self.settings.vapid_key.authorization(
-            &subscription.origin(),
-            &self.settings.subject,
-            exp,
-        ) {
+        let authorization = match self.authorization_for(&subscription.origin(), now) {
             Ok(a) => a,
             Err(e) => {
                 return Attempt::Rejected {
@@ -739,6 +759,50 @@ mod tests {
         let e = VapidKey::from_pem(p384.as_bytes()).unwrap_err().to_string();
         assert!(e.contains("P-256"), "{e}");
         assert!(VapidKey::from_pem(b"not a key").is_err());
+    }
+
+    #[test]
+    fn the_vapid_jwt_is_reused_per_origin_until_an_hour_before_it_expires() {
+        let pem = pem_of(&signature::ECDSA_P256_SHA256_FIXED_SIGNING);
+        let pushkin = WebPushPushkin::new(WebPushSettings {
+            vapid_key: VapidKey::from_pem(pem.as_bytes()).unwrap(),
+            subject: "mailto:ops@example.com".into(),
+            timeout: DEFAULT_TIMEOUT,
+        })
+        .unwrap();
+        let t0 = 1_800_000_000;
+        let a = pushkin.authorization_for("https://a.example", t0).unwrap();
+        assert_eq!(
+            pushkin
+                .authorization_for("https://a.example", t0 + 60)
+                .unwrap(),
+            a
+        );
+        let b = pushkin.authorization_for("https://b.example", t0).unwrap();
+        assert_ne!(a, b, "one JWT per origin (its aud)");
+        let renew_at = t0 + JWT_LIFETIME.as_secs() - JWT_RENEW_BEFORE.as_secs();
+        assert_eq!(
+            pushkin
+                .authorization_for("https://a.example", renew_at - 1)
+                .unwrap(),
+            a
+        );
+        let renewed = pushkin
+            .authorization_for("https://a.example", renew_at)
+            .unwrap();
+        assert_ne!(renewed, a);
+        let claims = |header: &str| -> Value {
+            let jwt = header
+                .strip_prefix("vapid t=")
+                .unwrap()
+                .split(',')
+                .next()
+                .unwrap();
+            serde_json::from_slice(&b64(jwt.split('.').nth(1).unwrap())).unwrap()
+        };
+        assert_eq!(claims(&a)["exp"], t0 + JWT_LIFETIME.as_secs());
+        assert_eq!(claims(&renewed)["exp"], renew_at + JWT_LIFETIME.as_secs());
+        assert!(JWT_LIFETIME <= Duration::from_secs(24 * 3600));
     }
 
     #[test]
