@@ -7,11 +7,12 @@
 //! carries every push multiplexed.
 
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::StatusCode;
 
+use super::unix_now;
 use super::{payload, Attempt, AttemptFuture, PushKind, Pushkin, WakePush};
 use crate::directory::{DeviceToken, Platform};
 
@@ -147,13 +148,6 @@ pub struct ApnsPushkin {
     endpoint: String,
     topic: String,
     token: Mutex<ProviderToken>,
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 impl ApnsPushkin {

@@ -17,15 +17,14 @@
 //! Secrets — the private key, the access token, device tokens — never appear in logs or
 //! in error texts: `Debug` output is redacted and provider texts are scrubbed.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use super::oauth::{
-    read_token_reply, retry_after, scrub, Invalidation, SharedAccessToken, TokenError,
-};
+use super::oauth::{read_token_reply, Invalidation, SharedAccessToken, TokenError};
+use super::{clip, retry_after, scrub, unix_now, window_secs};
 use super::{payload, Attempt, AttemptFuture, Pushkin, WakePush};
 use crate::directory::{DeviceToken, Platform};
 
@@ -291,15 +290,6 @@ pub fn classify(status: StatusCode, error: &FcmError, retry_after: Option<Durati
     }
 }
 
-/// At most 200 characters of a provider text, on one line.
-fn clip(text: &str) -> String {
-    let line = text.replace(['\n', '\r'], " ");
-    match line.char_indices().nth(200) {
-        Some((at, _)) => format!("{}…", &line[..at]),
-        None => line,
-    }
-}
-
 // ---- the message ---------------------------------------------------------------------------
 
 /// The request body of one wake-up: a data-only message with high Android priority and a
@@ -315,12 +305,6 @@ pub fn message(token: &DeviceToken, push: &WakePush, expires_at: u64, ttl_secs: 
             },
         }
     })
-}
-
-/// Whole seconds of the ring window, rounded up, at least 1 (`"0s"` would mean "now or
-/// never" to FCM).
-fn ttl_secs(ring_window: Duration) -> u64 {
-    (ring_window.as_secs() + u64::from(ring_window.subsec_nanos() > 0)).max(1)
 }
 
 // ---- the pushkin -----------------------------------------------------------------------------
@@ -351,13 +335,6 @@ impl std::fmt::Debug for FcmPushkin {
             .field("account", &self.account)
             .finish_non_exhaustive()
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 impl FcmPushkin {
@@ -468,7 +445,7 @@ impl FcmPushkin {
             Ok(access) => access,
             Err(error) => return error.into_attempt(),
         };
-        let ttl = ttl_secs(ring_window);
+        let ttl = window_secs(ring_window);
         let body = message(token, push, unix_now() + ttl, ttl);
         let response = self
             .client
@@ -844,10 +821,10 @@ mod tests {
             }})
         );
         assert!(body["message"].get("notification").is_none());
-        assert_eq!(ttl_secs(Duration::from_millis(24_200)), 25);
-        assert_eq!(ttl_secs(Duration::from_secs(25)), 25);
-        assert_eq!(ttl_secs(Duration::from_millis(10)), 1);
-        assert_eq!(ttl_secs(Duration::ZERO), 1);
+        assert_eq!(window_secs(Duration::from_millis(24_200)), 25);
+        assert_eq!(window_secs(Duration::from_secs(25)), 25);
+        assert_eq!(window_secs(Duration::from_millis(10)), 1);
+        assert_eq!(window_secs(Duration::ZERO), 1);
     }
 
     #[test]

@@ -7,15 +7,14 @@
 //! result code in the body (`80000000` is success, also on HTTP 200 for some failures),
 //! mapped by [`classify`].
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use super::oauth::{
-    read_token_reply, retry_after, scrub, Invalidation, SharedAccessToken, TokenError,
-};
+use super::oauth::{read_token_reply, Invalidation, SharedAccessToken, TokenError};
 use super::{payload, Attempt, AttemptFuture, Pushkin, WakePush};
+use super::{retry_after, scrub, unix_now, window_secs};
 use crate::directory::{DeviceToken, Platform};
 
 /// Huawei's Push Kit endpoint.
@@ -104,13 +103,6 @@ pub fn classify(
             dead_token: false,
         },
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// The Huawei Push Kit pushkin.
@@ -204,8 +196,7 @@ impl HmsPushkin {
             Ok(access) => access,
             Err(error) => return error.into_attempt(),
         };
-        let ttl = ring_window.as_secs() + u64::from(ring_window.subsec_nanos() > 0);
-        let ttl = ttl.max(1);
+        let ttl = window_secs(ring_window);
         let body = message(token, push, unix_now() + ttl, ttl);
         let response = self
             .client

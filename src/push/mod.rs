@@ -224,6 +224,54 @@ impl PushService {
     }
 }
 
+/// The time now as Unix seconds (for provider headers and payload expiry).
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Whole seconds of the ring window, rounded up, at least 1 (a provider's TTL of 0 means
+/// "now or never").
+pub(crate) fn window_secs(ring_window: Duration) -> u64 {
+    (ring_window.as_secs() + u64::from(ring_window.subsec_nanos() > 0)).max(1)
+}
+
+/// A reply's `Retry-After` header, in seconds.
+pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
+/// `text` with every non-empty secret replaced.
+pub(crate) fn scrub(text: &str, secrets: &[&str]) -> String {
+    let mut text = text.to_owned();
+    for secret in secrets.iter().filter(|s| !s.is_empty()) {
+        text = text.replace(secret, "<redacted>");
+    }
+    text
+}
+
+/// At most 200 characters of a reply text, on one line.
+pub(crate) fn clip(text: &str) -> String {
+    let line = text.replace(['\n', '\r'], " ");
+    let line = line.trim();
+    match line.char_indices().nth(200) {
+        Some((at, _)) => format!("{}…", &line[..at]),
+        None => line.to_owned(),
+    }
+}
+
+/// A reply text for a verdict or log: secrets replaced, on one line, at most 200
+/// characters.
+pub(crate) fn scrubbed_clip(text: &str, secrets: &[&str]) -> String {
+    clip(&scrub(text, secrets))
+}
+
 /// A reqwest error as text for logs and verdicts: the URL (which carries the device
 /// token) replaced by `placeholder`, followed by the error's causes, which name what
 /// went wrong (connection refused, timed out, …).

@@ -4,12 +4,12 @@
 //! others wait for it (or keep using the still-valid old one).
 
 use std::future::Future;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use super::Attempt;
+use super::{scrub, unix_now, Attempt};
 
 /// An access token is renewed this long before it expires (or at half its lifetime, if
 /// that is shorter).
@@ -234,31 +234,6 @@ pub fn read_token_reply(
         429 | 500..=599 => Err(TokenError::Transient(reason)),
         _ => Err(TokenError::Config(reason)),
     }
-}
-
-/// `text` with every non-empty secret replaced.
-pub(crate) fn scrub(text: &str, secrets: &[&str]) -> String {
-    let mut text = text.to_owned();
-    for secret in secrets.iter().filter(|s| !s.is_empty()) {
-        text = text.replace(secret, "<redacted>");
-    }
-    text
-}
-
-/// The `Retry-After` header, in seconds.
-pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    headers
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs)
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// An access token shared by every push of one credential: cached, renewed before it

@@ -19,13 +19,14 @@
 //! error texts.
 
 use std::collections::HashSet;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use aws_lc_rs::hmac;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use super::{payload, Attempt, AttemptFuture, PushKind, Pushkin, WakePush};
+use super::{retry_after, scrubbed_clip, unix_now, window_secs};
 use crate::directory::{DeviceToken, Platform};
 
 /// The default time one request may take.
@@ -146,40 +147,6 @@ pub fn classify(status: StatusCode, retry_after: Option<Duration>, detail: &str)
             }
         }
     }
-}
-
-/// At most 200 characters of a reply text on one line, with every secret replaced.
-fn scrubbed_clip(text: &str, secrets: &[&str]) -> String {
-    let mut line = text.replace(['\n', '\r'], " ");
-    for secret in secrets.iter().filter(|s| !s.is_empty()) {
-        line = line.replace(secret, "<redacted>");
-    }
-    let line = line.trim().to_owned();
-    match line.char_indices().nth(200) {
-        Some((at, _)) => format!("{}…", &line[..at]),
-        None => line,
-    }
-}
-
-/// The `Retry-After` header, in seconds.
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    headers
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs)
-}
-
-/// Whole seconds of the ring window, rounded up, at least 1.
-fn window_secs(ring_window: Duration) -> u64 {
-    (ring_window.as_secs() + u64::from(ring_window.subsec_nanos() > 0)).max(1)
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 // ---- the pushkin -----------------------------------------------------------------------------

@@ -14,7 +14,7 @@
 //! capability URL) — never appear in logs or error texts.
 
 use std::collections::{HashMap, HashSet};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use aws_lc_rs::{aead, agreement, hkdf, signature};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -22,6 +22,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use super::{payload, Attempt, AttemptFuture, Pushkin, WakePush};
+use super::{retry_after, scrubbed_clip, unix_now, window_secs};
 use crate::directory::{DeviceToken, Platform};
 
 /// The record size written in the RFC 8188 header (one record carries the whole payload).
@@ -374,40 +375,6 @@ pub fn classify(status: StatusCode, retry_after: Option<Duration>, detail: &str)
             }
         }
     }
-}
-
-/// At most 200 characters of a reply text on one line, with every secret replaced.
-fn scrubbed_clip(text: &str, secrets: &[&str]) -> String {
-    let mut line = text.replace(['\n', '\r'], " ");
-    for secret in secrets.iter().filter(|s| !s.is_empty()) {
-        line = line.replace(secret, "<redacted>");
-    }
-    let line = line.trim().to_owned();
-    match line.char_indices().nth(200) {
-        Some((at, _)) => format!("{}…", &line[..at]),
-        None => line,
-    }
-}
-
-/// The `Retry-After` header, in seconds.
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    headers
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs)
-}
-
-/// Whole seconds of the ring window, rounded up, at least 1.
-fn window_secs(ring_window: Duration) -> u64 {
-    (ring_window.as_secs() + u64::from(ring_window.subsec_nanos() > 0)).max(1)
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 // ---- the pushkin -----------------------------------------------------------------------------
