@@ -202,7 +202,18 @@ impl PushService {
                 };
             }
             attempts += 1;
-            match pushkin.attempt(&device.token, push, deadline - now).await {
+            // No attempt outlives the ring window, whatever it waits on (a connection, a
+            // token fetch, a slow reply): the provider's own timeouts need not agree.
+            let window = deadline - now;
+            let attempt = tokio::time::timeout(
+                window.max(Duration::from_secs(1)),
+                pushkin.attempt(&device.token, push, window),
+            );
+            let outcome = attempt.await.unwrap_or_else(|_| Attempt::Retry {
+                reason: format!("{}: no answer within the ring window", device.platform),
+                after: None,
+            });
+            match outcome {
                 Attempt::Delivered => return PushVerdict::Delivered,
                 Attempt::Rejected { reason, dead_token } => {
                     return PushVerdict::Failed { reason, dead_token }

@@ -553,16 +553,7 @@ impl Pushkin for WebPushPushkin {
         push: &'a WakePush,
         ring_window: Duration,
     ) -> AttemptFuture<'a> {
-        Box::pin(async move {
-            let limit = ring_window.max(Duration::from_secs(1));
-            match tokio::time::timeout(limit, self.send_once(token, push, ring_window)).await {
-                Ok(attempt) => attempt,
-                Err(_) => Attempt::Retry {
-                    reason: "webpush: no answer within the ring window".into(),
-                    after: None,
-                },
-            }
-        })
+        Box::pin(self.send_once(token, push, ring_window))
     }
 }
 
