@@ -334,15 +334,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     })?;
 
     let url = raw.asterisk.url.get_ref().trim_end_matches('/').to_owned();
-    match url::Url::parse(&url) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
-        _ => {
-            return Err(at(
-                raw.asterisk.url.span(),
-                format!("asterisk.url: `{url}` is not an http:// or https:// URL"),
-            ))
-        }
-    }
+    check_http_url(&url, raw.asterisk.url.span(), "asterisk.url").map_err(|(s, m)| at(s, m))?;
     let app = raw.asterisk.app.get_ref().clone();
     if app.is_empty()
         || !app
@@ -587,21 +579,11 @@ fn apns(raw: RawApns) -> Result<ApnsConfig, (Range<usize>, String)> {
     let team_id = non_empty(&raw.team_id, "team_id")?;
     let key_id = non_empty(&raw.key_id, "key_id")?;
     let topic = non_empty(&raw.topic, "topic")?;
-    let endpoint = match &raw.endpoint {
-        Some(e) => {
-            let value = e.get_ref().trim_end_matches('/').to_owned();
-            match url::Url::parse(&value) {
-                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => value,
-                _ => {
-                    return Err((
-                        e.span(),
-                        format!("apns.endpoint: `{value}` is not an http:// or https:// URL"),
-                    ))
-                }
-            }
-        }
-        None => crate::push::apns::PRODUCTION_ENDPOINT.to_owned(),
-    };
+    let endpoint = base_url(
+        &raw.endpoint,
+        "apns.endpoint",
+        crate::push::apns::PRODUCTION_ENDPOINT,
+    )?;
     let key_file = PathBuf::from(raw.key_file.get_ref());
     let span = raw.key_file.span();
     let key_pem = std::fs::read(&key_file).map_err(|e| {
@@ -629,21 +611,11 @@ fn apns(raw: RawApns) -> Result<ApnsConfig, (Range<usize>, String)> {
 }
 
 fn fcm(raw: RawFcm) -> Result<FcmConfig, (Range<usize>, String)> {
-    let endpoint = match &raw.endpoint {
-        Some(e) => {
-            let value = e.get_ref().trim_end_matches('/').to_owned();
-            match url::Url::parse(&value) {
-                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => value,
-                _ => {
-                    return Err((
-                        e.span(),
-                        format!("fcm.endpoint: `{value}` is not an http:// or https:// URL"),
-                    ))
-                }
-            }
-        }
-        None => crate::push::fcm::DEFAULT_ENDPOINT.to_owned(),
-    };
+    let endpoint = base_url(
+        &raw.endpoint,
+        "fcm.endpoint",
+        crate::push::fcm::DEFAULT_ENDPOINT,
+    )?;
     let file = PathBuf::from(raw.service_account_file.get_ref());
     let span = raw.service_account_file.span();
     let fail = |m: String| (span.clone(), format!("fcm.service_account_file: {m}"));
@@ -670,27 +642,14 @@ fn hms(raw: RawHms) -> Result<HmsConfig, (Range<usize>, String)> {
             format!("hms.app_id: `{app_id}` is not an app id"),
         ));
     }
-    let url = |value: &Option<Spanned<String>>, key: &str, default: &str| match value {
-        Some(v) => {
-            let text = v.get_ref().trim_end_matches('/').to_owned();
-            match url::Url::parse(&text) {
-                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(text),
-                _ => Err((
-                    v.span(),
-                    format!("hms.{key}: `{text}` is not an http:// or https:// URL"),
-                )),
-            }
-        }
-        None => Ok(default.to_owned()),
-    };
-    let endpoint = url(
+    let endpoint = base_url(
         &raw.endpoint,
-        "endpoint",
+        "hms.endpoint",
         crate::push::hms::DEFAULT_ENDPOINT,
     )?;
-    let token_url = url(
+    let token_url = base_url(
         &raw.token_url,
-        "token_url",
+        "hms.token_url",
         crate::push::hms::DEFAULT_TOKEN_URL,
     )?;
     let file = PathBuf::from(raw.client_secret_file.get_ref());
@@ -715,16 +674,9 @@ fn hms(raw: RawHms) -> Result<HmsConfig, (Range<usize>, String)> {
 }
 
 fn webhook(raw: RawWebhook) -> Result<WebhookConfig, (Range<usize>, String)> {
+    // The exact URL is the POST target: only white space is trimmed, not a final `/`.
     let url = raw.url.get_ref().trim().to_owned();
-    match url::Url::parse(&url) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
-        _ => {
-            return Err((
-                raw.url.span(),
-                format!("webhook.url: `{url}` is not an http:// or https:// URL"),
-            ))
-        }
-    }
+    check_http_url(&url, raw.url.span(), "webhook.url")?;
     let timeout = match &raw.timeout {
         Some(value) => {
             let text = value.get_ref();
@@ -784,6 +736,38 @@ fn webpush(raw: RawWebPush) -> Result<WebPushConfig, (Range<usize>, String)> {
         vapid_key,
         subject,
     })
+}
+
+/// Checks that `value` is an http:// or https:// URL with a host; the error names `key`
+/// at `span`.
+fn check_http_url(
+    value: &str,
+    span: Range<usize>,
+    key: &str,
+) -> Result<(), (Range<usize>, String)> {
+    match url::Url::parse(value) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
+        _ => Err((
+            span,
+            format!("{key}: `{value}` is not an http:// or https:// URL"),
+        )),
+    }
+}
+
+/// An optional base-URL key: the value without a final `/`, checked, or `default`.
+fn base_url(
+    value: &Option<Spanned<String>>,
+    key: &str,
+    default: &str,
+) -> Result<String, (Range<usize>, String)> {
+    match value {
+        Some(v) => {
+            let url = v.get_ref().trim_end_matches('/').to_owned();
+            check_http_url(&url, v.span(), key)?;
+            Ok(url)
+        }
+        None => Ok(default.to_owned()),
+    }
 }
 
 fn ring_timeout(value: &Spanned<String>, key: &str) -> Result<Duration, String> {
