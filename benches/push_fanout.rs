@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use pushwake::directory::{Device, DeviceToken, Platform};
 use pushwake::pbx::{CallId, Party};
-use pushwake::push::apns::{ApnsPushkin, ApnsSettings};
+use pushwake::push::apns::{ApnsAuth, ApnsPushkin, ApnsSettings};
 use pushwake::push::{PushKind, PushService, PushVerdict, WakePush};
 use pushwake_testkit::apns::ApnsServer;
 use pushwake_testkit::daemon::TestApns;
@@ -43,11 +43,16 @@ async fn bench(count: usize, delay: Duration) -> Result<(), String> {
     server.set_delay(delay);
     let pushkin = Arc::new(
         ApnsPushkin::new(ApnsSettings {
-            team_id: apns.team_id.clone(),
-            key_id: apns.key_id.clone(),
-            key_pem: apns.key.private_pem.clone().into_bytes(),
+            auth: ApnsAuth::Token {
+                team_id: apns.team_id.clone(),
+                key_id: apns.key_id.clone(),
+                key_pem: apns.key.private_pem.clone().into_bytes(),
+            },
             topic: apns.topic.clone(),
+            alert_topic: None,
             endpoint: server.endpoint(),
+            sandbox_endpoint: server.endpoint(),
+            warm_sandbox: false,
         })
         .map_err(|e| e.to_string())?,
     );
@@ -63,11 +68,11 @@ async fn bench(count: usize, delay: Duration) -> Result<(), String> {
     for n in 0..count {
         let service = service.clone();
         tasks.spawn(async move {
-            let device = Device {
-                platform: Platform::Apns,
-                token: DeviceToken::new(format!("{n:064x}")),
-                label: format!("bench#{n}"),
-            };
+            let device = Device::new(
+                Platform::Apns,
+                DeviceToken::new(format!("{n:064x}")),
+                format!("bench#{n}"),
+            );
             let push = WakePush {
                 call_id: CallId(format!("5d7d1c1e-0000-4000-8000-{n:012}")),
                 extension: "101".into(),

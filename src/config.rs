@@ -14,7 +14,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::directory::{Device, DeviceToken, Directory, ExtensionPolicy, Platform};
+use crate::directory::{
+    ApnsEnvironment, ApnsRoute, Device, DeviceToken, Directory, ExtensionPolicy, Platform,
+};
 
 /// The default ring timeout when neither the extension nor `[defaults]` sets one.
 pub const DEFAULT_RING_TIMEOUT: Duration = Duration::from_secs(30);
@@ -69,32 +71,77 @@ impl fmt::Debug for AsteriskConfig {
     }
 }
 
-/// `[apns]`: token-based APNs credentials.
-#[derive(Clone, PartialEq, Eq)]
+/// `[apns]`: APNs credentials and topics.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ApnsConfig {
-    /// Developer team id.
-    pub team_id: String,
-    /// Signing key id.
-    pub key_id: String,
-    /// Path of the .p8 key.
-    pub key_file: PathBuf,
-    /// The key's PEM text, read and checked at load time. Secret.
-    pub key_pem: Vec<u8>,
-    /// VoIP topic (bundle id + `.voip`).
+    /// Token or certificate authentication.
+    pub credentials: ApnsCredentials,
+    /// Default VoIP topic (bundle id + `.voip`).
     pub topic: String,
-    /// APNs base URL.
+    /// Topic of the "missed call" alert (the bundle id), if it is to be sent.
+    pub alert_topic: Option<String>,
+    /// APNs production base URL.
     pub endpoint: String,
+    /// APNs sandbox base URL.
+    pub sandbox_endpoint: String,
 }
 
-impl fmt::Debug for ApnsConfig {
+/// How pushwake authenticates to APNs.
+#[derive(Clone, PartialEq, Eq)]
+pub enum ApnsCredentials {
+    /// `team_id`, `key_id`, `key_file`: token-based authentication.
+    Token {
+        /// Developer team id.
+        team_id: String,
+        /// Signing key id.
+        key_id: String,
+        /// Path of the .p8 key.
+        key_file: PathBuf,
+        /// The key's PEM text, read and checked at load time. Secret.
+        key_pem: Vec<u8>,
+    },
+    /// `certificate_file` (and `certificate_password_file`): certificate-based.
+    Certificate {
+        /// Path of the PEM or PKCS#12 file.
+        certificate_file: PathBuf,
+        /// The certificate and key, read and checked at load time. Secret.
+        certificate: crate::push::apns::ClientCertificate,
+    },
+}
+
+impl ApnsCredentials {
+    /// "token" or "certificate", for `check-config` and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ApnsCredentials::Token { .. } => "token",
+            ApnsCredentials::Certificate { .. } => "certificate",
+        }
+    }
+}
+
+impl fmt::Debug for ApnsCredentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ApnsConfig")
-            .field("team_id", &self.team_id)
-            .field("key_id", &self.key_id)
-            .field("key_file", &self.key_file)
-            .field("topic", &self.topic)
-            .field("endpoint", &self.endpoint)
-            .finish()
+        match self {
+            ApnsCredentials::Token {
+                team_id,
+                key_id,
+                key_file,
+                ..
+            } => f
+                .debug_struct("Token")
+                .field("team_id", team_id)
+                .field("key_id", key_id)
+                .field("key_file", key_file)
+                .finish(),
+            ApnsCredentials::Certificate {
+                certificate_file,
+                certificate,
+            } => f
+                .debug_struct("Certificate")
+                .field("certificate_file", certificate_file)
+                .field("certificate", certificate)
+                .finish(),
+        }
     }
 }
 
@@ -239,12 +286,15 @@ struct RawDefaults {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawApns {
-    team_id: Spanned<String>,
-    key_id: Spanned<String>,
-    key_file: Spanned<String>,
     topic: Spanned<String>,
-    #[serde(default)]
+    team_id: Option<Spanned<String>>,
+    key_id: Option<Spanned<String>>,
+    key_file: Option<Spanned<String>>,
+    certificate_file: Option<Spanned<String>>,
+    certificate_password_file: Option<Spanned<String>>,
+    alert_topic: Option<Spanned<String>>,
     endpoint: Option<Spanned<String>>,
+    sandbox_endpoint: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -297,6 +347,9 @@ struct RawDevice {
     platform: Spanned<String>,
     token: Spanned<String>,
     name: Option<String>,
+    topic: Option<Spanned<String>>,
+    environment: Option<Spanned<String>>,
+    alert_token: Option<Spanned<String>>,
 }
 
 /// Reads and checks a configuration file.
@@ -466,21 +519,15 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             let token = device.token.get_ref().trim();
             // The token itself is a secret: describe it, don't quote it.
             let token = match platform {
-                Platform::Apns => {
-                    if token.is_empty()
-                        || token.len() % 2 != 0
-                        || !token.chars().all(|c| c.is_ascii_hexdigit())
-                    {
-                        return Err(at(
-                            device.token.span(),
-                            format!(
-                                "extension {number}: device token must be hexadecimal (got {} characters)",
-                                token.len()
-                            ),
-                        ));
-                    }
-                    token.to_ascii_lowercase()
-                }
+                Platform::Apns => apns_token(token).ok_or_else(|| {
+                    at(
+                        device.token.span(),
+                        format!(
+                            "extension {number}: device token must be hexadecimal (got {} characters)",
+                            token.len()
+                        ),
+                    )
+                })?,
                 Platform::Fcm => {
                     if token.is_empty()
                         || token.len() > MAX_FCM_TOKEN_LEN
@@ -537,6 +584,24 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
                     token.to_owned()
                 }
             };
+            let route = if platform == Platform::Apns {
+                let alert_topic = apns.as_ref().and_then(|a| a.alert_topic.as_ref());
+                apns_route(&device, alert_topic.is_some())
+                    .map_err(|(s, m)| at(s, format!("extension {number}: {m}")))?
+            } else {
+                let apns_only = [
+                    ("topic", &device.topic),
+                    ("environment", &device.environment),
+                    ("alert_token", &device.alert_token),
+                ];
+                if let Some((key, Some(value))) = apns_only.iter().find(|(_, v)| v.is_some()) {
+                    return Err(at(
+                        value.span(),
+                        format!("extension {number}: device.{key} applies to apns devices only, this one is {platform}"),
+                    ));
+                }
+                None
+            };
             let label = device
                 .name
                 .unwrap_or_else(|| format!("{number}/{platform}#{index}"));
@@ -544,6 +609,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
                 platform,
                 token: DeviceToken::new(token),
                 label,
+                apns: route,
             });
         }
         if devices.is_empty() {
@@ -576,16 +642,138 @@ fn apns(raw: RawApns) -> Result<ApnsConfig, (Range<usize>, String)> {
             Ok(v.get_ref().trim().to_owned())
         }
     };
-    let team_id = non_empty(&raw.team_id, "team_id")?;
-    let key_id = non_empty(&raw.key_id, "key_id")?;
     let topic = non_empty(&raw.topic, "topic")?;
+    let alert_topic = raw
+        .alert_topic
+        .as_ref()
+        .map(|v| non_empty(v, "alert_topic"))
+        .transpose()?;
+    if alert_topic.as_deref() == Some(topic.as_str()) {
+        let span = raw
+            .alert_topic
+            .as_ref()
+            .map(Spanned::span)
+            .unwrap_or_default();
+        return Err((span, format!("apns.alert_topic: `{topic}` is the VoIP topic; the alert goes to the app's bundle id (the topic without `.voip`)")));
+    }
     let endpoint = base_url(
         &raw.endpoint,
         "apns.endpoint",
         crate::push::apns::PRODUCTION_ENDPOINT,
     )?;
-    let key_file = PathBuf::from(raw.key_file.get_ref());
-    let span = raw.key_file.span();
+    let sandbox_endpoint = base_url(
+        &raw.sandbox_endpoint,
+        "apns.sandbox_endpoint",
+        crate::push::apns::SANDBOX_ENDPOINT,
+    )?;
+    let credentials = match (
+        (&raw.team_id, &raw.key_id, &raw.key_file),
+        &raw.certificate_file,
+    ) {
+        ((None, None, None), None) => {
+            return Err((raw.topic.span(), "[apns] needs credentials: team_id, key_id and key_file (token authentication), or certificate_file (certificate authentication)".into()))
+        }
+        ((Some(team_id), Some(key_id), Some(key_file)), None) => {
+            if let Some(v) = &raw.certificate_password_file {
+                return Err((v.span(), "apns.certificate_password_file goes with certificate_file, not with token authentication".into()));
+            }
+            token_credentials(
+                non_empty(team_id, "team_id")?,
+                non_empty(key_id, "key_id")?,
+                key_file,
+            )?
+        }
+        ((None, None, None), Some(certificate_file)) => {
+            certificate_credentials(certificate_file, raw.certificate_password_file.as_ref())?
+        }
+        ((team_id, key_id, key_file), None) => {
+            let (missing, given) = [("team_id", team_id), ("key_id", key_id), ("key_file", key_file)]
+                .into_iter()
+                .partition::<Vec<_>, _>(|(_, v)| v.is_none());
+            let span = given.first().and_then(|(_, v)| v.as_ref()).map(Spanned::span).unwrap_or_default();
+            let missing: Vec<&str> = missing.iter().map(|(k, _)| *k).collect();
+            return Err((span, format!("[apns] token authentication needs team_id, key_id and key_file; missing: {}", missing.join(", "))));
+        }
+        (_, Some(certificate_file)) => {
+            return Err((certificate_file.span(), "[apns] takes either token authentication (team_id, key_id, key_file) or certificate_file, not both".into()))
+        }
+    };
+    Ok(ApnsConfig {
+        credentials,
+        topic,
+        alert_topic,
+        endpoint,
+        sandbox_endpoint,
+    })
+}
+
+/// An APNs device token as sent (lower-case hex), or `None` if it is not hex.
+fn apns_token(token: &str) -> Option<String> {
+    let hex =
+        !token.is_empty() && token.len() % 2 == 0 && token.chars().all(|c| c.is_ascii_hexdigit());
+    hex.then(|| token.to_ascii_lowercase())
+}
+
+/// An APNs device's own `topic`, `environment` and `alert_token`; `None` if it has none.
+fn apns_route(
+    device: &RawDevice,
+    alert_topic: bool,
+) -> Result<Option<ApnsRoute>, (Range<usize>, String)> {
+    let topic = match &device.topic {
+        Some(v) if v.get_ref().trim().is_empty() => {
+            return Err((v.span(), "device.topic must not be empty".into()))
+        }
+        Some(v) => Some(v.get_ref().trim().to_owned()),
+        None => None,
+    };
+    let environment = match &device.environment {
+        None => ApnsEnvironment::Production,
+        Some(v) => match v.get_ref().trim() {
+            "production" => ApnsEnvironment::Production,
+            "sandbox" | "development" => ApnsEnvironment::Sandbox,
+            other => {
+                return Err((
+                    v.span(),
+                    format!("device.environment: `{other}` is not production, sandbox or development (the app's aps-environment)"),
+                ))
+            }
+        },
+    };
+    let alert_token = match &device.alert_token {
+        Some(v) if !alert_topic => {
+            return Err((
+                v.span(),
+                "device.alert_token needs apns.alert_topic (the app's bundle id) for the missed-call alert".into(),
+            ))
+        }
+        Some(v) => Some(DeviceToken::new(apns_token(v.get_ref().trim()).ok_or_else(
+            || {
+                (
+                    v.span(),
+                    format!(
+                        "device.alert_token must be hexadecimal (got {} characters)",
+                        v.get_ref().trim().len()
+                    ),
+                )
+            },
+        )?)),
+        None => None,
+    };
+    let route = ApnsRoute {
+        topic,
+        environment,
+        alert_token,
+    };
+    Ok((route != ApnsRoute::default()).then_some(route))
+}
+
+fn token_credentials(
+    team_id: String,
+    key_id: String,
+    key_file: &Spanned<String>,
+) -> Result<ApnsCredentials, (Range<usize>, String)> {
+    let span = key_file.span();
+    let key_file = PathBuf::from(key_file.get_ref());
     let key_pem = std::fs::read(&key_file).map_err(|e| {
         (
             span.clone(),
@@ -600,13 +788,63 @@ fn apns(raw: RawApns) -> Result<ApnsConfig, (Range<usize>, String)> {
             format!("apns.key_file: {}: {e}", key_file.display()),
         )
     })?;
-    Ok(ApnsConfig {
+    Ok(ApnsCredentials::Token {
         team_id,
         key_id,
         key_file,
         key_pem,
-        topic,
-        endpoint,
+    })
+}
+
+fn certificate_credentials(
+    file: &Spanned<String>,
+    password_file: Option<&Spanned<String>>,
+) -> Result<ApnsCredentials, (Range<usize>, String)> {
+    let span = file.span();
+    let certificate_file = PathBuf::from(file.get_ref());
+    let bytes = std::fs::read(&certificate_file).map_err(|e| {
+        (
+            span.clone(),
+            format!(
+                "apns.certificate_file: cannot read {}: {e}",
+                certificate_file.display()
+            ),
+        )
+    })?;
+    check_private(
+        &certificate_file,
+        "the APNs certificate with its private key",
+    )
+    .map_err(|m| (span.clone(), format!("apns.certificate_file: {m}")))?;
+    let password = match password_file {
+        Some(v) => {
+            let path = PathBuf::from(v.get_ref());
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                (
+                    v.span(),
+                    format!(
+                        "apns.certificate_password_file: cannot read {}: {e}",
+                        path.display()
+                    ),
+                )
+            })?;
+            check_private(&path, "the APNs certificate's password")
+                .map_err(|m| (v.span(), format!("apns.certificate_password_file: {m}")))?;
+            // One line; a final newline from `echo` is not part of the password.
+            text.trim_end_matches(['\n', '\r']).to_owned()
+        }
+        None => String::new(),
+    };
+    let certificate = crate::push::apns::ClientCertificate::from_file_contents(&bytes, &password)
+        .map_err(|e| {
+        (
+            span.clone(),
+            format!("apns.certificate_file: {}: {e}", certificate_file.display()),
+        )
+    })?;
+    Ok(ApnsCredentials::Certificate {
+        certificate_file,
+        certificate,
     })
 }
 
@@ -1121,5 +1359,213 @@ number = "101"
         assert!(!e.contains("0a1b2c3d4e5f"), "{e}");
         let (_dir, empty) = hms_section("\n", 0o600);
         assert!(err(&format!("{empty}{MINIMAL}")).contains("must hold the app secret"));
+    }
+
+    /// A 0600 file in `dir` holding `contents`.
+    fn private_file(dir: &Path, name: &str, contents: &[u8]) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join(name);
+        std::fs::write(&path, contents).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        path
+    }
+
+    /// An `[apns]` section with token authentication, and the dir holding its key.
+    fn apns_token_section(extra: &str) -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let key = pushwake_testkit::keys::EcKey::generate();
+        let path = private_file(dir.path(), "key.p8", key.private_pem.as_bytes());
+        let section = format!(
+            "[apns]\nteam_id = \"TEAM123456\"\nkey_id = \"KEY1234567\"\nkey_file = \"{}\"\ntopic = \"com.example.phone.voip\"\n{extra}",
+            path.display()
+        );
+        (dir, section)
+    }
+
+    fn apns_device(extra: &str) -> String {
+        format!(
+            "\n[[extension.device]]\nplatform = \"apns\"\ntoken = \"{}\"\n{extra}",
+            "ab".repeat(32)
+        )
+    }
+
+    #[test]
+    fn an_apns_certificate_file_is_read_checked_and_kept_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert =
+            pushwake_testkit::tls::TestClientCertificate::generate("com.example.phone").unwrap();
+        let pem = format!("{}{}", cert.certificate_pem, cert.key_pem);
+        let path = private_file(dir.path(), "voip.pem", pem.as_bytes());
+        let section = format!(
+            "[apns]\ncertificate_file = \"{}\"\ntopic = \"com.example.phone.voip\"\n",
+            path.display()
+        );
+        let config = parse(Path::new("pw.toml"), &format!("{section}{MINIMAL}")).unwrap();
+        let apns = config.apns.unwrap();
+        assert_eq!(apns.credentials.kind(), "certificate");
+        assert_eq!(apns.sandbox_endpoint, crate::push::apns::SANDBOX_ENDPOINT);
+        let shown = format!("{apns:?}");
+        assert!(shown.contains("com.example.phone"), "{shown}");
+        assert!(!shown.contains("PRIVATE KEY"), "{shown}");
+
+        // Readable by others: refused, like every secret file.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let e = err(&format!("{section}{MINIMAL}"));
+        assert!(e.starts_with("pw.toml:2: apns.certificate_file: "), "{e}");
+        assert!(e.contains("chmod"), "{e}");
+
+        // The certificate without its key.
+        let path = private_file(dir.path(), "cert-only.pem", cert.certificate_pem.as_bytes());
+        let e = err(&format!(
+            "[apns]\ncertificate_file = \"{}\"\ntopic = \"t.voip\"\n{MINIMAL}",
+            path.display()
+        ));
+        assert!(
+            e.contains("apns.certificate_file: ") && e.contains("private key"),
+            "{e}"
+        );
+
+        // A PKCS#12 file with the wrong password: named, the password not quoted.
+        let p12 = {
+            let chain = p12_keystore::PrivateKeyChain::new(
+                vec![1u8; 20],
+                p12_keystore::PrivateKey::from_der(&pem_der(&cert.key_pem)).unwrap(),
+                [p12_keystore::Certificate::from_der(&pem_der(&cert.certificate_pem)).unwrap()],
+            );
+            let mut store = p12_keystore::KeyStore::new();
+            store.add_entry("voip", p12_keystore::KeyStoreEntry::PrivateKeyChain(chain));
+            store.writer("right-password").write().unwrap()
+        };
+        let path = private_file(dir.path(), "voip.p12", &p12);
+        let password = private_file(dir.path(), "voip.pass", b"wrong-password\n");
+        let e = err(&format!(
+            "[apns]\ncertificate_file = \"{}\"\ncertificate_password_file = \"{}\"\ntopic = \"t.voip\"\n{MINIMAL}",
+            path.display(),
+            password.display()
+        ));
+        assert!(e.contains("wrong password"), "{e}");
+        assert!(!e.contains("wrong-password"), "{e}");
+        std::fs::write(&password, "right-password\n").unwrap();
+        let config = parse(
+            Path::new("pw.toml"),
+            &format!(
+                "[apns]\ncertificate_file = \"{}\"\ncertificate_password_file = \"{}\"\ntopic = \"t.voip\"\n{MINIMAL}",
+                path.display(),
+                password.display()
+            ),
+        )
+        .unwrap();
+        assert_eq!(config.apns.unwrap().credentials.kind(), "certificate");
+    }
+
+    fn pem_der(pem: &str) -> Vec<u8> {
+        use base64::Engine as _;
+        let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        base64::engine::general_purpose::STANDARD
+            .decode(body)
+            .unwrap()
+    }
+
+    #[test]
+    fn apns_takes_one_way_of_authenticating() {
+        let e = err(&format!("[apns]\ntopic = \"t.voip\"\n{MINIMAL}"));
+        assert!(e.contains("[apns] needs credentials"), "{e}");
+        let e = err(&format!(
+            "[apns]\ntopic = \"t.voip\"\nteam_id = \"T\"\n{MINIMAL}"
+        ));
+        assert!(e.starts_with("pw.toml:3: "), "{e}");
+        assert!(e.contains("missing: key_id, key_file"), "{e}");
+        let (_dir, section) = apns_token_section("certificate_file = \"/x.pem\"\n");
+        let e = err(&format!("{section}{MINIMAL}"));
+        assert!(e.contains("not both"), "{e}");
+        let (_dir, section) = apns_token_section("certificate_password_file = \"/x\"\n");
+        let e = err(&format!("{section}{MINIMAL}"));
+        assert!(
+            e.contains("certificate_password_file goes with certificate_file"),
+            "{e}"
+        );
+        let (_dir, section) = apns_token_section("alert_topic = \"com.example.phone.voip\"\n");
+        let e = err(&format!("{section}{MINIMAL}"));
+        assert!(
+            e.contains("apns.alert_topic: ") && e.contains("bundle id"),
+            "{e}"
+        );
+        let (_dir, section) = apns_token_section("sandbox_endpoint = \"sandbox\"\n");
+        let e = err(&format!("{section}{MINIMAL}"));
+        assert!(e.contains("apns.sandbox_endpoint: "), "{e}");
+    }
+
+    #[test]
+    fn an_apns_device_may_have_its_own_topic_environment_and_alert_token() {
+        let (_dir, section) = apns_token_section("alert_topic = \"com.example.phone\"\n");
+        let alert = "CD".repeat(32);
+        let text = format!(
+            "{section}{MINIMAL}{}{}{}",
+            apns_device("environment = \"development\"\ntopic = \"com.example.pro.voip\"\n"),
+            apns_device(&format!(
+                "alert_token = \"{alert}\"\nenvironment = \"production\"\n"
+            )),
+            apns_device(""),
+        );
+        let config = parse(Path::new("pw.toml"), &text).unwrap();
+        let devices = &config.directory.extension("101").unwrap().devices;
+        assert_eq!(
+            devices[0].apns,
+            Some(ApnsRoute {
+                topic: Some("com.example.pro.voip".into()),
+                environment: ApnsEnvironment::Sandbox,
+                alert_token: None,
+            })
+        );
+        assert_eq!(
+            devices[1].apns.as_ref().unwrap().alert_token,
+            Some(DeviceToken::new(alert.to_ascii_lowercase()))
+        );
+        assert_eq!(devices[2].apns, None, "all defaults");
+        assert!(config.directory.uses_apns_sandbox());
+        assert!(!format!("{config:?}").contains(&alert.to_ascii_lowercase()));
+
+        let e = err(&format!(
+            "{section}{MINIMAL}{}",
+            apns_device("environment = \"staging\"\n")
+        ));
+        assert!(
+            e.contains("device.environment: `staging` is not production, sandbox or development"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{section}{MINIMAL}{}",
+            apns_device("alert_token = \"zz-secret-zz\"\n")
+        ));
+        assert!(e.contains("device.alert_token must be hexadecimal"), "{e}");
+        assert!(!e.contains("zz-secret-zz"), "{e}");
+        let (_dir2, no_alert) = apns_token_section("");
+        let e = err(&format!(
+            "{no_alert}{MINIMAL}{}",
+            apns_device(&format!("alert_token = \"{alert}\"\n"))
+        ));
+        assert!(
+            e.contains("device.alert_token needs apns.alert_topic"),
+            "{e}"
+        );
+        assert!(!e.contains(&alert), "{e}");
+    }
+
+    #[test]
+    fn apns_device_keys_are_refused_on_other_platforms() {
+        let (_dir, fcm) = fcm_section("");
+        let text = format!(
+            "{fcm}{MINIMAL}\n[[extension.device]]\nplatform = \"fcm\"\ntoken = \"abc\"\nenvironment = \"sandbox\"\n"
+        );
+        let e = err(&text);
+        assert!(
+            e.contains(
+                "extension 101: device.environment applies to apns devices only, this one is fcm"
+            ),
+            "{e}"
+        );
     }
 }

@@ -95,6 +95,46 @@ pub struct Device {
     pub token: DeviceToken,
     /// A name for logs: the configured `name`, or `<extension>/<platform>#<n>`.
     pub label: String,
+    /// Where APNs pushes for this device go (APNs devices only; `None` means the
+    /// `[apns]` defaults).
+    pub apns: Option<ApnsRoute>,
+}
+
+impl Device {
+    /// A device reached with the provider's defaults.
+    pub fn new(platform: Platform, token: DeviceToken, label: impl Into<String>) -> Self {
+        Self {
+            platform,
+            token,
+            label: label.into(),
+            apns: None,
+        }
+    }
+}
+
+/// Which APNs host serves a device: the one matching the `aps-environment` entitlement
+/// of the build that registered its token. A token from a development build is unknown
+/// to production (`BadDeviceToken`) and the other way round.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ApnsEnvironment {
+    /// `api.push.apple.com`: App Store, TestFlight and ad-hoc builds.
+    #[default]
+    Production,
+    /// `api.sandbox.push.apple.com`: builds signed for development (run from Xcode).
+    Sandbox,
+}
+
+/// A device's own APNs settings, where they differ from the `[apns]` defaults.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ApnsRoute {
+    /// The VoIP topic for this device's app (another app of the same team), instead of
+    /// `apns.topic`.
+    pub topic: Option<String>,
+    /// The APNs host its token belongs to.
+    pub environment: ApnsEnvironment,
+    /// The app's regular (non-VoIP) remote-notification token, for the "missed call"
+    /// alert. PushKit and regular notifications have different tokens.
+    pub alert_token: Option<DeviceToken>,
 }
 
 /// The wake settings of one extension.
@@ -129,6 +169,16 @@ impl Directory {
     /// The extension's settings, if it is configured.
     pub fn extension(&self, number: &str) -> Option<&ExtensionPolicy> {
         self.extensions.get(number)
+    }
+
+    /// Whether some device is reached through the APNs sandbox (its connection is then
+    /// opened at start-up too).
+    pub fn uses_apns_sandbox(&self) -> bool {
+        self.extensions.values().flat_map(|e| &e.devices).any(|d| {
+            d.apns
+                .as_ref()
+                .is_some_and(|r| r.environment == ApnsEnvironment::Sandbox)
+        })
     }
 
     /// Number of configured extensions.

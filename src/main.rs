@@ -8,9 +8,9 @@ use clap::{Parser, Subcommand};
 use tokio::sync::mpsc;
 
 use pushwake::asterisk::AsteriskPbx;
-use pushwake::config::{self, Config};
+use pushwake::config::{self, ApnsCredentials, Config};
 use pushwake::driver::{Control, Driver};
-use pushwake::push::apns::{ApnsPushkin, ApnsSettings};
+use pushwake::push::apns::{ApnsAuth, ApnsPushkin, ApnsSettings};
 use pushwake::push::fcm::{FcmPushkin, FcmSettings};
 use pushwake::push::{PushService, Pushkin};
 use pushwake::wake::EngineSettings;
@@ -239,12 +239,32 @@ async fn test_push(
 fn pushkins(config: &Config) -> Result<Vec<Arc<dyn Pushkin>>, String> {
     let mut pushkins: Vec<Arc<dyn Pushkin>> = Vec::new();
     if let Some(apns) = &config.apns {
+        let auth = match &apns.credentials {
+            ApnsCredentials::Token {
+                team_id,
+                key_id,
+                key_pem,
+                ..
+            } => ApnsAuth::Token {
+                team_id: team_id.clone(),
+                key_id: key_id.clone(),
+                key_pem: key_pem.clone(),
+            },
+            ApnsCredentials::Certificate { certificate, .. } => {
+                tracing::info!(
+                    subject = certificate.subject(),
+                    "APNs certificate authentication"
+                );
+                ApnsAuth::Certificate(certificate.clone())
+            }
+        };
         let settings = ApnsSettings {
-            team_id: apns.team_id.clone(),
-            key_id: apns.key_id.clone(),
-            key_pem: apns.key_pem.clone(),
+            auth,
             topic: apns.topic.clone(),
+            alert_topic: apns.alert_topic.clone(),
             endpoint: apns.endpoint.clone(),
+            sandbox_endpoint: apns.sandbox_endpoint.clone(),
+            warm_sandbox: config.directory.uses_apns_sandbox(),
         };
         pushkins.push(Arc::new(
             ApnsPushkin::new(settings).map_err(|e| format!("apns: {e}"))?,

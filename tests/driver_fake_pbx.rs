@@ -86,12 +86,7 @@ impl Pushkin for AlwaysDelivered {
     fn platform(&self) -> Platform {
         Platform::Apns
     }
-    fn attempt<'a>(
-        &'a self,
-        _: &'a DeviceToken,
-        _: &'a WakePush,
-        _: Duration,
-    ) -> AttemptFuture<'a> {
+    fn attempt<'a>(&'a self, _: &'a Device, _: &'a WakePush, _: Duration) -> AttemptFuture<'a> {
         Box::pin(async { Attempt::Delivered })
     }
 }
@@ -107,11 +102,11 @@ fn start() -> Setup {
     let directory = Directory::new([ExtensionPolicy {
         number: "101".into(),
         ring_timeout: Duration::from_secs(25),
-        devices: vec![Device {
-            platform: Platform::Apns,
-            token: DeviceToken::new("ab".repeat(32)),
-            label: "101/apns#0".into(),
-        }],
+        devices: vec![Device::new(
+            Platform::Apns,
+            DeviceToken::new("ab".repeat(32)),
+            "101/apns#0",
+        )],
     }]);
     let pbx = Arc::new(FakePbx::default());
     let mut push = PushService::new();

@@ -96,11 +96,11 @@ fn token(n: usize) -> String {
 }
 
 fn device(n: usize) -> Device {
-    Device {
-        platform: Platform::Fcm,
-        token: DeviceToken::new(token(n)),
-        label: format!("101/fcm#{n}"),
-    }
+    Device::new(
+        Platform::Fcm,
+        DeviceToken::new(token(n)),
+        format!("101/fcm#{n}"),
+    )
 }
 
 fn push(n: usize) -> WakePush {
@@ -119,7 +119,7 @@ fn push(n: usize) -> WakePush {
 async fn fifty_concurrent_pushes_share_one_access_token_and_one_connection() {
     let env = env().await;
     let pushkin = env.pushkin();
-    let tokens: Vec<DeviceToken> = (0..50).map(|n| DeviceToken::new(token(n))).collect();
+    let tokens: Vec<Device> = (0..50).map(device).collect();
     let pushes: Vec<WakePush> = (0..50).map(push).collect();
     let attempts = futures_util::future::join_all(
         tokens
@@ -173,7 +173,7 @@ async fn warm_up_fetches_the_token_and_opens_the_connection_before_the_first_pus
     pushkin.warm_up().await;
     assert_eq!(env.server.token_requests(), 1);
     assert_eq!(env.server.connections(), 1);
-    let (t, p) = (DeviceToken::new(token(1)), push(1));
+    let (t, p) = (device(1), push(1));
     assert_eq!(pushkin.attempt(&t, &p, SECS(20)).await, Attempt::Delivered);
     assert_eq!(env.server.token_requests(), 1);
     assert_eq!(env.server.connections(), 1);
@@ -183,7 +183,7 @@ async fn warm_up_fetches_the_token_and_opens_the_connection_before_the_first_pus
 async fn the_ttl_and_expiry_are_the_time_left_in_the_ring_window() {
     let env = env().await;
     let pushkin = env.pushkin();
-    let (t, p) = (DeviceToken::new(token(1)), push(1));
+    let (t, p) = (device(1), push(1));
     let attempt = pushkin.attempt(&t, &p, Duration::from_millis(7_500));
     assert_eq!(attempt.await, Attempt::Delivered);
     let message = &env.server.accepted()[0];
@@ -367,7 +367,7 @@ async fn a_token_endpoint_refusing_the_account_is_a_configuration_error_fetched_
     let env = env().await;
     // A key the server does not know: the token endpoint answers invalid_grant.
     let pushkin = env.pushkin_with_key(&RsaKey::generate());
-    let tokens: Vec<DeviceToken> = (0..10).map(|n| DeviceToken::new(token(n))).collect();
+    let tokens: Vec<Device> = (0..10).map(device).collect();
     let p = push(1);
     let attempts =
         futures_util::future::join_all(tokens.iter().map(|t| pushkin.attempt(t, &p, SECS(20))))
@@ -416,9 +416,7 @@ async fn no_secret_reaches_logs_or_error_texts() {
     }
     // A service account the token endpoint refuses, too.
     let refused = env.pushkin_with_key(&RsaKey::generate());
-    let attempt = refused
-        .attempt(&DeviceToken::new(token(5)), &push(5), SECS(20))
-        .await;
+    let attempt = refused.attempt(&device(5), &push(5), SECS(20)).await;
     reasons.push(format!("{attempt:?} {refused:?}"));
     // And a network failure.
     let json = env
@@ -429,9 +427,7 @@ async fn no_secret_reaches_logs_or_error_texts() {
         endpoint: "http://127.0.0.1:9".into(),
     })
     .unwrap();
-    let attempt = unreachable
-        .attempt(&DeviceToken::new(token(6)), &push(6), SECS(5))
-        .await;
+    let attempt = unreachable.attempt(&device(6), &push(6), SECS(5)).await;
     assert!(matches!(attempt, Attempt::Retry { .. }), "{attempt:?}");
     reasons.push(format!("{attempt:?}"));
 

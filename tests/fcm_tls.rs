@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use pushwake::directory::DeviceToken;
+use pushwake::directory::{Device, DeviceToken, Platform};
 use pushwake::pbx::{CallId, Party};
 use pushwake::push::fcm::{FcmPushkin, FcmSettings, ServiceAccount};
 use pushwake::push::{Attempt, PushKind, Pushkin, WakePush};
@@ -51,8 +51,14 @@ async fn over_https_alpn_negotiates_h2_and_one_connection_carries_everything() {
         server.refused()
     );
 
-    let tokens: Vec<DeviceToken> = (0..20)
-        .map(|n| DeviceToken::new(format!("tls-{n}:APA91b-token")))
+    let tokens: Vec<Device> = (0..20)
+        .map(|n| {
+            Device::new(
+                Platform::Fcm,
+                DeviceToken::new(format!("tls-{n}:APA91b-token")),
+                format!("tls#{n}"),
+            )
+        })
         .collect();
     let push = WakePush {
         call_id: CallId("5d7d1c1e-0000-4000-8000-000000000001".into()),

@@ -19,11 +19,11 @@ fn token(n: usize) -> String {
 }
 
 fn device(n: usize) -> Device {
-    Device {
-        platform: Platform::Hms,
-        token: DeviceToken::new(token(n)),
-        label: format!("101/hms#{n}"),
-    }
+    Device::new(
+        Platform::Hms,
+        DeviceToken::new(token(n)),
+        format!("101/hms#{n}"),
+    )
 }
 
 fn push(kind: PushKind) -> WakePush {

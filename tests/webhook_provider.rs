@@ -79,11 +79,11 @@ fn token(n: usize) -> String {
 }
 
 fn device(n: usize) -> Device {
-    Device {
-        platform: Platform::Webhook,
-        token: DeviceToken::new(token(n)),
-        label: format!("101/webhook#{n}"),
-    }
+    Device::new(
+        Platform::Webhook,
+        DeviceToken::new(token(n)),
+        format!("101/webhook#{n}"),
+    )
 }
 
 fn push(n: usize, kind: PushKind) -> WakePush {
@@ -338,7 +338,9 @@ async fn a_slow_answer_beyond_the_timeout_is_retried() {
 async fn an_ended_call_is_sent_as_call_cancelled() {
     let env = env().await;
     let pushkin = env.pushkin_with(&env.secret, SECS(5));
-    assert!(pushkin.delivers_call_ended());
+    assert!(pushkin
+        .carries_call_ended(&device(1), EndReason::CallerHungUp)
+        .is_ok());
     let verdict = env
         .service()
         .send(

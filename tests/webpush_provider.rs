@@ -35,11 +35,11 @@ async fn env() -> Env {
 
 impl Env {
     fn device(&self, name: &str) -> Device {
-        Device {
-            platform: Platform::WebPush,
-            token: DeviceToken::new(self.server.subscription_json(name)),
-            label: format!("101/webpush/{name}"),
-        }
+        Device::new(
+            Platform::WebPush,
+            DeviceToken::new(self.server.subscription_json(name)),
+            format!("101/webpush/{name}"),
+        )
     }
 }
 

@@ -1,10 +1,12 @@
-//! Apple Push Notification service, token-based authentication.
+//! Apple Push Notification service: VoIP pushes (PushKit) and the optional "missed call"
+//! alert, with token-based (.p8 key, ES256 JWT) or certificate-based (TLS client
+//! certificate) authentication, to the production or the sandbox host per device.
 //!
 //! Built on reqwest's HTTP/2 client rather than the `a2` crate: a2 0.10 hard-codes
 //! Apple's hosts and trusts only the public roots, so nothing it sends could be checked
 //! against a local test server (see the README's dependency notes). One HTTP/2
-//! connection per credential is opened at start-up, kept warm with HTTP/2 pings, and
-//! carries every push multiplexed.
+//! connection per host is opened at start-up, kept warm with HTTP/2 pings, and carries
+//! every push multiplexed.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -12,43 +14,71 @@ use std::time::Duration;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::StatusCode;
 
-use super::unix_now;
-use super::{payload, Attempt, AttemptFuture, PushKind, Pushkin, WakePush};
-use crate::directory::{DeviceToken, Platform};
+use super::{payload, Attempt, AttemptFuture, EndReason, PushKind, Pushkin, WakePush};
+use super::{retry_after, unix_now};
+use crate::directory::{ApnsEnvironment, Device, DeviceToken, Platform};
 
 /// Apple's production endpoint.
 pub const PRODUCTION_ENDPOINT: &str = "https://api.push.apple.com";
+/// Apple's development (sandbox) endpoint, for apps built for development.
+pub const SANDBOX_ENDPOINT: &str = "https://api.sandbox.push.apple.com";
 
 /// A provider token is reused for this long. Apple rejects tokens older than an hour and
 /// throttles renewals more frequent than every 20 minutes.
 pub const TOKEN_LIFETIME: Duration = Duration::from_secs(50 * 60);
 /// The shortest interval between two renewals, even when Apple says the token expired.
 pub const MIN_RENEWAL_INTERVAL: Duration = Duration::from_secs(20 * 60);
+/// How long APNs keeps trying to deliver a "missed call" alert to a phone that is off:
+/// unlike the VoIP push, it is still worth showing hours later.
+pub const ALERT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
-/// Everything needed to talk to APNs with token authentication.
-pub struct ApnsSettings {
-    /// The developer team id (JWT `iss`).
-    pub team_id: String,
-    /// The id of the .p8 signing key (JWT `kid`).
-    pub key_id: String,
-    /// The .p8 key (PKCS#8 PEM, P-256). Secret.
-    pub key_pem: Vec<u8>,
-    /// The VoIP topic: the app's bundle id followed by `.voip`.
-    pub topic: String,
-    /// Base URL; `http://` means HTTP/2 without TLS (local test servers).
-    pub endpoint: String,
+/// How pushwake proves to APNs that it may push to the app.
+pub enum ApnsAuth {
+    /// Token-based authentication: a JWT signed with the team's .p8 key.
+    Token {
+        /// The developer team id (JWT `iss`).
+        team_id: String,
+        /// The id of the .p8 signing key (JWT `kid`).
+        key_id: String,
+        /// The .p8 key (PKCS#8 PEM, P-256). Secret.
+        key_pem: Vec<u8>,
+    },
+    /// Certificate-based authentication: the app's push certificate as the TLS client
+    /// certificate.
+    Certificate(ClientCertificate),
 }
 
-impl std::fmt::Debug for ApnsSettings {
+impl std::fmt::Debug for ApnsAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApnsSettings")
-            .field("team_id", &self.team_id)
-            .field("key_id", &self.key_id)
-            .field("key_pem", &"<redacted>")
-            .field("topic", &self.topic)
-            .field("endpoint", &self.endpoint)
-            .finish()
+        match self {
+            ApnsAuth::Token {
+                team_id, key_id, ..
+            } => f
+                .debug_struct("Token")
+                .field("team_id", team_id)
+                .field("key_id", key_id)
+                .field("key_pem", &"<redacted>")
+                .finish(),
+            ApnsAuth::Certificate(certificate) => certificate.fmt(f),
+        }
     }
+}
+
+/// Everything needed to talk to APNs.
+#[derive(Debug)]
+pub struct ApnsSettings {
+    /// Token or certificate authentication.
+    pub auth: ApnsAuth,
+    /// The default VoIP topic: the app's bundle id followed by `.voip`.
+    pub topic: String,
+    /// The topic of the "missed call" alert (the app's bundle id), if it is to be sent.
+    pub alert_topic: Option<String>,
+    /// Production base URL; `http://` means HTTP/2 without TLS (local test servers).
+    pub endpoint: String,
+    /// Sandbox base URL, for devices whose app was built for development.
+    pub sandbox_endpoint: String,
+    /// Whether to open the sandbox connection at start-up (some device uses it).
+    pub warm_sandbox: bool,
 }
 
 /// Why APNs settings cannot be used.
@@ -57,9 +87,166 @@ pub enum ApnsSetupError {
     /// The key is not a PKCS#8 PEM P-256 private key.
     #[error("not a PKCS#8 PEM P-256 (ES256) private key: {0}")]
     BadKey(String),
+    /// The certificate file cannot be used.
+    #[error("{0}")]
+    BadCertificate(String),
     /// The HTTP client could not be built.
     #[error("cannot build the HTTP/2 client: {0}")]
     Client(String),
+}
+
+/// An APNs client certificate with its private key, read from a PEM file (certificate
+/// and key, in any order) or a PKCS#12 file (`.p12`, as Keychain Access exports it).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientCertificate {
+    /// The certificate chain and the key, as PEM (what reqwest's rustls backend takes).
+    identity_pem: Vec<u8>,
+    /// The certificate's subject, for logs.
+    subject: String,
+}
+
+impl std::fmt::Debug for ClientCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCertificate")
+            .field("subject", &self.subject)
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+impl ClientCertificate {
+    /// Reads a certificate file: PKCS#12 (DER, with `password`, empty if none) or PEM.
+    /// Errors name what is wrong, never the password or the key.
+    pub fn from_file_contents(bytes: &[u8], password: &str) -> Result<Self, ApnsSetupError> {
+        // PKCS#12 is DER: a SEQUENCE. PEM is text starting with "-----BEGIN".
+        if bytes.first() == Some(&0x30) {
+            Self::from_pkcs12(bytes, password)
+        } else {
+            Self::from_pem(bytes)
+        }
+    }
+
+    /// A PEM file holding the certificate (then any intermediates) and its private key.
+    pub fn from_pem(pem: &[u8]) -> Result<Self, ApnsSetupError> {
+        let text = std::str::from_utf8(pem)
+            .map_err(|_| bad_certificate("neither PKCS#12 nor PEM text"))?;
+        let labels: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("-----BEGIN "))
+            .filter_map(|l| l.strip_suffix("-----"))
+            .collect();
+        let certificates = labels.iter().filter(|l| **l == "CERTIFICATE").count();
+        let keys = labels
+            .iter()
+            .filter(|l| l.ends_with("PRIVATE KEY") && !l.contains("ENCRYPTED"))
+            .count();
+        if labels.iter().any(|l| l.contains("ENCRYPTED")) {
+            return Err(bad_certificate("the private key in the PEM file is encrypted: decrypt it (openssl pkey) or use the .p12 with certificate_password_file"));
+        }
+        if certificates == 0 {
+            return Err(bad_certificate("the PEM file holds no CERTIFICATE"));
+        }
+        if keys != 1 {
+            return Err(bad_certificate(&format!(
+                "the PEM file must hold the certificate's private key once (found {keys} private keys)"
+            )));
+        }
+        let subject = first_certificate_subject(text).unwrap_or_default();
+        Self::checked(pem.to_vec(), subject)
+    }
+
+    /// A PKCS#12 archive with the certificate and its key, encrypted with `password`.
+    pub fn from_pkcs12(der: &[u8], password: &str) -> Result<Self, ApnsSetupError> {
+        let store = p12_keystore::KeyStore::from_pkcs12(
+            der,
+            password,
+            p12_keystore::Pkcs12ImportPolicy::Relaxed,
+        )
+        .map_err(|e| {
+            bad_certificate(&format!(
+                "cannot open the PKCS#12 file (wrong password, or not PKCS#12): {e}"
+            ))
+        })?;
+        let (_, chain) = store.private_key_chain().ok_or_else(|| {
+            bad_certificate("the PKCS#12 file holds no private key with its certificate")
+        })?;
+        let Some(first) = chain.certs().first() else {
+            return Err(bad_certificate(
+                "the PKCS#12 file holds a key without a certificate",
+            ));
+        };
+        let subject = first.subject().to_owned();
+        let mut pem = String::new();
+        for certificate in chain.certs() {
+            pem.push_str(&pem_block("CERTIFICATE", certificate.as_der()));
+        }
+        pem.push_str(&pem_block("PRIVATE KEY", chain.key().as_der()));
+        Self::checked(pem.into_bytes(), subject)
+    }
+
+    /// The certificate's subject (Apple's name it after the app's bundle id).
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+
+    fn identity(&self) -> Result<reqwest::Identity, ApnsSetupError> {
+        reqwest::Identity::from_pem(&self.identity_pem).map_err(|e| {
+            bad_certificate(&format!(
+                "the certificate or its key cannot be used: {}",
+                super::describe_http_error(&e, "")
+            ))
+        })
+    }
+
+    /// Builds a throwaway client with it: rustls checks the key parses and matches.
+    fn checked(identity_pem: Vec<u8>, subject: String) -> Result<Self, ApnsSetupError> {
+        let certificate = Self {
+            identity_pem,
+            subject,
+        };
+        let identity = certificate.identity()?;
+        reqwest::Client::builder()
+            .identity(identity)
+            .build()
+            .map_err(|e| {
+                bad_certificate(&format!(
+                    "the certificate and its key do not go together: {}",
+                    super::describe_http_error(&e, "")
+                ))
+            })?;
+        Ok(certificate)
+    }
+}
+
+fn bad_certificate(what: &str) -> ApnsSetupError {
+    ApnsSetupError::BadCertificate(what.to_owned())
+}
+
+/// One PEM block.
+fn pem_block(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let text = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut block = format!("-----BEGIN {label}-----\n");
+    for line in text.as_bytes().chunks(64) {
+        block.push_str(std::str::from_utf8(line).unwrap_or_default());
+        block.push('\n');
+    }
+    block.push_str(&format!("-----END {label}-----\n"));
+    block
+}
+
+/// The subject of the first certificate of a PEM text, for logs.
+fn first_certificate_subject(text: &str) -> Option<String> {
+    use base64::Engine as _;
+    let start = text.find("-----BEGIN CERTIFICATE-----")? + "-----BEGIN CERTIFICATE-----".len();
+    let end = start + text[start..].find("-----END CERTIFICATE-----")?;
+    let body: String = text[start..end].split_whitespace().collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .ok()?;
+    p12_keystore::Certificate::from_der(&der)
+        .ok()
+        .map(|c| c.subject().to_owned())
 }
 
 /// Checks that `pem` is a key APNs token authentication can sign with.
@@ -145,83 +332,145 @@ impl ProviderToken {
 /// The APNs pushkin.
 pub struct ApnsPushkin {
     client: reqwest::Client,
-    endpoint: String,
+    production: String,
+    sandbox: String,
+    warm_sandbox: bool,
     topic: String,
-    token: Mutex<ProviderToken>,
+    alert_topic: Option<String>,
+    /// The provider token, with token authentication; `None` with a client certificate.
+    token: Option<Mutex<ProviderToken>>,
+}
+
+/// What kind of APNs push an attempt sends.
+enum ApnsPush<'a> {
+    /// The PushKit wake-up, on the VoIP topic.
+    Voip,
+    /// The "missed call" alert, on the app's own topic, to its regular token.
+    MissedCall {
+        topic: &'a str,
+        token: &'a DeviceToken,
+    },
 }
 
 impl ApnsPushkin {
     /// Builds the client (no connection yet; see [`ApnsPushkin::warm_up`]).
     pub fn new(settings: ApnsSettings) -> Result<Self, ApnsSetupError> {
-        let token = ProviderToken::new(&settings.key_pem, &settings.team_id, &settings.key_id)?;
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .http2_prior_knowledge()
             .http2_keep_alive_interval(Some(Duration::from_secs(30)))
             .http2_keep_alive_timeout(Duration::from_secs(10))
             .http2_keep_alive_while_idle(true)
             .pool_idle_timeout(None)
-            .connect_timeout(Duration::from_secs(5))
+            .connect_timeout(Duration::from_secs(5));
+        let token = match settings.auth {
+            ApnsAuth::Token {
+                team_id,
+                key_id,
+                key_pem,
+            } => Some(Mutex::new(ProviderToken::new(&key_pem, &team_id, &key_id)?)),
+            ApnsAuth::Certificate(certificate) => {
+                builder = builder.identity(certificate.identity()?);
+                None
+            }
+        };
+        let client = builder
             .build()
-            .map_err(|e| ApnsSetupError::Client(e.to_string()))?;
+            .map_err(|e| ApnsSetupError::Client(super::describe_http_error(&e, "")))?;
         Ok(Self {
             client,
-            endpoint: settings.endpoint.trim_end_matches('/').to_owned(),
+            production: settings.endpoint.trim_end_matches('/').to_owned(),
+            sandbox: settings.sandbox_endpoint.trim_end_matches('/').to_owned(),
+            warm_sandbox: settings.warm_sandbox,
             topic: settings.topic,
-            token: Mutex::new(token),
+            alert_topic: settings.alert_topic,
+            token,
         })
     }
 
-    /// Opens the HTTP/2 connection now, so the first push of the first call does not
+    /// Opens the HTTP/2 connection(s) now, so the first push of the first call does not
     /// pay for TCP and TLS set-up. Failure is only logged: pushes retry by themselves.
     pub async fn warm_up(&self) {
-        match self.client.get(&self.endpoint).send().await {
-            Ok(response) => {
-                tracing::info!(endpoint = %self.endpoint, version = ?response.version(), "APNs connection open")
-            }
-            Err(error) => {
-                tracing::warn!(endpoint = %self.endpoint, error = %super::describe_http_error(&error, "<apns>"), "cannot reach APNs yet; pushes will retry")
-            }
+        let mut hosts = vec![self.production.as_str()];
+        if self.warm_sandbox {
+            hosts.push(&self.sandbox);
         }
-    }
-
-    async fn send_once(
-        &self,
-        token: &DeviceToken,
-        push: &WakePush,
-        ring_window: Duration,
-    ) -> Attempt {
-        if push.kind != PushKind::IncomingCall {
-            // Apple forbids VoIP pushes that report no call (iOS 13+ ends such apps);
-            // PushService never asks, this makes sure.
-            return Attempt::Rejected {
-                reason: "APNs carries no VoIP push for an ended call".into(),
-                dead_token: false,
-            };
-        }
-        let now = unix_now();
-        let jwt = match self.token.lock().expect("token lock").get(now) {
-            Ok(jwt) => jwt,
-            Err(error) => {
-                return Attempt::Rejected {
-                    reason: error.to_string(),
-                    dead_token: false,
+        futures_util::future::join_all(hosts.into_iter().map(|endpoint| async move {
+            match self.client.get(endpoint).send().await {
+                Ok(response) => {
+                    tracing::info!(%endpoint, version = ?response.version(), "APNs connection open")
+                }
+                Err(error) => {
+                    tracing::warn!(%endpoint, error = %super::describe_http_error(&error, "<apns>"), "cannot reach APNs yet; pushes will retry")
                 }
             }
+        }))
+        .await;
+    }
+
+    async fn send_once(&self, device: &Device, push: &WakePush, ring_window: Duration) -> Attempt {
+        let kind = match push.kind {
+            PushKind::IncomingCall => ApnsPush::Voip,
+            PushKind::CallEnded(reason) => match self.missed_call_route(device, reason) {
+                Ok(kind) => kind,
+                // PushService asks first (carries_call_ended); this makes sure. Apple
+                // forbids VoIP pushes that report no call (iOS 13+ ends such apps).
+                Err(reason) => {
+                    return Attempt::Rejected {
+                        reason,
+                        dead_token: false,
+                    }
+                }
+            },
         };
-        let expires_at = now + ring_window.as_secs() + u64::from(ring_window.subsec_nanos() > 0);
-        let body = payload::incoming_call(push, expires_at);
-        let url = format!("{}/3/device/{}", self.endpoint, token.expose());
-        let response = self
-            .client
-            .post(url)
+        let route = device.apns.clone().unwrap_or_default();
+        let endpoint = match route.environment {
+            ApnsEnvironment::Production => &self.production,
+            ApnsEnvironment::Sandbox => &self.sandbox,
+        };
+        let now = unix_now();
+        let (mut request, push_type, expires_at) = match &kind {
+            ApnsPush::Voip => {
+                let expires_at =
+                    now + ring_window.as_secs() + u64::from(ring_window.subsec_nanos() > 0);
+                let topic = route.topic.as_deref().unwrap_or(&self.topic);
+                let request = self
+                    .client
+                    .post(format!("{endpoint}/3/device/{}", device.token.expose()))
+                    .header("apns-push-type", "voip")
+                    .header("apns-topic", topic)
+                    .json(&payload::incoming_call(push, expires_at));
+                (request, "voip", expires_at)
+            }
+            ApnsPush::MissedCall { topic, token } => {
+                let expires_at = now + ALERT_LIFETIME.as_secs();
+                let request = self
+                    .client
+                    .post(format!("{endpoint}/3/device/{}", token.expose()))
+                    .header("apns-push-type", "alert")
+                    .header("apns-topic", *topic)
+                    // One notice per call, even if it is sent twice.
+                    .header("apns-collapse-id", push.call_id.as_str())
+                    .json(&missed_call_alert(push));
+                (request, "alert", expires_at)
+            }
+        };
+        if let Some(token) = &self.token {
+            let jwt = match token.lock().expect("token lock").get(now) {
+                Ok(jwt) => jwt,
+                Err(error) => {
+                    return Attempt::Rejected {
+                        reason: error.to_string(),
+                        dead_token: false,
+                    }
+                }
+            };
             // Apple's documented form; the scheme is case-insensitive (RFC 7235).
-            .header(reqwest::header::AUTHORIZATION, format!("bearer {jwt}"))
-            .header("apns-push-type", "voip")
-            .header("apns-topic", &self.topic)
+            request = request.header(reqwest::header::AUTHORIZATION, format!("bearer {jwt}"));
+        }
+        let response = request
             .header("apns-priority", "10")
             .header("apns-expiration", expires_at.to_string())
             .timeout(ring_window.clamp(Duration::from_secs(1), Duration::from_secs(10)))
-            .json(&body)
             .send()
             .await;
         let response = match response {
@@ -237,12 +486,7 @@ impl ApnsPushkin {
         if status == StatusCode::OK {
             return Attempt::Delivered;
         }
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = retry_after(response.headers());
         let reason = response
             .json::<serde_json::Value>()
             .await
@@ -251,21 +495,76 @@ impl ApnsPushkin {
             .unwrap_or_default();
         let attempt = classify(status, &reason, retry_after);
         if reason == "ExpiredProviderToken" {
-            match self.token.lock().expect("token lock").expired(unix_now()) {
-                Ok(true) => {}
-                Ok(false) => tracing::error!("APNs says the provider token expired although it is fresh: is the clock right?"),
-                Err(error) => tracing::error!(%error, "cannot sign a new APNs provider token"),
+            if let Some(token) = &self.token {
+                match token.lock().expect("token lock").expired(unix_now()) {
+                    Ok(true) => {}
+                    Ok(false) => tracing::error!("APNs says the provider token expired although it is fresh: is the clock right?"),
+                    Err(error) => tracing::error!(%error, "cannot sign a new APNs provider token"),
+                }
             }
         }
+        let attempt = match (kind, attempt) {
+            // A dead alert token says nothing about the VoIP token the device is woken
+            // with: the missed-call alert just fails.
+            (ApnsPush::MissedCall { .. }, Attempt::Rejected { reason, .. }) => Attempt::Rejected {
+                reason: format!("{reason} (missed-call alert to the alert_token)"),
+                dead_token: false,
+            },
+            (_, attempt) => attempt,
+        };
         if let Attempt::Rejected {
             dead_token: false,
             reason,
         } = &attempt
         {
-            tracing::error!(%reason, "APNs rejected the push: check the [apns] settings");
+            tracing::error!(%reason, push_type, "APNs rejected the push: check the [apns] settings and the device's topic, environment and tokens");
         }
         attempt
     }
+
+    /// Where the "missed call" alert for a call that ended with `reason` goes, or why
+    /// there is none.
+    fn missed_call_route<'a>(
+        &'a self,
+        device: &'a Device,
+        reason: EndReason,
+    ) -> Result<ApnsPush<'a>, String> {
+        let Some(topic) = &self.alert_topic else {
+            return Err("apns carries no push for an ended call (no apns.alert_topic for a missed-call alert)".into());
+        };
+        if reason == EndReason::AnsweredElsewhere {
+            return Err("apns: no missed-call alert for a call answered on another device".into());
+        }
+        match device.apns.as_ref().and_then(|r| r.alert_token.as_ref()) {
+            Some(token) => Ok(ApnsPush::MissedCall { topic, token }),
+            None => Err("apns carries no push for an ended call (the device has no alert_token for a missed-call alert)".into()),
+        }
+    }
+}
+
+/// The "missed call" alert: what the phone shows, plus the `call_cancelled` fields of the
+/// payload contract so the app can match it to the call it showed.
+pub fn missed_call_alert(push: &WakePush) -> serde_json::Value {
+    let caller = &push.caller;
+    let body = match (caller.name.trim(), caller.number.trim()) {
+        ("", "") => "Unknown caller".to_owned(),
+        ("", number) => number.to_owned(),
+        (name, "") => name.to_owned(),
+        (name, number) if name == number => number.to_owned(),
+        (name, number) => format!("{name} ({number})"),
+    };
+    let mut value = payload::for_push(push, unix_now());
+    if let serde_json::Value::Object(fields) = &mut value {
+        fields.insert(
+            "aps".into(),
+            serde_json::json!({
+                "alert": { "title": "Missed call", "body": body },
+                "sound": "default",
+                "thread-id": "pushwake-missed-calls",
+            }),
+        );
+    }
+    value
 }
 
 /// Maps an APNs error reply to what to do about it.
@@ -305,13 +604,17 @@ impl Pushkin for ApnsPushkin {
         Box::pin(ApnsPushkin::warm_up(self))
     }
 
+    fn carries_call_ended(&self, device: &Device, reason: EndReason) -> Result<(), String> {
+        self.missed_call_route(device, reason).map(|_| ())
+    }
+
     fn attempt<'a>(
         &'a self,
-        token: &'a DeviceToken,
+        device: &'a Device,
         push: &'a WakePush,
         ring_window: Duration,
     ) -> AttemptFuture<'a> {
-        Box::pin(self.send_once(token, push, ring_window))
+        Box::pin(self.send_once(device, push, ring_window))
     }
 }
 

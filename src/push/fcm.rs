@@ -25,8 +25,8 @@ use serde_json::{json, Value};
 
 use super::oauth::{read_token_reply, Invalidation, SharedAccessToken, TokenError};
 use super::{clip, retry_after, scrub, unix_now, window_secs};
-use super::{payload, Attempt, AttemptFuture, Pushkin, WakePush};
-use crate::directory::{DeviceToken, Platform};
+use super::{payload, Attempt, AttemptFuture, EndReason, Pushkin, WakePush};
+use crate::directory::{Device, DeviceToken, Platform};
 
 /// Google's FCM endpoint.
 pub const DEFAULT_ENDPOINT: &str = "https://fcm.googleapis.com";
@@ -507,18 +507,18 @@ impl Pushkin for FcmPushkin {
         Box::pin(FcmPushkin::warm_up(self))
     }
 
-    fn delivers_call_ended(&self) -> bool {
+    fn carries_call_ended(&self, _: &Device, _: EndReason) -> Result<(), String> {
         // A data message wakes the app without showing anything: fine for "stop ringing".
-        true
+        Ok(())
     }
 
     fn attempt<'a>(
         &'a self,
-        token: &'a DeviceToken,
+        device: &'a Device,
         push: &'a WakePush,
         ring_window: Duration,
     ) -> AttemptFuture<'a> {
-        Box::pin(self.send_once(token, push, ring_window))
+        Box::pin(self.send_once(&device.token, push, ring_window))
     }
 }
 

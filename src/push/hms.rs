@@ -13,9 +13,9 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use super::oauth::{read_token_reply, Invalidation, SharedAccessToken, TokenError};
-use super::{payload, Attempt, AttemptFuture, Pushkin, WakePush};
+use super::{payload, Attempt, AttemptFuture, EndReason, Pushkin, WakePush};
 use super::{retry_after, scrub, unix_now, window_secs};
-use crate::directory::{DeviceToken, Platform};
+use crate::directory::{Device, DeviceToken, Platform};
 
 /// Huawei's Push Kit endpoint.
 pub const DEFAULT_ENDPOINT: &str = "https://push-api.cloud.huawei.com";
@@ -258,18 +258,18 @@ impl Pushkin for HmsPushkin {
         Box::pin(HmsPushkin::warm_up(self))
     }
 
-    fn delivers_call_ended(&self) -> bool {
+    fn carries_call_ended(&self, _: &Device, _: EndReason) -> Result<(), String> {
         // A data message, like FCM's: the app stops ringing without showing anything.
-        true
+        Ok(())
     }
 
     fn attempt<'a>(
         &'a self,
-        token: &'a DeviceToken,
+        device: &'a Device,
         push: &'a WakePush,
         ring_window: Duration,
     ) -> AttemptFuture<'a> {
-        Box::pin(self.send_once(token, push, ring_window))
+        Box::pin(self.send_once(&device.token, push, ring_window))
     }
 }
 

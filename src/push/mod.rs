@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::directory::{Device, DeviceToken, Platform};
+use crate::directory::{Device, Platform};
 use crate::pbx::{CallId, Party};
 
 /// What a push says about a call, independent of the provider.
@@ -126,17 +126,21 @@ pub trait Pushkin: Send + Sync {
         Box::pin(async {})
     }
 
-    /// Whether this provider may carry a [`PushKind::CallEnded`] push. Apple forbids VoIP
-    /// pushes that report no call, so APNs does not.
-    fn delivers_call_ended(&self) -> bool {
-        false
+    /// Whether this provider carries a [`PushKind::CallEnded`] push with this reason to
+    /// this device, or why not. Data-message providers do; Apple forbids VoIP pushes
+    /// that report no call, so APNs carries only the optional "missed call" alert.
+    fn carries_call_ended(&self, _device: &Device, _reason: EndReason) -> Result<(), String> {
+        Err(format!(
+            "{} carries no push for an ended call",
+            self.platform()
+        ))
     }
 
     /// Sends one push to one device, once. `ring_window` is how long the push stays
     /// useful from now (for the provider's expiry / TTL field).
     fn attempt<'a>(
         &'a self,
-        token: &'a DeviceToken,
+        device: &'a Device,
         push: &'a WakePush,
         ring_window: Duration,
     ) -> AttemptFuture<'a>;
@@ -186,10 +190,10 @@ impl PushService {
                 dead_token: false,
             };
         };
-        if matches!(push.kind, PushKind::CallEnded(_)) && !pushkin.delivers_call_ended() {
-            return PushVerdict::NotSent {
-                reason: format!("{} carries no push for an ended call", device.platform),
-            };
+        if let PushKind::CallEnded(reason) = push.kind {
+            if let Err(reason) = pushkin.carries_call_ended(device, reason) {
+                return PushVerdict::NotSent { reason };
+            }
         }
         let mut backoff = FIRST_BACKOFF;
         let mut attempts = 0u32;
@@ -207,7 +211,7 @@ impl PushService {
             let window = deadline - now;
             let attempt = tokio::time::timeout(
                 window.max(Duration::from_secs(1)),
-                pushkin.attempt(&device.token, push, window),
+                pushkin.attempt(device, push, window),
             );
             let outcome = attempt.await.unwrap_or_else(|_| Attempt::Retry {
                 reason: format!("{}: no answer within the ring window", device.platform),
@@ -327,12 +331,7 @@ mod tests {
         fn platform(&self) -> Platform {
             Platform::Apns
         }
-        fn attempt<'a>(
-            &'a self,
-            _: &'a DeviceToken,
-            _: &'a WakePush,
-            _: Duration,
-        ) -> AttemptFuture<'a> {
+        fn attempt<'a>(&'a self, _: &'a Device, _: &'a WakePush, _: Duration) -> AttemptFuture<'a> {
             self.attempts.fetch_add(1, Ordering::SeqCst);
             let answer = self.answers.lock().unwrap().remove(0);
             Box::pin(async move { answer })
@@ -350,11 +349,11 @@ mod tests {
     }
 
     fn device() -> Device {
-        Device {
-            platform: Platform::Apns,
-            token: DeviceToken::new("aa"),
-            label: "101/apns#0".into(),
-        }
+        Device::new(
+            Platform::Apns,
+            crate::directory::DeviceToken::new("aa"),
+            "101/apns#0",
+        )
     }
 
     fn push() -> WakePush {

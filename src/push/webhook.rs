@@ -25,9 +25,9 @@ use aws_lc_rs::hmac;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use super::{payload, Attempt, AttemptFuture, PushKind, Pushkin, WakePush};
+use super::{payload, Attempt, AttemptFuture, EndReason, PushKind, Pushkin, WakePush};
 use super::{retry_after, scrubbed_clip, unix_now, window_secs};
-use crate::directory::{DeviceToken, Platform};
+use crate::directory::{Device, DeviceToken, Platform};
 
 /// The default time one request may take.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -275,17 +275,17 @@ impl Pushkin for WebhookPushkin {
         Platform::Webhook
     }
 
-    fn delivers_call_ended(&self) -> bool {
-        true
+    fn carries_call_ended(&self, _: &Device, _: EndReason) -> Result<(), String> {
+        Ok(())
     }
 
     fn attempt<'a>(
         &'a self,
-        token: &'a DeviceToken,
+        device: &'a Device,
         push: &'a WakePush,
         ring_window: Duration,
     ) -> AttemptFuture<'a> {
-        Box::pin(self.send_once(token, push, ring_window))
+        Box::pin(self.send_once(&device.token, push, ring_window))
     }
 }
 
@@ -470,10 +470,14 @@ mod tests {
             timeout: Duration::from_secs(2),
         };
         let pushkin = WebhookPushkin::new(settings).unwrap();
-        let token = DeviceToken::new("device-id-of-alice");
+        let device = Device::new(
+            Platform::Webhook,
+            DeviceToken::new("device-id-of-alice"),
+            "alice",
+        );
         let attempt = pushkin
             .attempt(
-                &token,
+                &device,
                 &push(PushKind::IncomingCall),
                 Duration::from_secs(5),
             )

@@ -21,9 +21,9 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use super::{payload, Attempt, AttemptFuture, Pushkin, WakePush};
+use super::{payload, Attempt, AttemptFuture, EndReason, Pushkin, WakePush};
 use super::{retry_after, scrubbed_clip, unix_now, window_secs};
-use crate::directory::{DeviceToken, Platform};
+use crate::directory::{Device, DeviceToken, Platform};
 
 /// The record size written in the RFC 8188 header (one record carries the whole payload).
 pub const RECORD_SIZE: u32 = 4096;
@@ -543,17 +543,17 @@ impl Pushkin for WebPushPushkin {
         Platform::WebPush
     }
 
-    fn delivers_call_ended(&self) -> bool {
-        true
+    fn carries_call_ended(&self, _: &Device, _: EndReason) -> Result<(), String> {
+        Ok(())
     }
 
     fn attempt<'a>(
         &'a self,
-        token: &'a DeviceToken,
+        device: &'a Device,
         push: &'a WakePush,
         ring_window: Duration,
     ) -> AttemptFuture<'a> {
-        Box::pin(self.send_once(token, push, ring_window))
+        Box::pin(self.send_once(&device.token, push, ring_window))
     }
 }
 

@@ -15,11 +15,11 @@ struct Harness {
 }
 
 fn device(n: usize) -> Device {
-    Device {
-        platform: Platform::Apns,
-        token: DeviceToken::new(format!("{n:064x}")),
-        label: format!("dev{n}"),
-    }
+    Device::new(
+        Platform::Apns,
+        DeviceToken::new(format!("{n:064x}")),
+        format!("dev{n}"),
+    )
 }
 
 impl Harness {

@@ -1,8 +1,10 @@
-//! A local APNs server: HTTP/2 without TLS (h2c, prior knowledge), checking every push
-//! the way Apple does — the ES256 provider token against the public half of the test
-//! key, the team and key ids, the headers, the JSON body — and answering like Apple.
-//! Accepted pushes are recorded and can be awaited; a scripted reply can be set per
-//! device token to exercise error handling.
+//! A local APNs server: HTTP/2 without TLS (h2c, prior knowledge) with token
+//! authentication, or HTTP/2 over TLS requiring a client certificate (certificate
+//! authentication). It checks every push the way Apple does — the ES256 provider token
+//! against the public half of the test key, the team and key ids (or the client
+//! certificate, in the TLS handshake), the topic bound to the device token, the push type,
+//! headers and JSON body — and answers like Apple. Accepted pushes are recorded and can be
+//! awaited; a scripted reply can be set per device token to exercise error handling.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -66,6 +68,8 @@ struct State {
     accepted: Mutex<Vec<ReceivedPush>>,
     rejected: Mutex<Vec<RejectedPush>>,
     scripted: Mutex<HashMap<String, (u16, String)>>,
+    topics: Mutex<HashMap<String, String>>,
+    certificate_auth: std::sync::atomic::AtomicBool,
     delay: Mutex<Duration>,
     connections: AtomicUsize,
     arrived: Notify,
@@ -74,6 +78,7 @@ struct State {
 /// The running server; stops when dropped.
 pub struct ApnsServer {
     addr: SocketAddr,
+    tls: bool,
     state: Arc<State>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -149,13 +154,37 @@ fn unix_now() -> u64 {
 }
 
 impl ApnsServer {
-    /// Starts a server on a free loopback port.
+    /// Starts a server on a free loopback port (h2c, token authentication).
     pub async fn start(expect: ApnsExpectations) -> std::io::Result<Self> {
+        Self::start_inner(expect, None).await
+    }
+
+    /// Starts a server speaking HTTP/2 over TLS that, like Apple's, takes only clients
+    /// presenting a certificate signed by `client_ca_pem` (certificate authentication;
+    /// `expect`'s key is then unused). Returns the server and its own CA's PEM, for the
+    /// client's trust store.
+    pub async fn start_with_client_certificates(
+        expect: ApnsExpectations,
+        client_ca_pem: &str,
+    ) -> std::io::Result<(Self, String)> {
+        let (ca_pem, config) = crate::tls::server_config(&[b"h2"], Some(client_ca_pem))
+            .map_err(std::io::Error::other)?;
+        let server = Self::start_inner(expect, Some(Arc::new(config))).await?;
+        server.state.certificate_auth.store(true, Ordering::SeqCst);
+        Ok((server, ca_pem))
+    }
+
+    async fn start_inner(
+        expect: ApnsExpectations,
+        tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    ) -> std::io::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(State::default());
         let serving = state.clone();
         let expect = Arc::new(expect);
+        let is_tls = tls.is_some();
+        let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -165,24 +194,50 @@ impl ApnsServer {
                 serving.connections.fetch_add(1, Ordering::SeqCst);
                 let state = serving.clone();
                 let expect = expect.clone();
+                let acceptor = acceptor.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |request| {
                         handle(state.clone(), expect.clone(), request)
                     });
-                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        // What Apple's servers advertise (SETTINGS_MAX_CONCURRENT_STREAMS).
-                        .max_concurrent_streams(1000)
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                    // What Apple's servers advertise (SETTINGS_MAX_CONCURRENT_STREAMS).
+                    http2.max_concurrent_streams(1000);
+                    match acceptor {
+                        None => {
+                            let _ = http2.serve_connection(TokioIo::new(stream), service).await;
+                        }
+                        // A client without an acceptable certificate fails the handshake.
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                let _ = http2.serve_connection(TokioIo::new(stream), service).await;
+                            }
+                        }
+                    }
                 });
             }
         });
-        Ok(Self { addr, state, task })
+        Ok(Self {
+            addr,
+            tls: is_tls,
+            state,
+            task,
+        })
     }
 
     /// The base URL to configure as `apns.endpoint`.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// Binds `token` to the app `topic`, as Apple does: a push to it on another topic is
+    /// refused with `DeviceTokenNotForTopic`. Unbound tokens take the expected VoIP topic.
+    pub fn bind_token(&self, token: &str, topic: &str) {
+        self.state
+            .topics
+            .lock()
+            .unwrap()
+            .insert(token.to_owned(), topic.to_owned());
     }
 
     /// TCP connections accepted so far.
@@ -281,34 +336,58 @@ async fn handle(
     if method != hyper::Method::POST {
         return refuse(405, "MethodNotAllowed", format!("method {method}"));
     }
-    let jwt = headers
-        .get("authorization")
-        .and_then(|a| a.strip_prefix("bearer "))
-        .unwrap_or_default();
-    if let Err(detail) = verify_provider_token(
-        jwt,
-        &expect.key,
-        &expect.team_id,
-        &expect.key_id,
-        Some(unix_now()),
-    ) {
-        return refuse(403, "InvalidProviderToken", detail);
+    if state.certificate_auth.load(Ordering::SeqCst) {
+        // The TLS handshake checked the client certificate; a provider token next to it
+        // would mean the client mixes up the two ways of authenticating.
+        if headers.contains_key("authorization") {
+            return refuse(
+                403,
+                "InvalidProviderToken",
+                "an authorization header over certificate authentication".to_owned(),
+            );
+        }
+    } else {
+        let jwt = headers
+            .get("authorization")
+            .and_then(|a| a.strip_prefix("bearer "))
+            .unwrap_or_default();
+        if let Err(detail) = verify_provider_token(
+            jwt,
+            &expect.key,
+            &expect.team_id,
+            &expect.key_id,
+            Some(unix_now()),
+        ) {
+            return refuse(403, "InvalidProviderToken", detail);
+        }
     }
     let header = |name: &str| headers.get(name).cloned().unwrap_or_default();
-    if header("apns-topic") != expect.topic {
+    let bound = state.topics.lock().unwrap().get(&token).cloned();
+    if header("apns-topic") != *bound.as_ref().unwrap_or(&expect.topic) {
+        let reason = if bound.is_some() {
+            "DeviceTokenNotForTopic"
+        } else {
+            "BadTopic"
+        };
         return refuse(
             400,
-            "BadTopic",
+            reason,
             format!("apns-topic {:?}", header("apns-topic")),
         );
     }
-    if header("apns-push-type") != "voip" {
-        return refuse(
-            400,
-            "InvalidPushType",
-            format!("apns-push-type {:?}", header("apns-push-type")),
-        );
-    }
+    let push_type = header("apns-push-type");
+    // A VoIP push lives for the ring window; a missed-call alert may wait a day.
+    let longest_expiration = match push_type.as_str() {
+        "voip" => 330,
+        "alert" => 2 * 86_400,
+        _ => {
+            return refuse(
+                400,
+                "InvalidPushType",
+                format!("apns-push-type {push_type:?}"),
+            )
+        }
+    };
     if header("apns-priority") != "10" {
         return refuse(
             400,
@@ -318,7 +397,7 @@ async fn handle(
     }
     let now = unix_now();
     match header("apns-expiration").parse::<u64>() {
-        Ok(exp) if exp > now && exp <= now + 330 => {}
+        Ok(exp) if exp > now && exp <= now + longest_expiration => {}
         _ => {
             return refuse(
                 400,
@@ -348,6 +427,13 @@ async fn handle(
         if body.get(field).is_none() {
             return refuse(400, "BadPayload", format!("body lacks {field}: {body}"));
         }
+    }
+    if push_type == "alert" && !body["aps"]["alert"].is_object() {
+        return refuse(
+            400,
+            "BadPayload",
+            format!("an alert without aps.alert: {body}"),
+        );
     }
     if let Some((status, reason)) = state.scripted.lock().unwrap().get(&token).cloned() {
         return refuse(status, &reason, "scripted".to_owned());

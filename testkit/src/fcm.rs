@@ -371,43 +371,6 @@ fn unix_now() -> u64 {
 
 /// A throwaway CA (its certificate in PEM, to trust) and a server certificate for
 /// 127.0.0.1 and localhost signed by it.
-fn test_tls() -> Result<(String, tokio_rustls::rustls::ServerConfig), String> {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    };
-    use tokio_rustls::rustls;
-    let e = |e: rcgen::Error| e.to_string();
-    let ca_key = KeyPair::generate().map_err(e)?;
-    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(e)?;
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "pushwake test CA");
-    ca.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_cert = ca.self_signed(&ca_key).map_err(e)?;
-    let issuer = Issuer::new(ca, ca_key);
-    let leaf_key = KeyPair::generate().map_err(e)?;
-    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-        .map_err(e)?
-        .signed_by(&leaf_key, &issuer)
-        .map_err(e)?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![leaf.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
-        )
-        .map_err(|e| e.to_string())?;
-    // Google's order: h2 first, HTTP/1.1 for clients without it.
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok((ca_cert.pem(), config))
-}
-
 impl FcmServer {
     /// Starts a server on a free loopback port, speaking HTTP/2 without TLS.
     pub async fn start(expect: FcmExpectations) -> std::io::Result<Self> {
@@ -418,7 +381,9 @@ impl FcmServer {
     /// certificate for 127.0.0.1 from a throwaway CA; returns the CA certificate (PEM)
     /// for the client to trust.
     pub async fn start_tls(expect: FcmExpectations) -> std::io::Result<(Self, String)> {
-        let (ca_pem, config) = test_tls().map_err(std::io::Error::other)?;
+        // Google's order: h2 first, HTTP/1.1 for clients without it.
+        let (ca_pem, config) = crate::tls::server_config(&[b"h2", b"http/1.1"], None)
+            .map_err(std::io::Error::other)?;
         let server = Self::start_inner(expect, Some(Arc::new(config))).await?;
         Ok((server, ca_pem))
     }

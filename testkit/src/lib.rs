@@ -13,6 +13,7 @@ pub mod hms;
 pub mod keys;
 pub mod sipp;
 pub mod slot;
+pub mod tls;
 pub mod trace;
 pub mod webhook;
 pub mod webpush;
