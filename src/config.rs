@@ -842,6 +842,16 @@ fn certificate_credentials(
             format!("apns.certificate_file: {}: {e}", certificate_file.display()),
         )
     })?;
+    if certificate.not_after() <= std::time::SystemTime::now() {
+        return Err((
+            span,
+            format!(
+                "apns.certificate_file: {}: the certificate expired on {}; renew it in Apple's developer portal",
+                certificate_file.display(),
+                humantime::format_rfc3339_seconds(certificate.not_after())
+            ),
+        ));
+    }
     Ok(ApnsCredentials::Certificate {
         certificate_file,
         certificate,
@@ -1416,6 +1426,21 @@ number = "101"
         let e = err(&format!("{section}{MINIMAL}"));
         assert!(e.starts_with("pw.toml:2: apns.certificate_file: "), "{e}");
         assert!(e.contains("chmod"), "{e}");
+
+        // An expired certificate (Apple's last a year): refused with its date.
+        let old =
+            pushwake_testkit::tls::TestClientCertificate::generate_expired("com.example.phone")
+                .unwrap();
+        let path = private_file(
+            dir.path(),
+            "old.pem",
+            format!("{}{}", old.certificate_pem, old.key_pem).as_bytes(),
+        );
+        let e = err(&format!(
+            "[apns]\ncertificate_file = \"{}\"\ntopic = \"t.voip\"\n{MINIMAL}",
+            path.display()
+        ));
+        assert!(e.contains("the certificate expired on 2020-01-01"), "{e}");
 
         // The certificate without its key.
         let path = private_file(dir.path(), "cert-only.pem", cert.certificate_pem.as_bytes());

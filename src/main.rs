@@ -235,6 +235,9 @@ async fn test_push(
     }
 }
 
+/// How long before an APNs certificate expires pushwake starts warning about it.
+const CERTIFICATE_WARNING: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+
 /// The push providers the configuration asks for.
 fn pushkins(config: &Config) -> Result<Vec<Arc<dyn Pushkin>>, String> {
     let mut pushkins: Vec<Arc<dyn Pushkin>> = Vec::new();
@@ -251,10 +254,16 @@ fn pushkins(config: &Config) -> Result<Vec<Arc<dyn Pushkin>>, String> {
                 key_pem: key_pem.clone(),
             },
             ApnsCredentials::Certificate { certificate, .. } => {
-                tracing::info!(
-                    subject = certificate.subject(),
-                    "APNs certificate authentication"
-                );
+                let expires = humantime::format_rfc3339_seconds(certificate.not_after());
+                let left = certificate
+                    .not_after()
+                    .duration_since(std::time::SystemTime::now())
+                    .unwrap_or_default();
+                if left < CERTIFICATE_WARNING {
+                    tracing::warn!(subject = certificate.subject(), %expires, "the APNs certificate expires within 30 days: renew it, or every push will fail");
+                } else {
+                    tracing::info!(subject = certificate.subject(), %expires, "APNs certificate authentication");
+                }
                 ApnsAuth::Certificate(certificate.clone())
             }
         };

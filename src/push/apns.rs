@@ -103,12 +103,15 @@ pub struct ClientCertificate {
     identity_pem: Vec<u8>,
     /// The certificate's subject, for logs.
     subject: String,
+    /// When the certificate expires (Unix seconds): Apple's push certificates last a year.
+    not_after: i64,
 }
 
 impl std::fmt::Debug for ClientCertificate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientCertificate")
             .field("subject", &self.subject)
+            .field("not_after", &self.not_after)
             .field("key", &"<redacted>")
             .finish()
     }
@@ -151,8 +154,10 @@ impl ClientCertificate {
                 "the PEM file must hold the certificate's private key once (found {keys} private keys)"
             )));
         }
-        let subject = first_certificate_subject(text).unwrap_or_default();
-        Self::checked(pem.to_vec(), subject)
+        let first = first_certificate_der(text).ok_or_else(|| {
+            bad_certificate("the first CERTIFICATE in the PEM file is not base64")
+        })?;
+        Self::checked(pem.to_vec(), &first)
     }
 
     /// A PKCS#12 archive with the certificate and its key, encrypted with `password`.
@@ -175,18 +180,23 @@ impl ClientCertificate {
                 "the PKCS#12 file holds a key without a certificate",
             ));
         };
-        let subject = first.subject().to_owned();
+        let first = first.as_der().to_vec();
         let mut pem = String::new();
         for certificate in chain.certs() {
             pem.push_str(&pem_block("CERTIFICATE", certificate.as_der()));
         }
         pem.push_str(&pem_block("PRIVATE KEY", chain.key().as_der()));
-        Self::checked(pem.into_bytes(), subject)
+        Self::checked(pem.into_bytes(), &first)
     }
 
-    /// The certificate's subject (Apple's name it after the app's bundle id).
+    /// The certificate's subject (Apple names it after the app's bundle id).
     pub fn subject(&self) -> &str {
         &self.subject
+    }
+
+    /// When the certificate expires.
+    pub fn not_after(&self) -> std::time::SystemTime {
+        std::time::UNIX_EPOCH + Duration::from_secs(self.not_after.max(0) as u64)
     }
 
     fn identity(&self) -> Result<reqwest::Identity, ApnsSetupError> {
@@ -198,11 +208,15 @@ impl ClientCertificate {
         })
     }
 
-    /// Builds a throwaway client with it: rustls checks the key parses and matches.
-    fn checked(identity_pem: Vec<u8>, subject: String) -> Result<Self, ApnsSetupError> {
+    /// Reads the subject and expiry of the first certificate (`first`, DER), and builds
+    /// a throwaway client with it: rustls checks the key parses and matches.
+    fn checked(identity_pem: Vec<u8>, first: &[u8]) -> Result<Self, ApnsSetupError> {
+        let (_, parsed) = x509_parser::parse_x509_certificate(first)
+            .map_err(|e| bad_certificate(&format!("the certificate cannot be parsed: {e}")))?;
         let certificate = Self {
             identity_pem,
-            subject,
+            subject: parsed.subject().to_string(),
+            not_after: parsed.validity().not_after.timestamp(),
         };
         let identity = certificate.identity()?;
         reqwest::Client::builder()
@@ -235,18 +249,13 @@ fn pem_block(label: &str, der: &[u8]) -> String {
     block
 }
 
-/// The subject of the first certificate of a PEM text, for logs.
-fn first_certificate_subject(text: &str) -> Option<String> {
+/// The DER of the first certificate of a PEM text.
+fn first_certificate_der(text: &str) -> Option<Vec<u8>> {
     use base64::Engine as _;
     let start = text.find("-----BEGIN CERTIFICATE-----")? + "-----BEGIN CERTIFICATE-----".len();
     let end = start + text[start..].find("-----END CERTIFICATE-----")?;
     let body: String = text[start..end].split_whitespace().collect();
-    let der = base64::engine::general_purpose::STANDARD
-        .decode(body)
-        .ok()?;
-    p12_keystore::Certificate::from_der(&der)
-        .ok()
-        .map(|c| c.subject().to_owned())
+    base64::engine::general_purpose::STANDARD.decode(body).ok()
 }
 
 /// Checks that `pem` is a key APNs token authentication can sign with.

@@ -53,9 +53,22 @@ pub struct TestClientCertificate {
 impl TestClientCertificate {
     /// A certificate for `bundle_id`, named the way Apple names VoIP certificates.
     pub fn generate(bundle_id: &str) -> Result<Self, String> {
+        Self::generate_inner(bundle_id, false)
+    }
+
+    /// The same, but it expired in 2020.
+    pub fn generate_expired(bundle_id: &str) -> Result<Self, String> {
+        Self::generate_inner(bundle_id, true)
+    }
+
+    fn generate_inner(bundle_id: &str, expired: bool) -> Result<Self, String> {
         let ca = TestCa::generate("pushwake test Apple WWDR CA")?;
         let key = KeyPair::generate().map_err(e)?;
         let mut params = CertificateParams::new(Vec::<String>::new()).map_err(e)?;
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2019, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2020, 1, 1);
+        }
         params
             .distinguished_name
             .push(DnType::CommonName, format!("VoIP Services: {bundle_id}"));
