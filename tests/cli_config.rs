@@ -654,3 +654,61 @@ fn the_shipped_example_with_its_webpush_section_uncommented_is_valid() {
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(!stdout.contains("APA91bExample"), "{stdout}");
 }
+
+#[test]
+fn the_shipped_example_with_its_apns_options_uncommented_is_valid() {
+    let files = Files::new();
+    let key = files.key();
+    let uncomment = |text: &str, keys: &[&str]| {
+        let mut text = text.to_owned();
+        for key in keys {
+            let commented = format!("\n# {key} = ");
+            assert!(text.contains(&commented), "the example has no `{key}`");
+            text = text.replace(&commented, &format!("\n{key} = "));
+        }
+        text
+    };
+    let options = [
+        "alert_topic",
+        "sandbox_endpoint",
+        "environment",
+        "topic",
+        "alert_token",
+    ];
+    let text = uncomment(&files.example(&key), &options);
+    let config = files.write("pushwake.toml", &text, 0o640);
+    let (code, stdout, stderr) = run(&["check-config"], &config);
+    assert_eq!(code, 0, "{stderr}\n{text}");
+    assert!(stdout.contains("apns configured"), "{stdout}");
+
+    // Certificate authentication instead of the signing key.
+    let certificate =
+        pushwake_testkit::tls::TestClientCertificate::generate("com.example.phone").unwrap();
+    let pem = files.write(
+        "voip-services.pem",
+        &format!("{}{}", certificate.certificate_pem, certificate.key_pem),
+        0o640,
+    );
+    let mut text = uncomment(&text, &["certificate_file"]).replace(
+        "/etc/pushwake/voip-services.p12\"",
+        &format!("{}\"", pem.display()),
+    );
+    for token_key in ["team_id", "key_id", "key_file"] {
+        text = text.replace(&format!("\n{token_key} = "), &format!("\n# {token_key} = "));
+    }
+    let config = files.write("pushwake.toml", &text, 0o640);
+    let (code, stdout, stderr) = run(&["check-config"], &config);
+    assert_eq!(code, 0, "{stderr}\n{text}");
+    assert!(stdout.contains("apns configured"), "{stdout}");
+    // The same file left readable by others is refused, naming the key and its line.
+    let open = files.write(
+        "voip-services.pem",
+        &format!("{}{}", certificate.certificate_pem, certificate.key_pem),
+        0o644,
+    );
+    assert_eq!(open, pem);
+    let (code, _, stderr) = run(&["check-config"], &config);
+    assert_eq!(code, 2);
+    assert!(stderr.contains(": apns.certificate_file: "), "{stderr}");
+    assert!(!stderr.contains("PRIVATE KEY"), "{stderr}");
+}
