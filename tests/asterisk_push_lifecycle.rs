@@ -1,6 +1,7 @@
 //! The push lifecycle of a call on the real Asterisk: when the caller hangs up while a
 //! phone is being woken, the Android device gets an FCM `call_cancelled` data message,
-//! and the iOS device gets no second push (Apple forbids VoIP pushes that report no call).
+//! and the iOS device gets no second VoIP push (Apple forbids VoIP pushes that report no
+//! call) — only, where configured, the "missed call" alert on the app's own topic.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -101,4 +102,105 @@ async fn a_caller_hanging_up_while_phones_wake_cancels_on_fcm_and_sends_apns_not
     if let Err(e) = pbx.wait_clean(slot, SECS(10)).await {
         panic!("{e}\npushwake log:\n{}", daemon.logs());
     }
+}
+
+/// An iOS device registered from a development build, with a regular notification token:
+/// its VoIP push goes to the sandbox host, and when the caller gives up it gets the
+/// "missed call" alert there, on the app's own topic — still no VoIP push for the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_development_build_is_woken_through_the_sandbox_and_told_of_the_missed_call() {
+    const BUNDLE: &str = "com.example.phone";
+    let slot = Slot::new(26);
+    let pbx = TestAsterisk::connect().await.unwrap();
+    let ext = slot.phone(1);
+    let voip_token = "26ab".repeat(16);
+    let alert_token = "26cd".repeat(16);
+
+    let apns = TestApns::generate();
+    let production = ApnsServer::start(apns.expectations()).await.unwrap();
+    let sandbox = ApnsServer::start(apns.expectations()).await.unwrap();
+    sandbox.bind_token(&alert_token, BUNDLE);
+    let dir = tempfile::tempdir().unwrap();
+    let config = pushwake_testkit::daemon::write_config(
+        dir.path(),
+        &pbx,
+        &slot.app(),
+        &apns,
+        &production.endpoint(),
+        &[TestExtension {
+            number: ext.clone(),
+            ring_timeout: "20s".into(),
+            tokens: vec![voip_token.clone()],
+        }],
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(&config).unwrap();
+    let apns_section = format!("topic = \"{}\"\n", apns.topic);
+    let device = format!("token = \"{voip_token}\"\n");
+    assert!(
+        text.contains(&apns_section) && text.contains(&device),
+        "{text}"
+    );
+    let text = text
+        .replace(
+            &apns_section,
+            &format!(
+                "{apns_section}alert_topic = \"{BUNDLE}\"\nsandbox_endpoint = \"{}\"\n",
+                sandbox.endpoint()
+            ),
+        )
+        .replace(
+            &device,
+            &format!("{device}environment = \"development\"\nalert_token = \"{alert_token}\"\n"),
+        );
+    std::fs::write(&config, text).unwrap();
+    let daemon = Daemon::start(&PathBuf::from(env!("CARGO_BIN_EXE_pushwake")), &config)
+        .await
+        .unwrap();
+
+    let mut call = SippRun::caller(
+        &pbx.sip,
+        &slot.caller(),
+        &ext,
+        slot.port(0),
+        CallerEnd::Cancels { after_ms: 1500 },
+    )
+    .unwrap();
+    let pushes = sandbox
+        .wait_for(1, SECS(15))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", daemon.logs()));
+    assert_eq!(pushes[0].token, voip_token);
+    assert_eq!(pushes[0].headers["apns-push-type"], "voip");
+    let call_id = pushes[0].body["call_id"].as_str().unwrap().to_owned();
+    if let Err(e) = call.finish(SECS(30)).await {
+        panic!("{e}\npushwake log:\n{}", daemon.logs());
+    }
+
+    let pushes = sandbox
+        .wait_for(2, SECS(15))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\npushwake log:\n{}", daemon.logs()));
+    let alert = &pushes[1];
+    assert_eq!(alert.token, alert_token);
+    assert_eq!(alert.headers["apns-push-type"], "alert");
+    assert_eq!(alert.headers["apns-topic"], BUNDLE);
+    assert_eq!(alert.body["type"], "call_cancelled");
+    assert_eq!(alert.body["reason"], "caller_hung_up");
+    assert_eq!(alert.body["call_id"], call_id.as_str());
+    assert_eq!(alert.body["aps"]["alert"]["title"], "Missed call");
+    // Nothing went to the production host, and nothing was refused anywhere.
+    assert!(
+        production.accepted().is_empty() && production.rejected().is_empty(),
+        "production got {:?} / {:?}",
+        production.accepted(),
+        production.rejected()
+    );
+    assert!(sandbox.rejected().is_empty(), "{:?}", sandbox.rejected());
+    if let Err(e) = pbx.wait_clean(slot, SECS(10)).await {
+        panic!("{e}\npushwake log:\n{}", daemon.logs());
+    }
+    // The warm-up opened the sandbox connection at start (a device needs it).
+    assert_eq!(sandbox.connections(), 1);
+    drop(daemon);
 }
