@@ -17,6 +17,37 @@ use pushwake_testkit::slot::Slot;
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 
+/// Starts the daemon, calls the extension, waits for the first APNs push at `apns`, and
+/// has the caller give up (CANCEL) while nobody has registered. Returns the daemon and the
+/// push's body.
+async fn call_and_give_up(
+    pbx: &TestAsterisk,
+    slot: Slot,
+    ext: &str,
+    config: &std::path::Path,
+    apns: &ApnsServer,
+) -> (Daemon, serde_json::Value) {
+    let daemon = Daemon::start(&PathBuf::from(env!("CARGO_BIN_EXE_pushwake")), config)
+        .await
+        .unwrap();
+    let mut call = SippRun::caller(
+        &pbx.sip,
+        &slot.caller(),
+        ext,
+        slot.port(0),
+        CallerEnd::Cancels { after_ms: 1500 },
+    )
+    .unwrap();
+    let woken = apns
+        .wait_for(1, SECS(15))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", daemon.logs()));
+    if let Err(e) = call.finish(SECS(30)).await {
+        panic!("{e}\npushwake log:\n{}", daemon.logs());
+    }
+    (daemon, woken[0].body.clone())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_hanging_up_while_phones_wake_cancels_on_fcm_and_sends_apns_nothing() {
     let slot = Slot::new(22);
@@ -50,27 +81,9 @@ async fn a_caller_hanging_up_while_phones_wake_cancels_on_fcm_and_sends_apns_not
         },
     )
     .unwrap();
-    let daemon = Daemon::start(&PathBuf::from(env!("CARGO_BIN_EXE_pushwake")), &config)
-        .await
-        .unwrap();
-
     // Nobody registers: both phones are still waking when the caller gives up.
-    let mut call = SippRun::caller(
-        &pbx.sip,
-        &slot.caller(),
-        &ext,
-        slot.port(0),
-        CallerEnd::Cancels { after_ms: 1500 },
-    )
-    .unwrap();
-    let woken = apns_server
-        .wait_for(1, SECS(15))
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", daemon.logs()));
-    let call_id = woken[0].body["call_id"].as_str().unwrap().to_owned();
-    if let Err(e) = call.finish(SECS(30)).await {
-        panic!("{e}\npushwake log:\n{}", daemon.logs());
-    }
+    let (daemon, woken) = call_and_give_up(&pbx, slot, &ext, &config, &apns_server).await;
+    let call_id = woken["call_id"].as_str().unwrap().to_owned();
 
     let messages = fcm_server
         .wait_for(2, SECS(15))
@@ -154,33 +167,15 @@ async fn a_development_build_is_woken_through_the_sandbox_and_told_of_the_missed
             &format!("{device}environment = \"development\"\nalert_token = \"{alert_token}\"\n"),
         );
     std::fs::write(&config, text).unwrap();
-    let daemon = Daemon::start(&PathBuf::from(env!("CARGO_BIN_EXE_pushwake")), &config)
-        .await
-        .unwrap();
-
-    let mut call = SippRun::caller(
-        &pbx.sip,
-        &slot.caller(),
-        &ext,
-        slot.port(0),
-        CallerEnd::Cancels { after_ms: 1500 },
-    )
-    .unwrap();
-    let pushes = sandbox
-        .wait_for(1, SECS(15))
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", daemon.logs()));
-    assert_eq!(pushes[0].token, voip_token);
-    assert_eq!(pushes[0].headers["apns-push-type"], "voip");
-    let call_id = pushes[0].body["call_id"].as_str().unwrap().to_owned();
-    if let Err(e) = call.finish(SECS(30)).await {
-        panic!("{e}\npushwake log:\n{}", daemon.logs());
-    }
+    let (daemon, woken) = call_and_give_up(&pbx, slot, &ext, &config, &sandbox).await;
+    let call_id = woken["call_id"].as_str().unwrap().to_owned();
 
     let pushes = sandbox
         .wait_for(2, SECS(15))
         .await
         .unwrap_or_else(|e| panic!("{e}\npushwake log:\n{}", daemon.logs()));
+    assert_eq!(pushes[0].token, voip_token);
+    assert_eq!(pushes[0].headers["apns-push-type"], "voip");
     let alert = &pushes[1];
     assert_eq!(alert.token, alert_token);
     assert_eq!(alert.headers["apns-push-type"], "alert");
