@@ -13,6 +13,7 @@
 //! - [`driver`]: the async driver that runs the state machine against a PBX.
 //! - [`pbx`]: the PBX-agnostic vocabulary between the two; [`asterisk`] maps ARI onto it.
 //! - [`push`]: push providers behind one interface; [`test_push`] the operators' check.
+//! - [`status`]: what each call's status is, for apps woken late.
 
 pub mod asterisk;
 pub mod config;
@@ -20,5 +21,6 @@ pub mod directory;
 pub mod driver;
 pub mod pbx;
 pub mod push;
+pub mod status;
 pub mod test_push;
 pub mod wake;
