@@ -81,6 +81,7 @@ async fn bench(count: usize, delay: Duration) -> Result<(), String> {
                     name: "Alice".into(),
                 },
                 kind: PushKind::IncomingCall,
+                status: None,
             };
             let sent = Instant::now();
             let verdict = service.send(&device, &push, deadline).await;

@@ -55,6 +55,7 @@ pub async fn test_push(
             name: "pushwake test-push".into(),
         },
         kind: PushKind::IncomingCall,
+        status: None,
     };
     let deadline = Instant::now() + TEST_RING_WINDOW;
     let sends = devices.into_iter().map(|device| {

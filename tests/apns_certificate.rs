@@ -83,6 +83,7 @@ async fn a_pem_or_pkcs12_push_certificate_authenticates_over_tls() {
         extension: "101".into(),
         caller: Party::default(),
         kind: PushKind::IncomingCall,
+        status: None,
     };
     let window = Duration::from_secs(20);
 

@@ -44,6 +44,7 @@ fn push(kind: PushKind) -> WakePush {
             name: "Alice".into(),
         },
         kind,
+        status: None,
     }
 }
 

@@ -112,6 +112,7 @@ fn push(n: usize) -> WakePush {
             name: "Alice".into(),
         },
         kind: PushKind::IncomingCall,
+        status: None,
     }
 }
 

@@ -65,6 +65,7 @@ async fn over_https_alpn_negotiates_h2_and_one_connection_carries_everything() {
         extension: "101".into(),
         caller: Party::default(),
         kind: PushKind::IncomingCall,
+        status: None,
     };
     let attempts = futures_util::future::join_all(
         tokens

@@ -35,6 +35,7 @@ fn push(kind: PushKind) -> WakePush {
             name: "Alice".into(),
         },
         kind,
+        status: None,
     }
 }
 

@@ -95,6 +95,7 @@ fn push(n: usize, kind: PushKind) -> WakePush {
             name: "Alice".into(),
         },
         kind,
+        status: None,
     }
 }
 
@@ -406,5 +407,40 @@ async fn no_secret_or_device_id_reaches_logs_or_error_texts() {
     assert!(
         texts.contains("webhook 400") && texts.contains("webhook 410"),
         "{texts}"
+    );
+}
+
+#[tokio::test]
+async fn the_call_status_link_reaches_the_backend_in_both_events_and_never_the_logs() {
+    let env = env().await;
+    let service = env.service();
+    let link = pushwake::push::StatusLink {
+        url: "https://pbx.example.com/pushwake/v1/calls/5d7d1c1e-0000-4000-8000-000000000021"
+            .into(),
+        token: pushwake::status::StatusSecret::generate(),
+    };
+    let with_link = |kind| WakePush {
+        status: Some(link.clone()),
+        ..push(21, kind)
+    };
+    for (kind, event) in [
+        (PushKind::IncomingCall, "call.push_wakeup"),
+        (
+            PushKind::CallEnded(EndReason::CallerHungUp),
+            "call.cancelled",
+        ),
+    ] {
+        let verdict = service
+            .send(&device(21), &with_link(kind), Instant::now() + SECS(10))
+            .await;
+        assert_eq!(verdict, PushVerdict::Delivered);
+        let event = env.server.wait_for_event(event, SECS(1)).await.unwrap();
+        assert_eq!(event.call["status_url"], link.url.as_str());
+        assert_eq!(event.call["status_token"], link.token.expose());
+    }
+    let logs = String::from_utf8_lossy(&captured_logs().lock().unwrap()).into_owned();
+    assert!(
+        !logs.contains(link.token.expose()),
+        "status token in {logs}"
     );
 }

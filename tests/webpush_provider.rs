@@ -52,6 +52,7 @@ fn push(n: usize, kind: PushKind) -> WakePush {
             name: "Alice".into(),
         },
         kind,
+        status: None,
     }
 }
 

@@ -791,6 +791,7 @@ mod tests {
                 name: "Alice".into(),
             },
             kind: PushKind::IncomingCall,
+            status: None,
         };
         let token = DeviceToken::new("dXbQ:APA91b-x_y");
         let body = message(&token, &push, T0 + 25, 25);

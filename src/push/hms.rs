@@ -356,6 +356,7 @@ mod tests {
                 name: "Alice".into(),
             },
             kind: PushKind::CallEnded(EndReason::Timeout),
+            status: None,
         };
         let body = message(
             &DeviceToken::new("IQAAAACy0kYkAAD"),

@@ -35,6 +35,28 @@ pub struct WakePush {
     pub caller: Party,
     /// An incoming call, or the end of one the device was woken for.
     pub kind: PushKind,
+    /// Where the app can ask whether the call still rings, when the HTTP listener is
+    /// configured (`[http]`); `None` otherwise.
+    pub status: Option<StatusLink>,
+}
+
+/// The call status endpoint of one call, as its pushes carry it (`status_url`,
+/// `status_token`). `Debug` never shows the token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StatusLink {
+    /// `{public_url}/v1/calls/{call_id}`.
+    pub url: String,
+    /// The call's secret, to send as `Authorization: Bearer <token>`.
+    pub token: crate::status::StatusSecret,
+}
+
+impl std::fmt::Debug for StatusLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatusLink")
+            .field("url", &self.url)
+            .field("token", &"<redacted>")
+            .finish()
+    }
 }
 
 /// What a push announces.
@@ -362,6 +384,7 @@ mod tests {
             extension: "101".into(),
             caller: Party::default(),
             kind: PushKind::IncomingCall,
+            status: None,
         }
     }
 

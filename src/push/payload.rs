@@ -16,9 +16,12 @@ pub const PAYLOAD_VERSION: u32 = 1;
 /// The JSON object announcing an incoming call.
 ///
 /// `expires_at` is the Unix time (seconds) at which the call stops ringing: an app woken
-/// after it should report the call as ended at once instead of ringing.
+/// after it should report the call as ended at once instead of ringing. When the call
+/// status endpoint is configured (`[http]`), `status_url` and `status_token` tell the app
+/// where to ask whether the call still rings (`GET status_url` with
+/// `Authorization: Bearer <status_token>`); without it they are absent.
 pub fn incoming_call(push: &WakePush, expires_at: u64) -> Value {
-    json!({
+    let mut value = json!({
         "type": "incoming_call",
         "version": PAYLOAD_VERSION,
         "call_id": push.call_id.as_str(),
@@ -26,13 +29,18 @@ pub fn incoming_call(push: &WakePush, expires_at: u64) -> Value {
         "caller_number": push.caller.number,
         "caller_name": push.caller.name,
         "expires_at": expires_at,
-    })
+    });
+    if let (Some(status), Value::Object(fields)) = (&push.status, &mut value) {
+        fields.insert("status_url".into(), json!(status.url));
+        fields.insert("status_token".into(), json!(status.token.expose()));
+    }
+    value
 }
 
 /// The JSON object of any push: [`incoming_call`] for an incoming call; for a call that
 /// ended, the same fields with `"type": "call_cancelled"` and a `reason`
 /// (`caller_hung_up`, `answered_elsewhere`, `timeout`, `ended`), so an app that showed
-/// the call can end it.
+/// the call can end it. Both carry `status_url` and `status_token` when configured.
 pub fn for_push(push: &WakePush, expires_at: u64) -> Value {
     let mut value = incoming_call(push, expires_at);
     if let (PushKind::CallEnded(reason), Value::Object(fields)) = (push.kind, &mut value) {
@@ -76,6 +84,7 @@ mod tests {
                 name: "Alice".into(),
             },
             kind: PushKind::IncomingCall,
+            status: None,
         };
         let value = incoming_call(&push, 1_800_000_000);
         assert_eq!(
@@ -102,6 +111,7 @@ mod tests {
                 name: "Alice \"A\" Smith".into(),
             },
             kind: PushKind::IncomingCall,
+            status: None,
         };
         let data = data(&push, 1_800_000_000);
         let expected: BTreeMap<String, String> = [
@@ -125,6 +135,83 @@ mod tests {
         assert_eq!(json_keys, data_keys, "same fields in both forms");
     }
 
+    fn with_status() -> WakePush {
+        WakePush {
+            call_id: CallId("5d7d1c1e-0000-4000-8000-000000000001".into()),
+            extension: "101".into(),
+            caller: Party {
+                number: "200".into(),
+                name: "Alice".into(),
+            },
+            kind: PushKind::IncomingCall,
+            status: Some(crate::push::StatusLink {
+                url:
+                    "https://pbx.example.com/pushwake/v1/calls/5d7d1c1e-0000-4000-8000-000000000001"
+                        .into(),
+                token: crate::status::StatusSecret::generate(),
+            }),
+        }
+    }
+
+    #[test]
+    fn the_status_link_travels_in_every_form_of_every_push() {
+        let push = with_status();
+        let token = push.status.as_ref().unwrap().token.expose().to_owned();
+        let url = "https://pbx.example.com/pushwake/v1/calls/5d7d1c1e-0000-4000-8000-000000000001";
+        let value = incoming_call(&push, 1_800_000_000);
+        assert_eq!(
+            value,
+            json!({
+                "type": "incoming_call",
+                "version": 1,
+                "call_id": "5d7d1c1e-0000-4000-8000-000000000001",
+                "extension": "101",
+                "caller_number": "200",
+                "caller_name": "Alice",
+                "expires_at": 1_800_000_000u64,
+                "status_url": url,
+                "status_token": token,
+            })
+        );
+        let ended = WakePush {
+            kind: PushKind::CallEnded(crate::push::EndReason::CallerHungUp),
+            ..push.clone()
+        };
+        for push in [&push, &ended] {
+            let value = for_push(push, 1_800_000_000);
+            assert_eq!(value["status_url"], url);
+            assert_eq!(value["status_token"], token.as_str());
+            let data = data(push, 1_800_000_000);
+            assert_eq!(data["status_url"], url);
+            assert_eq!(data["status_token"], token);
+        }
+        // The token is in the payload, never in the push's Debug form (logs).
+        let shown = format!("{push:?}");
+        assert!(!shown.contains(&token) && shown.contains(url), "{shown}");
+    }
+
+    #[test]
+    fn without_a_status_endpoint_there_are_no_status_fields() {
+        let push = WakePush {
+            status: None,
+            ..with_status()
+        };
+        for value in [
+            incoming_call(&push, 1),
+            for_push(
+                &WakePush {
+                    kind: PushKind::CallEnded(crate::push::EndReason::Timeout),
+                    ..push.clone()
+                },
+                1,
+            ),
+        ] {
+            assert!(value.get("status_url").is_none(), "{value}");
+            assert!(value.get("status_token").is_none(), "{value}");
+        }
+        assert!(!data(&push, 1).contains_key("status_url"));
+    }
+
     #[test]
     fn an_ended_call_keeps_the_fields_and_says_why() {
         let push = WakePush {
@@ -135,6 +222,7 @@ mod tests {
                 name: "Alice".into(),
             },
             kind: PushKind::CallEnded(crate::push::EndReason::AnsweredElsewhere),
+            status: None,
         };
         let value = for_push(&push, 1_800_000_000);
         assert_eq!(value["type"], "call_cancelled");

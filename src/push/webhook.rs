@@ -304,6 +304,7 @@ mod tests {
                 name: "Alice".into(),
             },
             kind,
+            status: None,
         }
     }
 

@@ -482,6 +482,7 @@ impl WakeEngine {
                     extension: extension.clone(),
                     caller: party.clone(),
                     kind: PushKind::IncomingCall,
+                    status: None,
                 },
                 deadline,
             }));
@@ -916,6 +917,7 @@ impl WakeEngine {
                     extension: call.extension.clone(),
                     caller: call.party.clone(),
                     kind: PushKind::CallEnded(reason),
+                    status: None,
                 },
                 deadline: now + CALL_ENDED_WINDOW,
             }));
