@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use crate::directory::Directory;
 use crate::pbx::{CallControl, CallId, PbxCommand, PbxError, PbxEvent, PbxReply};
 use crate::push::{PushKind, PushService, PushVerdict};
+use crate::status::SharedBoard;
 use crate::wake::{Command, EngineSettings, EngineStats, Input, WakeEngine};
 
 /// Requests to a running driver.
@@ -47,6 +48,8 @@ pub struct Driver<P: CallControl> {
     push_tasks: JoinSet<Option<Input>>,
     /// The incoming-call pushes of each call, to stop when the call no longer waits.
     wake_pushes: HashMap<CallId, Vec<AbortHandle>>,
+    /// Where call status changes go, for the call status endpoint.
+    status: Option<SharedBoard>,
 }
 
 impl<P: CallControl> Driver<P> {
@@ -64,7 +67,15 @@ impl<P: CallControl> Driver<P> {
             pbx_tasks: JoinSet::new(),
             push_tasks: JoinSet::new(),
             wake_pushes: HashMap::new(),
+            status: None,
         }
+    }
+
+    /// Records every call status change the engine reports on `board` (read by the
+    /// call status endpoint, [`crate::http`]). Without a board they are dropped.
+    pub fn with_status_board(mut self, board: SharedBoard) -> Self {
+        self.status = Some(board);
+        self
     }
 
     /// Runs until `control` asks for shutdown (or is dropped) or `events` ends, then
@@ -190,6 +201,16 @@ impl<P: CallControl> Driver<P> {
                 Command::AbortPushes { call } => {
                     for handle in self.wake_pushes.remove(&call).unwrap_or_default() {
                         handle.abort();
+                    }
+                }
+                Command::CallStatus { call, update } => {
+                    // Applied here, before the commands queued after it are spawned:
+                    // the board knows a call before its first push leaves.
+                    if let Some(board) = &self.status {
+                        board
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .apply(Instant::now().into_std(), &call, update);
                     }
                 }
             }

@@ -99,6 +99,14 @@ struct Setup {
 }
 
 fn start() -> Setup {
+    start_with(Arc::new(AlwaysDelivered), EngineSettings::default(), None)
+}
+
+fn start_with(
+    pushkin: Arc<dyn Pushkin>,
+    settings: EngineSettings,
+    board: Option<pushwake::status::SharedBoard>,
+) -> Setup {
     let directory = Directory::new([ExtensionPolicy {
         number: "101".into(),
         ring_timeout: Duration::from_secs(25),
@@ -110,15 +118,13 @@ fn start() -> Setup {
     }]);
     let pbx = Arc::new(FakePbx::default());
     let mut push = PushService::new();
-    push.add(Arc::new(AlwaysDelivered));
+    push.add(pushkin);
     let (events, events_rx) = mpsc::channel(64);
     let (control, control_rx) = mpsc::channel(4);
-    let driver = Driver::new(
-        pbx.clone(),
-        push,
-        Arc::new(directory),
-        EngineSettings::default(),
-    );
+    let mut driver = Driver::new(pbx.clone(), push, Arc::new(directory), settings);
+    if let Some(board) = board {
+        driver = driver.with_status_board(board);
+    }
     let driver = tokio::spawn(driver.run(events_rx, control_rx));
     Setup {
         pbx,
@@ -266,4 +272,83 @@ async fn shutdown_returns_waiting_callers_before_the_driver_ends() {
     let stats = setup.driver.await.unwrap();
     assert_eq!(stats.calls, 1);
     assert_eq!(setup.pbx.count(is_continue(WakeStatus::Shutdown)), 1);
+}
+
+/// Delivers every push and keeps a copy, with what the status board said about the
+/// push's call at the moment it was sent.
+#[derive(Default)]
+struct Recording {
+    board: Option<pushwake::status::SharedBoard>,
+    pushes: Mutex<Vec<(WakePush, Option<pushwake::status::CallStatus>)>>,
+    arrived: Notify,
+}
+
+impl Pushkin for Recording {
+    fn platform(&self) -> Platform {
+        Platform::Apns
+    }
+    fn attempt<'a>(&'a self, _: &'a Device, push: &'a WakePush, _: Duration) -> AttemptFuture<'a> {
+        let status = self
+            .board
+            .as_ref()
+            .zip(push.status.as_ref())
+            .and_then(|(board, link)| {
+                board.lock().unwrap().lookup(
+                    Instant::now().into_std(),
+                    push.call_id.as_str(),
+                    link.token.expose(),
+                )
+            });
+        self.pushes.lock().unwrap().push((push.clone(), status));
+        self.arrived.notify_waiters();
+        Box::pin(async { Attempt::Delivered })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_board_knows_the_call_before_its_push_leaves_and_learns_how_it_ended() {
+    use pushwake::push::EndReason;
+    use pushwake::status::{CallStatus, StatusBoard};
+    let board = StatusBoard::shared();
+    let recording = Arc::new(Recording {
+        board: Some(board.clone()),
+        ..Recording::default()
+    });
+    let settings = EngineSettings {
+        status_base_url: Some("https://pbx.example.com/pw".into()),
+        ..EngineSettings::default()
+    };
+    let setup = start_with(recording.clone(), settings, Some(board.clone()));
+    let arrived = recording.arrived.notified();
+    caller_enters(&setup, "caller-1").await;
+    arrived.await;
+    let (push, status_when_sent) = recording.pushes.lock().unwrap()[0].clone();
+    assert_eq!(status_when_sent, Some(CallStatus::Ringing));
+    let link = push.status.expect("the push carries the status link");
+    assert_eq!(
+        link.url,
+        format!("https://pbx.example.com/pw/v1/calls/{}", push.call_id)
+    );
+    let ask = |board: &pushwake::status::SharedBoard, token: &str| {
+        board
+            .lock()
+            .unwrap()
+            .lookup(Instant::now().into_std(), push.call_id.as_str(), token)
+    };
+    assert_eq!(ask(&board, link.token.expose()), Some(CallStatus::Ringing));
+    assert_eq!(ask(&board, "0".repeat(64).as_str()), None);
+
+    setup
+        .pbx
+        .wait_for("continue TIMEOUT", is_continue(WakeStatus::Timeout))
+        .await;
+    assert_eq!(
+        ask(&board, link.token.expose()),
+        Some(CallStatus::Ended(EndReason::Timeout))
+    );
+    // Forgotten after the retention: the endpoint then answers 404.
+    tokio::time::sleep(pushwake::status::RETENTION).await;
+    assert_eq!(ask(&board, link.token.expose()), None);
+    drop(setup.control);
+    setup.driver.await.unwrap();
 }

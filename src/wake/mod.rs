@@ -20,7 +20,8 @@ use crate::pbx::{
     BridgeId, CallId, ChannelId, Contact, DialRequest, HangupReason, Party, PbxCommand, PbxError,
     PbxEvent, PbxSnapshot, WakeStatus, LEG_MARKER,
 };
-use crate::push::{EndReason, PushKind, PushVerdict, WakePush};
+use crate::push::{EndReason, PushKind, PushVerdict, StatusLink, WakePush};
+use crate::status::{StatusSecret, StatusUpdate};
 
 /// Prefix of the ids pushwake gives its outgoing legs.
 const LEG_PREFIX: &str = "pwleg-";
@@ -36,12 +37,18 @@ pub struct EngineSettings {
     /// that registers again with the very same contact URI, which the PBX does not
     /// announce as an event, and registrations missed while the event stream was down.
     pub contact_poll: Duration,
+    /// The public base URL of the call status endpoint (`[http] public_url`, without a
+    /// final `/`), or `None` when it is not configured. When set, every call gets a
+    /// secret, its pushes carry `{base}/v1/calls/{call_id}` and the secret, and the
+    /// engine reports the call's changes ([`Command::CallStatus`]).
+    pub status_base_url: Option<String>,
 }
 
 impl Default for EngineSettings {
     fn default() -> Self {
         Self {
             contact_poll: Duration::from_secs(1),
+            status_base_url: None,
         }
     }
 }
@@ -112,6 +119,16 @@ pub enum Command {
         /// The call.
         call: CallId,
     },
+    /// The call's status changed: record it for the call status endpoint. Queued only
+    /// when the endpoint is configured ([`EngineSettings::status_base_url`]); `Ringing`
+    /// comes before the call's first push, so the endpoint knows the call before any
+    /// app can ask.
+    CallStatus {
+        /// The call.
+        call: CallId,
+        /// What changed.
+        update: StatusUpdate,
+    },
 }
 
 /// Where a call is in its life.
@@ -176,6 +193,8 @@ struct Call {
     devices: Vec<Device>,
     pushes: Vec<PushState>,
     contacts_listed: bool,
+    /// The call's status endpoint, when configured; every push of the call carries it.
+    status: Option<StatusLink>,
 }
 
 impl Call {
@@ -462,6 +481,23 @@ impl WakeEngine {
             devices = policy.devices.len(), ring_timeout = ?policy.ring_timeout,
             "caller waiting: ringing, pushing devices and dialling contacts"
         );
+        let status = self.settings.status_base_url.as_ref().map(|base| {
+            // 256 bits from aws-lc-rs's SystemRandom, the generator pushwake's other
+            // cryptography uses, rather than two v4 uuids (2 × 122 random bits from
+            // whichever generator uuid's feature flags pick).
+            let link = StatusLink {
+                url: format!("{base}/v1/calls/{id}"),
+                token: StatusSecret::generate(),
+            };
+            self.commands.push_back(Command::CallStatus {
+                call: id.clone(),
+                update: StatusUpdate::Ringing {
+                    extension: extension.clone(),
+                    secret: link.token.clone(),
+                },
+            });
+            link
+        });
         self.commands.push_back(Command::Pbx(PbxCommand::Ring {
             channel: channel.clone(),
         }));
@@ -482,7 +518,7 @@ impl WakeEngine {
                     extension: extension.clone(),
                     caller: party.clone(),
                     kind: PushKind::IncomingCall,
-                    status: None,
+                    status: status.clone(),
                 },
                 deadline,
             }));
@@ -503,6 +539,7 @@ impl WakeEngine {
                 pushes: vec![PushState::Pending; policy.devices.len()],
                 devices: policy.devices,
                 contacts_listed: false,
+                status,
             },
         );
     }
@@ -680,6 +717,14 @@ impl WakeEngine {
             leg: leg_id.clone(),
             bridge: bridge.clone(),
         };
+        if call.status.is_some() {
+            // Answered from the app's point of view: the caller is being connected and
+            // every other leg is cancelled now.
+            self.commands.push_back(Command::CallStatus {
+                call: id.clone(),
+                update: StatusUpdate::Answered,
+            });
+        }
         // The device that answered, known by the RFC 8599 token in its contact. Only if
         // it is known are the others told now: telling every device would end the call
         // on the one that just answered.
@@ -882,6 +927,13 @@ impl WakeEngine {
             // Answered by a device that could not be told apart from the others.
             CallOutcome::Completed => EndReason::AnsweredElsewhere,
         };
+        if self.calls.get(id).is_some_and(|c| c.status.is_some()) {
+            // Before the "call ended" pushes: an app they wake finds the call ended.
+            self.commands.push_back(Command::CallStatus {
+                call: id.clone(),
+                update: StatusUpdate::Ended(reason),
+            });
+        }
         self.tell_devices(now, id, reason);
         if let Some(call) = self.calls.remove(id) {
             self.by_caller.remove(&call.caller);
@@ -917,7 +969,7 @@ impl WakeEngine {
                     extension: call.extension.clone(),
                     caller: call.party.clone(),
                     kind: PushKind::CallEnded(reason),
-                    status: None,
+                    status: call.status.clone(),
                 },
                 deadline: now + CALL_ENDED_WINDOW,
             }));
@@ -1002,6 +1054,8 @@ impl WakeEngine {
                             devices: Vec::new(),
                             pushes: Vec::new(),
                             contacts_listed: true,
+                            // Its secret died with the previous process.
+                            status: None,
                         },
                     );
                     continue;

@@ -8,6 +8,7 @@ use crate::pbx::ParkedChannel;
 use crate::push::{EndReason, PushKind};
 
 const RING: Duration = Duration::from_secs(25);
+const STATUS_BASE: &str = "https://pbx.example.com/pushwake";
 
 struct Harness {
     engine: WakeEngine,
@@ -24,6 +25,18 @@ fn device(n: usize) -> Device {
 
 impl Harness {
     fn new() -> Self {
+        Self::with_settings(EngineSettings::default())
+    }
+
+    /// With the call status endpoint configured.
+    fn with_status() -> Self {
+        Self::with_settings(EngineSettings {
+            status_base_url: Some(STATUS_BASE.into()),
+            ..EngineSettings::default()
+        })
+    }
+
+    fn with_settings(settings: EngineSettings) -> Self {
         let directory = Directory::new([
             ExtensionPolicy {
                 number: "101".into(),
@@ -42,7 +55,7 @@ impl Harness {
             },
         ]);
         Self {
-            engine: WakeEngine::new(Arc::new(directory), EngineSettings::default()),
+            engine: WakeEngine::new(Arc::new(directory), settings),
             now: Instant::now(),
         }
     }
@@ -124,7 +137,7 @@ fn pbx<T>(commands: &[Command], pick: impl Fn(&PbxCommand) -> Option<T>) -> Vec<
         .iter()
         .filter_map(|c| match c {
             Command::Pbx(command) => pick(command),
-            Command::Push(_) | Command::AbortPushes { .. } => None,
+            Command::Push(_) | Command::AbortPushes { .. } | Command::CallStatus { .. } => None,
         })
         .collect()
 }
@@ -171,6 +184,17 @@ fn told(commands: &[Command]) -> Vec<(usize, EndReason)> {
                     },
                 ..
             }) => Some((*device_index, *reason)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The call status updates among `commands`, in order.
+fn statuses(commands: &[Command]) -> Vec<StatusUpdate> {
+    commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::CallStatus { update, .. } => Some(update.clone()),
             _ => None,
         })
         .collect()
@@ -959,4 +983,165 @@ fn a_transient_failure_does_not_disable_a_device() {
     h.event(gone(&ch("c1")));
     let (call, _) = h.caller("c2", "101");
     assert!(call.is_some(), "still pushed");
+}
+
+#[test]
+fn without_a_status_endpoint_nothing_is_reported_and_pushes_carry_no_link() {
+    let mut h = Harness::new();
+    let (call, commands) = h.caller("c1", "101");
+    let call = call.unwrap();
+    assert!(statuses(&commands).is_empty());
+    assert!(commands.iter().all(|c| match c {
+        Command::Push(job) => job.push.status.is_none(),
+        _ => true,
+    }));
+    h.push_result(&call, 0, true);
+    let end = h.event(gone(&ch("c1")));
+    assert!(statuses(&end).is_empty());
+    assert_eq!(told(&end).len(), 1);
+}
+
+#[test]
+fn a_call_reports_ringing_before_its_first_push_and_every_push_carries_the_link() {
+    let mut h = Harness::with_status();
+    let (call, commands) = h.caller("c1", "102");
+    let call = call.unwrap();
+    let first_status = commands
+        .iter()
+        .position(|c| matches!(c, Command::CallStatus { .. }))
+        .expect("a status update");
+    let first_push = commands
+        .iter()
+        .position(|c| matches!(c, Command::Push(_)))
+        .expect("a push");
+    assert!(first_status < first_push, "{commands:?}");
+    let Command::CallStatus {
+        call: reported,
+        update: StatusUpdate::Ringing { extension, secret },
+    } = &commands[first_status]
+    else {
+        panic!("{:?}", commands[first_status]);
+    };
+    assert_eq!((reported, extension.as_str()), (&call, "102"));
+    assert_eq!(statuses(&commands).len(), 1);
+    let links: Vec<StatusLink> = commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::Push(job) => job.push.status.clone(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(links.len(), 2, "both devices");
+    for link in &links {
+        assert_eq!(link.url, format!("{STATUS_BASE}/v1/calls/{call}"));
+        assert_eq!(&link.token, secret);
+    }
+    // Another call gets another secret.
+    let (_, other) = h.caller("c2", "101");
+    let Some(StatusUpdate::Ringing { secret: second, .. }) = statuses(&other).pop() else {
+        panic!("{other:?}");
+    };
+    assert_ne!(&second, secret);
+}
+
+#[test]
+fn status_goes_ringing_answered_ended_when_a_device_answers_and_the_call_ends() {
+    let mut h = Harness::with_status();
+    let (call, _) = h.caller("c1", "102");
+    let call = call.unwrap();
+    h.push_result(&call, 0, true);
+    h.push_result(&call, 1, true);
+    let leg = dials(&h.contacts(&call, &[("sip:102@10.0.0.5:5060", None)]))[0]
+        .leg
+        .clone();
+    // Reported answered as the caller is being connected, not only once bridged.
+    let answer = h.event(answered(&leg));
+    assert_eq!(statuses(&answer), vec![StatusUpdate::Answered]);
+    let connected = h.feed(Input::ConnectResult {
+        call: call.clone(),
+        result: Ok(()),
+    });
+    assert!(statuses(&connected).is_empty());
+    // The conversation ends: for every other device it was answered elsewhere, and the
+    // status says so before the "call ended" pushes (which carry the link too) leave.
+    let end = h.event(gone(&ch("c1")));
+    assert_eq!(
+        statuses(&end),
+        vec![StatusUpdate::Ended(EndReason::AnsweredElsewhere)]
+    );
+    let status_at = end
+        .iter()
+        .position(|c| matches!(c, Command::CallStatus { .. }))
+        .unwrap();
+    let pushes: Vec<(usize, &PushJob)> = end
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| match c {
+            Command::Push(job) => Some((i, job)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(pushes.len(), 2);
+    for (at, job) in pushes {
+        assert!(status_at < at);
+        assert!(job.push.status.is_some());
+    }
+}
+
+#[test]
+fn status_ends_caller_hung_up_when_the_caller_gives_up() {
+    let mut h = Harness::with_status();
+    let (call, commands) = h.caller("c1", "101");
+    assert!(matches!(
+        statuses(&commands)[..],
+        [StatusUpdate::Ringing { .. }]
+    ));
+    h.push_result(&call.unwrap(), 0, true);
+    let end = h.event(gone(&ch("c1")));
+    assert_eq!(
+        statuses(&end),
+        vec![StatusUpdate::Ended(EndReason::CallerHungUp)]
+    );
+    // Nothing more is reported for a call that is over.
+    assert!(statuses(&h.event(gone(&ch("c1")))).is_empty());
+}
+
+#[test]
+fn status_ends_timeout_when_nobody_answers_in_time() {
+    let mut h = Harness::with_status();
+    let (call, _) = h.caller("c1", "101");
+    let call = call.unwrap();
+    h.contacts(&call, &[]);
+    assert!(statuses(&h.advance(RING - Duration::from_millis(1))).is_empty());
+    assert_eq!(
+        statuses(&h.advance(Duration::from_millis(1))),
+        vec![StatusUpdate::Ended(EndReason::Timeout)]
+    );
+}
+
+#[test]
+fn status_ends_ended_when_the_answered_caller_cannot_be_connected_or_on_shutdown() {
+    let mut h = Harness::with_status();
+    let (call, _) = h.caller("c1", "101");
+    let call = call.unwrap();
+    let leg = dials(&h.contacts(&call, &[("sip:a", None)]))[0].leg.clone();
+    assert_eq!(
+        statuses(&h.event(answered(&leg))),
+        vec![StatusUpdate::Answered]
+    );
+    let failed = h.feed(Input::ConnectResult {
+        call,
+        result: Err(PbxError::Failed("bridge refused".into())),
+    });
+    assert_eq!(
+        statuses(&failed),
+        vec![StatusUpdate::Ended(EndReason::Ended)]
+    );
+
+    h.caller("c2", "101");
+    h.engine.shutdown(h.now);
+    assert_eq!(
+        statuses(&h.take()),
+        vec![StatusUpdate::Ended(EndReason::Ended)]
+    );
 }
