@@ -225,6 +225,17 @@ pub struct WebPushConfig {
     pub subject: String,
 }
 
+/// `[http]`: the HTTP listener serving the call status endpoint
+/// (`GET /v1/calls/{call_id}`) to apps woken late.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// Where the plain-HTTP listener binds (usually loopback, behind a TLS reverse proxy).
+    pub listen: std::net::SocketAddr,
+    /// The base URL apps reach the listener at, without a final `/`; status URLs are
+    /// `{public_url}/v1/calls/{call_id}`.
+    pub public_url: String,
+}
+
 /// The whole, checked configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -242,6 +253,9 @@ pub struct Config {
     pub webhook: Option<WebhookConfig>,
     /// `[webpush]`, if configured.
     pub webpush: Option<WebPushConfig>,
+    /// `[http]`, if configured: without it there is no listener and pushes carry no
+    /// status fields.
+    pub http: Option<HttpConfig>,
     /// The push-enabled extensions.
     pub directory: Directory,
 }
@@ -259,6 +273,7 @@ struct RawConfig {
     hms: Option<Spanned<RawHms>>,
     webhook: Option<Spanned<RawWebhook>>,
     webpush: Option<Spanned<RawWebPush>>,
+    http: Option<Spanned<RawHttp>>,
     #[serde(default)]
     extension: Vec<Spanned<RawExtension>>,
 }
@@ -330,6 +345,13 @@ struct RawWebhook {
 struct RawWebPush {
     vapid_key_file: Spanned<String>,
     subject: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    listen: Spanned<String>,
+    public_url: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -457,6 +479,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
                     .map_err(|(s, m)| at(if s.end > 0 { s } else { span.clone() }, m))?,
             )
         }
+        None => None,
+    };
+    let http = match raw.http {
+        Some(section) => Some(http(section.into_inner()).map_err(|(s, m)| at(s, m))?),
         None => None,
     };
 
@@ -630,6 +656,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         hms,
         webhook,
         webpush,
+        http,
         directory: Directory::new(extensions),
     })
 }
@@ -986,6 +1013,32 @@ fn webpush(raw: RawWebPush) -> Result<WebPushConfig, (Range<usize>, String)> {
     })
 }
 
+fn http(raw: RawHttp) -> Result<HttpConfig, (Range<usize>, String)> {
+    let text = raw.listen.get_ref().trim();
+    let listen = text.parse::<std::net::SocketAddr>().map_err(|_| {
+        (
+            raw.listen.span(),
+            format!("http.listen: `{text}` is not an address and port like \"127.0.0.1:8089\" or \"[::1]:8089\""),
+        )
+    })?;
+    let public_url = raw
+        .public_url
+        .get_ref()
+        .trim()
+        .trim_end_matches('/')
+        .to_owned();
+    check_http_url(&public_url, raw.public_url.span(), "http.public_url")?;
+    if let Ok(url) = url::Url::parse(&public_url) {
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err((
+                raw.public_url.span(),
+                format!("http.public_url: `{public_url}` must not have a query or fragment: status URLs are <public_url>/v1/calls/<call id>"),
+            ));
+        }
+    }
+    Ok(HttpConfig { listen, public_url })
+}
+
 /// Checks that `value` is an http:// or https:// URL with a host; the error names `key`
 /// at `span`.
 fn check_http_url(
@@ -1331,6 +1384,65 @@ number = "101"
             device("a").replace("webhook", "mqtt")
         ));
         assert!(e.contains("supported: apns, fcm, hms, webhook"), "{e}");
+    }
+
+    #[test]
+    fn an_http_section_gives_the_listener_and_the_public_url() {
+        let section = "[http]\nlisten = \"127.0.0.1:8089\"\npublic_url = \"https://pbx.example.com/pushwake/\"\n";
+        let config = parse(Path::new("pw.toml"), &format!("{MINIMAL}{section}")).unwrap();
+        let http = config.http.unwrap();
+        assert_eq!(http.listen, "127.0.0.1:8089".parse().unwrap());
+        assert_eq!(http.public_url, "https://pbx.example.com/pushwake");
+        let v6 = section.replace("127.0.0.1:8089", "[::1]:8089");
+        let config = parse(Path::new("pw.toml"), &format!("{MINIMAL}{v6}")).unwrap();
+        assert_eq!(config.http.unwrap().listen, "[::1]:8089".parse().unwrap());
+        assert!(parse(Path::new("pw.toml"), MINIMAL).unwrap().http.is_none());
+    }
+
+    #[test]
+    fn bad_http_sections_are_one_line_naming_the_key_and_line() {
+        let good = "[http]\nlisten = \"127.0.0.1:8089\"\npublic_url = \"https://pbx.example.com/pushwake\"\n";
+        // The section starts on line 9 of the file.
+        for (bad, line, needle) in [
+            (
+                "127.0.0.1",
+                10,
+                "http.listen: `127.0.0.1` is not an address and port",
+            ),
+            ("localhost:8089", 10, "http.listen: `localhost:8089`"),
+            ("127.0.0.1:99999", 10, "http.listen"),
+        ] {
+            let e = err(&format!("{MINIMAL}{}", good.replace("127.0.0.1:8089", bad)));
+            assert!(e.starts_with(&format!("pw.toml:{line}: ")), "{e}");
+            assert!(e.contains(needle) && !e.contains('\n'), "{e}");
+        }
+        for bad in [
+            "pbx.example.com/pushwake",
+            "ftp://pbx.example.com",
+            "https://pbx.example.com/?x=1",
+        ] {
+            let e = err(&format!(
+                "{MINIMAL}{}",
+                good.replace("https://pbx.example.com/pushwake", bad)
+            ));
+            assert!(e.starts_with("pw.toml:11: http.public_url: "), "{e}");
+            assert!(!e.contains('\n'), "{e}");
+        }
+        let e = err(&format!(
+            "{MINIMAL}{}",
+            good.replace("listen = \"127.0.0.1:8089\"\n", "")
+        ));
+        assert!(e.starts_with("pw.toml:") && e.contains("`listen`"), "{e}");
+        let e = err(&format!(
+            "{MINIMAL}{}",
+            good.replace("public_url = \"https://pbx.example.com/pushwake\"\n", "")
+        ));
+        assert!(
+            e.starts_with("pw.toml:") && e.contains("`public_url`"),
+            "{e}"
+        );
+        let e = err(&format!("{MINIMAL}{good}port = 1\n"));
+        assert!(e.starts_with("pw.toml:12: ") && e.contains("port"), "{e}");
     }
 
     fn hms_section(secret: &str, mode: u32) -> (tempfile::TempDir, String) {
