@@ -13,12 +13,13 @@
 //! - [`driver`]: the async driver that runs the state machine against a PBX.
 //! - [`pbx`]: the PBX-agnostic vocabulary between the two; [`asterisk`] maps ARI onto it.
 //! - [`push`]: push providers behind one interface; [`test_push`] the operators' check.
-//! - [`status`]: what each call's status is, for apps woken late.
+//! - [`status`]: what each call's status is, for apps woken late; [`http`] serves it.
 
 pub mod asterisk;
 pub mod config;
 pub mod directory;
 pub mod driver;
+pub mod http;
 pub mod pbx;
 pub mod push;
 pub mod status;

@@ -10,9 +10,11 @@ use tokio::sync::mpsc;
 use pushwake::asterisk::AsteriskPbx;
 use pushwake::config::{self, ApnsCredentials, Config};
 use pushwake::driver::{Control, Driver};
+use pushwake::http::StatusListener;
 use pushwake::push::apns::{ApnsAuth, ApnsPushkin, ApnsSettings};
 use pushwake::push::fcm::{FcmPushkin, FcmSettings};
 use pushwake::push::{PushService, Pushkin};
+use pushwake::status::StatusBoard;
 use pushwake::wake::EngineSettings;
 
 /// Exit code for a configuration error (also used by `check-config`).
@@ -74,8 +76,12 @@ fn main() -> ExitCode {
                         "not configured"
                     }
                 };
+                let http = match &loaded.http {
+                    Some(http) => format!("configured on {}", http.listen),
+                    None => "not configured".to_owned(),
+                };
                 println!(
-                    "{}: ok ({} extension(s), apns {}, fcm {}, hms {}, webhook {}, webpush {})",
+                    "{}: ok ({} extension(s), apns {}, fcm {}, hms {}, webhook {}, webpush {}, http {http})",
                     config.display(),
                     loaded.directory.len(),
                     state(loaded.apns.is_some()),
@@ -163,6 +169,32 @@ async fn run(path: PathBuf, config: Config) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     }
+    // The call status endpoint, when configured: bound before anything else starts, so
+    // an address in use stops pushwake at once with a clear error.
+    let board = StatusBoard::shared();
+    let status_listener = match &config.http {
+        Some(http) => match StatusListener::bind(http.listen, board.clone()).await {
+            Ok(listener) => {
+                tracing::info!(listen = %http.listen, public_url = %http.public_url, "call status endpoint listening");
+                Some(listener)
+            }
+            Err(error) => {
+                eprintln!(
+                    "pushwake: {}: http.listen: cannot listen on {}: {error}",
+                    path.display(),
+                    http.listen
+                );
+                return ExitCode::from(EXIT_RUNTIME);
+            }
+        },
+        None => None,
+    };
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http_task = status_listener.map(|listener| {
+        tokio::spawn(listener.serve(async move {
+            let _ = http_stopped.await;
+        }))
+    });
     // Connections open (and tokens fetched) before the first call needs them.
     let warming = push.clone();
     tokio::spawn(async move { warming.warm_up().await });
@@ -184,13 +216,26 @@ async fn run(path: PathBuf, config: Config) -> ExitCode {
         extensions = config.directory.len(),
         "pushwake starting"
     );
-    let driver = Driver::new(
+    let settings = EngineSettings {
+        status_base_url: config.http.as_ref().map(|http| http.public_url.clone()),
+        ..EngineSettings::default()
+    };
+    let mut driver = Driver::new(
         Arc::new(pbx),
         push,
         Arc::new(config.directory.clone()),
-        EngineSettings::default(),
+        settings,
     );
+    if http_task.is_some() {
+        driver = driver.with_status_board(board);
+    }
     let stats = driver.run(events, control_rx).await;
+    // The listener answered until every waiting caller was returned (their status is
+    // "ended" now); it stops with the daemon.
+    let _ = stop_http.send(());
+    if let Some(task) = http_task {
+        let _ = task.await;
+    }
     tracing::info!(
         calls = stats.calls,
         legs = stats.legs_dialled,
@@ -357,6 +402,9 @@ async fn reload(path: &Path, running: &Config, control: &mpsc::Sender<Control>) 
                 tracing::warn!(
                     "[asterisk], [apns] and [fcm] changes take effect only after a restart"
                 );
+            }
+            if new.http != running.http {
+                tracing::warn!("[http] changes take effect only after a restart");
             }
             let _ = control.send(Control::Reload(Arc::new(new.directory))).await;
         }

@@ -180,7 +180,7 @@ fn the_shipped_example_is_valid() {
     assert_eq!(code, 0, "{stderr}");
     assert!(
         stdout.contains(
-            "ok (1 extension(s), apns configured, fcm not configured, hms not configured, webhook not configured, webpush not configured)"
+            "ok (1 extension(s), apns configured, fcm not configured, hms not configured, webhook not configured, webpush not configured, http not configured)"
         ),
         "{stdout}"
     );
@@ -196,7 +196,7 @@ fn the_shipped_example_with_its_fcm_section_uncommented_is_valid() {
     assert_eq!(code, 0, "{stderr}\n{text}");
     assert!(
         stdout.contains(
-            "ok (1 extension(s), apns configured, fcm configured, hms not configured, webhook not configured, webpush not configured)"
+            "ok (1 extension(s), apns configured, fcm configured, hms not configured, webhook not configured, webpush not configured, http not configured)"
         ),
         "{stdout}"
     );
@@ -220,7 +220,7 @@ fn the_shipped_example_with_its_webhook_section_uncommented_is_valid() {
     assert_eq!(code, 0, "{stderr}\n{text}");
     assert!(
         stdout.contains(
-            "fcm not configured, hms not configured, webhook configured, webpush not configured)"
+            "fcm not configured, hms not configured, webhook configured, webpush not configured, http not configured)"
         ),
         "{stdout}"
     );
@@ -236,7 +236,7 @@ fn the_shipped_example_with_its_webhook_section_uncommented_is_valid() {
     assert_eq!(code, 0, "{stderr}\n{both}");
     assert!(
         stdout.contains(
-            "fcm configured, hms not configured, webhook configured, webpush not configured)"
+            "fcm configured, hms not configured, webhook configured, webpush not configured, http not configured)"
         ),
         "{stdout}"
     );
@@ -711,4 +711,68 @@ fn the_shipped_example_with_its_apns_options_uncommented_is_valid() {
     assert_eq!(code, 2);
     assert!(stderr.contains(": apns.certificate_file: "), "{stderr}");
     assert!(!stderr.contains("PRIVATE KEY"), "{stderr}");
+}
+
+#[test]
+fn the_shipped_example_with_its_http_section_uncommented_is_valid() {
+    let files = Files::new();
+    let example = files.example(&files.key());
+    let text = uncomment(
+        &example,
+        &["[http]"],
+        &["[http]", "listen = ", "public_url = "],
+        "[http]",
+    );
+    let config = files.write("pushwake.toml", &text, 0o600);
+    let (code, stdout, stderr) = run(&["check-config"], &config);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("webpush not configured, http configured on 127.0.0.1:8089)"),
+        "{stdout}"
+    );
+
+    let bad = text.replace("listen = \"127.0.0.1:8089\"", "listen = \"pbx:8089\"");
+    let config = files.write("pushwake.toml", &bad, 0o600);
+    refused(
+        &config,
+        &[
+            &format!("pushwake.toml:{}: http.listen", line_of(&bad, "listen = ")),
+            "`pbx:8089` is not an address and port",
+        ],
+    );
+    let bad = text.replace("https://pbx.example.com/pushwake", "pbx.example.com");
+    let config = files.write("pushwake.toml", &bad, 0o600);
+    refused(
+        &config,
+        &[&format!(
+            "pushwake.toml:{}: http.public_url",
+            line_of(&bad, "public_url = ")
+        )],
+    );
+}
+
+#[test]
+fn an_http_listen_address_in_use_stops_run_with_one_line_naming_it() {
+    let files = Files::new();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let text = uncomment(
+        &files.example(&files.key()),
+        &["[http]"],
+        &["[http]", "listen = ", "public_url = "],
+        "[http]",
+    )
+    .replace("127.0.0.1:8089", &addr.to_string());
+    let config = files.write("pushwake.toml", &text, 0o600);
+    let (code, _, stderr) = run(&["run"], &config);
+    assert_eq!(code, 1, "{stderr}");
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("pushwake: "))
+        .collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].contains(&format!("http.listen: cannot listen on {addr}")),
+        "{stderr}"
+    );
 }
