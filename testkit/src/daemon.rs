@@ -234,6 +234,16 @@ pub fn write_config_with_webpush(
     Ok(path)
 }
 
+/// Adds an `[http]` section (the call status endpoint: `listen`, `public_url`) to a
+/// configuration written by one of the writers above.
+pub fn add_http(config: &Path, listen: &str, public_url: &str) -> std::io::Result<()> {
+    let mut text = std::fs::read_to_string(config)?;
+    let section = format!("\n[http]\nlisten = \"{listen}\"\npublic_url = \"{public_url}\"\n");
+    let first_extension = text.find("\n[[extension]]").unwrap_or(text.len());
+    text.insert_str(first_extension, &section);
+    std::fs::write(config, text)
+}
+
 #[allow(clippy::too_many_arguments)] // private; the public writers take one part each
 fn write_config_inner(
     dir: &Path,
