@@ -3,7 +3,7 @@
 //! Authentication is a Google service account: an RS256-signed JWT assertion is exchanged
 //! at the account's `token_uri` for an OAuth2 access token (RFC 7523), which is cached,
 //! shared by every push and renewed shortly before it expires; one fetch at a time
-//! ([`AccessTokenCache`] holds the rules, with time passed in). Each push is a
+//! ([`AccessTokenCache`](super::oauth::AccessTokenCache) holds the rules, with time passed in). Each push is a
 //! high-priority **data-only** message (no `notification`: the app itself shows a
 //! full-screen call UI) whose `ttl` is the time left in the ring window.
 //!
