@@ -431,8 +431,8 @@ impl ApnsPushkin {
                 }
             },
         };
-        let route = device.apns.clone().unwrap_or_default();
-        let endpoint = match route.environment {
+        let route = device.apns.as_ref();
+        let endpoint = match route.map(|r| r.environment).unwrap_or_default() {
             ApnsEnvironment::Production => &self.production,
             ApnsEnvironment::Sandbox => &self.sandbox,
         };
@@ -441,7 +441,9 @@ impl ApnsPushkin {
             ApnsPush::Voip => {
                 let expires_at =
                     now + ring_window.as_secs() + u64::from(ring_window.subsec_nanos() > 0);
-                let topic = route.topic.as_deref().unwrap_or(&self.topic);
+                let topic = route
+                    .and_then(|r| r.topic.as_deref())
+                    .unwrap_or(&self.topic);
                 let request = self
                     .client
                     .post(format!("{endpoint}/3/device/{}", device.token.expose()))
