@@ -11,10 +11,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pushwake::directory::{Device, DeviceToken, Platform};
-use pushwake::pbx::{CallId, Party};
 use pushwake::push::apns::{ApnsAuth, ApnsPushkin, ApnsSettings};
 use pushwake::push::{PushKind, PushService, PushVerdict, WakePush};
+use pushwake_core::directory::{Device, DeviceToken};
+use pushwake_core::pbx::{CallId, Party};
 use pushwake_testkit::apns::ApnsServer;
 use pushwake_testkit::daemon::TestApns;
 use tokio::time::Instant;
@@ -69,7 +69,7 @@ async fn bench(count: usize, delay: Duration) -> Result<(), String> {
         let service = service.clone();
         tasks.spawn(async move {
             let device = Device::new(
-                Platform::Apns,
+                pushwake::push::apns::PLATFORM,
                 DeviceToken::new(format!("{n:064x}")),
                 format!("bench#{n}"),
             );

@@ -15,11 +15,14 @@ use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 
-use crate::directory::Directory;
-use crate::pbx::{CallControl, CallId, PbxCommand, PbxError, PbxEvent, PbxReply};
+use pushwake_core::directory::Directory;
+use pushwake_core::pbx::{CallControl, CallId, PbxCommand, PbxError, PbxEvent, PbxReply};
+use pushwake_core::random::Randomness;
+use pushwake_core::wake::{Command, EngineSettings, EngineStats, Input, WakeEngine};
+
 use crate::push::{PushKind, PushService, PushVerdict};
+use crate::random::OsRandom;
 use crate::status::SharedBoard;
-use crate::wake::{Command, EngineSettings, EngineStats, Input, WakeEngine};
 
 /// Requests to a running driver.
 #[derive(Debug)]
@@ -53,15 +56,27 @@ pub struct Driver<P: CallControl> {
 }
 
 impl<P: CallControl> Driver<P> {
-    /// A driver for `pbx`, serving the extensions of `directory`.
+    /// A driver for `pbx`, serving the extensions of `directory`, with the operating
+    /// system's randomness.
     pub fn new(
         pbx: Arc<P>,
         push: PushService,
         directory: Arc<Directory>,
         settings: EngineSettings,
     ) -> Self {
+        Self::with_randomness(pbx, push, directory, settings, Box::new(OsRandom))
+    }
+
+    /// Like [`Driver::new`], with the engine's randomness given.
+    pub fn with_randomness(
+        pbx: Arc<P>,
+        push: PushService,
+        directory: Arc<Directory>,
+        settings: EngineSettings,
+        random: Box<dyn Randomness>,
+    ) -> Self {
         Self {
-            engine: WakeEngine::new(directory, settings),
+            engine: WakeEngine::new(directory, settings, random),
             pbx,
             push,
             pbx_tasks: JoinSet::new(),
@@ -249,8 +264,8 @@ async fn execute<P: CallControl>(pbx: Arc<P>, command: PbxCommand) -> Option<Inp
         }
         PbxCommand::Ring { .. }
         | PbxCommand::Hangup { .. }
-        | PbxCommand::Continue { .. }
-        | PbxCommand::DestroyBridge { .. } => {
+        | PbxCommand::Return { .. }
+        | PbxCommand::Release { .. } => {
             execute_with_retries(&*pbx, command).await;
             None
         }

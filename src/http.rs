@@ -212,9 +212,9 @@ fn reply(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pbx::CallId;
     use crate::push::EndReason;
     use crate::status::{StatusBoard, StatusSecret, StatusUpdate};
+    use pushwake_core::pbx::CallId;
 
     const CALL: &str = "5d7d1c1e-0000-4000-8000-000000000001";
 
@@ -237,7 +237,7 @@ mod tests {
 
     fn board_with_call() -> (SharedBoard, StatusSecret) {
         let board = StatusBoard::shared();
-        let secret = StatusSecret::generate();
+        let secret = crate::status::fresh_secret();
         board.lock().unwrap().apply(
             Instant::now(),
             &CallId(CALL.into()),
@@ -281,7 +281,7 @@ mod tests {
             );
             assert!(body(&r)["error"].is_string());
         }
-        let wrong = format!("Bearer {}", StatusSecret::generate().expose());
+        let wrong = format!("Bearer {}", crate::status::fresh_secret().expose());
         let unknown = format!("{CALLS_PATH}5d7d1c1e-0000-4000-8000-000000000002");
         let a = answer(&board, now, &request(Method::GET, &path, Some(&wrong)));
         let b = answer(&board, now, &request(Method::GET, &unknown, Some(&good)));

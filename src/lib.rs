@@ -1,27 +1,25 @@
 //! pushwake: makes a PBX ring mobile softphones that are asleep.
 //!
 //! When a call arrives for a push-enabled extension, pushwake holds the caller with
-//! ringback, sends each of the extension's devices a VoIP push, dials every contact the
+//! ringback, sends each of the extension's devices a push, dials every contact the
 //! extension has registered (and each new one that registers while the caller waits),
-//! bridges the first device that answers, and otherwise returns the caller to the
+//! connects the first device that answers, and otherwise returns the caller to the
 //! dialplan with a `PUSHWAKE_STATUS`.
 //!
-//! The pieces:
-//! - [`config`]: the TOML file, checked with errors that name file, line and key.
-//! - [`directory`]: push-enabled extensions and their devices.
-//! - [`wake`]: the call/wake logic as a plain state machine (no I/O, no runtime).
-//! - [`driver`]: the async driver that runs the state machine against a PBX.
-//! - [`pbx`]: the PBX-agnostic vocabulary between the two; [`asterisk`] maps ARI onto it.
-//! - [`push`]: push providers behind one interface; [`test_push`] the operators' check.
+//! The wake logic itself is the `pushwake-core` crate, a plain state machine; each PBX
+//! has its adapter crate under `adapters/`. This crate is the daemon around them:
+//! - [`config`]: the TOML file; [`pbx`]: which adapter reads its section and runs.
+//! - [`driver`]: the async driver that runs the state machine against a PBX adapter.
+//! - [`push`]: push providers behind one interface, each reading its own section;
+//!   [`test_push`] the operators' check.
 //! - [`status`]: what each call's status is, for apps woken late; [`http`] serves it.
+//! - [`random`]: the randomness the engine is given.
 
-pub mod asterisk;
 pub mod config;
-pub mod directory;
 pub mod driver;
 pub mod http;
 pub mod pbx;
 pub mod push;
+pub mod random;
 pub mod status;
 pub mod test_push;
-pub mod wake;

@@ -7,15 +7,15 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use tokio::sync::mpsc;
 
-use pushwake::asterisk::AsteriskPbx;
-use pushwake::config::{self, ApnsCredentials, Config};
+use pushwake::config::{self, Config};
 use pushwake::driver::{Control, Driver};
 use pushwake::http::StatusListener;
-use pushwake::push::apns::{ApnsAuth, ApnsPushkin, ApnsSettings};
-use pushwake::push::fcm::{FcmPushkin, FcmSettings};
-use pushwake::push::{PushService, Pushkin};
+use pushwake::pbx::PbxConfig;
+use pushwake::push::{PushService, PROVIDERS};
 use pushwake::status::StatusBoard;
-use pushwake::wake::EngineSettings;
+use pushwake_asterisk::AsteriskPbx;
+use pushwake_core::pbx::{CallControl, PbxEvent};
+use pushwake_core::wake::EngineSettings;
 
 /// Exit code for a configuration error (also used by `check-config`).
 const EXIT_CONFIG: u8 = 2;
@@ -69,27 +69,20 @@ fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig { config } => match config::load(&config) {
             Ok(loaded) => {
-                let state = |configured: bool| {
-                    if configured {
+                let mut parts = vec![format!("{} extension(s)", loaded.directory.len())];
+                for p in PROVIDERS {
+                    let state = if loaded.provider(p.platform()).is_some() {
                         "configured"
                     } else {
                         "not configured"
-                    }
-                };
-                let http = match &loaded.http {
-                    Some(http) => format!("configured on {}", http.listen),
-                    None => "not configured".to_owned(),
-                };
-                println!(
-                    "{}: ok ({} extension(s), apns {}, fcm {}, hms {}, webhook {}, webpush {}, http {http})",
-                    config.display(),
-                    loaded.directory.len(),
-                    state(loaded.apns.is_some()),
-                    state(loaded.fcm.is_some()),
-                    state(loaded.hms.is_some()),
-                    state(loaded.webhook.is_some()),
-                    state(loaded.webpush.is_some()),
-                );
+                    };
+                    parts.push(format!("{} {state}", p.platform()));
+                }
+                parts.push(match &loaded.http {
+                    Some(http) => format!("http configured on {}", http.listen),
+                    None => "http not configured".to_owned(),
+                });
+                println!("{}: ok ({})", config.display(), parts.join(", "));
                 ExitCode::SUCCESS
             }
             Err(error) => {
@@ -162,7 +155,7 @@ fn init_logging() {
 
 async fn run(path: PathBuf, config: Config) -> ExitCode {
     let mut push = PushService::new();
-    match pushkins(&config) {
+    match config.pushkins() {
         Ok(pushkins) => pushkins.into_iter().for_each(|p| push.add(p)),
         Err(error) => {
             eprintln!("pushwake: {}: {error}", path.display());
@@ -198,38 +191,25 @@ async fn run(path: PathBuf, config: Config) -> ExitCode {
     // Connections open (and tokens fetched) before the first call needs them.
     let warming = push.clone();
     tokio::spawn(async move { warming.warm_up().await });
-    let pbx = match AsteriskPbx::new(&config.asterisk) {
-        Ok(pbx) => pbx,
-        Err(error) => {
-            eprintln!("pushwake: cannot set up the ARI client: {error}");
-            return ExitCode::from(EXIT_RUNTIME);
-        }
-    };
-    tokio::spawn(pbx.clone().keep_warm());
-    let events = pbx.events(&config.asterisk);
     let (control_tx, control_rx) = mpsc::channel(8);
     tokio::spawn(signals(path.clone(), config.clone(), control_tx));
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         config = %path.display(),
-        app = %config.asterisk.app,
+        pbx = %config.pbx.describe(),
         extensions = config.directory.len(),
         "pushwake starting"
     );
-    let settings = EngineSettings {
-        status_base_url: config.http.as_ref().map(|http| http.public_url.clone()),
-        ..EngineSettings::default()
+    let board = http_task.is_some().then_some(board);
+    let stats = match &config.pbx {
+        PbxConfig::Asterisk(asterisk) => match AsteriskPbx::start(asterisk) {
+            Ok((pbx, events)) => drive(pbx, events, &config, push, board, control_rx).await,
+            Err(error) => {
+                eprintln!("pushwake: cannot set up the ARI client: {error}");
+                return ExitCode::from(EXIT_RUNTIME);
+            }
+        },
     };
-    let mut driver = Driver::new(
-        Arc::new(pbx),
-        push,
-        Arc::new(config.directory.clone()),
-        settings,
-    );
-    if http_task.is_some() {
-        driver = driver.with_status_board(board);
-    }
-    let stats = driver.run(events, control_rx).await;
     // The listener answered until every waiting caller was returned (their status is
     // "ended" now); it stops with the daemon.
     let _ = stop_http.send(());
@@ -245,6 +225,33 @@ async fn run(path: PathBuf, config: Config) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Runs the wake logic against a started PBX adapter until shutdown; returns the
+/// engine's counters.
+async fn drive<P: CallControl>(
+    pbx: P,
+    events: mpsc::Receiver<PbxEvent>,
+    config: &Config,
+    push: PushService,
+    board: Option<pushwake::status::SharedBoard>,
+    control: mpsc::Receiver<Control>,
+) -> pushwake_core::wake::EngineStats {
+    let settings = EngineSettings {
+        // The adapter says whether its PBX announces every registration.
+        contact_poll: pbx.contact_poll(),
+        status_base_url: config.http.as_ref().map(|http| http.public_url.clone()),
+    };
+    let mut driver = Driver::new(
+        Arc::new(pbx),
+        push,
+        Arc::new(config.directory.clone()),
+        settings,
+    );
+    if let Some(board) = board {
+        driver = driver.with_status_board(board);
+    }
+    driver.run(events, control).await
+}
+
 async fn test_push(
     path: &Path,
     config: &Config,
@@ -252,7 +259,7 @@ async fn test_push(
     device: Option<usize>,
 ) -> ExitCode {
     let mut push = PushService::new();
-    match pushkins(config) {
+    match config.pushkins() {
         Ok(pushkins) => pushkins.into_iter().for_each(|p| push.add(p)),
         Err(error) => {
             eprintln!("pushwake: {}: {error}", path.display());
@@ -278,95 +285,6 @@ async fn test_push(
             ExitCode::from(EXIT_CONFIG)
         }
     }
-}
-
-/// How long before an APNs certificate expires pushwake starts warning about it.
-const CERTIFICATE_WARNING: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
-
-/// The push providers the configuration asks for.
-fn pushkins(config: &Config) -> Result<Vec<Arc<dyn Pushkin>>, String> {
-    let mut pushkins: Vec<Arc<dyn Pushkin>> = Vec::new();
-    if let Some(apns) = &config.apns {
-        let auth = match &apns.credentials {
-            ApnsCredentials::Token {
-                team_id,
-                key_id,
-                key_pem,
-                ..
-            } => ApnsAuth::Token {
-                team_id: team_id.clone(),
-                key_id: key_id.clone(),
-                key_pem: key_pem.clone(),
-            },
-            ApnsCredentials::Certificate { certificate, .. } => {
-                let expires = humantime::format_rfc3339_seconds(certificate.not_after());
-                let left = certificate
-                    .not_after()
-                    .duration_since(std::time::SystemTime::now())
-                    .unwrap_or_default();
-                if left < CERTIFICATE_WARNING {
-                    tracing::warn!(subject = certificate.subject(), %expires, "the APNs certificate expires within 30 days: renew it, or every push will fail");
-                } else {
-                    tracing::info!(subject = certificate.subject(), %expires, "APNs certificate authentication");
-                }
-                ApnsAuth::Certificate(certificate.clone())
-            }
-        };
-        let settings = ApnsSettings {
-            auth,
-            topic: apns.topic.clone(),
-            alert_topic: apns.alert_topic.clone(),
-            endpoint: apns.endpoint.clone(),
-            sandbox_endpoint: apns.sandbox_endpoint.clone(),
-            warm_sandbox: config.directory.uses_apns_sandbox(),
-        };
-        pushkins.push(Arc::new(
-            ApnsPushkin::new(settings).map_err(|e| format!("apns: {e}"))?,
-        ));
-    }
-    if let Some(fcm) = &config.fcm {
-        let settings = FcmSettings {
-            account: fcm.account.clone(),
-            endpoint: fcm.endpoint.clone(),
-        };
-        pushkins.push(Arc::new(
-            FcmPushkin::new(settings).map_err(|e| format!("fcm: {e}"))?,
-        ));
-    }
-    if let Some(webhook) = &config.webhook {
-        let settings = pushwake::push::webhook::WebhookSettings {
-            url: webhook.url.clone(),
-            secret: webhook.secret.clone(),
-            timeout: webhook.timeout,
-        };
-        pushkins.push(Arc::new(
-            pushwake::push::webhook::WebhookPushkin::new(settings)
-                .map_err(|e| format!("webhook: {e}"))?,
-        ));
-    }
-    if let Some(webpush) = &config.webpush {
-        let settings = pushwake::push::webpush::WebPushSettings {
-            vapid_key: webpush.vapid_key.clone(),
-            subject: webpush.subject.clone(),
-            timeout: pushwake::push::webpush::DEFAULT_TIMEOUT,
-        };
-        pushkins.push(Arc::new(
-            pushwake::push::webpush::WebPushPushkin::new(settings)
-                .map_err(|e| format!("webpush: {e}"))?,
-        ));
-    }
-    if let Some(hms) = &config.hms {
-        let settings = pushwake::push::hms::HmsSettings {
-            app_id: hms.app_id.clone(),
-            client_secret: hms.client_secret.clone(),
-            endpoint: hms.endpoint.clone(),
-            token_url: hms.token_url.clone(),
-        };
-        pushkins.push(Arc::new(
-            pushwake::push::hms::HmsPushkin::new(settings).map_err(|e| format!("hms: {e}"))?,
-        ));
-    }
-    Ok(pushkins)
 }
 
 /// SIGTERM / SIGINT: shut down (waiting callers go back to the dialplan).
@@ -395,16 +313,15 @@ async fn signals(path: PathBuf, running: Config, control: mpsc::Sender<Control>)
 async fn reload(path: &Path, running: &Config, control: &mpsc::Sender<Control>) {
     match config::load(path) {
         Ok(new) => {
-            if new.asterisk != running.asterisk
-                || new.apns != running.apns
-                || new.fcm != running.fcm
-            {
+            // Only the extensions are reloaded; every other section is read once, at
+            // start. Each one changed is named, so nobody waits for a change that has
+            // not happened.
+            let changed = running.changes_needing_restart(&new);
+            if !changed.is_empty() {
                 tracing::warn!(
-                    "[asterisk], [apns] and [fcm] changes take effect only after a restart"
+                    sections = %changed.join(", "),
+                    "these sections changed and take effect only after a restart; the extensions are reloaded now"
                 );
-            }
-            if new.http != running.http {
-                tracing::warn!("[http] changes take effect only after a restart");
             }
             let _ = control.send(Control::Reload(Arc::new(new.directory))).await;
         }

@@ -4,8 +4,8 @@
 //! asks whether the call it was woken for still rings, so it can end its CallKit /
 //! telecom call at once instead of ringing for a caller who is gone. The wake engine
 //! reports every change of a call ([`StatusUpdate`], via
-//! [`crate::wake::Command::CallStatus`]); the driver writes them here; the HTTP listener
-//! ([`crate::http`]) reads them.
+//! [`pushwake_core::wake::Command::CallStatus`]); the driver writes them here; the HTTP
+//! listener ([`crate::http`]) reads them.
 //!
 //! Each call has a per-call secret ([`StatusSecret`], 32 random bytes) that travels only
 //! in the call's pushes; a request must present it as a bearer token. Ended calls are
@@ -14,111 +14,32 @@
 //! in, so pruning is tested without sleeping.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::pbx::CallId;
-use crate::push::EndReason;
+use pushwake_core::pbx::CallId;
+use pushwake_core::random::Randomness;
+
+pub use pushwake_core::status::{CallStatus, StatusSecret, StatusUpdate};
+
+use crate::random::OsRandom;
 
 /// How long an ended call stays on the board.
 pub const RETENTION: Duration = Duration::from_secs(300);
 
-/// Bytes of randomness in a [`StatusSecret`].
-const SECRET_BYTES: usize = 32;
-
-/// A call's status secret: 32 bytes from the operating system's CSPRNG, as 64 lowercase
-/// hexadecimal characters. `Debug` never shows it; comparisons run in constant time.
-#[derive(Clone)]
-pub struct StatusSecret(String);
-
-impl StatusSecret {
-    /// A fresh secret.
-    ///
-    /// # Panics
-    /// If the operating system's random number generator fails (`getrandom`), which
-    /// happens only on a broken system; uuid's call ids would fail the same way.
-    pub fn generate() -> Self {
-        use aws_lc_rs::rand::SecureRandom;
-        let mut bytes = [0u8; SECRET_BYTES];
-        aws_lc_rs::rand::SystemRandom::new()
-            .fill(&mut bytes)
-            .expect("the system's random number generator failed");
-        Self(bytes.iter().map(|b| format!("{b:02x}")).collect())
-    }
-
-    /// The secret as sent in pushes (`status_token`). Never log it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// Whether `presented` is this secret, compared in constant time (the time depends
-    /// only on the lengths, and every secret has the same length).
-    pub fn matches(&self, presented: &str) -> bool {
-        aws_lc_rs::constant_time::verify_slices_are_equal(self.0.as_bytes(), presented.as_bytes())
-            .is_ok()
-    }
+/// A new secret from the operating system's CSPRNG, as the engine draws them.
+pub fn fresh_secret() -> StatusSecret {
+    StatusSecret::generate(&mut OsRandom as &mut dyn Randomness)
 }
 
-impl PartialEq for StatusSecret {
-    fn eq(&self, other: &Self) -> bool {
-        self.matches(&other.0)
-    }
-}
-
-impl Eq for StatusSecret {}
-
-impl fmt::Debug for StatusSecret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("StatusSecret(<redacted>)")
-    }
-}
-
-/// A change in a call's status, as the wake engine reports it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum StatusUpdate {
-    /// The call started: the caller hears ringback, devices are being woken.
-    Ringing {
-        /// The called extension.
-        extension: String,
-        /// The secret a status request must present (also in the call's pushes).
-        secret: StatusSecret,
-    },
-    /// A device answered: the caller is being connected to it (and the others are
-    /// cancelled).
-    Answered,
-    /// The call is over.
-    Ended(EndReason),
-}
-
-/// A call's status as the listener reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CallStatus {
-    /// Still waiting for a device.
-    Ringing,
-    /// A device answered; the conversation is on (or being connected).
-    Answered,
-    /// Over, for this reason.
-    Ended(EndReason),
-}
-
-impl CallStatus {
-    /// The `status` string of the JSON answer.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CallStatus::Ringing => "ringing",
-            CallStatus::Answered => "answered",
-            CallStatus::Ended(_) => "ended",
-        }
-    }
-
-    /// The `reason` of an ended call.
-    pub fn reason(self) -> Option<EndReason> {
-        match self {
-            CallStatus::Ended(reason) => Some(reason),
-            CallStatus::Ringing | CallStatus::Answered => None,
-        }
-    }
+/// Whether `presented` is `secret`, compared in constant time (the time depends only on
+/// the lengths, and every secret has the same length).
+pub fn matches(secret: &StatusSecret, presented: &str) -> bool {
+    aws_lc_rs::constant_time::verify_slices_are_equal(
+        secret.expose().as_bytes(),
+        presented.as_bytes(),
+    )
+    .is_ok()
 }
 
 #[derive(Debug)]
@@ -154,7 +75,7 @@ impl StatusBoard {
         Self {
             calls: HashMap::new(),
             retention,
-            decoy: StatusSecret::generate(),
+            decoy: fresh_secret(),
         }
     }
 
@@ -204,9 +125,9 @@ impl StatusBoard {
     pub fn lookup(&mut self, now: Instant, call: &str, secret: &str) -> Option<CallStatus> {
         self.prune(now);
         match self.calls.get(&CallId(call.to_owned())) {
-            Some(entry) => entry.secret.matches(secret).then_some(entry.status),
+            Some(entry) => matches(&entry.secret, secret).then_some(entry.status),
             None => {
-                let _ = self.decoy.matches(secret);
+                let _ = matches(&self.decoy, secret);
                 None
             }
         }
@@ -236,6 +157,7 @@ impl StatusBoard {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pushwake_core::push::EndReason;
 
     fn call() -> CallId {
         CallId("5d7d1c1e-0000-4000-8000-000000000001".into())
@@ -250,18 +172,18 @@ mod tests {
 
     #[test]
     fn secrets_are_64_hex_characters_fresh_each_time_and_never_shown() {
-        let a = StatusSecret::generate();
-        let b = StatusSecret::generate();
+        let a = fresh_secret();
+        let b = fresh_secret();
         assert_eq!(a.expose().len(), 64);
         assert!(a
             .expose()
             .chars()
             .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)));
         assert_ne!(a, b);
-        assert!(a.matches(a.expose()));
-        assert!(!a.matches(b.expose()));
-        assert!(!a.matches(""));
-        assert!(!a.matches(&a.expose()[..63]));
+        assert!(matches(&a, a.expose()));
+        assert!(!matches(&a, b.expose()));
+        assert!(!matches(&a, ""));
+        assert!(!matches(&a, &a.expose()[..63]));
         let shown = format!("{a:?} {:?}", ringing(&a));
         assert!(!shown.contains(a.expose()), "{shown}");
     }
@@ -269,7 +191,7 @@ mod tests {
     #[test]
     fn ringing_then_answered_then_ended_then_forgotten_after_the_retention() {
         let start = Instant::now();
-        let secret = StatusSecret::generate();
+        let secret = fresh_secret();
         let mut board = StatusBoard::new(Duration::from_secs(300));
         let id = call();
         assert_eq!(board.lookup(start, id.as_str(), secret.expose()), None);
@@ -316,7 +238,7 @@ mod tests {
     #[test]
     fn a_status_only_moves_forward_and_unknown_calls_are_ignored() {
         let now = Instant::now();
-        let secret = StatusSecret::generate();
+        let secret = fresh_secret();
         let mut board = StatusBoard::default();
         let id = call();
         // An update for a call the board never saw start (adopted after a restart).
@@ -328,7 +250,7 @@ mod tests {
         board.apply(now, &id, StatusUpdate::Ended(EndReason::CallerHungUp));
         board.apply(now, &id, StatusUpdate::Answered);
         board.apply(now, &id, StatusUpdate::Ended(EndReason::Timeout));
-        board.apply(now, &id, ringing(&StatusSecret::generate()));
+        board.apply(now, &id, ringing(&fresh_secret()));
         assert_eq!(
             board.lookup(now, id.as_str(), secret.expose()),
             Some(CallStatus::Ended(EndReason::CallerHungUp))
@@ -338,11 +260,11 @@ mod tests {
     #[test]
     fn a_wrong_secret_gets_the_same_answer_as_an_unknown_call() {
         let now = Instant::now();
-        let secret = StatusSecret::generate();
+        let secret = fresh_secret();
         let mut board = StatusBoard::default();
         let id = call();
         board.apply(now, &id, ringing(&secret));
-        let other = StatusSecret::generate();
+        let other = fresh_secret();
         assert_eq!(board.lookup(now, id.as_str(), other.expose()), None);
         assert_eq!(board.lookup(now, id.as_str(), ""), None);
         assert_eq!(
@@ -362,11 +284,11 @@ mod tests {
         let mut board = StatusBoard::new(Duration::from_secs(10));
         for n in 0..100 {
             let id = CallId(format!("call-{n}"));
-            board.apply(start, &id, ringing(&StatusSecret::generate()));
+            board.apply(start, &id, ringing(&fresh_secret()));
             board.apply(start, &id, StatusUpdate::Ended(EndReason::Timeout));
         }
         let live = CallId("live".into());
-        board.apply(start, &live, ringing(&StatusSecret::generate()));
+        board.apply(start, &live, ringing(&fresh_secret()));
         assert_eq!(board.len(), 101);
         let later = start + Duration::from_secs(11);
         board.apply(later, &CallId("next".into()), StatusUpdate::Answered);

@@ -9,9 +9,12 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::directory::Directory;
-use crate::pbx::{CallId, Party};
+use pushwake_core::directory::Directory;
+use pushwake_core::pbx::{CallId, Party};
+use pushwake_core::random::uuid_v4;
+
 use crate::push::{PushKind, PushService, PushVerdict, WakePush};
+use crate::random::OsRandom;
 
 /// How long the test call "rings" on the phone before it expires.
 pub const TEST_RING_WINDOW: Duration = Duration::from_secs(15);
@@ -48,7 +51,7 @@ pub async fn test_push(
         None => policy.devices.iter().collect(),
     };
     let message = WakePush {
-        call_id: CallId(uuid::Uuid::new_v4().to_string()),
+        call_id: CallId(uuid_v4(&mut OsRandom)),
         extension: extension.to_owned(),
         caller: Party {
             number: "test".into(),

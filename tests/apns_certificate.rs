@@ -13,10 +13,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use pushwake::directory::{Device, DeviceToken, Platform};
-use pushwake::pbx::{CallId, Party};
 use pushwake::push::apns::{ApnsAuth, ApnsPushkin, ApnsSettings, ClientCertificate};
 use pushwake::push::{Attempt, PushKind, Pushkin, WakePush};
+use pushwake_core::directory::{Device, DeviceToken};
+use pushwake_core::pbx::{CallId, Party};
 use pushwake_testkit::apns::ApnsServer;
 use pushwake_testkit::daemon::TestApns;
 use pushwake_testkit::tls::TestClientCertificate;
@@ -74,7 +74,7 @@ async fn a_pem_or_pkcs12_push_certificate_authenticates_over_tls() {
     std::fs::write(dir.path().join("key.pem"), &certificate.key_pem).unwrap();
 
     let device = Device::new(
-        Platform::Apns,
+        pushwake::push::apns::PLATFORM,
         DeviceToken::new("c0ffee".repeat(10) + "c0ff"),
         "101/apns#0",
     );

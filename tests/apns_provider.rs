@@ -5,10 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pushwake::directory::{ApnsEnvironment, ApnsRoute, Device, DeviceToken, Platform};
-use pushwake::pbx::{CallId, Party};
 use pushwake::push::apns::{ApnsAuth, ApnsPushkin, ApnsSettings};
+use pushwake::push::apns::{ALERT_TOKEN, ENVIRONMENT, SANDBOX, TOPIC};
 use pushwake::push::{EndReason, PushKind, PushService, PushVerdict, WakePush};
+use pushwake_core::directory::{Device, DeviceToken};
+use pushwake_core::pbx::{CallId, Party};
 use pushwake_testkit::apns::ApnsServer;
 use pushwake_testkit::daemon::TestApns;
 use tokio::time::Instant;
@@ -24,15 +25,21 @@ fn alert_token(n: usize) -> String {
     format!("a{n:x}").repeat(32)
 }
 
-fn device(n: usize, route: Option<ApnsRoute>) -> Device {
-    Device {
-        apns: route,
-        ..Device::new(
-            Platform::Apns,
-            DeviceToken::new(voip_token(n)),
-            format!("101/apns#{n}"),
-        )
+/// APNs device `n` with its own `settings` (topic, environment, alert token).
+fn device(n: usize, settings: &[(&str, String)]) -> Device {
+    let mut device = Device::new(
+        pushwake::push::apns::PLATFORM,
+        DeviceToken::new(voip_token(n)),
+        format!("101/apns#{n}"),
+    );
+    for (key, value) in settings {
+        if *key == ALERT_TOKEN {
+            device.params.set_secret(key, value.clone());
+        } else {
+            device.params.set(key, value.clone());
+        }
     }
+    device
 }
 
 fn push(kind: PushKind) -> WakePush {
@@ -103,29 +110,13 @@ async fn each_device_gets_its_own_topic_and_its_own_apns_host() {
     env.sandbox.bind_token(&voip_token(3), other_app);
     let service = env.service(None);
     let devices = [
-        device(1, None),
-        device(
-            2,
-            Some(ApnsRoute {
-                topic: Some(other_app.into()),
-                ..ApnsRoute::default()
-            }),
-        ),
+        device(1, &[]),
+        device(2, &[(TOPIC, other_app.into())]),
         device(
             3,
-            Some(ApnsRoute {
-                topic: Some(other_app.into()),
-                environment: ApnsEnvironment::Sandbox,
-                alert_token: None,
-            }),
+            &[(TOPIC, other_app.into()), (ENVIRONMENT, SANDBOX.into())],
         ),
-        device(
-            4,
-            Some(ApnsRoute {
-                environment: ApnsEnvironment::Sandbox,
-                ..ApnsRoute::default()
-            }),
-        ),
+        device(4, &[(ENVIRONMENT, SANDBOX.into())]),
     ];
     for device in &devices {
         let verdict = service
@@ -166,7 +157,7 @@ async fn a_token_of_another_app_is_dead_and_tried_once() {
         .bind_token(&voip_token(5), "com.example.other.voip");
     let verdict = env
         .service(None)
-        .send(&device(5, None), &push(PushKind::IncomingCall), soon())
+        .send(&device(5, &[]), &push(PushKind::IncomingCall), soon())
         .await;
     assert!(
         matches!(
@@ -198,13 +189,7 @@ async fn a_missed_call_is_an_alert_on_the_apps_topic_to_its_regular_token() {
     let env = env().await;
     env.production.bind_token(&alert_token(1), BUNDLE);
     let service = env.service(Some(BUNDLE));
-    let with_alert = device(
-        1,
-        Some(ApnsRoute {
-            alert_token: Some(DeviceToken::new(alert_token(1))),
-            ..ApnsRoute::default()
-        }),
-    );
+    let with_alert = device(1, &[(ALERT_TOKEN, alert_token(1))]);
     let verdict = service
         .send(
             &with_alert,
@@ -250,7 +235,7 @@ async fn a_missed_call_is_an_alert_on_the_apps_topic_to_its_regular_token() {
     // cannot get one: nothing is sent, and certainly no VoIP push.
     let not_sent = [
         (&with_alert, EndReason::AnsweredElsewhere),
-        (&device(2, None), EndReason::CallerHungUp),
+        (&device(2, &[]), EndReason::CallerHungUp),
     ];
     for (device, reason) in not_sent {
         let verdict = service
@@ -268,13 +253,7 @@ async fn a_missed_call_is_an_alert_on_the_apps_topic_to_its_regular_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_an_alert_topic_apns_gets_nothing_for_an_ended_call() {
     let env = env().await;
-    let with_alert = device(
-        1,
-        Some(ApnsRoute {
-            alert_token: Some(DeviceToken::new(alert_token(1))),
-            ..ApnsRoute::default()
-        }),
-    );
+    let with_alert = device(1, &[(ALERT_TOKEN, alert_token(1))]);
     let verdict = env
         .service(None)
         .send(
@@ -295,13 +274,7 @@ async fn a_dead_alert_token_does_not_make_the_voip_token_dead() {
     let env = env().await;
     env.production.bind_token(&alert_token(1), BUNDLE);
     env.production.script(&alert_token(1), 410, "Unregistered");
-    let with_alert = device(
-        1,
-        Some(ApnsRoute {
-            alert_token: Some(DeviceToken::new(alert_token(1))),
-            ..ApnsRoute::default()
-        }),
-    );
+    let with_alert = device(1, &[(ALERT_TOKEN, alert_token(1))]);
     let verdict = env
         .service(Some(BUNDLE))
         .send(

@@ -5,14 +5,14 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pushwake::directory::{Device, DeviceToken, Directory, ExtensionPolicy, Platform};
 use pushwake::driver::{Control, Driver};
-use pushwake::pbx::{
-    CallControl, ChannelId, Contact, Party, PbxCommand, PbxError, PbxEvent, PbxReply, PbxSnapshot,
-    WakeStatus, LEG_MARKER,
-};
 use pushwake::push::{Attempt, AttemptFuture, PushService, Pushkin, WakePush};
-use pushwake::wake::EngineSettings;
+use pushwake_core::directory::{Device, DeviceToken, Directory, ExtensionPolicy, Platform};
+use pushwake_core::pbx::{
+    CallControl, ChannelId, Contact, Party, PbxCommand, PbxError, PbxEvent, PbxReply, PbxSnapshot,
+    WakeStatus,
+};
+use pushwake_core::wake::EngineSettings;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
@@ -35,12 +35,18 @@ impl CallControl for FakePbx {
             PbxCommand::ListContacts { .. } => {
                 Ok(PbxReply::Contacts(self.contacts.lock().unwrap().clone()))
             }
-            PbxCommand::Continue { .. } if self.failing_continues.load(Ordering::SeqCst) > 0 => {
+            PbxCommand::Return { .. } if self.failing_continues.load(Ordering::SeqCst) > 0 => {
                 self.failing_continues.fetch_sub(1, Ordering::SeqCst);
                 Err(PbxError::Failed("503 Service Unavailable".into()))
             }
             _ => Ok(PbxReply::Done),
         }
+    }
+
+    /// Like Asterisk, this PBX does not announce a phone registering again on the same
+    /// contact.
+    fn contact_poll(&self) -> Option<Duration> {
+        Some(Duration::from_secs(1))
     }
 }
 
@@ -84,7 +90,7 @@ struct AlwaysDelivered;
 
 impl Pushkin for AlwaysDelivered {
     fn platform(&self) -> Platform {
-        Platform::Apns
+        pushwake::push::apns::PLATFORM
     }
     fn attempt<'a>(&'a self, _: &'a Device, _: &'a WakePush, _: Duration) -> AttemptFuture<'a> {
         Box::pin(async { Attempt::Delivered })
@@ -95,7 +101,7 @@ struct Setup {
     pbx: Arc<FakePbx>,
     events: mpsc::Sender<PbxEvent>,
     control: mpsc::Sender<Control>,
-    driver: tokio::task::JoinHandle<pushwake::wake::EngineStats>,
+    driver: tokio::task::JoinHandle<pushwake_core::wake::EngineStats>,
 }
 
 fn start() -> Setup {
@@ -111,7 +117,7 @@ fn start_with(
         number: "101".into(),
         ring_timeout: Duration::from_secs(25),
         devices: vec![Device::new(
-            Platform::Apns,
+            pushwake::push::apns::PLATFORM,
             DeviceToken::new("ab".repeat(32)),
             "101/apns#0",
         )],
@@ -121,6 +127,11 @@ fn start_with(
     push.add(pushkin);
     let (events, events_rx) = mpsc::channel(64);
     let (control, control_rx) = mpsc::channel(4);
+    // As the daemon does: the PBX says whether contacts must be polled.
+    let settings = EngineSettings {
+        contact_poll: pbx.contact_poll(),
+        ..settings
+    };
     let mut driver = Driver::new(pbx.clone(), push, Arc::new(directory), settings);
     if let Some(board) = board {
         driver = driver.with_status_board(board);
@@ -142,9 +153,9 @@ async fn caller_enters(setup: &Setup, channel: &str) {
         .unwrap();
     setup
         .events
-        .send(PbxEvent::ChannelEntered {
+        .send(PbxEvent::CallerArrived {
             channel: ChannelId(channel.into()),
-            args: vec!["101".into()],
+            extension: "101".into(),
             caller: Party {
                 number: "200".into(),
                 name: "Alice".into(),
@@ -155,7 +166,7 @@ async fn caller_enters(setup: &Setup, channel: &str) {
 }
 
 fn is_continue(status: WakeStatus) -> impl Fn(&PbxCommand) -> bool {
-    move |c| matches!(c, PbxCommand::Continue { status: s, .. } if *s == status)
+    move |c| matches!(c, PbxCommand::Return { status: s, .. } if *s == status)
 }
 
 #[tokio::test(start_paused = true)]
@@ -195,10 +206,8 @@ async fn the_woken_phone_is_dialled_when_it_registers_and_connected_when_it_answ
 
     setup
         .events
-        .send(PbxEvent::ChannelEntered {
-            channel: dial.leg.clone(),
-            args: vec![LEG_MARKER.into(), dial.call.0.clone()],
-            caller: Party::default(),
+        .send(PbxEvent::LegAnswered {
+            leg: dial.leg.clone(),
         })
         .await
         .unwrap();
@@ -213,9 +222,7 @@ async fn the_woken_phone_is_dialled_when_it_registers_and_connected_when_it_answ
     // Long after the ring window, nothing has returned the bridged caller.
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert_eq!(
-        setup
-            .pbx
-            .count(|c| matches!(c, PbxCommand::Continue { .. })),
+        setup.pbx.count(|c| matches!(c, PbxCommand::Return { .. })),
         0
     );
     drop(setup.control);
@@ -285,7 +292,7 @@ struct Recording {
 
 impl Pushkin for Recording {
     fn platform(&self) -> Platform {
-        Platform::Apns
+        pushwake::push::apns::PLATFORM
     }
     fn attempt<'a>(&'a self, _: &'a Device, push: &'a WakePush, _: Duration) -> AttemptFuture<'a> {
         let status = self

@@ -7,10 +7,10 @@ use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use pushwake::directory::{Device, DeviceToken, Platform};
-use pushwake::pbx::{CallId, Party};
 use pushwake::push::fcm::{FcmPushkin, FcmSettings, ServiceAccount};
 use pushwake::push::{Attempt, PushKind, PushService, PushVerdict, Pushkin, WakePush};
+use pushwake_core::directory::{Device, DeviceToken};
+use pushwake_core::pbx::{CallId, Party};
 use pushwake_testkit::fcm::{FcmExpectations, FcmReply, FcmServer, DATA_FIELDS};
 use pushwake_testkit::keys::RsaKey;
 use tokio::time::Instant;
@@ -97,7 +97,7 @@ fn token(n: usize) -> String {
 
 fn device(n: usize) -> Device {
     Device::new(
-        Platform::Fcm,
+        pushwake::push::fcm::PLATFORM,
         DeviceToken::new(token(n)),
         format!("101/fcm#{n}"),
     )

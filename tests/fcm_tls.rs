@@ -8,10 +8,10 @@
 
 use std::time::Duration;
 
-use pushwake::directory::{Device, DeviceToken, Platform};
-use pushwake::pbx::{CallId, Party};
 use pushwake::push::fcm::{FcmPushkin, FcmSettings, ServiceAccount};
 use pushwake::push::{Attempt, PushKind, Pushkin, WakePush};
+use pushwake_core::directory::{Device, DeviceToken};
+use pushwake_core::pbx::{CallId, Party};
 use pushwake_testkit::fcm::{FcmExpectations, FcmServer};
 use pushwake_testkit::keys::RsaKey;
 
@@ -54,7 +54,7 @@ async fn over_https_alpn_negotiates_h2_and_one_connection_carries_everything() {
     let tokens: Vec<Device> = (0..20)
         .map(|n| {
             Device::new(
-                Platform::Fcm,
+                pushwake::push::fcm::PLATFORM,
                 DeviceToken::new(format!("tls-{n}:APA91b-token")),
                 format!("tls#{n}"),
             )

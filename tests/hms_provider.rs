@@ -4,10 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pushwake::directory::{Device, DeviceToken, Platform};
-use pushwake::pbx::{CallId, Party};
 use pushwake::push::hms::{HmsPushkin, HmsSettings};
 use pushwake::push::{EndReason, PushKind, PushService, PushVerdict, WakePush};
+use pushwake_core::directory::{Device, DeviceToken};
+use pushwake_core::pbx::{CallId, Party};
 use pushwake_testkit::hms::HmsServer;
 use tokio::time::Instant;
 
@@ -20,7 +20,7 @@ fn token(n: usize) -> String {
 
 fn device(n: usize) -> Device {
     Device::new(
-        Platform::Hms,
+        pushwake::push::hms::PLATFORM,
         DeviceToken::new(token(n)),
         format!("101/hms#{n}"),
     )

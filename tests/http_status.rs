@@ -5,9 +5,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use pushwake::http::StatusListener;
-use pushwake::pbx::CallId;
 use pushwake::push::EndReason;
-use pushwake::status::{SharedBoard, StatusBoard, StatusSecret, StatusUpdate};
+use pushwake::status::{SharedBoard, StatusBoard, StatusUpdate};
+use pushwake_core::pbx::CallId;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -57,7 +57,7 @@ async fn get(
 #[tokio::test]
 async fn an_app_asks_with_its_token_and_learns_ringing_answered_ended() {
     let board = StatusBoard::shared();
-    let secret = StatusSecret::generate();
+    let secret = pushwake::status::fresh_secret();
     let running = start(board.clone()).await;
     let url = format!("http://{}/v1/calls/{CALL}", running.addr);
     let client = reqwest::Client::new();
@@ -96,7 +96,7 @@ async fn an_app_asks_with_its_token_and_learns_ringing_answered_ended() {
     assert_eq!(basic.status(), StatusCode::UNAUTHORIZED);
 
     // A wrong token gets exactly the answer an unknown call gets.
-    let wrong = StatusSecret::generate();
+    let wrong = pushwake::status::fresh_secret();
     let (status, _, body) = get(&client, &url, Some(wrong.expose())).await;
     assert_eq!(
         (status, body),

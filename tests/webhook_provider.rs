@@ -6,10 +6,10 @@ use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use pushwake::directory::{Device, DeviceToken, Platform};
-use pushwake::pbx::{CallId, Party};
 use pushwake::push::webhook::{WebhookPushkin, WebhookSecret, WebhookSettings};
 use pushwake::push::{EndReason, PushKind, PushService, PushVerdict, Pushkin, WakePush};
+use pushwake_core::directory::{Device, DeviceToken};
+use pushwake_core::pbx::{CallId, Party};
 use pushwake_testkit::webhook::{generate_secret, WebhookReply, WebhookServer};
 use tokio::time::Instant;
 
@@ -80,7 +80,7 @@ fn token(n: usize) -> String {
 
 fn device(n: usize) -> Device {
     Device::new(
-        Platform::Webhook,
+        pushwake::push::webhook::PLATFORM,
         DeviceToken::new(token(n)),
         format!("101/webhook#{n}"),
     )
@@ -417,7 +417,7 @@ async fn the_call_status_link_reaches_the_backend_in_both_events_and_never_the_l
     let link = pushwake::push::StatusLink {
         url: "https://pbx.example.com/pushwake/v1/calls/5d7d1c1e-0000-4000-8000-000000000021"
             .into(),
-        token: pushwake::status::StatusSecret::generate(),
+        token: pushwake::status::fresh_secret(),
     };
     let with_link = |kind| WakePush {
         status: Some(link.clone()),

@@ -5,10 +5,10 @@
 
 use std::time::Duration;
 
-use pushwake::directory::{Device, DeviceToken, Platform};
-use pushwake::pbx::{CallId, Party};
 use pushwake::push::webpush::{VapidKey, WebPushPushkin, WebPushSettings};
 use pushwake::push::{payload, EndReason, PushKind, PushService, PushVerdict, WakePush};
+use pushwake_core::directory::{Device, DeviceToken};
+use pushwake_core::pbx::{CallId, Party};
 use pushwake_testkit::webpush::{generate_vapid_pem, WebPushReply, WebPushServer};
 use tokio::time::Instant;
 
@@ -36,7 +36,7 @@ async fn env() -> Env {
 impl Env {
     fn device(&self, name: &str) -> Device {
         Device::new(
-            Platform::WebPush,
+            pushwake::push::webpush::PLATFORM,
             DeviceToken::new(self.server.subscription_json(name)),
             format!("101/webpush/{name}"),
         )

@@ -3,13 +3,16 @@
 //! One "pushkin" per provider ([`Pushkin`]), all behind one interface; [`PushService`]
 //! picks the pushkin for a device's platform and retries transient failures with jittered
 //! backoff, never past the call's ring deadline. The payload contract (what an app
-//! receives) is built in [`payload`] and documented in the README.
+//! receives) is built in [`payload`] and documented in docs/app-developers.md. Each
+//! provider module also reads its own section of the configuration ([`provider`]); the
+//! push vocabulary they share comes from the core ([`WakePush`], [`PushVerdict`]).
 
 pub mod apns;
 pub mod fcm;
 pub mod hms;
 pub mod oauth;
 pub mod payload;
+pub mod provider;
 pub mod webhook;
 pub mod webpush;
 
@@ -21,97 +24,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::directory::{Device, Platform};
-use crate::pbx::{CallId, Party};
+use pushwake_core::directory::{Device, Platform};
 
-/// What a push says about a call, independent of the provider.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WakePush {
-    /// The call's id, also sent in the `X-Pushwake-Call-Id` header of the INVITE.
-    pub call_id: CallId,
-    /// The called extension.
-    pub extension: String,
-    /// Who is calling.
-    pub caller: Party,
-    /// An incoming call, or the end of one the device was woken for.
-    pub kind: PushKind,
-    /// Where the app can ask whether the call still rings, when the HTTP listener is
-    /// configured (`[http]`); `None` otherwise.
-    pub status: Option<StatusLink>,
-}
-
-/// The call status endpoint of one call, as its pushes carry it (`status_url`,
-/// `status_token`). `Debug` never shows the token.
-#[derive(Clone, PartialEq, Eq)]
-pub struct StatusLink {
-    /// `{public_url}/v1/calls/{call_id}`.
-    pub url: String,
-    /// The call's secret, to send as `Authorization: Bearer <token>`.
-    pub token: crate::status::StatusSecret,
-}
-
-impl std::fmt::Debug for StatusLink {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StatusLink")
-            .field("url", &self.url)
-            .field("token", &"<redacted>")
-            .finish()
-    }
-}
-
-/// What a push announces.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PushKind {
-    /// A call is waiting: wake up, register, ring.
-    IncomingCall,
-    /// The call this device was woken for is over without it: stop ringing.
-    CallEnded(EndReason),
-}
-
-/// Why a call ended, as a woken device is told.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum EndReason {
-    /// The caller hung up before any device answered.
-    CallerHungUp,
-    /// Another device answered.
-    AnsweredElsewhere,
-    /// No device answered in time; the caller went on (voicemail).
-    Timeout,
-    /// pushwake returned the caller to the dialplan for another reason.
-    Ended,
-}
-
-impl EndReason {
-    /// The `reason` string in the payload.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EndReason::CallerHungUp => "caller_hung_up",
-            EndReason::AnsweredElsewhere => "answered_elsewhere",
-            EndReason::Timeout => "timeout",
-            EndReason::Ended => "ended",
-        }
-    }
-}
-
-/// The final verdict on one push.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PushVerdict {
-    /// The provider accepted the push.
-    Delivered,
-    /// The push could not be delivered, and retrying within the ring window will not help.
-    Failed {
-        /// Why, for logs (never contains the token).
-        reason: String,
-        /// The provider says the token is dead (unregistered, invalid).
-        dead_token: bool,
-    },
-    /// Deliberately not sent: this provider must not carry this kind of push (APNs
-    /// carries no VoIP push for a call that has ended).
-    NotSent {
-        /// Why, for logs.
-        reason: String,
-    },
-}
+pub use provider::{Provider, ProviderSettings, PROVIDERS};
+pub use pushwake_core::push::{EndReason, PushKind, PushVerdict, StatusLink, WakePush};
 
 /// What one attempt at a provider produced.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -340,6 +256,7 @@ fn jitter(base: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pushwake_core::pbx::{CallId, Party};
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::sync::Mutex;
 
@@ -351,7 +268,7 @@ mod tests {
 
     impl Pushkin for Scripted {
         fn platform(&self) -> Platform {
-            Platform::Apns
+            apns::PLATFORM
         }
         fn attempt<'a>(&'a self, _: &'a Device, _: &'a WakePush, _: Duration) -> AttemptFuture<'a> {
             self.attempts.fetch_add(1, Ordering::SeqCst);
@@ -372,8 +289,8 @@ mod tests {
 
     fn device() -> Device {
         Device::new(
-            Platform::Apns,
-            crate::directory::DeviceToken::new("aa"),
+            apns::PLATFORM,
+            pushwake_core::directory::DeviceToken::new("aa"),
             "101/apns#0",
         )
     }

@@ -72,7 +72,7 @@ pub fn data(push: &WakePush, expires_at: u64) -> BTreeMap<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pbx::{CallId, Party};
+    use pushwake_core::pbx::{CallId, Party};
 
     #[test]
     fn carries_every_documented_field() {
@@ -148,7 +148,7 @@ mod tests {
                 url:
                     "https://pbx.example.com/pushwake/v1/calls/5d7d1c1e-0000-4000-8000-000000000001"
                         .into(),
-                token: crate::status::StatusSecret::generate(),
+                token: crate::status::fresh_secret(),
             }),
         }
     }

@@ -1,13 +1,22 @@
-//! Asterisk's REST Interface (ARI) for pushwake: a REST client ([`AriClient`]), the
-//! typed events pushwake reacts to ([`AriEvent`]), and an event pump that keeps the
-//! application's WebSocket connected ([`spawn_event_pump`]).
+//! Asterisk for pushwake, through its REST Interface (ARI): everything pushwake knows
+//! about Asterisk, and the only crate that knows it.
 //!
-//! This crate knows ARI and nothing of pushwake's wake logic; pushwake's `asterisk`
-//! module maps between the two.
+//! - [`client`], [`events`], [`model`]: ARI itself — a REST client ([`AriClient`]), the
+//!   typed events pushwake reacts to ([`AriEvent`]) and an event pump that keeps the
+//!   application's WebSocket connected ([`spawn_event_pump`]).
+//! - [`control`]: Asterisk as a PBX for the wake logic ([`AsteriskPbx`]): ARI events
+//!   become the core's PBX-neutral events, the core's commands become ARI requests, and
+//!   the reconnect snapshot is sorted into callers, legs and conversations.
+//! - [`config`]: the `[asterisk]` section of `pushwake.toml` ([`AsteriskConfig`]).
 
 pub mod client;
+pub mod config;
+pub mod control;
 pub mod events;
 pub mod model;
+
+pub use config::AsteriskConfig;
+pub use control::AsteriskPbx;
 
 pub use client::{AriClient, AriError, Originate};
 pub use events::{spawn_event_pump, AriEvent, EventFeed, EventsConfig};

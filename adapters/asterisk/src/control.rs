@@ -1,22 +1,44 @@
 //! Asterisk as a PBX for the wake logic: maps ARI events to [`PbxEvent`]s and carries
-//! out [`PbxCommand`]s through ARI. The only module of this crate that knows Asterisk;
-//! the protocol itself lives in the `pushwake-asterisk` crate.
+//! out [`PbxCommand`]s through ARI.
+//!
+//! What the wake logic calls "a caller handed over" is a channel entering
+//! `Stasis(<app>,<extension>)`; a leg is a channel pushwake originates into the same
+//! application with the arguments [`LEG_MARKER`]` <call id>`, which is how a leg of a
+//! previous daemon process is told from a caller after a restart; joining a caller with
+//! a leg is a mixing bridge named `pwbridge-<call id>`. None of that leaves this module.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
-use pushwake_asterisk::{AriClient, AriError, AriEvent, EventFeed, EventsConfig, Originate};
+use pushwake_core::pbx::{
+    CallControl, CallId, ChannelId, Contact, Conversation, HangupReason, HeldCaller, Party,
+    PbxCommand, PbxError, PbxEvent, PbxReply, PbxSnapshot, WakeStatus, CALL_ID_HEADER,
+    STATUS_VARIABLE,
+};
 use tokio::sync::mpsc;
 
+use crate::client::{AriClient, AriError, Originate};
 use crate::config::AsteriskConfig;
-use crate::pbx::{
-    AppBridge, BridgeId, CallControl, ChannelId, Contact, HangupReason, ParkedChannel, Party,
-    PbxCommand, PbxError, PbxEvent, PbxReply, PbxSnapshot, LEG_MARKER,
-};
+use crate::events::{spawn_event_pump, AriEvent, EventFeed, EventsConfig};
+use crate::model::{Bridge, Channel};
 
-/// The channel variable the dialplan reads after `Stasis()` returns.
-pub const STATUS_VARIABLE: &str = "PUSHWAKE_STATUS";
-/// The SIP header that carries the call id in the INVITE to a woken phone.
-pub const CALL_ID_HEADER: &str = "X-Pushwake-Call-Id";
+/// The first `Stasis()` argument that marks a channel as one of pushwake's own
+/// outgoing legs rather than a caller; the call id follows it.
+pub const LEG_MARKER: &str = "pushwake-leg";
+
+/// Prefix of the names of pushwake's bridges; the call id follows it.
+const BRIDGE_PREFIX: &str = "pwbridge-";
+
+/// How often a waiting call lists its extension's contacts again. A REGISTER that
+/// refreshes a contact stored with the very same URI (a phone killed without
+/// unregistering that comes back on the same port) produces no ARI event at all; only
+/// the contact's expiry time, read by the listing, shows it.
+pub const CONTACT_POLL: Duration = Duration::from_secs(1);
+
+/// The bridge that joins the two parties of `call`.
+fn bridge_of(call: &CallId) -> String {
+    format!("{BRIDGE_PREFIX}{call}")
+}
 
 /// Asterisk call control through ARI.
 #[derive(Debug, Clone)]
@@ -30,13 +52,26 @@ pub struct AsteriskPbx {
 }
 
 impl AsteriskPbx {
-    /// Call control for the application in `config`.
+    /// Call control for the application in `config`. Nothing is connected yet: see
+    /// [`AsteriskPbx::start`].
     pub fn new(config: &AsteriskConfig) -> Result<Self, AriError> {
         Ok(Self {
             client: AriClient::new(&config.url, &config.username, &config.password)?,
             dial_client: AriClient::new(&config.url, &config.username, &config.password)?,
             app: config.app.clone(),
         })
+    }
+
+    /// Sets up call control for `config` and starts talking to Asterisk: the REST
+    /// connections are kept warm and the event WebSocket is connected (and reconnected,
+    /// forever) in tasks of their own. Returns the call control and the translated event
+    /// stream, which on every (re)connect first yields [`PbxEvent::Connected`] with a
+    /// snapshot of what the application holds.
+    pub fn start(config: &AsteriskConfig) -> Result<(Self, mpsc::Receiver<PbxEvent>), AriError> {
+        let pbx = Self::new(config)?;
+        tokio::spawn(pbx.clone().keep_warm());
+        let events = pbx.events(config);
+        Ok((pbx, events))
     }
 
     /// Keeps both REST connection pools warm, forever. Run it in its own task.
@@ -48,7 +83,7 @@ impl AsteriskPbx {
     /// (re)connect the stream first yields [`PbxEvent::Connected`] with a snapshot of the
     /// application's channels and bridges.
     pub fn events(&self, config: &AsteriskConfig) -> mpsc::Receiver<PbxEvent> {
-        let feed = pushwake_asterisk::spawn_event_pump(EventsConfig {
+        let feed = spawn_event_pump(EventsConfig {
             url: config.url.clone(),
             username: config.username.clone(),
             password: config.password.clone(),
@@ -66,33 +101,20 @@ impl AsteriskPbx {
     async fn snapshot(&self) -> Result<PbxSnapshot, AriError> {
         self.client.subscribe(&self.app, "endpoint:PJSIP").await?;
         let (channels, bridges) = tokio::try_join!(self.client.channels(), self.client.bridges())?;
-        let parked = channels
-            .iter()
-            .filter_map(|c| {
-                c.stasis_args(&self.app).map(|args| ParkedChannel {
-                    channel: ChannelId(c.id.clone()),
-                    args,
-                })
-            })
-            .collect();
-        let bridges = bridges
-            .into_iter()
-            .filter(|b| b.name == self.app)
-            .map(|b| AppBridge {
-                bridge: BridgeId(b.id),
-                channels: b.channels.into_iter().map(ChannelId).collect(),
-            })
-            .collect();
-        Ok(PbxSnapshot {
-            parked,
-            bridges,
-            all_channels: channels.into_iter().map(|c| ChannelId(c.id)).collect(),
-        })
+        let found = classify(&self.app, &channels, &bridges);
+        for bridge in &found.foreign_bridges {
+            // Not named by any pushwake process: nothing can go on in it.
+            tracing::info!(bridge = %bridge, "destroying a bridge left in the application");
+            if let Err(error) = self.client.destroy_bridge(bridge).await {
+                tracing::warn!(bridge = %bridge, %error, "could not destroy a bridge left in the application");
+            }
+        }
+        Ok(found.snapshot)
     }
 
     /// Whether a channel entering Stasis belongs to this application (a guard: events
     /// of other applications' channels must never be acted on).
-    fn is_ours(&self, channel: &pushwake_asterisk::Channel) -> bool {
+    fn is_ours(&self, channel: &Channel) -> bool {
         let data = &channel.dialplan.app_data;
         data.is_empty() || data.split(',').next().map(str::trim) == Some(self.app.as_str())
     }
@@ -135,7 +157,7 @@ impl AsteriskPbx {
 
     async fn connect(&self, caller: &str, leg: &str, bridge: &str) -> Result<(), AriError> {
         self.client
-            .set_variable(caller, STATUS_VARIABLE, "ANSWERED")
+            .set_variable(caller, STATUS_VARIABLE, WakeStatus::Answered.as_str())
             .await?;
         tokio::try_join!(
             self.client.answer(caller),
@@ -164,6 +186,79 @@ fn parse_contact_listing(listing: &str) -> Vec<Contact> {
     contacts
 }
 
+/// What a snapshot found, sorted into the wake logic's terms.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Found {
+    snapshot: PbxSnapshot,
+    /// Bridges of the application that no pushwake process named: destroyed at once.
+    foreign_bridges: Vec<String>,
+}
+
+/// Sorts the application's channels and bridges: a bridge `pwbridge-<call>` holding
+/// exactly one caller and one leg, both still in the application, is a conversation that
+/// can go on; any other `pwbridge-<call>` is a broken one; channels in the application
+/// outside such conversations are callers (`Stasis(<app>,<extension>)`) or legs
+/// (`Stasis(<app>,pushwake-leg,<call>)`).
+fn classify(app: &str, channels: &[Channel], bridges: &[Bridge]) -> Found {
+    let parked: std::collections::HashMap<&str, Vec<String>> = channels
+        .iter()
+        .filter_map(|c| c.stasis_args(app).map(|args| (c.id.as_str(), args)))
+        .collect();
+    let is_leg = |args: &[String]| args.first().map(String::as_str) == Some(LEG_MARKER);
+    let mut found = Found::default();
+    let mut joined: HashSet<&str> = HashSet::new();
+    for bridge in bridges.iter().filter(|b| b.name == app) {
+        let Some(call) = bridge.id.strip_prefix(BRIDGE_PREFIX) else {
+            found.foreign_bridges.push(bridge.id.clone());
+            continue;
+        };
+        let call = CallId(call.to_owned());
+        let conversation = match bridge.channels.as_slice() {
+            [a, b] => match (parked.get(a.as_str()), parked.get(b.as_str())) {
+                (Some(args_a), Some(args_b)) => match (is_leg(args_a), is_leg(args_b)) {
+                    (false, true) => Some((a, args_a, b)),
+                    (true, false) => Some((b, args_b, a)),
+                    _ => None,
+                },
+                _ => None,
+            },
+            _ => None,
+        };
+        match conversation {
+            Some((caller, caller_args, leg)) => {
+                joined.insert(caller);
+                joined.insert(leg);
+                found.snapshot.conversations.push(Conversation {
+                    call,
+                    caller: ChannelId(caller.clone()),
+                    leg: ChannelId(leg.clone()),
+                    extension: caller_args.first().cloned().unwrap_or_default(),
+                });
+            }
+            None => found.snapshot.broken.push(call),
+        }
+    }
+    // In the order Asterisk listed them, for stable logs.
+    for channel in channels {
+        let Some(args) = parked.get(channel.id.as_str()) else {
+            continue;
+        };
+        if joined.contains(channel.id.as_str()) {
+            continue;
+        }
+        if is_leg(args) {
+            found.snapshot.legs.push(ChannelId(channel.id.clone()));
+        } else {
+            found.snapshot.callers.push(HeldCaller {
+                channel: ChannelId(channel.id.clone()),
+                extension: args.first().cloned().unwrap_or_default(),
+            });
+        }
+    }
+    found.snapshot.live = channels.iter().map(|c| ChannelId(c.id.clone())).collect();
+    found
+}
+
 fn pbx_error(error: AriError) -> PbxError {
     match error {
         AriError::NotFound(what) => PbxError::Gone(what),
@@ -187,12 +282,12 @@ impl CallControl for AsteriskPbx {
     async fn execute(&self, command: PbxCommand) -> Result<PbxReply, PbxError> {
         let c = &self.client;
         let done = match command {
-            PbxCommand::Ring { channel } => c.ring(channel.as_str()).await,
+            PbxCommand::Ring { caller } => c.ring(caller.as_str()).await,
             PbxCommand::ListContacts {
-                channel, extension, ..
+                caller, extension, ..
             } => {
                 return self
-                    .list_contacts(channel.as_str(), &extension)
+                    .list_contacts(caller.as_str(), &extension)
                     .await
                     .map(PbxReply::Contacts)
                     .map_err(pbx_error)
@@ -213,13 +308,8 @@ impl CallControl for AsteriskPbx {
                 };
                 self.dial_client.originate(&originate).await.map(|_| ())
             }
-            PbxCommand::Connect {
-                caller,
-                leg,
-                bridge,
-                ..
-            } => {
-                self.connect(caller.as_str(), leg.as_str(), bridge.as_str())
+            PbxCommand::Connect { call, caller, leg } => {
+                self.connect(caller.as_str(), leg.as_str(), &bridge_of(&call))
                     .await
             }
             PbxCommand::Hangup { channel, reason } => {
@@ -229,18 +319,22 @@ impl CallControl for AsteriskPbx {
                 };
                 c.hangup(channel.as_str(), reason).await
             }
-            PbxCommand::Continue { channel, status } => {
+            PbxCommand::Return { caller, status } => {
                 match c
-                    .set_variable(channel.as_str(), STATUS_VARIABLE, status.as_str())
+                    .set_variable(caller.as_str(), STATUS_VARIABLE, status.as_str())
                     .await
                 {
-                    Ok(()) => c.continue_in_dialplan(channel.as_str()).await,
+                    Ok(()) => c.continue_in_dialplan(caller.as_str()).await,
                     Err(e) => Err(e),
                 }
             }
-            PbxCommand::DestroyBridge { bridge } => c.destroy_bridge(bridge.as_str()).await,
+            PbxCommand::Release { call } => c.destroy_bridge(&bridge_of(&call)).await,
         };
         done.map(|()| PbxReply::Done).map_err(pbx_error)
+    }
+
+    fn contact_poll(&self) -> Option<Duration> {
+        Some(CONTACT_POLL)
     }
 }
 
@@ -289,7 +383,7 @@ async fn snapshot_while_buffering(
     let mut attempts = 0u32;
     let taking = pbx.snapshot();
     tokio::pin!(taking);
-    let mut snapshot = loop {
+    let mut snapshot: PbxSnapshot = loop {
         tokio::select! {
             result = &mut taking => match result {
                 Ok(snapshot) => break snapshot,
@@ -315,21 +409,30 @@ async fn snapshot_while_buffering(
         })
         .collect();
     snapshot
-        .parked
-        .retain(|p| !entered.contains(p.channel.as_str()));
+        .callers
+        .retain(|c| !entered.contains(c.channel.as_str()));
+    snapshot.legs.retain(|l| !entered.contains(l.as_str()));
     Some((snapshot, early))
 }
 
 fn pbx_event(pbx: &AsteriskPbx, event: AriEvent) -> Option<PbxEvent> {
     match event {
         AriEvent::StasisStart { channel, args } => {
-            pbx.is_ours(&channel).then(|| PbxEvent::ChannelEntered {
+            if !pbx.is_ours(&channel) {
+                return None;
+            }
+            if args.first().map(String::as_str) == Some(LEG_MARKER) {
+                return Some(PbxEvent::LegAnswered {
+                    leg: ChannelId(channel.id),
+                });
+            }
+            Some(PbxEvent::CallerArrived {
                 caller: Party {
                     number: channel.caller.number.clone(),
                     name: channel.caller.name.clone(),
                 },
                 channel: ChannelId(channel.id),
-                args,
+                extension: args.into_iter().next().unwrap_or_default(),
             })
         }
         AriEvent::ChannelDestroyed {
@@ -341,13 +444,13 @@ fn pbx_event(pbx: &AsteriskPbx, event: AriEvent) -> Option<PbxEvent> {
             cause: format!("{cause} {cause_txt}"),
         }),
         AriEvent::Dial { peer, dialstatus } if dialstatus == "RINGING" => {
-            Some(PbxEvent::ChannelRinging {
-                channel: ChannelId(peer.id),
+            Some(PbxEvent::LegRinging {
+                leg: ChannelId(peer.id),
             })
         }
         AriEvent::ChannelStateChange { channel } if channel.state == "Ringing" => {
-            Some(PbxEvent::ChannelRinging {
-                channel: ChannelId(channel.id),
+            Some(PbxEvent::LegRinging {
+                leg: ChannelId(channel.id),
             })
         }
         AriEvent::ContactStatusChange {
@@ -380,6 +483,99 @@ fn pbx_event(pbx: &AsteriskPbx, event: AriEvent) -> Option<PbxEvent> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::DialplanLocation;
+
+    fn channel(id: &str, app_data: &str) -> Channel {
+        Channel {
+            id: id.into(),
+            name: format!("PJSIP/{id}"),
+            state: "Up".into(),
+            caller: Default::default(),
+            dialplan: DialplanLocation {
+                app_name: if app_data.is_empty() {
+                    "Dial"
+                } else {
+                    "Stasis"
+                }
+                .into(),
+                app_data: app_data.into(),
+                ..Default::default()
+            },
+        }
+    }
+
+    fn bridge(id: &str, app: &str, channels: &[&str]) -> Bridge {
+        Bridge {
+            id: id.into(),
+            name: app.into(),
+            channels: channels.iter().map(|c| (*c).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_snapshot_sorts_callers_legs_and_conversations() {
+        let old_call = "6f1d2c3b-0000-4000-8000-00000000abcd";
+        let channels = [
+            channel("stray-caller", "pushwake,101"),
+            channel("stray-leg", "pushwake,pushwake-leg,old"),
+            channel("talking-caller", "pushwake,102"),
+            channel("bridged-leg", &format!("pushwake,pushwake-leg,{old_call}")),
+            channel("lonely", "pushwake,101"),
+            channel("other-app", "other,101"),
+            channel("dialling", ""),
+        ];
+        let bridges = [
+            bridge(
+                &format!("pwbridge-{old_call}"),
+                "pushwake",
+                &["talking-caller", "bridged-leg"],
+            ),
+            bridge("pwbridge-half", "pushwake", &["lonely"]),
+            bridge("someone-elses", "pushwake", &[]),
+            bridge("pwbridge-other-app", "other", &["other-app"]),
+        ];
+        let found = classify("pushwake", &channels, &bridges);
+        let snapshot = &found.snapshot;
+        assert_eq!(
+            snapshot.conversations,
+            vec![Conversation {
+                call: CallId(old_call.into()),
+                caller: ChannelId("talking-caller".into()),
+                leg: ChannelId("bridged-leg".into()),
+                extension: "102".into(),
+            }]
+        );
+        assert_eq!(snapshot.broken, vec![CallId("half".into())]);
+        assert_eq!(found.foreign_bridges, vec!["someone-elses".to_owned()]);
+        let callers: Vec<(&str, &str)> = snapshot
+            .callers
+            .iter()
+            .map(|c| (c.channel.as_str(), c.extension.as_str()))
+            .collect();
+        assert_eq!(callers, [("stray-caller", "101"), ("lonely", "101")]);
+        assert_eq!(snapshot.legs, vec![ChannelId("stray-leg".into())]);
+        assert_eq!(snapshot.live.len(), channels.len());
+        // Two callers, or a caller with a channel outside the application, are no
+        // conversation.
+        let found = classify(
+            "pushwake",
+            &[
+                channel("a", "pushwake,101"),
+                channel("b", "pushwake,102"),
+                channel("c", ""),
+            ],
+            &[
+                bridge("pwbridge-x", "pushwake", &["a", "b"]),
+                bridge("pwbridge-y", "pushwake", &["a", "c"]),
+            ],
+        );
+        assert!(found.snapshot.conversations.is_empty());
+        assert_eq!(
+            found.snapshot.broken,
+            vec![CallId("x".into()), CallId("y".into())]
+        );
+        assert_eq!(found.snapshot.callers.len(), 2);
+    }
 
     #[test]
     fn contact_listings_parse_by_token_whatever_goes_missing() {

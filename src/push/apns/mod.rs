@@ -4,7 +4,7 @@
 //!
 //! Built on reqwest's HTTP/2 client rather than the `a2` crate: a2 0.10 hard-codes
 //! Apple's hosts and trusts only the public roots, so nothing it sends could be checked
-//! against a local test server (see the README's dependency notes). One HTTP/2
+//! against a local test server (see docs/design.md's dependency notes). One HTTP/2
 //! connection per host is opened at start-up, kept warm with HTTP/2 pings, and carries
 //! every push multiplexed.
 
@@ -14,9 +14,33 @@ use std::time::Duration;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::StatusCode;
 
+use pushwake_core::directory::{Device, Platform};
+
 use super::{payload, Attempt, AttemptFuture, EndReason, PushKind, Pushkin, WakePush};
 use super::{retry_after, unix_now};
-use crate::directory::{ApnsEnvironment, Device, DeviceToken, Platform};
+
+mod section;
+pub use section::Apns;
+
+/// APNs devices: `platform = "apns"`, and the `[apns]` section.
+pub const PLATFORM: Platform = Platform::new("apns");
+
+/// A device's own VoIP topic (another app of the same team), instead of `apns.topic`.
+pub const TOPIC: &str = "topic";
+/// A device's APNs host: [`SANDBOX`] for a build signed for development (run from
+/// Xcode); production when absent. A token from a development build is unknown to
+/// production (`BadDeviceToken`) and the other way round.
+pub const ENVIRONMENT: &str = "environment";
+/// The value of [`ENVIRONMENT`] for the sandbox host.
+pub const SANDBOX: &str = "sandbox";
+/// A device's regular (non-VoIP) remote-notification token, for the "missed call"
+/// alert: PushKit and regular notifications have different tokens. Secret.
+pub const ALERT_TOKEN: &str = "alert_token";
+
+/// Whether `device` is reached through the APNs sandbox.
+pub fn uses_sandbox(device: &Device) -> bool {
+    device.platform == PLATFORM && device.params.get(ENVIRONMENT) == Some(SANDBOX)
+}
 
 /// Apple's production endpoint.
 pub const PRODUCTION_ENDPOINT: &str = "https://api.push.apple.com";
@@ -33,6 +57,7 @@ pub const MIN_RENEWAL_INTERVAL: Duration = Duration::from_secs(20 * 60);
 pub const ALERT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 /// How pushwake proves to APNs that it may push to the app.
+#[derive(Clone, PartialEq, Eq)]
 pub enum ApnsAuth {
     /// Token-based authentication: a JWT signed with the team's .p8 key.
     Token {
@@ -64,8 +89,18 @@ impl std::fmt::Debug for ApnsAuth {
     }
 }
 
-/// Everything needed to talk to APNs.
-#[derive(Debug)]
+impl ApnsAuth {
+    /// "token" or "certificate", for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ApnsAuth::Token { .. } => "token",
+            ApnsAuth::Certificate(_) => "certificate",
+        }
+    }
+}
+
+/// Everything needed to talk to APNs: the `[apns]` section.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ApnsSettings {
     /// Token or certificate authentication.
     pub auth: ApnsAuth,
@@ -355,10 +390,7 @@ enum ApnsPush<'a> {
     /// The PushKit wake-up, on the VoIP topic.
     Voip,
     /// The "missed call" alert, on the app's own topic, to its regular token.
-    MissedCall {
-        topic: &'a str,
-        token: &'a DeviceToken,
-    },
+    MissedCall { topic: &'a str, token: &'a str },
 }
 
 impl ApnsPushkin {
@@ -431,19 +463,17 @@ impl ApnsPushkin {
                 }
             },
         };
-        let route = device.apns.as_ref();
-        let endpoint = match route.map(|r| r.environment).unwrap_or_default() {
-            ApnsEnvironment::Production => &self.production,
-            ApnsEnvironment::Sandbox => &self.sandbox,
+        let endpoint = if uses_sandbox(device) {
+            &self.sandbox
+        } else {
+            &self.production
         };
         let now = unix_now();
         let (mut request, push_type, expires_at) = match &kind {
             ApnsPush::Voip => {
                 let expires_at =
                     now + ring_window.as_secs() + u64::from(ring_window.subsec_nanos() > 0);
-                let topic = route
-                    .and_then(|r| r.topic.as_deref())
-                    .unwrap_or(&self.topic);
+                let topic = device.params.get(TOPIC).unwrap_or(&self.topic);
                 let request = self
                     .client
                     .post(format!("{endpoint}/3/device/{}", device.token.expose()))
@@ -456,7 +486,7 @@ impl ApnsPushkin {
                 let expires_at = now + ALERT_LIFETIME.as_secs();
                 let request = self
                     .client
-                    .post(format!("{endpoint}/3/device/{}", token.expose()))
+                    .post(format!("{endpoint}/3/device/{token}"))
                     .header("apns-push-type", "alert")
                     .header("apns-topic", *topic)
                     // One notice per call, even if it is sent twice.
@@ -546,7 +576,7 @@ impl ApnsPushkin {
         if reason == EndReason::AnsweredElsewhere {
             return Err("apns: no missed-call alert for a call answered on another device".into());
         }
-        match device.apns.as_ref().and_then(|r| r.alert_token.as_ref()) {
+        match device.params.get(ALERT_TOKEN) {
             Some(token) => Ok(ApnsPush::MissedCall { topic, token }),
             None => Err("apns carries no push for an ended call (the device has no alert_token for a missed-call alert)".into()),
         }
@@ -608,7 +638,7 @@ pub fn classify(status: StatusCode, reason: &str, retry_after: Option<Duration>)
 
 impl Pushkin for ApnsPushkin {
     fn platform(&self) -> Platform {
-        Platform::Apns
+        PLATFORM
     }
 
     fn warm_up(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {

@@ -23,7 +23,13 @@ use serde_json::{json, Value};
 
 use super::{payload, Attempt, AttemptFuture, EndReason, Pushkin, WakePush};
 use super::{retry_after, scrubbed_clip, unix_now, window_secs};
-use crate::directory::{Device, DeviceToken, Platform};
+use pushwake_core::directory::{Device, DeviceToken, Platform};
+
+mod section;
+pub use section::WebPush;
+
+/// Browsers: `platform = "webpush"`, and the `[webpush]` section.
+pub const PLATFORM: Platform = Platform::new("webpush");
 
 /// The record size written in the RFC 8188 header (one record carries the whole payload).
 pub const RECORD_SIZE: u32 = 4096;
@@ -363,7 +369,7 @@ pub fn classify(status: StatusCode, retry_after: Option<Duration>, detail: &str)
 // ---- the pushkin -----------------------------------------------------------------------------
 
 /// Everything needed to send Web Push messages.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WebPushSettings {
     /// The VAPID key pair (private half redacted in `Debug`).
     pub vapid_key: VapidKey,
@@ -523,7 +529,7 @@ impl WebPushPushkin {
 
 impl Pushkin for WebPushPushkin {
     fn platform(&self) -> Platform {
-        Platform::WebPush
+        PLATFORM
     }
 
     fn carries_call_ended(&self, _: &Device, _: EndReason) -> Result<(), String> {

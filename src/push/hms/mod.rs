@@ -15,7 +15,13 @@ use serde_json::{json, Value};
 use super::oauth::{read_token_reply, Invalidation, SharedAccessToken, TokenError};
 use super::{payload, Attempt, AttemptFuture, EndReason, Pushkin, WakePush};
 use super::{retry_after, scrub, unix_now, window_secs};
-use crate::directory::{Device, DeviceToken, Platform};
+use pushwake_core::directory::{Device, DeviceToken, Platform};
+
+mod section;
+pub use section::Hms;
+
+/// Huawei Push Kit devices: `platform = "hms"`, and the `[hms]` section.
+pub const PLATFORM: Platform = Platform::new("hms");
 
 /// Huawei's Push Kit endpoint.
 pub const DEFAULT_ENDPOINT: &str = "https://push-api.cloud.huawei.com";
@@ -23,7 +29,7 @@ pub const DEFAULT_ENDPOINT: &str = "https://push-api.cloud.huawei.com";
 pub const DEFAULT_TOKEN_URL: &str = "https://oauth-login.cloud.huawei.com/oauth2/v3/token";
 
 /// Everything needed to push through Huawei Push Kit.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct HmsSettings {
     /// The app id (also the OAuth2 client id).
     pub app_id: String,
@@ -251,7 +257,7 @@ impl HmsPushkin {
 
 impl Pushkin for HmsPushkin {
     fn platform(&self) -> Platform {
-        Platform::Hms
+        PLATFORM
     }
 
     fn warm_up(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
@@ -276,8 +282,8 @@ impl Pushkin for HmsPushkin {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pbx::{CallId, Party};
     use crate::push::{EndReason, PushKind};
+    use pushwake_core::pbx::{CallId, Party};
 
     fn code(status: u16, code: &str) -> Attempt {
         classify(StatusCode::from_u16(status).unwrap(), code, "msg", None)

@@ -4,44 +4,31 @@
 //! call arrives. Device tokens are secrets: they never appear in `Debug` or `Display`
 //! output, only a short fingerprint does.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::time::Duration;
 
-/// The push service a device is reached through.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Platform {
-    /// Apple Push Notification service (PushKit VoIP pushes).
-    Apns,
-    /// Firebase Cloud Messaging, HTTP v1 API (high-priority data messages to Android).
-    Fcm,
-    /// The operator's own backend, through a signed webhook (the token is the operator's
-    /// device id).
-    Webhook,
-    /// Web Push (RFC 8030) to a browser softphone (the token is the browser's
-    /// `PushSubscription` JSON).
-    WebPush,
-    /// Huawei Push Kit (HMS Core): high-urgency data messages to Huawei phones without
-    /// Google services.
-    Hms,
-}
+/// The push service a device is reached through: the name of a provider, as the
+/// configuration spells it (`[apns]`, `platform = "apns"`). Each provider module of the
+/// daemon defines its own; this crate lists none, so a new provider touches nothing here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Platform(&'static str);
 
 impl Platform {
+    /// The platform named `name`.
+    pub const fn new(name: &'static str) -> Self {
+        Self(name)
+    }
+
     /// The name used in the configuration file.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Platform::Apns => "apns",
-            Platform::Fcm => "fcm",
-            Platform::Webhook => "webhook",
-            Platform::WebPush => "webpush",
-            Platform::Hms => "hms",
-        }
+        self.0
     }
 }
 
 impl fmt::Display for Platform {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.write_str(self.0)
     }
 }
 
@@ -95,9 +82,9 @@ pub struct Device {
     pub token: DeviceToken,
     /// A name for logs: the configured `name`, or `<extension>/<platform>#<n>`.
     pub label: String,
-    /// Where APNs pushes for this device go (APNs devices only; `None` means the
-    /// `[apns]` defaults).
-    pub apns: Option<ApnsRoute>,
+    /// Its own settings for its provider, where they differ from the provider's section
+    /// (an APNs device's `topic`, say). The provider checked them when they were read.
+    pub params: DeviceParams,
 }
 
 impl Device {
@@ -107,34 +94,60 @@ impl Device {
             platform,
             token,
             label: label.into(),
-            apns: None,
+            params: DeviceParams::default(),
         }
+    }
+
+    /// The same device with one more setting.
+    pub fn with_param(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.params.set(key, value);
+        self
     }
 }
 
-/// Which APNs host serves a device: the one matching the `aps-environment` entitlement
-/// of the build that registered its token. A token from a development build is unknown
-/// to production (`BadDeviceToken`) and the other way round.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum ApnsEnvironment {
-    /// `api.push.apple.com`: App Store, TestFlight and ad-hoc builds.
-    #[default]
-    Production,
-    /// `api.sandbox.push.apple.com`: builds signed for development (run from Xcode).
-    Sandbox,
+/// A device's own settings for its provider, by key. Plain strings, so that the same
+/// settings can come from the configuration file, from a phone's registration or from a
+/// store; the provider that owns the device gives them meaning. A setting marked secret
+/// (another token) never shows in `Debug`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct DeviceParams {
+    values: BTreeMap<String, (String, bool)>,
 }
 
-/// A device's own APNs settings, where they differ from the `[apns]` defaults.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ApnsRoute {
-    /// The VoIP topic for this device's app (another app of the same team), instead of
-    /// `apns.topic`.
-    pub topic: Option<String>,
-    /// The APNs host its token belongs to.
-    pub environment: ApnsEnvironment,
-    /// The app's regular (non-VoIP) remote-notification token, for the "missed call"
-    /// alert. PushKit and regular notifications have different tokens.
-    pub alert_token: Option<DeviceToken>,
+impl DeviceParams {
+    /// The setting `key`, if the device has it.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.values.get(key).map(|(value, _)| value.as_str())
+    }
+
+    /// Sets `key`.
+    pub fn set(&mut self, key: &str, value: impl Into<String>) {
+        self.values.insert(key.to_owned(), (value.into(), false));
+    }
+
+    /// Sets `key` to a secret: `Debug` shows only that it is there.
+    pub fn set_secret(&mut self, key: &str, value: impl Into<String>) {
+        self.values.insert(key.to_owned(), (value.into(), true));
+    }
+
+    /// Whether the device has no settings of its own.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+}
+
+impl fmt::Debug for DeviceParams {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut map = f.debug_map();
+        for (key, (value, secret)) in &self.values {
+            if *secret {
+                map.entry(key, &"<redacted>");
+            } else {
+                map.entry(key, value);
+            }
+        }
+        map.finish()
+    }
 }
 
 /// The wake settings of one extension.
@@ -171,14 +184,9 @@ impl Directory {
         self.extensions.get(number)
     }
 
-    /// Whether some device is reached through the APNs sandbox (its connection is then
-    /// opened at start-up too).
-    pub fn uses_apns_sandbox(&self) -> bool {
-        self.extensions.values().flat_map(|e| &e.devices).any(|d| {
-            d.apns
-                .as_ref()
-                .is_some_and(|r| r.environment == ApnsEnvironment::Sandbox)
-        })
+    /// Every device of every extension.
+    pub fn devices(&self) -> impl Iterator<Item = &Device> {
+        self.extensions.values().flat_map(|e| &e.devices)
     }
 
     /// Number of configured extensions.
@@ -206,5 +214,20 @@ mod tests {
         assert_eq!(token.fingerprint().len(), 8);
         assert_eq!(token.fingerprint(), token.clone().fingerprint());
         assert_ne!(token.fingerprint(), DeviceToken::new("other").fingerprint());
+    }
+
+    #[test]
+    fn secret_device_params_never_show_in_debug() {
+        let mut params = DeviceParams::default();
+        params.set("topic", "com.example.phone.voip");
+        params.set_secret("alert_token", "7bd1c0ffee");
+        let shown = format!("{params:?}");
+        assert!(shown.contains("com.example.phone.voip"), "{shown}");
+        assert!(
+            shown.contains("alert_token") && !shown.contains("7bd1c0ffee"),
+            "{shown}"
+        );
+        assert_eq!(params.get("alert_token"), Some("7bd1c0ffee"));
+        assert_eq!(params.get("environment"), None);
     }
 }

@@ -5,52 +5,44 @@
 //! pushes for devices). It owns no socket, spawns nothing and never sleeps: the caller
 //! asks [`WakeEngine::next_timeout`] when it next needs to be woken and calls
 //! [`WakeEngine::handle_timeout`] then. That keeps every rule about a waiting caller in one
-//! place and testable without a runtime (see the tests at the bottom); the async driver
-//! around it is [`crate::driver`].
+//! place and testable without a runtime (see the tests at the bottom); the daemon's async
+//! driver runs it against a PBX adapter and the push providers. Call ids, leg ids and
+//! status secrets are drawn from the [`Randomness`] handed in, so the same inputs with
+//! the same seed give the same commands, byte for byte.
 //!
-//! The rule it never breaks: every caller that enters the application leaves it, either
-//! bridged to a device or returned to the dialplan with a `PUSHWAKE_STATUS`.
+//! The rule it never breaks: every caller handed over to pushwake leaves it, either
+//! connected to a device or returned to the dialplan with a [`WakeStatus`].
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::directory::{Device, Directory};
+use crate::directory::{Device, DeviceToken, Directory};
 use crate::pbx::{
-    BridgeId, CallId, ChannelId, Contact, DialRequest, HangupReason, Party, PbxCommand, PbxError,
-    PbxEvent, PbxSnapshot, WakeStatus, LEG_MARKER,
+    CallId, ChannelId, Contact, Conversation, DialRequest, HangupReason, Party, PbxCommand,
+    PbxError, PbxEvent, PbxSnapshot, WakeStatus,
 };
 use crate::push::{EndReason, PushKind, PushVerdict, StatusLink, WakePush};
+use crate::random::{uuid_v4, Randomness};
+use crate::rfc8599::contact_names_device;
 use crate::status::{StatusSecret, StatusUpdate};
-
-/// Prefix of the ids pushwake gives its outgoing legs.
-const LEG_PREFIX: &str = "pwleg-";
-/// Prefix of the ids pushwake gives its bridges; the call id follows it.
-const BRIDGE_PREFIX: &str = "pwbridge-";
 /// How long a "call ended" push may still be sent after the call ended.
 const CALL_ENDED_WINDOW: Duration = Duration::from_secs(10);
 
 /// Tunables of the engine that are not per extension.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct EngineSettings {
-    /// How often a waiting call re-reads the extension's contacts. This catches a phone
-    /// that registers again with the very same contact URI, which the PBX does not
-    /// announce as an event, and registrations missed while the event stream was down.
-    pub contact_poll: Duration,
+    /// How often a waiting call re-reads the extension's contacts, or `None` for never:
+    /// what the PBX adapter declares ([`crate::pbx::CallControl::contact_poll`]). Polling
+    /// catches a phone that registers again with the very same contact URI where the PBX
+    /// does not announce that as an event, and registrations missed while the event
+    /// stream was down.
+    pub contact_poll: Option<Duration>,
     /// The public base URL of the call status endpoint (`[http] public_url`, without a
     /// final `/`), or `None` when it is not configured. When set, every call gets a
     /// secret, its pushes carry `{base}/v1/calls/{call_id}` and the secret, and the
     /// engine reports the call's changes ([`Command::CallStatus`]).
     pub status_base_url: Option<String>,
-}
-
-impl Default for EngineSettings {
-    fn default() -> Self {
-        Self {
-            contact_poll: Duration::from_secs(1),
-            status_base_url: None,
-        }
-    }
 }
 
 /// Something the engine must react to.
@@ -136,10 +128,17 @@ pub enum Command {
 enum Phase {
     /// The caller hears ringback; pushes are out and contacts are being dialled.
     Waiting,
-    /// A leg answered; the caller is being answered and bridged to it.
-    Connecting { leg: ChannelId, bridge: BridgeId },
-    /// Caller and leg talk through the bridge.
-    Connected { leg: ChannelId, bridge: BridgeId },
+    /// A leg answered; the caller is being answered and joined with it.
+    Connecting { leg: ChannelId },
+    /// Caller and leg talk.
+    Connected { leg: ChannelId },
+}
+
+impl Phase {
+    /// Whether the PBX holds (or is being asked to build) a conversation for the call.
+    fn joined(&self) -> bool {
+        !matches!(self, Phase::Waiting)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -232,11 +231,12 @@ pub struct EngineStats {
 }
 
 /// The wake logic. See the module documentation.
-#[derive(Debug)]
 pub struct WakeEngine {
     directory: Arc<Directory>,
     settings: EngineSettings,
-    calls: HashMap<CallId, Call>,
+    /// Ordered, so that whatever acts on several calls at once (timeouts, shutdown, a
+    /// reconnect) queues its commands in the same order on every run.
+    calls: BTreeMap<CallId, Call>,
     by_caller: HashMap<ChannelId, CallId>,
     by_leg: HashMap<ChannelId, CallId>,
     commands: VecDeque<Command>,
@@ -244,22 +244,41 @@ pub struct WakeEngine {
     stats: EngineStats,
     /// Tokens a provider declared dead (unregistered, invalid): those devices get no more
     /// pushes until the configuration is reloaded.
-    dead_tokens: HashSet<crate::directory::DeviceToken>,
+    dead_tokens: HashSet<DeviceToken>,
+    /// Where call ids, leg ids and status secrets come from.
+    random: Box<dyn Randomness>,
+}
+
+impl std::fmt::Debug for WakeEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WakeEngine")
+            .field("settings", &self.settings)
+            .field("calls", &self.calls.len())
+            .field("queued", &self.commands.len())
+            .field("shutting_down", &self.shutting_down)
+            .finish_non_exhaustive()
+    }
 }
 
 impl WakeEngine {
-    /// A new engine serving the extensions of `directory`.
-    pub fn new(directory: Arc<Directory>, settings: EngineSettings) -> Self {
+    /// A new engine serving the extensions of `directory`, drawing its ids and secrets
+    /// from `random`.
+    pub fn new(
+        directory: Arc<Directory>,
+        settings: EngineSettings,
+        random: Box<dyn Randomness>,
+    ) -> Self {
         Self {
             directory,
             settings,
-            calls: HashMap::new(),
+            calls: BTreeMap::new(),
             by_caller: HashMap::new(),
             by_leg: HashMap::new(),
             commands: VecDeque::new(),
             shutting_down: false,
             stats: EngineStats::default(),
             dead_tokens: HashSet::new(),
+            random,
         }
     }
 
@@ -343,7 +362,7 @@ impl WakeEngine {
                 call.next_poll = None;
                 let command = PbxCommand::ListContacts {
                     call: call.id.clone(),
-                    channel: call.caller.clone(),
+                    caller: call.caller.clone(),
                     extension: call.extension.clone(),
                 };
                 self.commands.push_back(Command::Pbx(command));
@@ -376,16 +395,24 @@ impl WakeEngine {
                     "PBX events lost; waiting calls continue"
                 );
             }
-            PbxEvent::ChannelEntered {
+            PbxEvent::CallerArrived {
                 channel,
-                args,
+                extension,
                 caller,
-            } => self.channel_entered(now, channel, args, caller),
-            PbxEvent::ChannelRinging { channel } => {
+            } => self.caller_arrived(now, channel, extension, caller),
+            PbxEvent::LegAnswered { leg } => match self.by_leg.get(&leg).cloned() {
+                Some(call) => self.leg_answered(now, &call, &leg),
+                None => {
+                    // A leg of a call that is over, or of a previous daemon process.
+                    tracing::info!(leg = %leg, "hanging up a leg of a call that is no longer waiting");
+                    self.hangup(leg, HangupReason::AnsweredElsewhere);
+                }
+            },
+            PbxEvent::LegRinging { leg: channel } => {
                 if let Some(call) = self.call_of_leg(&channel) {
                     let id = call.id.clone();
                     if let Some(leg) = call.leg_mut(&channel) {
-                        // Logged once: Asterisk reports ringing more than once per leg.
+                        // Logged once: a PBX may report ringing more than once per leg.
                         if matches!(leg.state, LegState::Requested | LegState::Dialing) {
                             leg.state = LegState::Ringing;
                             tracing::debug!(call = %id, leg = %channel, "phone ringing");
@@ -420,32 +447,22 @@ impl WakeEngine {
         self.calls.get_mut(id)
     }
 
-    fn channel_entered(
+    fn caller_arrived(
         &mut self,
         now: Instant,
         channel: ChannelId,
-        args: Vec<String>,
+        extension: String,
         party: Party,
     ) {
-        if let Some(call_id) = self.by_leg.get(&channel).cloned() {
-            self.leg_answered(now, &call_id, &channel);
-            return;
-        }
         if self.by_caller.contains_key(&channel) {
-            return;
-        }
-        if args.first().map(String::as_str) == Some(LEG_MARKER) || is_our_leg(&channel) {
-            // A leg of a call that is over, or of a previous daemon process.
-            tracing::info!(leg = %channel, "hanging up a leg of a call that is no longer waiting");
-            self.hangup(channel, HangupReason::AnsweredElsewhere);
+            // The same hand-over reported twice.
             return;
         }
         self.stats.calls += 1;
         if self.shutting_down {
-            self.continue_caller(channel, WakeStatus::Shutdown);
+            self.return_to_dialplan(channel, WakeStatus::Shutdown);
             return;
         }
-        let extension = args.first().cloned().unwrap_or_default();
         let policy = match self.directory.extension(&extension) {
             Some(p)
                 if p.devices
@@ -460,21 +477,21 @@ impl WakeEngine {
             }
             Some(p) if !p.devices.is_empty() => {
                 tracing::info!(caller = %channel, extension, "every device of the extension has a dead token: NOPUSH");
-                self.continue_caller(channel, WakeStatus::NoPush);
+                self.return_to_dialplan(channel, WakeStatus::NoPush);
                 return;
             }
             Some(_) => {
                 tracing::info!(caller = %channel, extension, "extension has no devices: NOPUSH");
-                self.continue_caller(channel, WakeStatus::NoPush);
+                self.return_to_dialplan(channel, WakeStatus::NoPush);
                 return;
             }
             None => {
                 tracing::info!(caller = %channel, extension, "extension is not push-enabled: NOPUSH");
-                self.continue_caller(channel, WakeStatus::NoPush);
+                self.return_to_dialplan(channel, WakeStatus::NoPush);
                 return;
             }
         };
-        let id = CallId(uuid::Uuid::new_v4().to_string());
+        let id = CallId(uuid_v4(&mut *self.random));
         let deadline = now + policy.ring_timeout;
         tracing::info!(
             call = %id, caller = %channel, extension, from = %party.number,
@@ -482,12 +499,11 @@ impl WakeEngine {
             "caller waiting: ringing, pushing devices and dialling contacts"
         );
         let status = self.settings.status_base_url.as_ref().map(|base| {
-            // 256 bits from aws-lc-rs's SystemRandom, the generator pushwake's other
-            // cryptography uses, rather than two v4 uuids (2 × 122 random bits from
-            // whichever generator uuid's feature flags pick).
+            // 256 bits from the randomness handed in: in the daemon, the operating
+            // system's CSPRNG, the generator pushwake's other cryptography uses.
             let link = StatusLink {
                 url: format!("{base}/v1/calls/{id}"),
-                token: StatusSecret::generate(),
+                token: StatusSecret::generate(&mut *self.random),
             };
             self.commands.push_back(Command::CallStatus {
                 call: id.clone(),
@@ -499,12 +515,12 @@ impl WakeEngine {
             link
         });
         self.commands.push_back(Command::Pbx(PbxCommand::Ring {
-            channel: channel.clone(),
+            caller: channel.clone(),
         }));
         self.commands
             .push_back(Command::Pbx(PbxCommand::ListContacts {
                 call: id.clone(),
-                channel: channel.clone(),
+                caller: channel.clone(),
                 extension: extension.clone(),
             }));
         for (index, device) in policy.devices.iter().enumerate() {
@@ -558,7 +574,7 @@ impl WakeEngine {
             return;
         }
         call.contacts_listed = true;
-        call.next_poll = Some(now + poll);
+        call.next_poll = poll.map(|poll| now + poll);
         match result {
             Ok(contacts) => {
                 for contact in contacts {
@@ -594,7 +610,7 @@ impl WakeEngine {
                     leg.registration = contact.registration.clone();
                 }
                 if refreshed && matches!(leg.state, LegState::Gone | LegState::Dialing) {
-                    // Asterisk announces no event for this; the contact listing shows it.
+                    // The PBX announced no event for this; the contact listing shows it.
                     tracing::info!(call = %id, leg = %leg.id, "phone registered again on the same contact: ringing it anew");
                 }
                 match leg.state {
@@ -623,7 +639,7 @@ impl WakeEngine {
         let Some(call) = self.calls.get_mut(id) else {
             return;
         };
-        let leg = ChannelId(format!("{LEG_PREFIX}{}-{}", call.id, call.legs.len() + 1));
+        let leg = ChannelId(uuid_v4(&mut *self.random));
         let left = call.deadline.saturating_duration_since(now);
         // Whole seconds, rounded up: the PBX's own safety timeout for the leg.
         let timeout = Duration::from_secs(left.as_secs() + u64::from(left.subsec_nanos() > 0))
@@ -688,8 +704,8 @@ impl WakeEngine {
             return;
         };
         match &call.phase {
-            // Asterisk may deliver a leg's events twice: the winner entering again is
-            // the same answer, not a second one.
+            // A PBX may deliver a leg's events twice: the winner answering again is the
+            // same answer, not a second one.
             Phase::Connecting { leg, .. } | Phase::Connected { leg, .. } if leg == leg_id => return,
             _ => {}
         }
@@ -702,7 +718,6 @@ impl WakeEngine {
             self.hangup(leg_id.clone(), HangupReason::AnsweredElsewhere);
             return;
         }
-        let bridge = BridgeId(format!("{BRIDGE_PREFIX}{}", call.id));
         tracing::info!(call = %id, leg = %leg_id, after = ?now - call.started, "device answered: connecting the caller");
         let mut losers = Vec::new();
         for leg in call.legs.iter_mut() {
@@ -715,7 +730,6 @@ impl WakeEngine {
         }
         call.phase = Phase::Connecting {
             leg: leg_id.clone(),
-            bridge: bridge.clone(),
         };
         if call.status.is_some() {
             // Answered from the app's point of view: the caller is being connected and
@@ -742,7 +756,6 @@ impl WakeEngine {
             call: id.clone(),
             caller: call.caller.clone(),
             leg: leg_id.clone(),
-            bridge,
         }));
         for loser in losers {
             self.by_leg.remove(&loser);
@@ -760,21 +773,20 @@ impl WakeEngine {
         let Some(call) = self.calls.get_mut(id) else {
             return;
         };
-        let Phase::Connecting { leg, bridge } = call.phase.clone() else {
+        let Phase::Connecting { leg } = call.phase.clone() else {
             return;
         };
         match result {
             Ok(()) => {
                 tracing::info!(call = %id, leg = %leg, after = ?now - call.started, "caller connected");
-                call.phase = Phase::Connected { leg, bridge };
+                call.phase = Phase::Connected { leg };
             }
             Err(error) => {
-                tracing::error!(call = %id, %error, "could not bridge the caller with the device that answered");
+                tracing::error!(call = %id, %error, "could not connect the caller with the device that answered");
                 let caller = call.caller.clone();
                 self.hangup(leg, HangupReason::Normal);
-                self.commands
-                    .push_back(Command::Pbx(PbxCommand::DestroyBridge { bridge }));
-                self.continue_caller(caller, WakeStatus::Failed);
+                self.release(id.clone());
+                self.return_to_dialplan(caller, WakeStatus::Failed);
                 self.end_call(now, id, CallOutcome::Returned(WakeStatus::Failed));
             }
         }
@@ -878,7 +890,7 @@ impl WakeEngine {
         }
     }
 
-    /// Hangs up every live leg of the call and destroys its bridge; also hangs up
+    /// Hangs up every live leg of the call and releases its conversation; also hangs up
     /// `caller` if given.
     fn tear_down(&mut self, id: &CallId, reason: HangupReason, caller: Option<ChannelId>) {
         let Some(call) = self.calls.get_mut(id) else {
@@ -889,21 +901,15 @@ impl WakeEngine {
             leg.state = LegState::Gone;
             doomed.push(leg.id.clone());
         }
-        let bridge = match &call.phase {
-            Phase::Connecting { bridge, .. } | Phase::Connected { bridge, .. } => {
-                Some(bridge.clone())
-            }
-            Phase::Waiting => None,
-        };
+        let joined = call.phase.joined();
         for leg in doomed {
             self.hangup(leg, reason);
         }
         if let Some(caller) = caller {
             self.hangup(caller, reason);
         }
-        if let Some(bridge) = bridge {
-            self.commands
-                .push_back(Command::Pbx(PbxCommand::DestroyBridge { bridge }));
+        if joined {
+            self.release(id.clone());
         }
     }
 
@@ -915,7 +921,7 @@ impl WakeEngine {
         let caller = call.caller.clone();
         tracing::info!(call = %id, %status, after = ?now - call.started, "returning the caller to the dialplan");
         self.tear_down(id, HangupReason::Normal, None);
-        self.continue_caller(caller, status);
+        self.return_to_dialplan(caller, status);
         self.end_call(now, id, CallOutcome::Returned(status));
     }
 
@@ -981,107 +987,46 @@ impl WakeEngine {
             .push_back(Command::Pbx(PbxCommand::Hangup { channel, reason }));
     }
 
-    fn continue_caller(&mut self, channel: ChannelId, status: WakeStatus) {
+    fn return_to_dialplan(&mut self, caller: ChannelId, status: WakeStatus) {
         self.commands
-            .push_back(Command::Pbx(PbxCommand::Continue { channel, status }));
+            .push_back(Command::Pbx(PbxCommand::Return { caller, status }));
+    }
+
+    fn release(&mut self, call: CallId) {
+        self.commands
+            .push_back(Command::Pbx(PbxCommand::Release { call }));
     }
 
     /// Makes the engine's view agree with what the PBX holds after a (re)connect:
-    /// callers left in the application by a previous process go back to the dialplan,
-    /// their legs are hung up, bridged conversations are adopted, empty bridges go,
-    /// and hang-ups missed while disconnected are applied.
+    /// callers left waiting by a previous process go back to the dialplan, their legs are
+    /// hung up, conversations joined by a previous process are adopted, the ones that
+    /// cannot go on are released, and hang-ups missed while disconnected are applied.
     fn reconcile(&mut self, now: Instant, snapshot: PbxSnapshot) {
-        let parked_args: HashMap<&ChannelId, &[String]> = snapshot
-            .parked
-            .iter()
-            .map(|p| (&p.channel, p.args.as_slice()))
-            .collect();
-        let owned_bridges: HashSet<BridgeId> = self
-            .calls
-            .values()
-            .filter_map(|c| match &c.phase {
-                Phase::Connecting { bridge, .. } | Phase::Connected { bridge, .. } => {
-                    Some(bridge.clone())
-                }
-                Phase::Waiting => None,
-            })
-            .collect();
-        let mut adopted: HashSet<ChannelId> = HashSet::new();
-        for bridge in &snapshot.bridges {
-            if owned_bridges.contains(&bridge.bridge) {
-                continue;
+        for conversation in snapshot.conversations {
+            if !self.calls.contains_key(&conversation.call) {
+                self.adopt(now, conversation);
             }
-            if let Some((caller, leg)) = adoptable(bridge, &parked_args) {
-                let id = CallId(
-                    bridge
-                        .bridge
-                        .0
-                        .strip_prefix(BRIDGE_PREFIX)
-                        .unwrap_or(&bridge.bridge.0)
-                        .to_owned(),
-                );
-                if !self.calls.contains_key(&id) {
-                    tracing::info!(call = %id, "adopting a conversation bridged by a previous process");
-                    let extension = parked_args
-                        .get(&caller)
-                        .and_then(|a| a.first())
-                        .cloned()
-                        .unwrap_or_default();
-                    adopted.insert(caller.clone());
-                    adopted.insert(leg.clone());
-                    self.by_caller.insert(caller.clone(), id.clone());
-                    self.by_leg.insert(leg.clone(), id.clone());
-                    self.calls.insert(
-                        id.clone(),
-                        Call {
-                            id,
-                            caller,
-                            extension,
-                            party: Party::default(),
-                            started: now,
-                            deadline: now,
-                            next_poll: None,
-                            phase: Phase::Connected {
-                                leg: leg.clone(),
-                                bridge: bridge.bridge.clone(),
-                            },
-                            legs: vec![Leg {
-                                id: leg,
-                                uri: String::new(),
-                                registration: None,
-                                state: LegState::Answered,
-                            }],
-                            devices: Vec::new(),
-                            pushes: Vec::new(),
-                            contacts_listed: true,
-                            // Its secret died with the previous process.
-                            status: None,
-                        },
-                    );
-                    continue;
-                }
-            }
-            tracing::info!(bridge = %bridge.bridge, channels = bridge.channels.len(), "destroying a bridge left by a previous process");
-            self.commands
-                .push_back(Command::Pbx(PbxCommand::DestroyBridge {
-                    bridge: bridge.bridge.clone(),
-                }));
         }
-        for parked in &snapshot.parked {
-            let ch = &parked.channel;
-            if adopted.contains(ch)
-                || self.by_caller.contains_key(ch)
-                || self.by_leg.contains_key(ch)
-            {
+        for call in snapshot.broken {
+            if !self.calls.contains_key(&call) {
+                tracing::info!(call = %call, "releasing a conversation left by a previous process");
+                self.release(call);
+            }
+        }
+        for held in snapshot.callers {
+            let ch = held.channel;
+            if self.by_caller.contains_key(&ch) || self.by_leg.contains_key(&ch) {
                 continue;
             }
-            if parked.args.first().map(String::as_str) == Some(LEG_MARKER) || is_our_leg(ch) {
-                tracing::info!(leg = %ch, "hanging up a leg left by a previous process");
-                self.hangup(ch.clone(), HangupReason::Normal);
-            } else {
-                tracing::warn!(caller = %ch, "returning a caller left waiting by a previous process: RECOVERED");
-                self.continue_caller(ch.clone(), WakeStatus::Recovered);
+            tracing::warn!(caller = %ch, extension = %held.extension, "returning a caller left waiting by a previous process: RECOVERED");
+            self.return_to_dialplan(ch, WakeStatus::Recovered);
+        }
+        for leg in snapshot.legs {
+            if self.by_caller.contains_key(&leg) || self.by_leg.contains_key(&leg) {
+                continue;
             }
+            tracing::info!(leg = %leg, "hanging up a leg left by a previous process");
+            self.hangup(leg, HangupReason::Normal);
         }
         // Hang-ups that happened while the event stream was down.
         let gone: Vec<ChannelId> = self
@@ -1100,85 +1045,49 @@ impl WakeEngine {
                     .map(|l| l.id.clone());
                 std::iter::once(c.caller.clone()).chain(legs)
             })
-            .filter(|ch| !snapshot.all_channels.contains(ch))
+            .filter(|ch| !snapshot.live.contains(ch))
             .collect();
         for channel in gone {
             self.channel_gone(now, &channel, "gone while disconnected");
         }
     }
-}
 
-/// Whether a contact URI carries the device's push token in its RFC 8599 `pn-prid`
-/// parameter. Parameters are found by name (clients put them in any order), the value is
-/// %-decoded, and Linphone's `<token>:remote&<token>:voip` form matches either token.
-pub fn contact_names_device(uri: &str, token: &crate::directory::DeviceToken) -> bool {
-    let token = token.expose().to_ascii_lowercase();
-    if token.is_empty() {
-        return false;
-    }
-    uri.split(';').skip(1).any(|param| {
-        let (name, value) = param.split_once('=').unwrap_or((param, ""));
-        name.trim().eq_ignore_ascii_case("pn-prid")
-            && percent_decode(value).to_ascii_lowercase().contains(&token)
-    })
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (
-            bytes[i],
-            bytes.get(i + 1).copied().and_then(hex),
-            bytes.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(hi), Some(lo)) => {
-                out.push((hi * 16 + lo) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Whether a channel id is one pushwake gave to a leg.
-fn is_our_leg(channel: &ChannelId) -> bool {
-    channel.0.starts_with(LEG_PREFIX)
-}
-
-/// A bridge holding exactly one caller and one of our legs, both still in the
-/// application: a conversation that can go on under a new process.
-fn adoptable(
-    bridge: &crate::pbx::AppBridge,
-    parked: &HashMap<&ChannelId, &[String]>,
-) -> Option<(ChannelId, ChannelId)> {
-    let [a, b] = bridge.channels.as_slice() else {
-        return None;
-    };
-    let is_leg = |ch: &ChannelId| {
-        is_our_leg(ch)
-            || parked
-                .get(ch)
-                .and_then(|args| args.first())
-                .map(String::as_str)
-                == Some(LEG_MARKER)
-    };
-    if !parked.contains_key(a)
-        || !parked.contains_key(b)
-        || !bridge.bridge.0.starts_with(BRIDGE_PREFIX)
-    {
-        return None;
-    }
-    match (is_leg(a), is_leg(b)) {
-        (false, true) => Some((a.clone(), b.clone())),
-        (true, false) => Some((b.clone(), a.clone())),
-        _ => None,
+    /// Looks after a conversation a previous process joined: when one side hangs up,
+    /// the other is hung up too.
+    fn adopt(&mut self, now: Instant, conversation: Conversation) {
+        let Conversation {
+            call: id,
+            caller,
+            leg,
+            extension,
+        } = conversation;
+        tracing::info!(call = %id, "adopting a conversation connected by a previous process");
+        self.by_caller.insert(caller.clone(), id.clone());
+        self.by_leg.insert(leg.clone(), id.clone());
+        self.calls.insert(
+            id.clone(),
+            Call {
+                id,
+                caller,
+                extension,
+                party: Party::default(),
+                started: now,
+                deadline: now,
+                next_poll: None,
+                phase: Phase::Connected { leg: leg.clone() },
+                legs: vec![Leg {
+                    id: leg,
+                    uri: String::new(),
+                    registration: None,
+                    state: LegState::Answered,
+                }],
+                devices: Vec::new(),
+                pushes: Vec::new(),
+                contacts_listed: true,
+                // Its secret died with the previous process.
+                status: None,
+            },
+        );
     }
 }
 

@@ -27,7 +27,13 @@ use serde_json::{json, Value};
 
 use super::{payload, Attempt, AttemptFuture, EndReason, PushKind, Pushkin, WakePush};
 use super::{retry_after, scrubbed_clip, unix_now, window_secs};
-use crate::directory::{Device, DeviceToken, Platform};
+use pushwake_core::directory::{Device, DeviceToken, Platform};
+
+mod section;
+pub use section::Webhook;
+
+/// Devices of the operator's backend: `platform = "webhook"`, and the `[webhook]` section.
+pub const PLATFORM: Platform = Platform::new("webhook");
 
 /// The default time one request may take.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -152,7 +158,7 @@ pub fn classify(status: StatusCode, retry_after: Option<Duration>, detail: &str)
 // ---- the pushkin -----------------------------------------------------------------------------
 
 /// Everything needed to send webhook events.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WebhookSettings {
     /// Where events are POSTed (http:// or https://).
     pub url: String,
@@ -272,7 +278,7 @@ impl WebhookPushkin {
 
 impl Pushkin for WebhookPushkin {
     fn platform(&self) -> Platform {
-        Platform::Webhook
+        PLATFORM
     }
 
     fn carries_call_ended(&self, _: &Device, _: EndReason) -> Result<(), String> {
@@ -292,8 +298,8 @@ impl Pushkin for WebhookPushkin {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pbx::{CallId, Party};
     use crate::push::EndReason;
+    use pushwake_core::pbx::{CallId, Party};
 
     fn push(kind: PushKind) -> WakePush {
         WakePush {
@@ -471,11 +477,7 @@ mod tests {
             timeout: Duration::from_secs(2),
         };
         let pushkin = WebhookPushkin::new(settings).unwrap();
-        let device = Device::new(
-            Platform::Webhook,
-            DeviceToken::new("device-id-of-alice"),
-            "alice",
-        );
+        let device = Device::new(PLATFORM, DeviceToken::new("device-id-of-alice"), "alice");
         let attempt = pushkin
             .attempt(
                 &device,

@@ -26,7 +26,13 @@ use serde_json::{json, Value};
 use super::oauth::{read_token_reply, Invalidation, SharedAccessToken, TokenError};
 use super::{clip, retry_after, scrub, unix_now, window_secs};
 use super::{payload, Attempt, AttemptFuture, EndReason, Pushkin, WakePush};
-use crate::directory::{Device, DeviceToken, Platform};
+use pushwake_core::directory::{Device, DeviceToken, Platform};
+
+mod section;
+pub use section::{Fcm, MAX_TOKEN_LEN};
+
+/// FCM devices: `platform = "fcm"`, and the `[fcm]` section.
+pub const PLATFORM: Platform = Platform::new("fcm");
 
 /// Google's FCM endpoint.
 pub const DEFAULT_ENDPOINT: &str = "https://fcm.googleapis.com";
@@ -310,7 +316,7 @@ pub fn message(token: &DeviceToken, push: &WakePush, expires_at: u64, ttl_secs: 
 // ---- the pushkin -----------------------------------------------------------------------------
 
 /// Everything needed to send FCM messages.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FcmSettings {
     /// The service account (its key is redacted in `Debug`).
     pub account: ServiceAccount,
@@ -500,7 +506,7 @@ impl FcmPushkin {
 
 impl Pushkin for FcmPushkin {
     fn platform(&self) -> Platform {
-        Platform::Fcm
+        PLATFORM
     }
 
     fn warm_up(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
@@ -525,8 +531,8 @@ impl Pushkin for FcmPushkin {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pbx::{CallId, Party};
     use crate::push::PushKind;
+    use pushwake_core::pbx::{CallId, Party};
     use pushwake_testkit::keys::RsaKey;
 
     const T0: u64 = 1_800_000_000;
