@@ -1,7 +1,7 @@
 //! The push payload contract: what an app receives in a wake-up push.
 //!
-//! Kept in one place so every provider sends the same fields and the README's contract
-//! (and its test) has one source. Field names are part of the public contract with app
+//! Kept in one place so every provider sends the same fields and the contract in
+//! docs/app-developers.md (and its test) has one source. Field names are part of the public contract with app
 //! developers: add fields, never rename or remove one.
 
 use std::collections::BTreeMap;

@@ -10,8 +10,8 @@
 //! (`"event": "call.cancelled"` for a call that ended without the device), with the
 //! headers `X-Pushwake-Event`, `X-Pushwake-Timestamp` (Unix seconds, the same as
 //! `sent_at`) and `X-Pushwake-Signature: v1=<hex>`, the lowercase hex HMAC-SHA256 with
-//! the shared secret over `"<timestamp>.<body>"` (the exact body bytes sent). The README
-//! shows operators how to verify it.
+//! the shared secret over `"<timestamp>.<body>"` (the exact body bytes sent).
+//! docs/app-developers.md shows operators how to verify it.
 //!
 //! Replies: 2xx → delivered; 5xx, 429, network errors, timeouts → retry (honouring
 //! `Retry-After` seconds) within the ring window; 410 → the device is gone; any other
