@@ -192,7 +192,16 @@ async fn run(path: PathBuf, config: Config) -> ExitCode {
     let warming = push.clone();
     tokio::spawn(async move { warming.warm_up().await });
     let (control_tx, control_rx) = mpsc::channel(8);
-    tokio::spawn(signals(path.clone(), config.clone(), control_tx));
+    // Installed before "pushwake starting" is logged, so a SIGHUP sent as soon as that
+    // line shows reloads rather than kills the process (SIGHUP's default action).
+    let signals = match Signals::install() {
+        Ok(signals) => signals,
+        Err(error) => {
+            eprintln!("pushwake: cannot install signal handlers: {error}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    tokio::spawn(signals.serve(path.clone(), config.clone(), control_tx));
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         config = %path.display(),
@@ -287,27 +296,37 @@ async fn test_push(
     }
 }
 
-/// SIGTERM / SIGINT: shut down (waiting callers go back to the dialplan).
-/// SIGHUP: reload the extensions from the configuration file.
-async fn signals(path: PathBuf, running: Config, control: mpsc::Sender<Control>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = hup.recv() => reload(&path, &running, &control).await,
-        }
+/// The signals the daemon answers: SIGTERM / SIGINT shut down (waiting callers go back
+/// to the dialplan); SIGHUP reloads the extensions from the configuration file.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Takes the signals over from their default actions, now.
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
     }
-    tracing::info!("stop requested");
-    let _ = control.send(Control::Shutdown).await;
+
+    /// Answers them until a stop is asked for.
+    async fn serve(mut self, path: PathBuf, running: Config, control: mpsc::Sender<Control>) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => break,
+                _ = self.int.recv() => break,
+                _ = self.hup.recv() => reload(&path, &running, &control).await,
+            }
+        }
+        tracing::info!("stop requested");
+        let _ = control.send(Control::Shutdown).await;
+    }
 }
 
 async fn reload(path: &Path, running: &Config, control: &mpsc::Sender<Control>) {
