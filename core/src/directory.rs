@@ -150,6 +150,17 @@ impl fmt::Debug for DeviceParams {
     }
 }
 
+/// The devices that are not in the configuration file: learned from the phones' own
+/// registrations or registered through the device API, and kept by the daemon. The
+/// engine asks at the start of each call, so the answer must come from memory.
+pub trait DeviceSource: Send + Sync {
+    /// The extension's devices, in a stable order.
+    fn devices_of(&self, extension: &str) -> Vec<Device>;
+}
+
+/// How long a caller waits when neither the extension nor `[defaults]` sets it.
+pub const DEFAULT_RING_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The wake settings of one extension.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExtensionPolicy {
@@ -161,10 +172,19 @@ pub struct ExtensionPolicy {
     pub devices: Vec<Device>,
 }
 
-/// All push-enabled extensions.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// All push-enabled extensions of the configuration file.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Directory {
     extensions: HashMap<String, ExtensionPolicy>,
+    /// The ring timeout of an extension that is not configured but has devices of its
+    /// own (learned or registered).
+    default_ring_timeout: Duration,
+}
+
+impl Default for Directory {
+    fn default() -> Self {
+        Self::new([])
+    }
 }
 
 impl Directory {
@@ -176,7 +196,19 @@ impl Directory {
                 .into_iter()
                 .map(|e| (e.number.clone(), e))
                 .collect(),
+            default_ring_timeout: DEFAULT_RING_TIMEOUT,
         }
+    }
+
+    /// The same directory, with `ring_timeout` for extensions it does not list.
+    pub fn with_default_ring_timeout(mut self, ring_timeout: Duration) -> Self {
+        self.default_ring_timeout = ring_timeout;
+        self
+    }
+
+    /// The ring timeout of an extension that is not configured.
+    pub fn default_ring_timeout(&self) -> Duration {
+        self.default_ring_timeout
     }
 
     /// The extension's settings, if it is configured.

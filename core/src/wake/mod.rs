@@ -17,14 +17,14 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::directory::{Device, DeviceToken, Directory};
+use crate::directory::{Device, DeviceSource, DeviceToken, Directory, ExtensionPolicy};
 use crate::pbx::{
     CallId, ChannelId, Contact, Conversation, DialRequest, HangupReason, Party, PbxCommand,
     PbxError, PbxEvent, PbxSnapshot, WakeStatus,
 };
 use crate::push::{EndReason, PushKind, PushVerdict, StatusLink, WakePush};
 use crate::random::{uuid_v4, Randomness};
-use crate::rfc8599::contact_names_device;
+use crate::rfc8599::{contact_names_device, PushParams};
 use crate::status::{StatusSecret, StatusUpdate};
 /// How long a "call ended" push may still be sent after the call ended.
 const CALL_ENDED_WINDOW: Duration = Duration::from_secs(10);
@@ -247,6 +247,9 @@ pub struct WakeEngine {
     dead_tokens: HashSet<DeviceToken>,
     /// Where call ids, leg ids and status secrets come from.
     random: Box<dyn Randomness>,
+    /// The devices that registered themselves (or were registered through the API),
+    /// besides the configuration's.
+    registered: Option<Arc<dyn DeviceSource>>,
 }
 
 impl std::fmt::Debug for WakeEngine {
@@ -279,7 +282,45 @@ impl WakeEngine {
             stats: EngineStats::default(),
             dead_tokens: HashSet::new(),
             random,
+            registered: None,
         }
+    }
+
+    /// Takes the devices of each call from `source` too (besides the directory's), so
+    /// that an extension whose phones registered themselves is push-enabled even if the
+    /// configuration does not list it.
+    pub fn set_device_source(&mut self, source: Arc<dyn DeviceSource>) {
+        self.registered = Some(source);
+    }
+
+    /// The extension's settings and its live devices: the directory's and the
+    /// registered ones (a device in both counts once), without dead tokens. `None` if
+    /// the extension is neither configured nor has registered devices.
+    fn policy_of(&self, extension: &str) -> Option<ExtensionPolicy> {
+        let registered = self
+            .registered
+            .as_ref()
+            .map(|source| source.devices_of(extension))
+            .unwrap_or_default();
+        let mut policy = match self.directory.extension(extension) {
+            Some(configured) => configured.clone(),
+            None if registered.is_empty() => return None,
+            None => ExtensionPolicy {
+                number: extension.to_owned(),
+                ring_timeout: self.directory.default_ring_timeout(),
+                devices: Vec::new(),
+            },
+        };
+        for device in registered {
+            let known = policy
+                .devices
+                .iter()
+                .any(|d| d.platform == device.platform && d.token == device.token);
+            if !known {
+                policy.devices.push(device);
+            }
+        }
+        Some(policy)
     }
 
     /// Replaces the directory (configuration reload). Calls already waiting keep the
@@ -463,13 +504,13 @@ impl WakeEngine {
             self.return_to_dialplan(channel, WakeStatus::Shutdown);
             return;
         }
-        let policy = match self.directory.extension(&extension) {
+        let policy = match self.policy_of(&extension) {
             Some(p)
                 if p.devices
                     .iter()
                     .any(|d| !self.dead_tokens.contains(&d.token)) =>
             {
-                let mut policy = p.clone();
+                let mut policy = p;
                 policy
                     .devices
                     .retain(|d| !self.dead_tokens.contains(&d.token));
@@ -577,7 +618,7 @@ impl WakeEngine {
         call.next_poll = poll.map(|poll| now + poll);
         match result {
             Ok(contacts) => {
-                for contact in contacts {
+                for contact in newest_per_device(contacts) {
                     self.consider_contact(now, id, contact, false);
                 }
             }
@@ -625,10 +666,28 @@ impl WakeEngine {
                 }
             }
         }
-        if let Some(old) = replace {
-            if let Some(leg) = call.leg_mut(&old) {
+        // One phone, one INVITE: a leg still trying an older contact of the same device
+        // (it registered again from another address) is cancelled for this one.
+        let mut doomed: Vec<ChannelId> = replace.into_iter().collect();
+        if let Some(device) = device_key(&contact.uri) {
+            for leg in call.legs.iter_mut().filter(|l| {
+                l.uri != contact.uri
+                    && matches!(
+                        l.state,
+                        LegState::Requested | LegState::Dialing | LegState::Ringing
+                    )
+                    && device_key(&l.uri).as_ref() == Some(&device)
+            }) {
+                tracing::info!(call = %id, leg = %leg.id, "the phone registered again from another address: ringing it there instead");
+                doomed.push(leg.id.clone());
+            }
+        }
+        for old in &doomed {
+            if let Some(leg) = call.leg_mut(old) {
                 leg.state = LegState::Gone;
             }
+        }
+        for old in doomed {
             self.by_leg.remove(&old);
             self.hangup(old, HangupReason::Normal);
         }
@@ -739,19 +798,40 @@ impl WakeEngine {
                 update: StatusUpdate::Answered,
             });
         }
-        // The device that answered, known by the RFC 8599 token in its contact. Only if
-        // it is known are the others told now: telling every device would end the call
-        // on the one that just answered.
+        // Which devices lost: the others are told now, but the one that answered must
+        // never be told its own call ended. It is known by the RFC 8599 token in its
+        // contact; if its contact carries none, the devices named by the other legs'
+        // contacts lost for sure, and if that leaves one device, that one answered. The
+        // devices it could still be are told nothing.
+        let named_by = |uri: &str| {
+            call.devices
+                .iter()
+                .position(|d| contact_names_device(uri, &d.token))
+        };
         let winner_uri = call
             .legs
             .iter()
             .find(|l| &l.id == leg_id)
-            .map(|l| l.uri.clone())
+            .map(|l| l.uri.as_str())
             .unwrap_or_default();
-        let winner = call
-            .devices
+        let losing: HashSet<usize> = call
+            .legs
             .iter()
-            .position(|d| contact_names_device(&winner_uri, &d.token));
+            .filter(|l| &l.id != leg_id)
+            .filter_map(|l| named_by(&l.uri))
+            .collect();
+        let candidates: Vec<usize> = match named_by(winner_uri) {
+            Some(winner) => vec![winner],
+            None => (0..call.devices.len())
+                .filter(|d| !losing.contains(d))
+                .collect(),
+        };
+        if candidates.len() > 1 {
+            tracing::debug!(call = %id, candidates = candidates.len(), "the device that answered is not known by its contact: the devices it may be are not told the call ended");
+        }
+        for candidate in candidates {
+            call.pushes[candidate] = PushState::Done;
+        }
         self.commands.push_back(Command::Pbx(PbxCommand::Connect {
             call: id.clone(),
             caller: call.caller.clone(),
@@ -761,12 +841,7 @@ impl WakeEngine {
             self.by_leg.remove(&loser);
             self.hangup(loser, HangupReason::AnsweredElsewhere);
         }
-        if let Some(winner) = winner {
-            if let Some(call) = self.calls.get_mut(id) {
-                call.pushes[winner] = PushState::Done;
-            }
-            self.tell_devices(now, id, EndReason::AnsweredElsewhere);
-        }
+        self.tell_devices(now, id, EndReason::AnsweredElsewhere);
     }
 
     fn connect_result(&mut self, now: Instant, id: &CallId, result: Result<(), PbxError>) {
@@ -1089,6 +1164,40 @@ impl WakeEngine {
             },
         );
     }
+}
+
+/// The phone a contact belongs to, by its RFC 8599 provider and token; `None` for a
+/// contact without (usable) push parameters.
+fn device_key(uri: &str) -> Option<(String, String)> {
+    PushParams::from_contact(uri)
+        .ok()
+        .flatten()
+        .map(|p| p.device_key())
+}
+
+/// The contacts of a listing with, for each phone that has several (it registered
+/// again from another address before the old contact expired), only the one registered
+/// last: the greatest registration marker, or the last listed when the markers do not
+/// say. Contacts without push parameters are all kept, in order.
+fn newest_per_device(contacts: Vec<Contact>) -> Vec<Contact> {
+    let marker = |c: &Contact| {
+        c.registration
+            .as_deref()
+            .and_then(|r| r.parse::<u64>().ok())
+    };
+    let mut kept: Vec<(Option<(String, String)>, Contact)> = Vec::with_capacity(contacts.len());
+    for contact in contacts {
+        let key = device_key(&contact.uri);
+        let earlier = key
+            .as_ref()
+            .and_then(|k| kept.iter().position(|(other, _)| other.as_ref() == Some(k)));
+        match earlier {
+            Some(at) if marker(&kept[at].1) > marker(&contact) => {}
+            Some(at) => kept[at].1 = contact,
+            None => kept.push((key, contact)),
+        }
+    }
+    kept.into_iter().map(|(_, c)| c).collect()
 }
 
 #[cfg(test)]
