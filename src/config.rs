@@ -28,7 +28,7 @@ use crate::push::provider::{provider, DeviceKeys, ProviderSettings, PROVIDERS};
 use crate::push::Pushkin;
 
 /// The default ring timeout when neither the extension nor `[defaults]` sets one.
-pub const DEFAULT_RING_TIMEOUT: Duration = Duration::from_secs(30);
+pub use pushwake_core::directory::DEFAULT_RING_TIMEOUT;
 /// The longest ring timeout accepted: a caller should not wait longer than this.
 pub const MAX_RING_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -227,7 +227,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         pbx,
         providers,
         http,
-        directory: Directory::new(extensions),
+        directory: Directory::new(extensions).with_default_ring_timeout(default_ring),
     })
 }
 

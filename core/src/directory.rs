@@ -134,6 +134,28 @@ impl DeviceParams {
     pub fn is_empty(&self) -> bool {
         self.values.is_empty()
     }
+
+    /// Every setting: key, value, and whether it is a secret (for a store to keep them
+    /// as they are).
+    pub fn entries(&self) -> impl Iterator<Item = (&str, &str, bool)> {
+        self.values
+            .iter()
+            .map(|(key, (value, secret))| (key.as_str(), value.as_str(), *secret))
+    }
+
+    /// Settings from `entries` as [`DeviceParams::entries`] lists them.
+    pub fn from_entries<K, V>(entries: impl IntoIterator<Item = (K, V, bool)>) -> Self
+    where
+        K: Into<String>,
+        V: Into<String>,
+    {
+        Self {
+            values: entries
+                .into_iter()
+                .map(|(key, value, secret)| (key.into(), (value.into(), secret)))
+                .collect(),
+        }
+    }
 }
 
 impl fmt::Debug for DeviceParams {
@@ -261,5 +283,8 @@ mod tests {
         );
         assert_eq!(params.get("alert_token"), Some("7bd1c0ffee"));
         assert_eq!(params.get("environment"), None);
+        let copy = DeviceParams::from_entries(params.entries());
+        assert_eq!(copy, params);
+        assert!(format!("{copy:?}").contains("<redacted>"));
     }
 }
