@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use pushwake_core::config::{ConfigError, ConfigFile, Problem, Spanned};
 use pushwake_core::directory::{DeviceParams, Directory, Platform};
+use pushwake_core::rfc8599::PushParams;
 
 use super::Pushkin;
 
@@ -30,6 +31,14 @@ pub fn provider(name: &str) -> Option<&'static dyn Provider> {
         .find(|p| p.platform().as_str() == name)
 }
 
+/// The provider a registration's `pn-provider` (RFC 8599) names.
+pub fn pn_provider(name: &str) -> Option<&'static dyn Provider> {
+    PROVIDERS
+        .iter()
+        .copied()
+        .find(|p| p.pn_providers().contains(&name))
+}
+
 /// A device's own keys in the configuration (besides `platform`, `token` and `name`),
 /// with the position of each value.
 pub type DeviceKeys = BTreeMap<String, Spanned<String>>;
@@ -46,6 +55,12 @@ pub trait Provider: Sync {
 
     /// The device keys it takes besides `platform`, `token` and `name`.
     fn device_keys(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// The `pn-provider` values (RFC 8599) of registrations whose devices it serves;
+    /// none if phones cannot register for it themselves.
+    fn pn_providers(&self) -> &'static [&'static str] {
         &[]
     }
 
@@ -72,6 +87,18 @@ pub trait ProviderSettings: fmt::Debug + Send + Sync + Any {
         token: &Spanned<String>,
         keys: &DeviceKeys,
     ) -> Result<(String, DeviceParams), Problem>;
+
+    /// The device a phone's registration asks to be woken through, from its push
+    /// parameters: the token as it is to be sent and the device's settings; or why it
+    /// is refused (a `pn-param` naming another app than the configured one: pushwake
+    /// pushes to no one else's app). The reason never quotes a token.
+    fn learn(&self, params: &PushParams) -> Result<(String, DeviceParams), String> {
+        Err(format!(
+            "{} devices cannot register themselves (pn-provider {})",
+            self.platform(),
+            params.provider
+        ))
+    }
 
     /// The pushkin for these settings, serving the devices of `directory`.
     fn pushkin(&self, directory: &Directory) -> Result<Arc<dyn Pushkin>, String>;

@@ -9,6 +9,7 @@ use pushwake_core::config::{
     base_url, check_private, non_empty, read_secret_file, ConfigError, ConfigFile, Problem, Spanned,
 };
 use pushwake_core::directory::{DeviceParams, Directory, Platform};
+use pushwake_core::rfc8599::PushParams;
 use serde::Deserialize;
 
 use super::{
@@ -49,6 +50,11 @@ impl Provider for Apns {
 
     fn device_keys(&self) -> &'static [&'static str] {
         &[TOPIC, ENVIRONMENT, ALERT_TOKEN]
+    }
+
+    fn pn_providers(&self) -> &'static [&'static str] {
+        // RFC 8599's APNs provider, and Linphone's name for the sandbox host.
+        &["apns", "apns.dev"]
     }
 
     fn read_section(
@@ -264,6 +270,81 @@ impl ProviderSettings for ApnsSettings {
         Ok((token_hex, params))
     }
 
+    /// `pn-provider=apns` (or `apns.dev`: the sandbox host), `pn-param=<team id>.<topic>`
+    /// with a VoIP topic (`<bundle id>.voip`), `pn-prid=<VoIP token>`; or Linphone's
+    /// `pn-param=<team id>.<bundle id>.remote&voip` with `pn-prid=<remote token>:remote&
+    /// <VoIP token>:voip`, whose remote token is kept for the missed-call alert when
+    /// `apns.alert_topic` is that bundle. The team must be `apns.team_id`; with a
+    /// certificate (one app), the topic must be `apns.topic`. A topic of another app of
+    /// the team becomes the device's own topic.
+    fn learn(&self, pn: &PushParams) -> Result<(String, DeviceParams), String> {
+        let param = pn.param.as_deref().ok_or(
+            "an APNs registration needs pn-param=<team id>.<topic> to say which app its token belongs to",
+        )?;
+        let (team, app) = param
+            .split_once('.')
+            .ok_or_else(|| format!("pn-param `{param}` is not <team id>.<topic>"))?;
+        let (bundle, services) = match app.rsplit_once('.') {
+            Some((bundle, services)) if services.contains('&') || services == "remote" => {
+                (bundle, Some(services))
+            }
+            _ => (app.strip_suffix(".voip").unwrap_or(app), None),
+        };
+        let (voip_token, alert_token, topic) = match services {
+            // Linphone: one token per service.
+            Some(services) => {
+                if !services.split('&').any(|s| s == "voip") {
+                    return Err(format!("pn-param `{param}` asks for no VoIP push (services {services})"));
+                }
+                let voip = pn.linphone_token("voip").ok_or(
+                    "pn-prid has no <token>:voip although pn-param asks for VoIP pushes",
+                )?;
+                (voip, pn.linphone_token("remote"), format!("{bundle}.voip"))
+            }
+            None if app.ends_with(".voip") => (pn.prid.as_str(), None, app.to_owned()),
+            None => {
+                return Err(format!(
+                    "pn-param `{param}` names no VoIP topic (<bundle id>.voip): pushwake sends VoIP pushes only"
+                ))
+            }
+        };
+        match &self.auth {
+            ApnsAuth::Token { team_id, .. } if team != team_id => {
+                return Err(format!(
+                "pn-param names team {team}, not apns.team_id {team_id}: another developer's app"
+            ))
+            }
+            ApnsAuth::Certificate(_) if topic != self.topic => {
+                return Err(format!(
+                    "pn-param names topic {topic}; the APNs certificate serves {} only",
+                    self.topic
+                ))
+            }
+            _ => {}
+        }
+        let token = hex_token(voip_token).ok_or_else(|| {
+            format!(
+                "the VoIP token is not hexadecimal ({} characters)",
+                voip_token.len()
+            )
+        })?;
+        let mut params = DeviceParams::default();
+        if topic != self.topic {
+            params.set(TOPIC, topic);
+        }
+        if pn.provider == "apns.dev" {
+            params.set(ENVIRONMENT, SANDBOX);
+        }
+        if let (Some(alert), Some(alert_topic)) = (alert_token, &self.alert_topic) {
+            if alert_topic == bundle {
+                if let Some(alert) = hex_token(alert) {
+                    params.set_secret(ALERT_TOKEN, alert);
+                }
+            }
+        }
+        Ok((token, params))
+    }
+
     fn pushkin(&self, directory: &Directory) -> Result<Arc<dyn Pushkin>, String> {
         if let ApnsAuth::Certificate(certificate) = &self.auth {
             let expires = humantime::format_rfc3339_seconds(certificate.not_after());
@@ -476,5 +557,71 @@ mod tests {
             "{e}"
         );
         assert!(!e.contains(&alert), "{e}");
+    }
+
+    fn learned(extra: &str, contact: &str) -> Result<(String, DeviceParams), String> {
+        let (_dir, section) = apns_token_section(extra);
+        let config = parse(Path::new("pw.toml"), &format!("{section}{MINIMAL}")).unwrap();
+        let pn = PushParams::from_contact(contact).unwrap().unwrap();
+        config.settings::<ApnsSettings>().unwrap().learn(&pn)
+    }
+
+    #[test]
+    fn a_registration_teaches_a_device_of_the_configured_team_only() {
+        let voip = "AB".repeat(32);
+        // The generic form, for the configured topic: no settings of its own.
+        let (token, params) = learned(
+            "",
+            &format!("sip:101@h:5070;pn-provider=apns;pn-param=TEAM123456.com.example.phone.voip;pn-prid={voip}"),
+        )
+        .unwrap();
+        assert_eq!(token, voip.to_ascii_lowercase());
+        assert!(params.is_empty(), "{params:?}");
+        // Another app of the same team, built for development.
+        let (_, params) = learned(
+            "",
+            &format!("sip:101@h;pn-provider=apns.dev;pn-param=TEAM123456.com.example.pro.voip;pn-prid={voip}"),
+        )
+        .unwrap();
+        assert_eq!(params.get(TOPIC), Some("com.example.pro.voip"));
+        assert_eq!(params.get(ENVIRONMENT), Some(SANDBOX));
+        // Someone else's app, a non-VoIP topic, no pn-param, a token that is not hex.
+        for (contact, needle) in [
+            (format!("sip:h;pn-provider=apns;pn-param=OTHERTEAM1.com.example.phone.voip;pn-prid={voip}"), "another developer's app"),
+            (format!("sip:h;pn-provider=apns;pn-param=TEAM123456.com.example.phone;pn-prid={voip}"), "names no VoIP topic"),
+            (format!("sip:h;pn-provider=apns;pn-prid={voip}"), "needs pn-param"),
+            ("sip:h;pn-provider=apns;pn-param=TEAM123456.com.example.phone.voip;pn-prid=zz-secret".to_owned(), "not hexadecimal"),
+        ] {
+            let e = learned("", &contact).unwrap_err();
+            assert!(e.contains(needle), "{contact}: {e}");
+            assert!(!e.contains("zz-secret") && !e.contains(&voip), "{e}");
+        }
+    }
+
+    #[test]
+    fn linphone_s_registration_gives_the_voip_token_and_keeps_the_remote_one_for_the_alert() {
+        let (remote, voip) = ("AA".repeat(32), "BB".repeat(32));
+        let contact = format!(
+            "sip:101@127.0.0.1:5161;transport=udp;pn-provider=apns.dev;pn-prid={remote}:remote&{voip}:voip;pn-param=TEAM123456.com.example.phone.remote&voip;pn-silent=1;pn-timeout=0;pn-msg-str=IM_MSG;pn-call-snd=ring.caf"
+        );
+        let (token, params) = learned("alert_topic = \"com.example.phone\"\n", &contact).unwrap();
+        assert_eq!(token, voip.to_ascii_lowercase());
+        assert_eq!(
+            params.get(TOPIC),
+            None,
+            "com.example.phone.voip is apns.topic"
+        );
+        assert_eq!(params.get(ENVIRONMENT), Some(SANDBOX));
+        assert_eq!(
+            params.get(ALERT_TOKEN),
+            Some(remote.to_ascii_lowercase().as_str())
+        );
+        assert!(!format!("{params:?}").contains(&remote.to_ascii_lowercase()));
+        // Without apns.alert_topic the remote token is of no use.
+        let (_, params) = learned("", &contact).unwrap();
+        assert_eq!(params.get(ALERT_TOKEN), None);
+        // Remote pushes only: nothing to wake a call with.
+        let e = learned("", &contact.replace(".remote&voip", ".remote")).unwrap_err();
+        assert!(e.contains("no VoIP push"), "{e}");
     }
 }

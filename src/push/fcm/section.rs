@@ -7,6 +7,7 @@ use pushwake_core::config::{
     base_url, read_secret_file, ConfigError, ConfigFile, Problem, Spanned,
 };
 use pushwake_core::directory::{DeviceParams, Directory, Platform};
+use pushwake_core::rfc8599::PushParams;
 use serde::Deserialize;
 
 use super::{FcmPushkin, FcmSettings, ServiceAccount, DEFAULT_ENDPOINT, PLATFORM};
@@ -34,6 +35,10 @@ impl Provider for Fcm {
 
     fn article(&self) -> &'static str {
         "an"
+    }
+
+    fn pn_providers(&self) -> &'static [&'static str] {
+        &["fcm"]
     }
 
     fn read_section(
@@ -71,22 +76,25 @@ impl ProviderSettings for FcmSettings {
         _keys: &DeviceKeys,
     ) -> Result<(String, DeviceParams), Problem> {
         let text = token.get_ref().trim();
-        if text.is_empty()
-            || text.len() > MAX_TOKEN_LEN
-            || !text
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | ':'))
-        {
-            return Err((
-                token.span(),
-                format!(
-                    "an fcm device token is 1 to {MAX_TOKEN_LEN} letters, digits, `_`, `-` or `:` (got {} characters)",
-                    text.chars().count()
-                ),
-            ));
-        }
+        check_token(text).map_err(|message| (token.span(), message))?;
         // FCM tokens are case-sensitive: kept as written.
         Ok((text.to_owned(), DeviceParams::default()))
+    }
+
+    /// `pn-provider=fcm`, `pn-prid=<registration token>`, `pn-param=<project id>`: a
+    /// project other than the service account's is refused (FCM would refuse it too,
+    /// `SENDER_ID_MISMATCH`).
+    fn learn(&self, pn: &PushParams) -> Result<(String, DeviceParams), String> {
+        if let Some(project) = &pn.param {
+            if *project != self.account.project_id {
+                return Err(format!(
+                    "pn-param names Firebase project {project}, not the service account's {}",
+                    self.account.project_id
+                ));
+            }
+        }
+        check_token(&pn.prid)?;
+        Ok((pn.prid.clone(), DeviceParams::default()))
     }
 
     fn pushkin(&self, _directory: &Directory) -> Result<Arc<dyn Pushkin>, String> {
@@ -98,6 +106,22 @@ impl ProviderSettings for FcmSettings {
     fn same_as(&self, other: &dyn ProviderSettings) -> bool {
         same(self, other)
     }
+}
+
+/// An FCM registration token: 1 to [`MAX_TOKEN_LEN`] letters, digits, `_`, `-` or `:`.
+fn check_token(token: &str) -> Result<(), String> {
+    if token.is_empty()
+        || token.len() > MAX_TOKEN_LEN
+        || !token
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | ':'))
+    {
+        return Err(format!(
+            "an fcm device token is 1 to {MAX_TOKEN_LEN} letters, digits, `_`, `-` or `:` (got {} characters)",
+            token.chars().count()
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -181,5 +205,31 @@ mod tests {
             e.contains("`mqtt` is not supported (supported: apns, fcm, hms, webhook, webpush)"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_registration_teaches_a_device_of_the_configured_project_only() {
+        let (_dir, fcm) = fcm_section("");
+        let config = parse(Path::new("pw.toml"), &format!("{fcm}{MINIMAL}")).unwrap();
+        let settings = config.settings::<FcmSettings>().unwrap();
+        let learn =
+            |contact: &str| settings.learn(&PushParams::from_contact(contact).unwrap().unwrap());
+        let token = "dXbQ2k1rT0e:APA91bH-x_YZ09";
+        assert_eq!(
+            learn(&format!(
+                "sip:h;pn-provider=fcm;pn-param=pushwake-test;pn-prid={token}"
+            ))
+            .unwrap()
+            .0,
+            token
+        );
+        assert!(learn(&format!("sip:h;pn-provider=fcm;pn-prid={token}")).is_ok());
+        let e = learn(&format!(
+            "sip:h;pn-provider=fcm;pn-param=someone-else;pn-prid={token}"
+        ))
+        .unwrap_err();
+        assert!(e.contains("someone-else") && !e.contains(token), "{e}");
+        let e = learn("sip:h;pn-provider=fcm;pn-prid=semi%3Bcolon").unwrap_err();
+        assert!(e.contains("an fcm device token is"), "{e}");
     }
 }

@@ -7,6 +7,7 @@ use pushwake_core::config::{
     base_url, read_secret_file, ConfigError, ConfigFile, Problem, Spanned,
 };
 use pushwake_core::directory::{DeviceParams, Directory, Platform};
+use pushwake_core::rfc8599::PushParams;
 use serde::Deserialize;
 
 use super::{HmsPushkin, HmsSettings, DEFAULT_ENDPOINT, DEFAULT_TOKEN_URL, PLATFORM};
@@ -37,6 +38,10 @@ impl Provider for Hms {
 
     fn article(&self) -> &'static str {
         "an"
+    }
+
+    fn pn_providers(&self) -> &'static [&'static str] {
+        &["hms"]
     }
 
     fn read_section(
@@ -87,6 +92,17 @@ fn settings(raw: RawHms) -> Result<HmsSettings, Problem> {
     })
 }
 
+/// A Push Kit token: 1 to [`MAX_TOKEN_LEN`] printable ASCII characters.
+fn check_token(token: &str) -> Result<(), String> {
+    if token.is_empty()
+        || token.len() > MAX_TOKEN_LEN
+        || !token.chars().all(|c| c.is_ascii_graphic())
+    {
+        return Err(format!("an hms device token is 1 to {MAX_TOKEN_LEN} printable ASCII characters without spaces (got {} characters)", token.len()));
+    }
+    Ok(())
+}
+
 impl ProviderSettings for HmsSettings {
     fn platform(&self) -> Platform {
         PLATFORM
@@ -98,16 +114,23 @@ impl ProviderSettings for HmsSettings {
         _keys: &DeviceKeys,
     ) -> Result<(String, DeviceParams), Problem> {
         let text = token.get_ref().trim();
-        if text.is_empty()
-            || text.len() > MAX_TOKEN_LEN
-            || !text.chars().all(|c| c.is_ascii_graphic())
-        {
-            return Err((
-                token.span(),
-                format!("an hms device token is 1 to {MAX_TOKEN_LEN} printable ASCII characters without spaces (got {} characters)", text.len()),
-            ));
-        }
+        check_token(text).map_err(|message| (token.span(), message))?;
         Ok((text.to_owned(), DeviceParams::default()))
+    }
+
+    /// `pn-provider=hms`, `pn-prid=<Push Kit token>`, and `pn-param=<app id>` if given:
+    /// another app's id is refused.
+    fn learn(&self, pn: &PushParams) -> Result<(String, DeviceParams), String> {
+        if let Some(app) = &pn.param {
+            if *app != self.app_id {
+                return Err(format!(
+                    "pn-param names app {app}, not hms.app_id {}",
+                    self.app_id
+                ));
+            }
+        }
+        check_token(&pn.prid)?;
+        Ok((pn.prid.clone(), DeviceParams::default()))
     }
 
     fn pushkin(&self, _directory: &Directory) -> Result<Arc<dyn Pushkin>, String> {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use pushwake_core::config::{read_secret_file, ConfigError, ConfigFile, Problem, Spanned};
 use pushwake_core::directory::{DeviceParams, Directory, Platform};
+use pushwake_core::rfc8599::PushParams;
 use serde::Deserialize;
 
 use super::{
@@ -28,6 +29,10 @@ struct RawWebPush {
 impl Provider for WebPush {
     fn platform(&self) -> Platform {
         PLATFORM
+    }
+
+    fn pn_providers(&self) -> &'static [&'static str] {
+        &["webpush"]
     }
 
     fn read_section(
@@ -84,6 +89,13 @@ impl ProviderSettings for WebPushSettings {
             ));
         }
         Ok((text.to_owned(), DeviceParams::default()))
+    }
+
+    /// `pn-provider=webpush`, `pn-prid=<the PushSubscription JSON, %-encoded>`.
+    fn learn(&self, pn: &PushParams) -> Result<(String, DeviceParams), String> {
+        Subscription::parse(&pn.prid)
+            .map_err(|e| format!("pn-prid must be the browser's PushSubscription JSON: {e}"))?;
+        Ok((pn.prid.clone(), DeviceParams::default()))
     }
 
     fn pushkin(&self, _directory: &Directory) -> Result<Arc<dyn Pushkin>, String> {
