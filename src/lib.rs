@@ -16,6 +16,7 @@
 //! - [`random`]: the randomness the engine is given.
 
 pub mod config;
+pub mod devices;
 pub mod driver;
 pub mod http;
 pub mod pbx;

@@ -1,0 +1,348 @@
+//! The devices that are not in the configuration file: learned from the phones' own
+//! registrations (RFC 8599 parameters in a REGISTER's contact) or registered by an app
+//! backend through the device API.
+//!
+//! The [`Registry`] keeps them in memory, so a call's device lookup never waits on a
+//! database ([`DeviceSource`] for the wake engine); the store keeps them across restarts
+//! and shares them between nodes. Writes reach the registry at once and the store
+//! behind it ([`Persist`]): a learned device is pushed for the very next call, whatever
+//! the database is doing.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::{Arc, RwLock};
+
+use pushwake_core::directory::{Device, DeviceParams, DeviceSource, DeviceToken};
+use pushwake_core::rfc8599::PushParams;
+use tokio::sync::mpsc;
+
+use crate::push::provider::{pn_provider, provider, ProviderSettings};
+
+/// The device key of PortSIP's `X-Push` (`allow-call-push=false`): the device is kept
+/// but not woken for calls.
+pub const ALLOW_CALL_PUSH: &str = "allow-call-push";
+
+/// One registered device, as the registry and the store keep it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DeviceRecord {
+    /// Its extension.
+    pub extension: String,
+    /// Its id within the extension: the API caller's, or `learned-<platform>-<hash>` for
+    /// a learned one.
+    pub device_id: String,
+    /// The provider's platform name (`apns`, `fcm`, …).
+    pub platform: String,
+    /// The push token. Secret.
+    pub token: String,
+    /// The provider's settings for it.
+    pub params: DeviceParams,
+    /// Learned from a REGISTER (forgotten after `learned_ttl` without one), rather than
+    /// registered through the API (kept until deleted).
+    pub learned: bool,
+    /// Unix seconds of the last REGISTER or API write.
+    pub updated_at: i64,
+}
+
+impl fmt::Debug for DeviceRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeviceRecord")
+            .field("extension", &self.extension)
+            .field("device_id", &self.device_id)
+            .field("platform", &self.platform)
+            .field("token", &DeviceToken::new(self.token.clone()))
+            .field("params", &self.params)
+            .field("learned", &self.learned)
+            .field("updated_at", &self.updated_at)
+            .finish()
+    }
+}
+
+impl DeviceRecord {
+    /// Whether the device asked not to be woken for calls (PortSIP's
+    /// `allow-call-push=false`).
+    pub fn refuses_calls(&self) -> bool {
+        matches!(
+            self.params
+                .get(ALLOW_CALL_PUSH)
+                .map(str::to_ascii_lowercase)
+                .as_deref(),
+            Some("false" | "no" | "0")
+        )
+    }
+}
+
+/// The id of a device learned from a registration: stable for one token, and telling
+/// nothing of it (64 bits of its SHA-256, so 100,000 devices do not collide).
+pub fn learned_id(platform: &str, token: &str) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    let hex: String = digest.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("learned-{platform}-{hex}")
+}
+
+/// What a registration taught.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Learned {
+    /// The contact carries no push parameters.
+    Nothing,
+    /// A device not known before.
+    New(DeviceRecord),
+    /// A known device registered again (its settings may have changed).
+    Again(DeviceRecord),
+    /// The parameters were refused; the reason never quotes a token.
+    Refused(String),
+}
+
+/// A write for the store, made after the registry took it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Persist {
+    /// Insert or replace this device.
+    Put(DeviceRecord),
+    /// Delete every device holding this token (the provider declared it dead).
+    DeleteToken {
+        /// The platform.
+        platform: String,
+        /// The token. Secret.
+        token: String,
+    },
+}
+
+/// The registered devices, by extension. Cheap to read from the call path.
+pub struct Registry {
+    devices: RwLock<HashMap<String, BTreeMap<String, DeviceRecord>>>,
+    providers: Vec<Arc<dyn ProviderSettings>>,
+    persist: Option<mpsc::UnboundedSender<Persist>>,
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registry")
+            .field("devices", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Registry {
+    /// An empty registry that learns for the configured `providers`. Writes go to
+    /// `persist` (the store's writer), if given.
+    pub fn new(
+        providers: Vec<Arc<dyn ProviderSettings>>,
+        persist: Option<mpsc::UnboundedSender<Persist>>,
+    ) -> Self {
+        Self {
+            devices: RwLock::new(HashMap::new()),
+            providers,
+            persist,
+        }
+    }
+
+    fn read(
+        &self,
+    ) -> std::sync::RwLockReadGuard<'_, HashMap<String, BTreeMap<String, DeviceRecord>>> {
+        self.devices
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(
+        &self,
+    ) -> std::sync::RwLockWriteGuard<'_, HashMap<String, BTreeMap<String, DeviceRecord>>> {
+        self.devices
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn persist(&self, op: Persist) {
+        if let Some(tx) = &self.persist {
+            // Only fails once the writer is gone, at shutdown.
+            let _ = tx.send(op);
+        }
+    }
+
+    /// Replaces every device with `devices` (the store's content, at start or after a
+    /// resynchronisation).
+    pub fn load(&self, devices: impl IntoIterator<Item = DeviceRecord>) {
+        let mut map: HashMap<String, BTreeMap<String, DeviceRecord>> = HashMap::new();
+        for device in devices {
+            map.entry(device.extension.clone())
+                .or_default()
+                .insert(device.device_id.clone(), device);
+        }
+        *self.write() = map;
+    }
+
+    /// Number of devices.
+    pub fn len(&self) -> usize {
+        self.read().values().map(BTreeMap::len).sum()
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The extension's devices, by id.
+    pub fn list(&self, extension: &str) -> Vec<DeviceRecord> {
+        self.read()
+            .get(extension)
+            .map(|devices| devices.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// One device.
+    pub fn get(&self, extension: &str, device_id: &str) -> Option<DeviceRecord> {
+        self.read().get(extension)?.get(device_id).cloned()
+    }
+
+    /// Learns from a registration of `extension` with `contact` at `now` (Unix
+    /// seconds), which the PBX accepted: a contact with push parameters for a
+    /// configured provider becomes (or refreshes) a learned device, written to the store
+    /// behind.
+    pub fn learn(&self, extension: &str, contact: &str, now: i64) -> Learned {
+        let params = match PushParams::from_contact(contact) {
+            Ok(Some(params)) => params,
+            Ok(None) => return Learned::Nothing,
+            Err(error) => return Learned::Refused(format!("malformed push parameters: {error}")),
+        };
+        let Some(kind) = pn_provider(&params.provider) else {
+            return Learned::Refused(format!(
+                "pn-provider {} is not one pushwake pushes through",
+                params.provider
+            ));
+        };
+        let platform = kind.platform();
+        let Some(settings) = self.providers.iter().find(|p| p.platform() == platform) else {
+            return Learned::Refused(format!(
+                "pn-provider {} needs a [{platform}] section",
+                params.provider
+            ));
+        };
+        let (token, device_params) = match settings.learn(&params) {
+            Ok(learned) => learned,
+            Err(reason) => return Learned::Refused(reason),
+        };
+        let platform = platform.as_str().to_owned();
+        let mut devices = self.write();
+        let of_extension = devices.entry(extension.to_owned()).or_default();
+        // The same token registered through the API: that device it is.
+        let known = of_extension
+            .values_mut()
+            .find(|d| d.platform == platform && d.token == token);
+        let learned = match known {
+            Some(device) if !device.learned => return Learned::Again(device.clone()),
+            Some(device) => {
+                device.params = device_params;
+                device.updated_at = now;
+                Learned::Again(device.clone())
+            }
+            None => {
+                let device = DeviceRecord {
+                    extension: extension.to_owned(),
+                    device_id: learned_id(&platform, &token),
+                    platform,
+                    token,
+                    params: device_params,
+                    learned: true,
+                    updated_at: now,
+                };
+                of_extension.insert(device.device_id.clone(), device.clone());
+                Learned::New(device)
+            }
+        };
+        drop(devices);
+        if let Learned::New(device) | Learned::Again(device) = &learned {
+            self.persist(Persist::Put(device.clone()));
+        }
+        learned
+    }
+
+    /// Puts `device` (written to the store already, by the API), replacing the one with
+    /// its id.
+    pub fn put(&self, device: DeviceRecord) {
+        self.write()
+            .entry(device.extension.clone())
+            .or_default()
+            .insert(device.device_id.clone(), device);
+    }
+
+    /// Removes a device; whether it was there.
+    pub fn remove(&self, extension: &str, device_id: &str) -> bool {
+        let mut devices = self.write();
+        let Some(of_extension) = devices.get_mut(extension) else {
+            return false;
+        };
+        let removed = of_extension.remove(device_id).is_some();
+        if of_extension.is_empty() {
+            devices.remove(extension);
+        }
+        removed
+    }
+
+    /// Forgets every device holding `token` (the provider declared it dead), in the
+    /// store too; returns them.
+    pub fn forget_token(&self, platform: &str, token: &str) -> Vec<(String, String)> {
+        let mut forgotten = Vec::new();
+        self.write().retain(|extension, of_extension| {
+            of_extension.retain(|id, d| {
+                let dead = d.platform == platform && d.token == token;
+                if dead {
+                    forgotten.push((extension.clone(), id.clone()));
+                }
+                !dead
+            });
+            !of_extension.is_empty()
+        });
+        if !forgotten.is_empty() {
+            self.persist(Persist::DeleteToken {
+                platform: platform.to_owned(),
+                token: token.to_owned(),
+            });
+        }
+        forgotten
+    }
+
+    /// Forgets the learned devices not registered since `before` (Unix seconds);
+    /// returns them. (The store expires its own copy.)
+    pub fn expire(&self, before: i64) -> Vec<(String, String)> {
+        let mut expired = Vec::new();
+        self.write().retain(|extension, of_extension| {
+            of_extension.retain(|id, d| {
+                let old = d.learned && d.updated_at < before;
+                if old {
+                    expired.push((extension.clone(), id.clone()));
+                }
+                !old
+            });
+            !of_extension.is_empty()
+        });
+        expired
+    }
+}
+
+impl DeviceSource for Registry {
+    fn devices_of(&self, extension: &str) -> Vec<Device> {
+        let devices = self.read();
+        let Some(of_extension) = devices.get(extension) else {
+            return Vec::new();
+        };
+        of_extension
+            .values()
+            .filter(|d| !d.refuses_calls())
+            .filter_map(|d| {
+                // A platform this build does not know (a newer node wrote it): skipped.
+                let platform = provider(&d.platform)?.platform();
+                Some(Device {
+                    platform,
+                    token: DeviceToken::new(d.token.clone()),
+                    label: format!("{extension}/{}", d.device_id),
+                    params: d.params.clone(),
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;
