@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod fcm;
 pub mod hms;
 pub mod keys;
+pub mod pbx;
 pub mod push_server;
 pub mod sipp;
 pub mod slot;
