@@ -16,7 +16,7 @@ use pushwake::pbx::{CallId, Party};
 use pushwake::push::apns::{ApnsAuth, ApnsPushkin, ApnsSettings};
 use pushwake::push::{PushKind, PushService, PushVerdict, WakePush};
 use pushwake_testkit::apns::ApnsServer;
-use pushwake_testkit::daemon::TestApns;
+use pushwake_testkit::config::TestApns;
 use tokio::time::Instant;
 
 #[tokio::main]

@@ -10,7 +10,7 @@ use pushwake::pbx::{CallId, Party};
 use pushwake::push::apns::{ApnsAuth, ApnsPushkin, ApnsSettings};
 use pushwake::push::{EndReason, PushKind, PushService, PushVerdict, WakePush};
 use pushwake_testkit::apns::ApnsServer;
-use pushwake_testkit::daemon::TestApns;
+use pushwake_testkit::config::TestApns;
 use tokio::time::Instant;
 
 const BUNDLE: &str = "com.example.phone";

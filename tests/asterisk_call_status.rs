@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use pushwake_testkit::apns::{ApnsServer, ReceivedPush};
 use pushwake_testkit::asterisk::TestAsterisk;
-use pushwake_testkit::daemon::{add_http, write_config, Daemon, TestApns, TestExtension};
+use pushwake_testkit::config::{ConfigBuilder, TestApns, TestDevice, TestExtension};
+use pushwake_testkit::daemon::Daemon;
 use pushwake_testkit::sipp::{CallerEnd, Phone, SippRun};
 use pushwake_testkit::slot::Slot;
 use serde_json::{json, Value};
@@ -80,24 +81,16 @@ async fn a_woken_app_learns_ringing_then_how_the_call_ended_from_the_status_url(
     let apns = TestApns::generate();
     let server = ApnsServer::start(apns.expectations()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
-        dir.path(),
-        &pbx,
-        &slot.app(),
-        &apns,
-        &server.endpoint(),
-        &[TestExtension {
-            number: ext.clone(),
-            ring_timeout: "30s".into(),
-            tokens: vec![token(slot)],
-        }],
-    )
-    .unwrap();
     // No reverse proxy here: the public URL is the listener itself (a TCP port of the
     // slot's range).
     let listen = format!("127.0.0.1:{}", slot.port(19));
     let base = format!("http://{listen}");
-    add_http(&config, &listen, &base).unwrap();
+    let config = ConfigBuilder::new(dir.path(), &pbx, &slot.app())
+        .apns(&apns, &server.endpoint())
+        .http(&listen, &base)
+        .extension(TestExtension::new(&ext, "30s").device(TestDevice::apns(token(slot))))
+        .write()
+        .unwrap();
     let daemon = Daemon::start(&PathBuf::from(env!("CARGO_BIN_EXE_pushwake")), &config)
         .await
         .unwrap();

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use pushwake_testkit::apns::{ApnsServer, ReceivedPush};
 use pushwake_testkit::asterisk::TestAsterisk;
-use pushwake_testkit::daemon::{write_config, Daemon, TestApns, TestExtension};
+use pushwake_testkit::config::{ConfigBuilder, TestApns, TestDevice, TestExtension};
+use pushwake_testkit::daemon::Daemon;
 use pushwake_testkit::sipp::{CallerEnd, Phone, SippRun};
 use pushwake_testkit::slot::Slot;
 
@@ -40,23 +41,16 @@ async fn setup(slot: u8, extensions: &[(u8, &str, u8)]) -> Env {
     let apns = TestApns::generate();
     let server = ApnsServer::start(apns.expectations()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let extensions: Vec<TestExtension> = extensions
-        .iter()
-        .map(|(phone, ring, devices)| TestExtension {
-            number: slot.phone(*phone),
-            ring_timeout: (*ring).to_owned(),
-            tokens: (1..=*devices).map(|d| token(slot, d)).collect(),
-        })
-        .collect();
-    let config = write_config(
-        dir.path(),
-        &pbx,
-        &slot.app(),
-        &apns,
-        &server.endpoint(),
-        &extensions,
-    )
-    .unwrap();
+    let mut config =
+        ConfigBuilder::new(dir.path(), &pbx, &slot.app()).apns(&apns, &server.endpoint());
+    for (phone, ring, devices) in extensions {
+        let mut extension = TestExtension::new(slot.phone(*phone), ring);
+        for d in 1..=*devices {
+            extension = extension.device(TestDevice::apns(token(slot, d)));
+        }
+        config = config.extension(extension);
+    }
+    let config = config.write().unwrap();
     let daemon = Daemon::start(&binary(), &config).await.unwrap();
     Env {
         pbx,

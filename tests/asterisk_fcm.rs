@@ -8,9 +8,8 @@ use std::time::Duration;
 
 use pushwake_testkit::apns::ApnsServer;
 use pushwake_testkit::asterisk::TestAsterisk;
-use pushwake_testkit::daemon::{
-    write_config_with_fcm, Daemon, FcmPart, TestApns, TestExtension, TestFcm,
-};
+use pushwake_testkit::config::{ConfigBuilder, TestApns, TestDevice, TestExtension, TestFcm};
+use pushwake_testkit::daemon::Daemon;
 use pushwake_testkit::fcm::FcmServer;
 use pushwake_testkit::sipp::{CallerEnd, Phone, SippRun};
 use pushwake_testkit::slot::Slot;
@@ -61,30 +60,16 @@ async fn a_sleeping_android_phone_gets_an_fcm_data_message_registers_and_answers
 
     let fcm = TestFcm::generate();
     let server = FcmServer::start(fcm.expectations(SECS(20))).await.unwrap();
-    // [apns] is configured too (write_config always writes it); it must get nothing.
+    // [apns] is configured too; it must get nothing.
     let apns = TestApns::generate();
     let apns_server = ApnsServer::start(apns.expectations()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let devices = [(ext.clone(), fcm_token(slot))];
-    let config = write_config_with_fcm(
-        dir.path(),
-        &pbx,
-        &slot.app(),
-        &apns,
-        &apns_server.endpoint(),
-        &[TestExtension {
-            number: ext.clone(),
-            ring_timeout: "20s".into(),
-            tokens: vec![],
-        }],
-        &FcmPart {
-            fcm: &fcm,
-            endpoint: &server.endpoint(),
-            token_uri: &server.token_uri(),
-            devices: &devices,
-        },
-    )
-    .unwrap();
+    let config = ConfigBuilder::new(dir.path(), &pbx, &slot.app())
+        .apns(&apns, &apns_server.endpoint())
+        .fcm(&fcm, &server.endpoint(), &server.token_uri())
+        .extension(TestExtension::new(&ext, "20s").device(TestDevice::fcm(fcm_token(slot))))
+        .write()
+        .unwrap();
     let daemon = Daemon::start(&binary(), &config).await.unwrap();
     // Warmed up at start: the access token is there before the first call.
     daemon

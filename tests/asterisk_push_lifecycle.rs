@@ -8,9 +8,8 @@ use std::time::Duration;
 
 use pushwake_testkit::apns::ApnsServer;
 use pushwake_testkit::asterisk::TestAsterisk;
-use pushwake_testkit::daemon::{
-    write_config_with_fcm, Daemon, FcmPart, TestApns, TestExtension, TestFcm,
-};
+use pushwake_testkit::config::{ConfigBuilder, TestApns, TestDevice, TestExtension, TestFcm};
+use pushwake_testkit::daemon::Daemon;
 use pushwake_testkit::fcm::FcmServer;
 use pushwake_testkit::sipp::{CallerEnd, SippRun};
 use pushwake_testkit::slot::Slot;
@@ -61,26 +60,16 @@ async fn a_caller_hanging_up_while_phones_wake_cancels_on_fcm_and_sends_apns_not
     let apns = TestApns::generate();
     let apns_server = ApnsServer::start(apns.expectations()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let devices = [(ext.clone(), fcm_token.clone())];
-    let config = write_config_with_fcm(
-        dir.path(),
-        &pbx,
-        &slot.app(),
-        &apns,
-        &apns_server.endpoint(),
-        &[TestExtension {
-            number: ext.clone(),
-            ring_timeout: "20s".into(),
-            tokens: vec![apns_token.clone()],
-        }],
-        &FcmPart {
-            fcm: &fcm,
-            endpoint: &fcm_server.endpoint(),
-            token_uri: &fcm_server.token_uri(),
-            devices: &devices,
-        },
-    )
-    .unwrap();
+    let config = ConfigBuilder::new(dir.path(), &pbx, &slot.app())
+        .apns(&apns, &apns_server.endpoint())
+        .fcm(&fcm, &fcm_server.endpoint(), &fcm_server.token_uri())
+        .extension(
+            TestExtension::new(&ext, "20s")
+                .device(TestDevice::apns(&apns_token))
+                .device(TestDevice::fcm(&fcm_token)),
+        )
+        .write()
+        .unwrap();
     // Nobody registers: both phones are still waking when the caller gives up.
     let (daemon, woken) = call_and_give_up(&pbx, slot, &ext, &config, &apns_server).await;
     let call_id = woken["call_id"].as_str().unwrap().to_owned();
@@ -134,39 +123,19 @@ async fn a_development_build_is_woken_through_the_sandbox_and_told_of_the_missed
     let sandbox = ApnsServer::start(apns.expectations()).await.unwrap();
     sandbox.bind_token(&alert_token, BUNDLE);
     let dir = tempfile::tempdir().unwrap();
-    let config = pushwake_testkit::daemon::write_config(
-        dir.path(),
-        &pbx,
-        &slot.app(),
-        &apns,
-        &production.endpoint(),
-        &[TestExtension {
-            number: ext.clone(),
-            ring_timeout: "20s".into(),
-            tokens: vec![voip_token.clone()],
-        }],
-    )
-    .unwrap();
-    let text = std::fs::read_to_string(&config).unwrap();
-    let apns_section = format!("topic = \"{}\"\n", apns.topic);
-    let device = format!("token = \"{voip_token}\"\n");
-    assert!(
-        text.contains(&apns_section) && text.contains(&device),
-        "{text}"
-    );
-    let text = text
-        .replace(
-            &apns_section,
-            &format!(
-                "{apns_section}alert_topic = \"{BUNDLE}\"\nsandbox_endpoint = \"{}\"\n",
-                sandbox.endpoint()
+    let config = ConfigBuilder::new(dir.path(), &pbx, &slot.app())
+        .apns(&apns, &production.endpoint())
+        .apns_option("alert_topic", BUNDLE)
+        .apns_option("sandbox_endpoint", &sandbox.endpoint())
+        .extension(
+            TestExtension::new(&ext, "20s").device(
+                TestDevice::apns(&voip_token)
+                    .with("environment", "development")
+                    .with("alert_token", &alert_token),
             ),
         )
-        .replace(
-            &device,
-            &format!("{device}environment = \"development\"\nalert_token = \"{alert_token}\"\n"),
-        );
-    std::fs::write(&config, text).unwrap();
+        .write()
+        .unwrap();
     let (daemon, woken) = call_and_give_up(&pbx, slot, &ext, &config, &sandbox).await;
     let call_id = woken["call_id"].as_str().unwrap().to_owned();
 

@@ -10,9 +10,8 @@ use std::time::Duration;
 
 use pushwake_testkit::apns::ApnsServer;
 use pushwake_testkit::asterisk::TestAsterisk;
-use pushwake_testkit::daemon::{
-    write_config_with_webhook, Daemon, TestApns, TestExtension, WebhookPart,
-};
+use pushwake_testkit::config::{ConfigBuilder, TestApns, TestDevice, TestExtension};
+use pushwake_testkit::daemon::Daemon;
 use pushwake_testkit::sipp::{CallerEnd, SippRun};
 use pushwake_testkit::slot::Slot;
 use pushwake_testkit::webhook::{generate_secret, WebhookServer};
@@ -29,29 +28,16 @@ async fn the_backend_gets_a_signed_wakeup_then_a_signed_cancel_when_the_caller_h
 
     let secret = generate_secret();
     let server = WebhookServer::start(secret.as_bytes()).await.unwrap();
-    // [apns] is configured too (the config writer always writes it); it must get nothing.
+    // [apns] is configured too; it must get nothing.
     let apns = TestApns::generate();
     let apns_server = ApnsServer::start(apns.expectations()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let devices = [(ext.clone(), device_id.clone())];
-    let config = write_config_with_webhook(
-        dir.path(),
-        &pbx,
-        &slot.app(),
-        &apns,
-        &apns_server.endpoint(),
-        &[TestExtension {
-            number: ext.clone(),
-            ring_timeout: "20s".into(),
-            tokens: vec![],
-        }],
-        &WebhookPart {
-            url: &server.url(),
-            secret: &secret,
-            devices: &devices,
-        },
-    )
-    .unwrap();
+    let config = ConfigBuilder::new(dir.path(), &pbx, &slot.app())
+        .apns(&apns, &apns_server.endpoint())
+        .webhook(&server.url(), &secret)
+        .extension(TestExtension::new(&ext, "20s").device(TestDevice::webhook(&device_id)))
+        .write()
+        .unwrap();
     let daemon = Daemon::start(&PathBuf::from(env!("CARGO_BIN_EXE_pushwake")), &config)
         .await
         .unwrap();

@@ -10,9 +10,8 @@ use std::time::Duration;
 
 use pushwake_testkit::apns::ApnsServer;
 use pushwake_testkit::asterisk::TestAsterisk;
-use pushwake_testkit::daemon::{
-    write_config_with_webpush, Daemon, TestApns, TestExtension, WebPushPart,
-};
+use pushwake_testkit::config::{ConfigBuilder, TestApns, TestDevice, TestExtension};
+use pushwake_testkit::daemon::Daemon;
 use pushwake_testkit::sipp::{CallerEnd, SippRun};
 use pushwake_testkit::slot::Slot;
 use pushwake_testkit::webpush::{generate_vapid_pem, WebPushServer};
@@ -28,30 +27,17 @@ async fn a_browser_is_pushed_then_told_the_caller_hung_up() {
 
     let server = WebPushServer::start().await.unwrap();
     let subscription = server.subscription_json(&format!("slot{}", slot.0));
-    // [apns] is configured too (the config writer always writes it); it must get nothing.
+    // [apns] is configured too; it must get nothing.
     let apns = TestApns::generate();
     let apns_server = ApnsServer::start(apns.expectations()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let vapid = generate_vapid_pem();
-    let devices = [(ext.clone(), subscription.clone())];
-    let config = write_config_with_webpush(
-        dir.path(),
-        &pbx,
-        &slot.app(),
-        &apns,
-        &apns_server.endpoint(),
-        &[TestExtension {
-            number: ext.clone(),
-            ring_timeout: "20s".into(),
-            tokens: vec![],
-        }],
-        &WebPushPart {
-            vapid_pem: &vapid,
-            subject: "mailto:ops@example.com",
-            devices: &devices,
-        },
-    )
-    .unwrap();
+    let config = ConfigBuilder::new(dir.path(), &pbx, &slot.app())
+        .apns(&apns, &apns_server.endpoint())
+        .webpush(&vapid, "mailto:ops@example.com")
+        .extension(TestExtension::new(&ext, "20s").device(TestDevice::webpush(&subscription)))
+        .write()
+        .unwrap();
     let daemon = Daemon::start(&PathBuf::from(env!("CARGO_BIN_EXE_pushwake")), &config)
         .await
         .unwrap();

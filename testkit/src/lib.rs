@@ -7,6 +7,7 @@
 
 pub mod apns;
 pub mod asterisk;
+pub mod config;
 pub mod daemon;
 pub mod fcm;
 pub mod hms;
