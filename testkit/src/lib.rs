@@ -14,6 +14,7 @@ pub mod hms;
 pub mod keys;
 pub mod pbx;
 pub mod push_server;
+pub mod rig;
 pub mod sipp;
 pub mod slot;
 pub mod tls;

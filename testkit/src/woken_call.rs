@@ -122,14 +122,7 @@ pub async fn run(
             "INVITE traced {micros} µs before the REGISTER: the phone was rung before it woke"
         ));
     }
-    let invite_call_id = phone
-        .log()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("X-Pushwake-Call-Id: ")
-                .map(|v| v.trim().to_owned())
-        })
-        .unwrap_or_default();
+    let invite_call_id = phone.pushwake_call_id().unwrap_or_default();
     Ok(WokenCall {
         dialled,
         pushed: push.at,
