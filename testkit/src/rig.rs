@@ -4,7 +4,7 @@
 //! daemon, and sipp callers and phones on the slot's numbers and ports. Whatever fails
 //! panics with the daemon's log.
 //!
-//! ```ignore
+//! ```text
 //! let mut rig = Rig::asterisk(10, env!("CARGO_BIN_EXE_pushwake")).await;
 //! let ext = rig.phone_number(1);
 //! rig.start(rig.config().extension(TestExtension::new(&ext, "20s").device(…))).await;
