@@ -16,7 +16,7 @@ use pushwake::push::{PushKind, PushService, PushVerdict, WakePush};
 use pushwake_core::directory::{Device, DeviceToken};
 use pushwake_core::pbx::{CallId, Party};
 use pushwake_testkit::apns::ApnsServer;
-use pushwake_testkit::daemon::TestApns;
+use pushwake_testkit::config::TestApns;
 use tokio::time::Instant;
 
 #[tokio::main]

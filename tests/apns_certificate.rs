@@ -18,7 +18,7 @@ use pushwake::push::{Attempt, PushKind, Pushkin, WakePush};
 use pushwake_core::directory::{Device, DeviceToken};
 use pushwake_core::pbx::{CallId, Party};
 use pushwake_testkit::apns::ApnsServer;
-use pushwake_testkit::daemon::TestApns;
+use pushwake_testkit::config::TestApns;
 use pushwake_testkit::tls::TestClientCertificate;
 
 const BUNDLE: &str = "com.example.phone";

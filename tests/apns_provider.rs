@@ -11,7 +11,7 @@ use pushwake::push::{EndReason, PushKind, PushService, PushVerdict, WakePush};
 use pushwake_core::directory::{Device, DeviceToken};
 use pushwake_core::pbx::{CallId, Party};
 use pushwake_testkit::apns::ApnsServer;
-use pushwake_testkit::daemon::TestApns;
+use pushwake_testkit::config::TestApns;
 use tokio::time::Instant;
 
 const BUNDLE: &str = "com.example.phone";

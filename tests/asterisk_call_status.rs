@@ -4,13 +4,12 @@
 //! another one (404), and tells how the call ended — `caller_hung_up` when the caller
 //! gives up, `answered` then `ended`/`answered_elsewhere` when a woken phone takes it.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use pushwake_testkit::apns::{ApnsServer, ReceivedPush};
-use pushwake_testkit::asterisk::TestAsterisk;
-use pushwake_testkit::daemon::{add_http, write_config, Daemon, TestApns, TestExtension};
-use pushwake_testkit::sipp::{CallerEnd, Phone, SippRun};
+use pushwake_testkit::apns::ReceivedPush;
+use pushwake_testkit::config::{TestDevice, TestExtension};
+use pushwake_testkit::rig::Rig;
+use pushwake_testkit::sipp::{CallerEnd, Phone};
 use pushwake_testkit::slot::Slot;
 use serde_json::{json, Value};
 
@@ -21,23 +20,9 @@ fn token(slot: Slot) -> String {
     format!("{:02x}01", slot.0).repeat(16)
 }
 
-/// The phone's contact port, and the port its REGISTERs leave from.
-fn phone_ports(slot: Slot) -> (u16, u16) {
-    (slot.port(2), slot.port(12))
-}
-
-async fn registration(pbx: &TestAsterisk, slot: Slot, expires: u32) {
-    let (contact, from) = phone_ports(slot);
-    SippRun::register(
-        &pbx.sip,
-        &slot.phone(1),
-        from,
-        contact,
-        expires,
-        &token(slot),
-    )
-    .await
-    .unwrap();
+/// The phone (phone 1, device 1) registers for `expires` s.
+async fn registration(rig: &Rig, expires: u32) {
+    rig.register(1, 1, expires, &token(rig.slot)).await;
 }
 
 /// `GET url` with `token` as bearer token (none if `None`): the status code and JSON body.
@@ -73,55 +58,26 @@ fn link(push: &ReceivedPush, base: &str) -> (String, String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_woken_app_learns_ringing_then_how_the_call_ended_from_the_status_url() {
-    let slot = Slot::new(SLOT);
-    let pbx = TestAsterisk::connect().await.unwrap();
-    registration(&pbx, slot, 0).await;
-    let ext = slot.phone(1);
-    let apns = TestApns::generate();
-    let server = ApnsServer::start(apns.expectations()).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
-        dir.path(),
-        &pbx,
-        &slot.app(),
-        &apns,
-        &server.endpoint(),
-        &[TestExtension {
-            number: ext.clone(),
-            ring_timeout: "30s".into(),
-            tokens: vec![token(slot)],
-        }],
-    )
-    .unwrap();
+    let mut rig = Rig::asterisk(SLOT, env!("CARGO_BIN_EXE_pushwake")).await;
+    registration(&rig, 0).await;
+    let ext = rig.phone_number(1);
     // No reverse proxy here: the public URL is the listener itself (a TCP port of the
     // slot's range).
-    let listen = format!("127.0.0.1:{}", slot.port(19));
+    let listen = format!("127.0.0.1:{}", rig.slot.port(19));
     let base = format!("http://{listen}");
-    add_http(&config, &listen, &base).unwrap();
-    let daemon = Daemon::start(&PathBuf::from(env!("CARGO_BIN_EXE_pushwake")), &config)
-        .await
-        .unwrap();
-    daemon
-        .wait_log("call status endpoint listening", SECS(5))
-        .await
-        .unwrap();
+    let config = rig
+        .config()
+        .http(&listen, &base)
+        .extension(TestExtension::new(&ext, "30s").device(TestDevice::apns(token(rig.slot))));
+    rig.start(config).await;
+    rig.wait_log("call status endpoint listening", SECS(5))
+        .await;
     let client = reqwest::Client::new();
 
     // 1. Nobody registers; the caller gives up after 5 s of ringback (time enough for
     //    the requests below).
-    let mut call = SippRun::caller(
-        &pbx.sip,
-        &slot.caller(),
-        &ext,
-        slot.port(0),
-        CallerEnd::Cancels { after_ms: 5000 },
-    )
-    .unwrap();
-    let push = server
-        .wait_for(1, SECS(15))
-        .await
-        .unwrap_or_else(|e| panic!("{e}\npushwake log:\n{}", daemon.logs()))[0]
-        .clone();
+    let mut call = rig.call(&ext, CallerEnd::Cancels { after_ms: 5000 });
+    let push = rig.unwrap(rig.apns_server.wait_for(1, SECS(15)).await)[0].clone();
     let (call_id, url, secret) = link(&push, &base);
     assert_eq!(
         status(&client, &url, Some(&secret)).await,
@@ -134,14 +90,9 @@ async fn a_woken_app_learns_ringing_then_how_the_call_ended_from_the_status_url(
         status(&client, &url, Some(&wrong)).await,
         (404, json!({"error": "not found"}))
     );
-    if let Err(e) = call.finish(SECS(30)).await {
-        panic!("{e}\npushwake log:\n{}", daemon.logs());
-    }
+    rig.finish(&mut call, SECS(30)).await;
     // The board is written in the same step that logs this, on pushwake's one thread.
-    daemon
-        .wait_log("caller hung up while waiting", SECS(10))
-        .await
-        .unwrap();
+    rig.wait_log("caller hung up while waiting", SECS(10)).await;
     assert_eq!(
         status(&client, &url, Some(&secret)).await,
         (
@@ -149,39 +100,26 @@ async fn a_woken_app_learns_ringing_then_how_the_call_ended_from_the_status_url(
             json!({"call_id": call_id, "status": "ended", "reason": "caller_hung_up"})
         )
     );
-    if let Err(e) = pbx.wait_clean(slot, SECS(10)).await {
-        panic!("{e}\npushwake log:\n{}", daemon.logs());
-    }
+    rig.assert_clean().await;
 
     // 2. The woken phone registers and answers: `answered` while they talk, then ended
     //    — for any other device of the extension, answered elsewhere.
-    let (contact, _) = phone_ports(slot);
-    let mut phone = SippRun::phone(
-        contact,
-        Phone::Answer {
-            answer_after_ms: 200,
-        },
-    )
-    .await
-    .unwrap();
-    let mut call = SippRun::caller(
-        &pbx.sip,
-        &slot.caller(),
-        &ext,
-        slot.port(0),
-        CallerEnd::AnsweredCallerHangsUp { talk_ms: 5000 },
-    )
-    .unwrap();
-    let push = server
-        .wait_for(2, SECS(15))
-        .await
-        .unwrap_or_else(|e| panic!("{e}\npushwake log:\n{}", daemon.logs()))[1]
-        .clone();
+    let mut phone = rig
+        .phone(
+            1,
+            1,
+            Phone::Answer {
+                answer_after_ms: 200,
+            },
+        )
+        .await;
+    let mut call = rig.call(&ext, CallerEnd::AnsweredCallerHangsUp { talk_ms: 5000 });
+    let push = rig.unwrap(rig.apns_server.wait_for(2, SECS(15)).await)[1].clone();
     let (second_id, url, secret) = link(&push, &base);
     assert_ne!(second_id, call_id);
-    let skip = daemon.log_len();
-    registration(&pbx, slot, 120).await;
-    daemon
+    let skip = rig.daemon().log_len();
+    registration(&rig, 120).await;
+    rig.daemon()
         .wait_log_after(skip, "caller connected", SECS(15))
         .await
         .unwrap();
@@ -189,13 +127,9 @@ async fn a_woken_app_learns_ringing_then_how_the_call_ended_from_the_status_url(
         status(&client, &url, Some(&secret)).await,
         (200, json!({"call_id": second_id, "status": "answered"}))
     );
-    if let Err(e) = call.finish(SECS(30)).await {
-        panic!("{e}\npushwake log:\n{}", daemon.logs());
-    }
-    if let Err(e) = phone.finish(SECS(30)).await {
-        panic!("{e}\npushwake log:\n{}", daemon.logs());
-    }
-    daemon
+    rig.finish(&mut call, SECS(30)).await;
+    rig.finish(&mut phone, SECS(30)).await;
+    rig.daemon()
         .wait_log_after(skip, "caller hung up", SECS(10))
         .await
         .unwrap();
@@ -210,12 +144,14 @@ async fn a_woken_app_learns_ringing_then_how_the_call_ended_from_the_status_url(
     let first_url = format!("{base}/v1/calls/{call_id}");
     assert_eq!(status(&client, &first_url, Some(&secret)).await.0, 404);
 
-    if let Err(e) = pbx.wait_clean(slot, SECS(10)).await {
-        panic!("{e}\npushwake log:\n{}", daemon.logs());
-    }
-    assert!(server.rejected().is_empty(), "{:?}", server.rejected());
-    registration(&pbx, slot, 0).await;
-    let logs = daemon.logs();
+    rig.assert_clean().await;
+    assert!(
+        rig.apns_server.rejected().is_empty(),
+        "{:?}",
+        rig.apns_server.rejected()
+    );
+    registration(&rig, 0).await;
+    let logs = rig.logs();
     assert!(
         !logs.contains(&secret) && !logs.contains(&wrong),
         "a status token reached the log"

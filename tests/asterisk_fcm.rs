@@ -3,24 +3,16 @@
 //! OAuth2 access token and receives the data message, and the real `pushwake` binary
 //! dials the phone when it registers. Test slot 19.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use pushwake_testkit::apns::ApnsServer;
-use pushwake_testkit::asterisk::TestAsterisk;
-use pushwake_testkit::daemon::{
-    write_config_with_fcm, Daemon, FcmPart, TestApns, TestExtension, TestFcm,
-};
+use pushwake_testkit::config::{TestDevice, TestExtension, TestFcm};
 use pushwake_testkit::fcm::FcmServer;
-use pushwake_testkit::sipp::{CallerEnd, Phone, SippRun};
+use pushwake_testkit::rig::{call_id_seen_by, Rig};
+use pushwake_testkit::sipp::{CallerEnd, Phone};
 use pushwake_testkit::slot::Slot;
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 const SLOT: u8 = 19;
-
-fn binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_pushwake"))
-}
 
 /// An FCM registration token of the shape Android apps get (instance id, `:`, `APA91b…`).
 fn fcm_token(slot: Slot) -> String {
@@ -30,95 +22,47 @@ fn fcm_token(slot: Slot) -> String {
     )
 }
 
-fn phone_port(slot: Slot) -> u16 {
-    slot.port(3)
-}
-
-fn register_port(slot: Slot) -> u16 {
-    slot.port(13)
-}
-
-async fn register(pbx: &TestAsterisk, slot: Slot, expires: u32) {
-    SippRun::register(
-        &pbx.sip,
-        &slot.phone(1),
-        register_port(slot),
-        phone_port(slot),
-        expires,
-        &fcm_token(slot),
-    )
-    .await
-    .unwrap();
+/// The phone (phone 1, on the ports of its second device) registers for `expires` s.
+async fn register(rig: &Rig, expires: u32) {
+    rig.register(1, 2, expires, &fcm_token(rig.slot)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sleeping_android_phone_gets_an_fcm_data_message_registers_and_answers() {
-    let slot = Slot::new(SLOT);
-    let pbx = TestAsterisk::connect().await.unwrap();
+    let mut rig = Rig::asterisk(SLOT, env!("CARGO_BIN_EXE_pushwake")).await;
     // Whatever an earlier run left registered goes first: the phone must be asleep.
-    register(&pbx, slot, 0).await;
-    let ext = slot.phone(1);
+    register(&rig, 0).await;
+    let ext = rig.phone_number(1);
 
     let fcm = TestFcm::generate();
     let server = FcmServer::start(fcm.expectations(SECS(20))).await.unwrap();
-    // [apns] is configured too (write_config always writes it); it must get nothing.
-    let apns = TestApns::generate();
-    let apns_server = ApnsServer::start(apns.expectations()).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let devices = [(ext.clone(), fcm_token(slot))];
-    let config = write_config_with_fcm(
-        dir.path(),
-        &pbx,
-        &slot.app(),
-        &apns,
-        &apns_server.endpoint(),
-        &[TestExtension {
-            number: ext.clone(),
-            ring_timeout: "20s".into(),
-            tokens: vec![],
-        }],
-        &FcmPart {
-            fcm: &fcm,
-            endpoint: &server.endpoint(),
-            token_uri: &server.token_uri(),
-            devices: &devices,
-        },
-    )
-    .unwrap();
-    let daemon = Daemon::start(&binary(), &config).await.unwrap();
+    // [apns] is configured too (the rig's APNs server); it must get nothing.
+    let config = rig
+        .config()
+        .fcm(&fcm, &server.endpoint(), &server.token_uri())
+        .extension(TestExtension::new(&ext, "20s").device(TestDevice::fcm(fcm_token(rig.slot))));
+    rig.start(config).await;
     // Warmed up at start: the access token is there before the first call.
-    daemon
-        .wait_log("FCM access token obtained", SECS(10))
-        .await
-        .unwrap();
+    rig.wait_log("FCM access token obtained", SECS(10)).await;
 
-    let mut phone = SippRun::phone(
-        phone_port(slot),
-        Phone::Answer {
-            answer_after_ms: 200,
-        },
-    )
-    .await
-    .unwrap();
-    let mut call = SippRun::caller(
-        &pbx.sip,
-        &slot.caller(),
-        &ext,
-        slot.port(0),
-        CallerEnd::AnsweredCallerHangsUp { talk_ms: 1500 },
-    )
-    .unwrap();
+    let mut phone = rig
+        .phone(
+            1,
+            2,
+            Phone::Answer {
+                answer_after_ms: 200,
+            },
+        )
+        .await;
+    let mut call = rig.call(&ext, CallerEnd::AnsweredCallerHangsUp { talk_ms: 1500 });
 
-    let messages = server
-        .wait_for(1, SECS(15))
-        .await
-        .unwrap_or_else(|e| panic!("{e}\npushwake log:\n{}", daemon.logs()));
+    let messages = rig.unwrap(server.wait_for(1, SECS(15)).await);
     let message = &messages[0];
-    assert_eq!(message.token, fcm_token(slot));
+    assert_eq!(message.token, fcm_token(rig.slot));
     assert_eq!(message.data["type"], "incoming_call");
     assert_eq!(message.data["version"], "1");
     assert_eq!(message.data["extension"], ext.as_str());
-    assert_eq!(message.data["caller_number"], slot.caller().as_str());
+    assert_eq!(message.data["caller_number"], rig.caller().as_str());
     assert_eq!(message.android["priority"], "HIGH");
     let ttl: u64 = message.android["ttl"]
         .as_str()
@@ -134,43 +78,25 @@ async fn a_sleeping_android_phone_gets_an_fcm_data_message_registers_and_answers
     assert_eq!(call_id.len(), 36, "a UUID: {call_id}");
 
     // Only now does the woken phone register; pushwake must dial it at once.
-    register(&pbx, slot, 120).await;
-    if let Err(e) = call.finish(SECS(30)).await {
-        panic!("{e}\npushwake log:\n{}", daemon.logs());
-    }
-    if let Err(e) = phone.finish(SECS(30)).await {
-        panic!("{e}\npushwake log:\n{}", daemon.logs());
-    }
-    let seen = phone
-        .log()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("X-Pushwake-Call-Id: ")
-                .map(|v| v.trim().to_owned())
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "the phone logged no X-Pushwake-Call-Id:\n{}",
-                phone.report()
-            )
-        });
+    register(&rig, 120).await;
+    rig.finish(&mut call, SECS(30)).await;
+    rig.finish(&mut phone, SECS(30)).await;
+    let seen = call_id_seen_by(&phone);
     assert_eq!(seen, call_id, "the INVITE carries the message's call id");
-    daemon.wait_log("caller connected", SECS(5)).await.unwrap();
-    if let Err(e) = pbx.wait_clean(slot, SECS(10)).await {
-        panic!("{e}\npushwake log:\n{}", daemon.logs());
-    }
+    rig.wait_log("caller connected", SECS(5)).await;
+    rig.assert_clean().await;
 
     assert_eq!(server.token_requests(), 1, "one access token, reused");
     assert!(server.refused().is_empty(), "{:?}", server.refused());
     assert!(
-        apns_server.accepted().is_empty() && apns_server.rejected().is_empty(),
+        rig.apns_server.accepted().is_empty() && rig.apns_server.rejected().is_empty(),
         "no APNs push for an FCM-only extension"
     );
     // No secret in the daemon's log: not the device token, not the access token, not
     // the private key.
-    let logs = daemon.logs();
+    let logs = rig.logs();
     let key_line = fcm.key.private_pem.lines().nth(5).unwrap();
-    let mut secrets = vec![fcm_token(slot), key_line.to_owned()];
+    let mut secrets = vec![fcm_token(rig.slot), key_line.to_owned()];
     secrets.extend(server.issued_tokens());
     for secret in &secrets {
         assert!(
@@ -178,5 +104,5 @@ async fn a_sleeping_android_phone_gets_an_fcm_data_message_registers_and_answers
             "{secret} in the log:\n{logs}"
         );
     }
-    register(&pbx, slot, 0).await;
+    register(&rig, 0).await;
 }

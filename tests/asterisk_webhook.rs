@@ -5,16 +5,11 @@
 //! caller hangs up before any phone registers, the backend gets a signed
 //! `call.cancelled` with the reason. Test slot 23.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use pushwake_testkit::apns::ApnsServer;
-use pushwake_testkit::asterisk::TestAsterisk;
-use pushwake_testkit::daemon::{
-    write_config_with_webhook, Daemon, TestApns, TestExtension, WebhookPart,
-};
-use pushwake_testkit::sipp::{CallerEnd, SippRun};
-use pushwake_testkit::slot::Slot;
+use pushwake_testkit::config::{TestDevice, TestExtension};
+use pushwake_testkit::rig::Rig;
+use pushwake_testkit::sipp::CallerEnd;
 use pushwake_testkit::webhook::{generate_secret, WebhookServer};
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
@@ -22,84 +17,46 @@ const SLOT: u8 = 23;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_backend_gets_a_signed_wakeup_then_a_signed_cancel_when_the_caller_hangs_up() {
-    let slot = Slot::new(SLOT);
-    let pbx = TestAsterisk::connect().await.unwrap();
-    let ext = slot.phone(1);
-    let device_id = format!("Backend-Device_slot{}:Tablet", slot.0);
+    let mut rig = Rig::asterisk(SLOT, env!("CARGO_BIN_EXE_pushwake")).await;
+    let ext = rig.phone_number(1);
+    let device_id = format!("Backend-Device_slot{}:Tablet", rig.slot.0);
 
     let secret = generate_secret();
     let server = WebhookServer::start(secret.as_bytes()).await.unwrap();
-    // [apns] is configured too (the config writer always writes it); it must get nothing.
-    let apns = TestApns::generate();
-    let apns_server = ApnsServer::start(apns.expectations()).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let devices = [(ext.clone(), device_id.clone())];
-    let config = write_config_with_webhook(
-        dir.path(),
-        &pbx,
-        &slot.app(),
-        &apns,
-        &apns_server.endpoint(),
-        &[TestExtension {
-            number: ext.clone(),
-            ring_timeout: "20s".into(),
-            tokens: vec![],
-        }],
-        &WebhookPart {
-            url: &server.url(),
-            secret: &secret,
-            devices: &devices,
-        },
-    )
-    .unwrap();
-    let daemon = Daemon::start(&PathBuf::from(env!("CARGO_BIN_EXE_pushwake")), &config)
-        .await
-        .unwrap();
+    // [apns] is configured too (the rig's APNs server); it must get nothing.
+    let config = rig
+        .config()
+        .webhook(&server.url(), &secret)
+        .extension(TestExtension::new(&ext, "20s").device(TestDevice::webhook(&device_id)));
+    rig.start(config).await;
 
     // Nobody registers: the phone is still waking when the caller gives up.
-    let mut call = SippRun::caller(
-        &pbx.sip,
-        &slot.caller(),
-        &ext,
-        slot.port(0),
-        CallerEnd::Cancels { after_ms: 1500 },
-    )
-    .unwrap();
-    let wakeup = server
-        .wait_for_event("call.push_wakeup", SECS(15))
-        .await
-        .unwrap_or_else(|e| panic!("{e}\npushwake log:\n{}", daemon.logs()));
+    let mut call = rig.call(&ext, CallerEnd::Cancels { after_ms: 1500 });
+    let wakeup = rig.unwrap(server.wait_for_event("call.push_wakeup", SECS(15)).await);
     assert_eq!(wakeup.device, device_id);
     assert_eq!(wakeup.call["type"], "incoming_call");
     assert_eq!(wakeup.call["extension"], ext.as_str());
-    assert_eq!(wakeup.call["caller_number"], slot.caller().as_str());
+    assert_eq!(wakeup.call["caller_number"], rig.caller().as_str());
     let call_id = wakeup.call["call_id"].as_str().unwrap().to_owned();
     assert_eq!(call_id.len(), 36, "a UUID: {call_id}");
-    if let Err(e) = call.finish(SECS(30)).await {
-        panic!("{e}\npushwake log:\n{}", daemon.logs());
-    }
+    rig.finish(&mut call, SECS(30)).await;
 
-    let cancelled = server
-        .wait_for_event("call.cancelled", SECS(15))
-        .await
-        .unwrap_or_else(|e| panic!("{e}\npushwake log:\n{}", daemon.logs()));
+    let cancelled = rig.unwrap(server.wait_for_event("call.cancelled", SECS(15)).await);
     assert_eq!(cancelled.device, device_id);
     assert_eq!(cancelled.call["type"], "call_cancelled");
     assert_eq!(cancelled.call["reason"], "caller_hung_up");
     assert_eq!(cancelled.call["call_id"], call_id.as_str());
-    if let Err(e) = pbx.wait_clean(slot, SECS(10)).await {
-        panic!("{e}\npushwake log:\n{}", daemon.logs());
-    }
+    rig.assert_clean().await;
 
     // Every request verified (signature, timestamp), exactly the two events.
     assert!(server.mistakes().is_empty(), "{:?}", server.mistakes());
     let events: Vec<String> = server.events().into_iter().map(|e| e.event).collect();
     assert_eq!(events, ["call.push_wakeup", "call.cancelled"]);
     assert!(
-        apns_server.accepted().is_empty() && apns_server.rejected().is_empty(),
+        rig.apns_server.accepted().is_empty() && rig.apns_server.rejected().is_empty(),
         "no APNs push for a webhook-only extension"
     );
-    let logs = daemon.logs();
+    let logs = rig.logs();
     for secret in [&secret, &device_id] {
         assert!(
             !logs.contains(secret.as_str()),

@@ -5,16 +5,11 @@
 //! `incoming_call`; the caller hangs up before any phone registers, and a second push
 //! decrypts to `call_cancelled` with the reason. Test slot 24.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use pushwake_testkit::apns::ApnsServer;
-use pushwake_testkit::asterisk::TestAsterisk;
-use pushwake_testkit::daemon::{
-    write_config_with_webpush, Daemon, TestApns, TestExtension, WebPushPart,
-};
-use pushwake_testkit::sipp::{CallerEnd, SippRun};
-use pushwake_testkit::slot::Slot;
+use pushwake_testkit::config::{TestDevice, TestExtension};
+use pushwake_testkit::rig::Rig;
+use pushwake_testkit::sipp::CallerEnd;
 use pushwake_testkit::webpush::{generate_vapid_pem, WebPushServer};
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
@@ -22,72 +17,34 @@ const SLOT: u8 = 24;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_is_pushed_then_told_the_caller_hung_up() {
-    let slot = Slot::new(SLOT);
-    let pbx = TestAsterisk::connect().await.unwrap();
-    let ext = slot.phone(1);
+    let mut rig = Rig::asterisk(SLOT, env!("CARGO_BIN_EXE_pushwake")).await;
+    let ext = rig.phone_number(1);
 
     let server = WebPushServer::start().await.unwrap();
-    let subscription = server.subscription_json(&format!("slot{}", slot.0));
-    // [apns] is configured too (the config writer always writes it); it must get nothing.
-    let apns = TestApns::generate();
-    let apns_server = ApnsServer::start(apns.expectations()).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let subscription = server.subscription_json(&format!("slot{}", rig.slot.0));
+    // [apns] is configured too (the rig's APNs server); it must get nothing.
     let vapid = generate_vapid_pem();
-    let devices = [(ext.clone(), subscription.clone())];
-    let config = write_config_with_webpush(
-        dir.path(),
-        &pbx,
-        &slot.app(),
-        &apns,
-        &apns_server.endpoint(),
-        &[TestExtension {
-            number: ext.clone(),
-            ring_timeout: "20s".into(),
-            tokens: vec![],
-        }],
-        &WebPushPart {
-            vapid_pem: &vapid,
-            subject: "mailto:ops@example.com",
-            devices: &devices,
-        },
-    )
-    .unwrap();
-    let daemon = Daemon::start(&PathBuf::from(env!("CARGO_BIN_EXE_pushwake")), &config)
-        .await
-        .unwrap();
+    let config = rig
+        .config()
+        .webpush(&vapid, "mailto:ops@example.com")
+        .extension(TestExtension::new(&ext, "20s").device(TestDevice::webpush(&subscription)));
+    rig.start(config).await;
 
     // Nobody registers: the browser is still waking when the caller gives up.
-    let mut call = SippRun::caller(
-        &pbx.sip,
-        &slot.caller(),
-        &ext,
-        slot.port(0),
-        CallerEnd::Cancels { after_ms: 1500 },
-    )
-    .unwrap();
-    let wakeup = server
-        .wait_for("incoming_call", SECS(15))
-        .await
-        .unwrap_or_else(|e| panic!("{e}\npushwake log:\n{}", daemon.logs()));
+    let mut call = rig.call(&ext, CallerEnd::Cancels { after_ms: 1500 });
+    let wakeup = rig.unwrap(server.wait_for("incoming_call", SECS(15)).await);
     assert_eq!(wakeup.urgency, "high");
     assert!((1..=20).contains(&wakeup.ttl), "TTL {}", wakeup.ttl);
     assert_eq!(wakeup.json["extension"], ext.as_str());
-    assert_eq!(wakeup.json["caller_number"], slot.caller().as_str());
+    assert_eq!(wakeup.json["caller_number"], rig.caller().as_str());
     let call_id = wakeup.json["call_id"].as_str().unwrap().to_owned();
     assert_eq!(call_id.len(), 36, "a UUID: {call_id}");
-    if let Err(e) = call.finish(SECS(30)).await {
-        panic!("{e}\npushwake log:\n{}", daemon.logs());
-    }
+    rig.finish(&mut call, SECS(30)).await;
 
-    let cancelled = server
-        .wait_for("call_cancelled", SECS(15))
-        .await
-        .unwrap_or_else(|e| panic!("{e}\npushwake log:\n{}", daemon.logs()));
+    let cancelled = rig.unwrap(server.wait_for("call_cancelled", SECS(15)).await);
     assert_eq!(cancelled.json["reason"], "caller_hung_up");
     assert_eq!(cancelled.json["call_id"], call_id.as_str());
-    if let Err(e) = pbx.wait_clean(slot, SECS(10)).await {
-        panic!("{e}\npushwake log:\n{}", daemon.logs());
-    }
+    rig.assert_clean().await;
 
     // Every push verified (VAPID) and decrypted; exactly the two.
     assert!(server.mistakes().is_empty(), "{:?}", server.mistakes());
@@ -98,11 +55,11 @@ async fn a_browser_is_pushed_then_told_the_caller_hung_up() {
         .collect();
     assert_eq!(kinds, ["incoming_call", "call_cancelled"]);
     assert!(
-        apns_server.accepted().is_empty() && apns_server.rejected().is_empty(),
+        rig.apns_server.accepted().is_empty() && rig.apns_server.rejected().is_empty(),
         "no APNs push for a browser-only extension"
     );
-    let logs = daemon.logs();
-    let endpoint = format!("/wpush/slot{}", slot.0);
+    let logs = rig.logs();
+    let endpoint = format!("/wpush/slot{}", rig.slot.0);
     for secret in [subscription.as_str(), endpoint.as_str(), &vapid[30..70]] {
         assert!(!logs.contains(secret), "{secret} in the log:\n{logs}");
     }

@@ -4,7 +4,7 @@
 use std::os::unix::fs::PermissionsExt;
 
 use pushwake_testkit::apns::ApnsServer;
-use pushwake_testkit::daemon::TestApns;
+use pushwake_testkit::config::TestApns;
 
 const GOOD: &str = "0a0b0c0d0e0f00000000000000000000000000000000000000000000000000aa";
 const DEAD: &str = "0a0b0c0d0e0f00000000000000000000000000000000000000000000000000bb";

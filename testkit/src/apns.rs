@@ -7,24 +7,21 @@
 //! awaited; a scripted reply can be set per device token to exercise error handling.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use aws_lc_rs::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_FIXED};
 use base64::Engine as _;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper::header::HeaderValue;
 use serde_json::Value;
-use tokio::net::TcpListener;
-use tokio::sync::Notify;
 
 use crate::keys::EcKey;
+use crate::push_server::{
+    reply, unix_now, with_content_type, Bound, HttpServer, Recorder, Reply, Request, Scripts,
+    Transport,
+};
 
 /// What the server expects of every push.
 #[derive(Clone)]
@@ -65,28 +62,16 @@ pub struct RejectedPush {
 
 #[derive(Default)]
 struct State {
-    accepted: Mutex<Vec<ReceivedPush>>,
-    rejected: Mutex<Vec<RejectedPush>>,
-    scripted: Mutex<HashMap<String, (u16, String)>>,
+    recorder: Recorder<ReceivedPush, RejectedPush>,
+    scripts: Scripts<(u16, String)>,
     topics: Mutex<HashMap<String, String>>,
-    certificate_auth: std::sync::atomic::AtomicBool,
-    delay: Mutex<Duration>,
-    connections: AtomicUsize,
-    arrived: Notify,
+    certificate_auth: AtomicBool,
 }
 
 /// The running server; stops when dropped.
 pub struct ApnsServer {
-    addr: SocketAddr,
-    tls: bool,
+    http: HttpServer,
     state: Arc<State>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for ApnsServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 /// The claims of a verified provider token.
@@ -146,13 +131,6 @@ pub fn verify_provider_token(
     })
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 impl ApnsServer {
     /// Starts a server on a free loopback port (h2c, token authentication).
     pub async fn start(expect: ApnsExpectations) -> std::io::Result<Self> {
@@ -170,7 +148,6 @@ impl ApnsServer {
         let (ca_pem, config) = crate::tls::server_config(&[b"h2"], Some(client_ca_pem))
             .map_err(std::io::Error::other)?;
         let server = Self::start_inner(expect, Some(Arc::new(config))).await?;
-        server.state.certificate_auth.store(true, Ordering::SeqCst);
         Ok((server, ca_pem))
     }
 
@@ -178,56 +155,24 @@ impl ApnsServer {
         expect: ApnsExpectations,
         tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     ) -> std::io::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
         let state = Arc::new(State::default());
-        let serving = state.clone();
-        let expect = Arc::new(expect);
-        let is_tls = tls.is_some();
-        let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let _ = stream.set_nodelay(true);
-                serving.connections.fetch_add(1, Ordering::SeqCst);
-                let state = serving.clone();
-                let expect = expect.clone();
-                let acceptor = acceptor.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |request| {
-                        handle(state.clone(), expect.clone(), request)
-                    });
-                    let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-                    // What Apple's servers advertise (SETTINGS_MAX_CONCURRENT_STREAMS).
-                    http2.max_concurrent_streams(1000);
-                    match acceptor {
-                        None => {
-                            let _ = http2.serve_connection(TokioIo::new(stream), service).await;
-                        }
-                        // A client without an acceptable certificate fails the handshake.
-                        Some(acceptor) => {
-                            if let Ok(stream) = acceptor.accept(stream).await {
-                                let _ = http2.serve_connection(TokioIo::new(stream), service).await;
-                            }
-                        }
-                    }
-                });
-            }
-        });
-        Ok(Self {
-            addr,
-            tls: is_tls,
-            state,
-            task,
+        state
+            .certificate_auth
+            .store(tls.is_some(), Ordering::SeqCst);
+        let bound = Bound::new(Transport::Http2 {
+            tls,
+            // What Apple's servers advertise (SETTINGS_MAX_CONCURRENT_STREAMS).
+            max_concurrent_streams: Some(1000),
         })
+        .await?;
+        let serving = state.clone();
+        let http = bound.serve(move |request| handle(&serving, &expect, request));
+        Ok(Self { http, state })
     }
 
     /// The base URL to configure as `apns.endpoint`.
     pub fn endpoint(&self) -> String {
-        let scheme = if self.tls { "https" } else { "http" };
-        format!("{scheme}://{}", self.addr)
+        self.http.base_url().to_owned()
     }
 
     /// Binds `token` to the app `topic`, as Apple does: a push to it on another topic is
@@ -242,31 +187,29 @@ impl ApnsServer {
 
     /// TCP connections accepted so far.
     pub fn connections(&self) -> usize {
-        self.state.connections.load(Ordering::SeqCst)
+        self.http.connections()
     }
 
     /// Pushes accepted so far.
     pub fn accepted(&self) -> Vec<ReceivedPush> {
-        self.state.accepted.lock().unwrap().clone()
+        self.state.recorder.received()
     }
 
     /// Pushes refused so far.
     pub fn rejected(&self) -> Vec<RejectedPush> {
-        self.state.rejected.lock().unwrap().clone()
+        self.state.recorder.refused()
     }
 
     /// Answers pushes to `token` with this status and APNs reason from now on.
     pub fn script(&self, token: &str, status: u16, reason: &str) {
         self.state
-            .scripted
-            .lock()
-            .unwrap()
-            .insert(token.to_owned(), (status, reason.to_owned()));
+            .scripts
+            .always(token, (status, reason.to_owned()));
     }
 
     /// Holds every answer back this long (to measure multiplexing).
     pub fn set_delay(&self, delay: Duration) {
-        *self.state.delay.lock().unwrap() = delay;
+        self.http.set_delay(delay);
     }
 
     /// Waits until `count` pushes have been accepted in all, and returns them; fails
@@ -276,65 +219,41 @@ impl ApnsServer {
         count: usize,
         timeout: Duration,
     ) -> Result<Vec<ReceivedPush>, String> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let notified = self.state.arrived.notified();
-            let accepted = self.accepted();
-            if accepted.len() >= count {
-                return Ok(accepted);
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Err(format!(
+        self.state
+            .recorder
+            .wait_received(count, timeout)
+            .await
+            .ok_or_else(|| {
+                format!(
                     "APNs server: {} push(es) accepted after {timeout:?}, wanted {count}; refused: {:?}",
-                    accepted.len(),
+                    self.accepted().len(),
                     self.rejected()
-                ));
-            }
-        }
+                )
+            })
     }
 }
 
-async fn handle(
-    state: Arc<State>,
-    expect: Arc<ApnsExpectations>,
-    request: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    let delay = *state.delay.lock().unwrap();
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
-    }
+fn handle(state: &State, expect: &ApnsExpectations, request: Request) -> Reply {
     let at = tokio::time::Instant::now();
-    let path = request.uri().path().to_owned();
-    let method = request.method().clone();
-    let headers: HashMap<String, String> = request
-        .headers()
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_owned(),
-                v.to_str().unwrap_or_default().to_owned(),
-            )
-        })
-        .collect();
-    let body = match request.into_body().collect().await {
-        Ok(body) => body.to_bytes(),
-        Err(_) => Bytes::new(),
-    };
-    let Some(token) = path.strip_prefix("/3/device/").map(str::to_owned) else {
+    let headers = request.header_map();
+    let Some(token) = request.path.strip_prefix("/3/device/").map(str::to_owned) else {
         // Apple answers unknown paths and methods like this; the client's warm-up lands here.
-        return Ok(reply(404, "BadPath"));
+        return apns_reply(404, "BadPath");
     };
     let refuse = |status: u16, reason: &str, detail: String| {
-        state.rejected.lock().unwrap().push(RejectedPush {
+        state.recorder.refuse(RejectedPush {
             token: token.clone(),
             reason: reason.to_owned(),
             detail,
         });
-        state.arrived.notify_waiters();
-        Ok(reply(status, reason))
+        apns_reply(status, reason)
     };
-    if method != hyper::Method::POST {
-        return refuse(405, "MethodNotAllowed", format!("method {method}"));
+    if request.method != hyper::Method::POST {
+        return refuse(
+            405,
+            "MethodNotAllowed",
+            format!("method {}", request.method),
+        );
     }
     if state.certificate_auth.load(Ordering::SeqCst) {
         // The TLS handshake checked the client certificate; a provider token next to it
@@ -412,7 +331,7 @@ async fn handle(
     if token.is_empty() || !token.chars().all(|c| c.is_ascii_hexdigit()) {
         return refuse(400, "BadDeviceToken", "token not hex".to_owned());
     }
-    let body: Value = match serde_json::from_slice(&body) {
+    let body: Value = match serde_json::from_slice(&request.body) {
         Ok(Value::Object(map)) => Value::Object(map),
         _ => return refuse(400, "PayloadEmpty", "body is not a JSON object".to_owned()),
     };
@@ -435,31 +354,24 @@ async fn handle(
             format!("an alert without aps.alert: {body}"),
         );
     }
-    if let Some((status, reason)) = state.scripted.lock().unwrap().get(&token).cloned() {
+    if let Some((status, reason)) = state.scripts.next(&token) {
         return refuse(status, &reason, "scripted".to_owned());
     }
-    state.accepted.lock().unwrap().push(ReceivedPush {
+    state.recorder.receive(ReceivedPush {
         token,
         headers,
         body,
         at,
     });
-    state.arrived.notify_waiters();
-    let mut response = Response::new(Full::new(Bytes::new()));
+    let mut response = reply(200, Bytes::new());
     response.headers_mut().insert(
         "apns-id",
-        hyper::header::HeaderValue::from_static("00000000-0000-4000-8000-000000000000"),
-    );
-    Ok(response)
-}
-
-fn reply(status: u16, reason: &str) -> Response<Full<Bytes>> {
-    let body = serde_json::json!({ "reason": reason }).to_string();
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
-    response.headers_mut().insert(
-        "content-type",
-        hyper::header::HeaderValue::from_static("application/json"),
+        HeaderValue::from_static("00000000-0000-4000-8000-000000000000"),
     );
     response
+}
+
+fn apns_reply(status: u16, reason: &str) -> Reply {
+    let body = serde_json::json!({ "reason": reason }).to_string();
+    with_content_type(reply(status, body), "application/json")
 }

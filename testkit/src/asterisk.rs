@@ -1,9 +1,11 @@
-//! The test Asterisk started by `scripts/asterisk-up`.
+//! The test Asterisk started by `scripts/asterisk-up`: the [`TestPbx`] the end-to-end
+//! scenarios run on, plus what only Asterisk has (ARI: its channels and bridges).
 
 use std::time::Duration;
 
 use pushwake_asterisk::{AriClient, Channel};
 
+use crate::pbx::TestPbx;
 use crate::slot::Slot;
 
 /// Where the test Asterisk listens, from the environment `scripts/asterisk-up` prints,
@@ -90,6 +92,31 @@ impl TestAsterisk {
             ));
         }
         Ok(())
+    }
+}
+
+impl TestPbx for TestAsterisk {
+    async fn connect() -> Result<Self, String> {
+        TestAsterisk::connect().await
+    }
+
+    fn name(&self) -> &'static str {
+        "Asterisk"
+    }
+
+    fn config_section(&self, app: &str) -> String {
+        format!(
+            "[asterisk]\nurl = \"{}\"\nusername = \"{}\"\npassword = \"{}\"\napp = \"{app}\"\n",
+            self.ari_url, self.ari_user, self.ari_password
+        )
+    }
+
+    fn sip_address(&self) -> &str {
+        &self.sip
+    }
+
+    async fn wait_clean(&self, slot: Slot, timeout: Duration) -> Result<(), String> {
+        TestAsterisk::wait_clean(self, slot, timeout).await
     }
 }
 

@@ -15,23 +15,19 @@
 //! each client offered and what was negotiated.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use aws_lc_rs::signature::{UnparsedPublicKey, RSA_PKCS1_2048_8192_SHA256};
 use base64::Engine as _;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
-use tokio::sync::Notify;
 
 use crate::keys::RsaKey;
+use crate::push_server::{
+    reply, unix_now, with_content_type, with_retry_after, Alpn, Bound, HttpServer, Recorder, Reply,
+    Request, Scripts, Transport,
+};
 
 /// The OAuth2 scope an assertion must ask for.
 pub const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
@@ -238,14 +234,8 @@ impl FcmReply {
         json!({ "error": error }).to_string()
     }
 
-    fn response(&self) -> Response<Full<Bytes>> {
-        let mut response = json_response(self.status, self.body());
-        if let Some(seconds) = self.retry_after {
-            response
-                .headers_mut()
-                .insert("retry-after", hyper::header::HeaderValue::from(seconds));
-        }
-        response
+    fn response(&self) -> Reply {
+        with_retry_after(json_response(self.status, self.body()), self.retry_after)
     }
 
     fn name(&self) -> String {
@@ -257,35 +247,22 @@ impl FcmReply {
 
 #[derive(Default)]
 struct State {
-    /// Per TLS connection: the ALPN protocols the client offered, and the one chosen.
-    alpn: Mutex<Vec<(Vec<String>, Option<String>)>>,
-    accepted: Mutex<Vec<ReceivedMessage>>,
-    refused: Mutex<Vec<Refusal>>,
-    /// Per device token: the reply and how many more times (None: always).
-    scripted: Mutex<HashMap<String, (FcmReply, Option<usize>)>>,
+    recorder: Recorder<ReceivedMessage, Refusal>,
+    /// Per device token.
+    scripts: Scripts<FcmReply>,
     /// The token endpoint fails this many more times with (status, OAuth error).
     token_failures: Mutex<Option<(u16, String, usize)>>,
     issued: Mutex<Vec<String>>,
     revoked: Mutex<HashSet<String>>,
     token_lifetime: AtomicU64,
     token_requests: AtomicUsize,
-    delay: Mutex<Duration>,
-    connections: AtomicUsize,
     counter: AtomicU64,
-    arrived: Notify,
 }
 
 /// The running server; stops when dropped.
 pub struct FcmServer {
-    base_url: String,
+    http: HttpServer,
     state: Arc<State>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for FcmServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 /// The claims of a verified assertion.
@@ -362,15 +339,6 @@ pub fn verify_assertion(
     })
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// A throwaway CA (its certificate in PEM, to trust) and a server certificate for
-/// 127.0.0.1 and localhost signed by it.
 impl FcmServer {
     /// Starts a server on a free loopback port, speaking HTTP/2 without TLS.
     pub async fn start(expect: FcmExpectations) -> std::io::Result<Self> {
@@ -392,91 +360,37 @@ impl FcmServer {
         expect: FcmExpectations,
         tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     ) -> std::io::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let scheme = if tls.is_some() { "https" } else { "http" };
-        let base_url = format!("{scheme}://{addr}");
-        let base: Arc<str> = base_url.clone().into();
+        let bound = Bound::new(Transport::Http2 {
+            tls,
+            max_concurrent_streams: None,
+        })
+        .await?;
+        let token_uri = format!("{}/token", bound.base_url());
         let state = Arc::new(State::default());
         state.token_lifetime.store(3600, Ordering::SeqCst);
         let serving = state.clone();
-        let expect = Arc::new(expect);
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let _ = stream.set_nodelay(true);
-                serving.connections.fetch_add(1, Ordering::SeqCst);
-                let state = serving.clone();
-                let expect = expect.clone();
-                let base = base.clone();
-                let tls = tls.clone();
-                tokio::spawn(async move {
-                    let record = state.clone();
-                    let service = hyper::service::service_fn(move |request| {
-                        handle(state.clone(), expect.clone(), base.clone(), request)
-                    });
-                    let http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-                    match tls {
-                        None => {
-                            let _ = http2.serve_connection(TokioIo::new(stream), service).await;
-                        }
-                        Some(config) => {
-                            let acceptor = tokio_rustls::LazyConfigAcceptor::new(
-                                tokio_rustls::rustls::server::Acceptor::default(),
-                                stream,
-                            );
-                            let Ok(start) = acceptor.await else { return };
-                            let offered: Vec<String> = start
-                                .client_hello()
-                                .alpn()
-                                .map(|protocols| {
-                                    protocols
-                                        .map(|p| String::from_utf8_lossy(p).into_owned())
-                                        .collect()
-                                })
-                                .unwrap_or_default();
-                            let Ok(stream) = start.into_stream(config).await else {
-                                return;
-                            };
-                            let chosen = stream
-                                .get_ref()
-                                .1
-                                .alpn_protocol()
-                                .map(|p| String::from_utf8_lossy(p).into_owned());
-                            record.alpn.lock().unwrap().push((offered, chosen));
-                            let _ = http2.serve_connection(TokioIo::new(stream), service).await;
-                        }
-                    }
-                });
-            }
-        });
-        Ok(Self {
-            base_url,
-            state,
-            task,
-        })
+        let http = bound.serve(move |request| handle(&serving, &expect, &token_uri, request));
+        Ok(Self { http, state })
     }
 
     /// The base URL to configure as `fcm.endpoint`.
     pub fn endpoint(&self) -> String {
-        self.base_url.clone()
+        self.http.base_url().to_owned()
     }
 
     /// The token endpoint, for the service account's `token_uri`.
     pub fn token_uri(&self) -> String {
-        format!("{}/token", self.base_url)
+        format!("{}/token", self.http.base_url())
     }
 
     /// Per TLS connection: the ALPN protocols the client offered and the one negotiated.
-    pub fn alpn(&self) -> Vec<(Vec<String>, Option<String>)> {
-        self.state.alpn.lock().unwrap().clone()
+    pub fn alpn(&self) -> Vec<Alpn> {
+        self.http.alpn()
     }
 
     /// TCP connections accepted so far.
     pub fn connections(&self) -> usize {
-        self.state.connections.load(Ordering::SeqCst)
+        self.http.connections()
     }
 
     /// Requests to the token endpoint so far (granted or not).
@@ -491,12 +405,12 @@ impl FcmServer {
 
     /// Messages accepted so far.
     pub fn accepted(&self) -> Vec<ReceivedMessage> {
-        self.state.accepted.lock().unwrap().clone()
+        self.state.recorder.received()
     }
 
     /// Requests refused so far (scripted or wrong).
     pub fn refused(&self) -> Vec<Refusal> {
-        self.state.refused.lock().unwrap().clone()
+        self.state.recorder.refused()
     }
 
     /// Refusals that were not scripted: what the client did wrong.
@@ -509,20 +423,12 @@ impl FcmServer {
 
     /// Answers messages to `token` with `reply` from now on.
     pub fn script(&self, token: &str, reply: FcmReply) {
-        self.state
-            .scripted
-            .lock()
-            .unwrap()
-            .insert(token.to_owned(), (reply, None));
+        self.state.scripts.always(token, reply);
     }
 
     /// Answers the next `times` messages to `token` with `reply`, then accepts again.
     pub fn script_times(&self, token: &str, reply: FcmReply, times: usize) {
-        self.state
-            .scripted
-            .lock()
-            .unwrap()
-            .insert(token.to_owned(), (reply, Some(times)));
+        self.state.scripts.times(token, reply, times);
     }
 
     /// The token endpoint answers the next `times` requests with `status` and the OAuth
@@ -545,7 +451,7 @@ impl FcmServer {
 
     /// Holds every answer back this long (to measure multiplexing).
     pub fn set_delay(&self, delay: Duration) {
-        *self.state.delay.lock().unwrap() = delay;
+        self.http.set_delay(delay);
     }
 
     /// Waits until `count` messages have been accepted in all, and returns them; fails
@@ -555,18 +461,17 @@ impl FcmServer {
         count: usize,
         timeout: Duration,
     ) -> Result<Vec<ReceivedMessage>, String> {
-        self.wait(timeout, |s| {
-            let accepted = s.accepted();
-            (accepted.len() >= count).then_some(accepted)
-        })
-        .await
-        .map_err(|_| {
-            format!(
-                "FCM server: {} message(s) accepted after {timeout:?}, wanted {count}; refused: {:?}",
-                self.accepted().len(),
-                self.refused()
-            )
-        })
+        self.state
+            .recorder
+            .wait_received(count, timeout)
+            .await
+            .ok_or_else(|| {
+                format!(
+                    "FCM server: {} message(s) accepted after {timeout:?}, wanted {count}; refused: {:?}",
+                    self.accepted().len(),
+                    self.refused()
+                )
+            })
     }
 
     /// Waits until `count` requests have been refused in all.
@@ -575,106 +480,56 @@ impl FcmServer {
         count: usize,
         timeout: Duration,
     ) -> Result<Vec<Refusal>, String> {
-        self.wait(timeout, |s| {
-            let refused = s.refused();
-            (refused.len() >= count).then_some(refused)
-        })
-        .await
-        .map_err(|_| {
-            format!(
-                "FCM server: {} refusal(s) after {timeout:?}, wanted {count}: {:?}",
-                self.refused().len(),
-                self.refused()
-            )
-        })
-    }
-
-    async fn wait<T>(
-        &self,
-        timeout: Duration,
-        check: impl Fn(&Self) -> Option<T>,
-    ) -> Result<T, ()> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let notified = self.state.arrived.notified();
-            if let Some(value) = check(self) {
-                return Ok(value);
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Err(());
-            }
-        }
+        self.state
+            .recorder
+            .wait_refused(count, timeout)
+            .await
+            .ok_or_else(|| {
+                format!(
+                    "FCM server: {} refusal(s) after {timeout:?}, wanted {count}: {:?}",
+                    self.refused().len(),
+                    self.refused()
+                )
+            })
     }
 }
 
-fn json_response(status: u16, body: String) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
-    response.headers_mut().insert(
-        "content-type",
-        hyper::header::HeaderValue::from_static("application/json; charset=UTF-8"),
-    );
-    response
+fn json_response(status: u16, body: String) -> Reply {
+    with_content_type(reply(status, body), "application/json; charset=UTF-8")
 }
 
-async fn handle(
-    state: Arc<State>,
-    expect: Arc<FcmExpectations>,
-    base: Arc<str>,
-    request: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    let delay = *state.delay.lock().unwrap();
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
-    }
-    let path = request.uri().path().to_owned();
-    let method = request.method().clone();
-    let authorization = request
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    let content_type = request
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    let body = match request.into_body().collect().await {
-        Ok(body) => body.to_bytes(),
-        Err(_) => Bytes::new(),
-    };
-    let response = if path == "/token" && method == hyper::Method::POST {
-        token(&state, &expect, &base, &content_type, &body)
-    } else if let Some(project) = path
+fn handle(state: &State, expect: &FcmExpectations, token_uri: &str, request: Request) -> Reply {
+    let post = request.method == hyper::Method::POST;
+    let authorization = request.header("authorization").unwrap_or_default();
+    let content_type = request.header("content-type").unwrap_or_default();
+    if request.path == "/token" && post {
+        token(state, expect, token_uri, content_type, &request.body)
+    } else if let Some(project) = request
+        .path
         .strip_prefix("/v1/projects/")
         .and_then(|p| p.strip_suffix("/messages:send"))
-        .filter(|_| method == hyper::Method::POST)
+        .filter(|_| post)
     {
-        send(&state, &expect, project, &authorization, &body)
+        send(state, expect, project, authorization, &request.body)
     } else {
         // Google answers unknown paths with a 404 page; the client's warm-up lands here.
-        let mut response = Response::new(Full::new(Bytes::from_static(
-            b"<!DOCTYPE html><title>Error 404 (Not Found)</title>",
-        )));
-        *response.status_mut() = StatusCode::NOT_FOUND;
-        response
-    };
-    state.arrived.notify_waiters();
-    Ok(response)
+        reply(
+            404,
+            &b"<!DOCTYPE html><title>Error 404 (Not Found)</title>"[..],
+        )
+    }
 }
 
 fn token(
     state: &State,
     expect: &FcmExpectations,
-    base: &str,
+    token_uri: &str,
     content_type: &str,
     body: &[u8],
-) -> Response<Full<Bytes>> {
+) -> Reply {
     state.token_requests.fetch_add(1, Ordering::SeqCst);
     let refuse = |status: u16, error: &str, detail: String| {
-        state.refused.lock().unwrap().push(Refusal {
+        state.recorder.refuse(Refusal {
             target: "token".into(),
             status,
             code: error.to_owned(),
@@ -719,12 +574,11 @@ fn token(
         .get("assertion")
         .map(String::as_str)
         .unwrap_or_default();
-    let token_uri = format!("{base}/token");
     if let Err(detail) = verify_assertion(
         assertion,
         &expect.key,
         &expect.client_email,
-        &token_uri,
+        token_uri,
         Some(unix_now()),
     ) {
         return refuse(400, "invalid_grant", format!("Invalid JWT: {detail}"));
@@ -755,7 +609,7 @@ fn send(
     project: &str,
     authorization: &str,
     body: &[u8],
-) -> Response<Full<Bytes>> {
+) -> Reply {
     let at = tokio::time::Instant::now();
     let parsed: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let device = parsed["message"]["token"]
@@ -763,7 +617,7 @@ fn send(
         .unwrap_or_default()
         .to_owned();
     let refuse = |reply: FcmReply, detail: String| {
-        state.refused.lock().unwrap().push(Refusal {
+        state.recorder.refuse(Refusal {
             target: device.clone(),
             status: reply.status,
             code: reply.name(),
@@ -795,19 +649,8 @@ fn send(
     if let Err(detail) = check_message(&parsed, expect.max_ttl) {
         return bad(detail);
     }
-    {
-        let mut scripted = state.scripted.lock().unwrap();
-        if let Some((reply, times)) = scripted.get_mut(&device) {
-            let reply = reply.clone();
-            if let Some(left) = times {
-                *left -= 1;
-                if *left == 0 {
-                    scripted.remove(&device);
-                }
-            }
-            drop(scripted);
-            return refuse(reply, "scripted".into());
-        }
+    if let Some(reply) = state.scripts.next(&device) {
+        return refuse(reply, "scripted".into());
     }
     let message = &parsed["message"];
     let data = message["data"]
@@ -818,7 +661,7 @@ fn send(
                 .collect()
         })
         .unwrap_or_default();
-    state.accepted.lock().unwrap().push(ReceivedMessage {
+    state.recorder.receive(ReceivedMessage {
         token: device,
         data,
         android: message["android"].clone(),

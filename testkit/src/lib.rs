@@ -1,16 +1,29 @@
 //! Test, demo and benchmark harness for pushwake.
 //!
-//! Real parts only: a real Asterisk (started by `scripts/asterisk-up`), real SIP peers
-//! (sipp, with the scenarios in `scenarios/`), the real `pushwake` binary, and a local
-//! APNs server speaking HTTP/2 with real JWT checks. Nothing here stands in for
-//! pushwake's own code.
+//! Real parts only: a real PBX (the Asterisk `scripts/asterisk-up` starts, behind the
+//! [`pbx::TestPbx`] seam), real SIP peers (sipp, with the scenarios in `scenarios/`), the
+//! real `pushwake` binary, and local push servers — APNs, FCM, Huawei Push Kit, a
+//! webhook backend, a Web Push service — that check what they get the way the real
+//! services do (JWTs, OAuth, signatures, VAPID and aes128gcm decryption). Nothing here
+//! stands in for pushwake's own code.
+//!
+//! - [`push_server`]: what the five push servers share (accept loop, recorder, scripted
+//!   replies, waits); [`apns`], [`fcm`], [`hms`], [`webhook`], [`webpush`]: their protocols.
+//! - [`config`]: the configuration builder and the test credentials.
+//! - [`rig`]: the end-to-end set-up (PBX, slot, APNs server, daemon, callers and phones).
+//! - [`daemon`], [`sipp`], [`slot`], [`asterisk`], [`woken_call`], [`trace`], [`keys`],
+//!   [`tls`]: the parts.
 
 pub mod apns;
 pub mod asterisk;
+pub mod config;
 pub mod daemon;
 pub mod fcm;
 pub mod hms;
 pub mod keys;
+pub mod pbx;
+pub mod push_server;
+pub mod rig;
 pub mod sipp;
 pub mod slot;
 pub mod tls;

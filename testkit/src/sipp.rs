@@ -261,6 +261,14 @@ impl SippRun {
         std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
     }
 
+    /// The `X-Pushwake-Call-Id` of the INVITE a phone got, from its log.
+    pub fn pushwake_call_id(&self) -> Option<String> {
+        self.log().lines().find_map(|l| {
+            l.strip_prefix("X-Pushwake-Call-Id: ")
+                .map(|v| v.trim().to_owned())
+        })
+    }
+
     /// The SIP message trace (`-trace_msg`), with sipp's timestamps.
     pub fn messages(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("messages")).unwrap_or_default()

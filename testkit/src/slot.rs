@@ -3,7 +3,9 @@
 //!
 //! Slot `TT` (10..=39) has the caller endpoint `TT00`, phones `TT01`..`TT05`, the ARI
 //! application `pwtTT` (the test dialplan runs `Stasis(pwtTT,TTNN)` for a call to
-//! `TTNN`) and the UDP ports `20000 + 20·TT + n` for n in 0..20.
+//! `TTNN`) and the UDP ports `20000 + 20·TT + n` for n in 0..20: port 0 for the caller,
+//! 2..=9 for the phones' contacts and 12..=19 for the ports they register from (device
+//! `d` of phone `k` at `2k + d - 1` and `10 + 2k + d - 1`).
 
 /// One test slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,6 +38,18 @@ impl Slot {
     pub fn port(&self, n: u16) -> u16 {
         assert!(n < 20);
         20000 + 20 * u16::from(self.0) + n
+    }
+
+    /// Where device `device` (1 or 2) of phone `k` (1..=4) listens once awake: its
+    /// registered contact's port.
+    pub fn contact_port(&self, k: u8, device: u8) -> u16 {
+        assert!((1..=4).contains(&k) && (1..=2).contains(&device));
+        self.port(u16::from(k) * 2 + u16::from(device) - 1)
+    }
+
+    /// The port device `device` of phone `k` sends its REGISTERs from.
+    pub fn register_port(&self, k: u8, device: u8) -> u16 {
+        self.contact_port(k, device) + 10
     }
 
     /// Whether an Asterisk channel name belongs to this slot's endpoints.

@@ -9,21 +9,16 @@
 //! as mistakes; good ones are recorded as events and answered 200, or as scripted per
 //! device (503 n times, 410, 400, with an optional `Retry-After`). Answers can be delayed.
 
-use std::collections::{HashMap, VecDeque};
-use std::convert::Infallible;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::Duration;
 
 use aws_lc_rs::hmac;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde_json::Value;
-use tokio::net::TcpListener;
-use tokio::sync::Notify;
+
+use crate::push_server::{
+    reply, unix_now, with_retry_after, Bound, HttpServer, Recorder, Reply, Request, Scripts,
+    Transport,
+};
 
 /// How far a timestamp may be from now.
 pub const MAX_SKEW: Duration = Duration::from_secs(300);
@@ -75,83 +70,47 @@ impl WebhookReply {
 
 #[derive(Default)]
 struct State {
-    events: Mutex<Vec<WebhookEvent>>,
-    mistakes: Mutex<Vec<String>>,
-    scripts: Mutex<HashMap<String, VecDeque<WebhookReply>>>,
-    delay: Mutex<Duration>,
-    connections: AtomicUsize,
-    requests: AtomicUsize,
-    arrived: Notify,
+    /// Verified events (whatever they were answered), and mistakes.
+    recorder: Recorder<WebhookEvent, String>,
+    scripts: Scripts<WebhookReply>,
 }
 
 /// The running server; stops when dropped.
 pub struct WebhookServer {
-    url: String,
+    http: HttpServer,
     state: Arc<State>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for WebhookServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 impl WebhookServer {
     /// Starts a server on a free loopback port, verifying signatures with `secret`.
     pub async fn start(secret: &[u8]) -> std::io::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
         let state = Arc::new(State::default());
-        let key = Arc::new(hmac::Key::new(hmac::HMAC_SHA256, secret));
+        let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
         let serving = state.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let _ = stream.set_nodelay(true);
-                serving.connections.fetch_add(1, Ordering::SeqCst);
-                let state = serving.clone();
-                let key = key.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |request| {
-                        handle(state.clone(), key.clone(), request)
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .keep_alive(true)
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        Ok(Self {
-            url: format!("http://{addr}/pushwake/events"),
-            state,
-            task,
-        })
+        let http = Bound::new(Transport::Http1)
+            .await?
+            .serve(move |request| handle(&serving, &key, request));
+        Ok(Self { http, state })
     }
 
     /// The URL to configure as `webhook.url`.
     pub fn url(&self) -> String {
-        self.url.clone()
+        format!("{}/pushwake/events", self.http.base_url())
     }
 
     /// Answers the next `times` events for `device` with `reply` (then 200 again).
     pub fn script(&self, device: &str, reply: WebhookReply, times: usize) {
-        let mut scripts = self.state.scripts.lock().unwrap();
-        let queue = scripts.entry(device.to_owned()).or_default();
-        queue.extend(std::iter::repeat_n(reply, times));
+        self.state.scripts.times(device, reply, times);
     }
 
     /// Holds every answer back this long.
     pub fn set_delay(&self, delay: Duration) {
-        *self.state.delay.lock().unwrap() = delay;
+        self.http.set_delay(delay);
     }
 
     /// Every verified event, in arrival order, whatever it was answered.
     pub fn events(&self) -> Vec<WebhookEvent> {
-        self.state.events.lock().unwrap().clone()
+        self.state.recorder.received()
     }
 
     /// The verified events answered 2xx.
@@ -164,17 +123,17 @@ impl WebhookServer {
 
     /// Requests that failed a check (bad signature, stale timestamp, malformed body).
     pub fn mistakes(&self) -> Vec<String> {
-        self.state.mistakes.lock().unwrap().clone()
+        self.state.recorder.refused()
     }
 
     /// Requests received, counted on arrival (before any delay).
     pub fn requests(&self) -> usize {
-        self.state.requests.load(Ordering::SeqCst)
+        self.http.requests()
     }
 
     /// TCP connections accepted.
     pub fn connections(&self) -> usize {
-        self.state.connections.load(Ordering::SeqCst)
+        self.http.connections()
     }
 
     /// Waits for the first delivered event named `event`; fails after `timeout`, listing
@@ -184,17 +143,19 @@ impl WebhookServer {
         event: &str,
         timeout: Duration,
     ) -> Result<WebhookEvent, String> {
-        self.wait(timeout, |s| {
-            s.delivered().into_iter().find(|e| e.event == event)
-        })
-        .await
-        .map_err(|_| {
-            format!(
-                "webhook server: no delivered {event} after {timeout:?}; events: {:?}; mistakes: {:?}",
-                self.events().iter().map(|e| (&e.event, e.answered)).collect::<Vec<_>>(),
-                self.mistakes()
-            )
-        })
+        self.state
+            .recorder
+            .wait(timeout, |_| {
+                self.delivered().into_iter().find(|e| e.event == event)
+            })
+            .await
+            .ok_or_else(|| {
+                format!(
+                    "webhook server: no delivered {event} after {timeout:?}; events: {:?}; mistakes: {:?}",
+                    self.events().iter().map(|e| (&e.event, e.answered)).collect::<Vec<_>>(),
+                    self.mistakes()
+                )
+            })
     }
 
     /// Waits until `count` events (whatever their answer) have arrived in all.
@@ -203,55 +164,18 @@ impl WebhookServer {
         count: usize,
         timeout: Duration,
     ) -> Result<Vec<WebhookEvent>, String> {
-        self.wait(timeout, |s| {
-            let events = s.events();
-            (events.len() >= count).then_some(events)
-        })
-        .await
-        .map_err(|_| {
-            format!(
-                "webhook server: {} event(s) after {timeout:?}, wanted {count}; mistakes: {:?}",
-                self.events().len(),
-                self.mistakes()
-            )
-        })
+        self.state
+            .recorder
+            .wait_received(count, timeout)
+            .await
+            .ok_or_else(|| {
+                format!(
+                    "webhook server: {} event(s) after {timeout:?}, wanted {count}; mistakes: {:?}",
+                    self.events().len(),
+                    self.mistakes()
+                )
+            })
     }
-
-    async fn wait<T>(
-        &self,
-        timeout: Duration,
-        check: impl Fn(&Self) -> Option<T>,
-    ) -> Result<T, ()> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let notified = self.state.arrived.notified();
-            if let Some(value) = check(self) {
-                return Ok(value);
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Err(());
-            }
-        }
-    }
-}
-
-fn response(status: u16, retry_after: Option<u64>, body: &str) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_owned())));
-    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
-    if let Some(seconds) = retry_after {
-        response
-            .headers_mut()
-            .insert("retry-after", hyper::header::HeaderValue::from(seconds));
-    }
-    response
-}
-
-fn header(request: &Request<Incoming>, name: &str) -> Option<String> {
-    request
-        .headers()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
 }
 
 /// Checks a request as an operator's backend should; returns the event, or what is wrong.
@@ -318,72 +242,40 @@ pub fn verify(
     Ok((event, device, timestamp, call, value))
 }
 
-async fn handle(
-    state: Arc<State>,
-    key: Arc<hmac::Key>,
-    request: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    state.requests.fetch_add(1, Ordering::SeqCst);
-    let delay = *state.delay.lock().unwrap();
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
+fn handle(state: &State, key: &hmac::Key, request: Request) -> Reply {
+    if request.method != hyper::Method::POST {
+        state.recorder.refuse(format!("{} request", request.method));
+        return reply(405, "");
     }
-    let version = format!("{:?}", request.version());
-    let method = request.method().clone();
-    let content_type = header(&request, "content-type");
-    let event_header = header(&request, "x-pushwake-event");
-    let timestamp = header(&request, "x-pushwake-timestamp");
-    let signature = header(&request, "x-pushwake-signature");
-    let body = match request.into_body().collect().await {
-        Ok(body) => body.to_bytes(),
-        Err(_) => Bytes::new(),
-    };
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let reply = if method != hyper::Method::POST {
-        state
-            .mistakes
-            .lock()
-            .unwrap()
-            .push(format!("{method} request"));
-        response(405, None, "")
-    } else {
-        match verify(
-            &key,
-            content_type.as_deref(),
-            event_header.as_deref(),
-            timestamp.as_deref(),
-            signature.as_deref(),
-            &body,
-            now,
-        ) {
-            Err(mistake) => {
-                state.mistakes.lock().unwrap().push(mistake);
-                response(401, None, "{\"error\":\"bad signature\"}")
-            }
-            Ok((event, device, sent_at, call, value)) => {
-                let scripted = state
-                    .scripts
-                    .lock()
-                    .unwrap()
-                    .get_mut(&device)
-                    .and_then(VecDeque::pop_front)
-                    .unwrap_or(WebhookReply::status(200));
-                state.events.lock().unwrap().push(WebhookEvent {
-                    event,
-                    device,
-                    sent_at,
-                    call,
-                    body: value,
-                    answered: scripted.status,
-                    version,
-                });
-                response(scripted.status, scripted.retry_after, "")
-            }
+    let checked = verify(
+        key,
+        request.header("content-type"),
+        request.header("x-pushwake-event"),
+        request.header("x-pushwake-timestamp"),
+        request.header("x-pushwake-signature"),
+        &request.body,
+        unix_now(),
+    );
+    match checked {
+        Err(mistake) => {
+            state.recorder.refuse(mistake);
+            reply(401, "{\"error\":\"bad signature\"}")
         }
-    };
-    state.arrived.notify_waiters();
-    Ok(reply)
+        Ok((event, device, sent_at, call, value)) => {
+            let scripted = state
+                .scripts
+                .next(&device)
+                .unwrap_or(WebhookReply::status(200));
+            state.recorder.receive(WebhookEvent {
+                event,
+                device,
+                sent_at,
+                call,
+                body: value,
+                answered: scripted.status,
+                version: format!("{:?}", request.version),
+            });
+            with_retry_after(reply(scripted.status, ""), scripted.retry_after)
+        }
+    }
 }

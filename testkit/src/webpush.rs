@@ -13,22 +13,17 @@
 //! answered 201, or as scripted per subscription (410, 404, 429, 503, with an optional
 //! `Retry-After`).
 
-use std::collections::{HashMap, VecDeque};
-use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
 
 use aws_lc_rs::{aead, agreement, hkdf, signature};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde_json::Value;
-use tokio::net::TcpListener;
-use tokio::sync::Notify;
+
+use crate::push_server::{
+    reply, unix_now, with_retry_after, Bound, HttpServer, Recorder, Reply, Request, Scripts,
+    Transport,
+};
 
 /// A new VAPID private key: PKCS#8 PEM, P-256 (as `openssl genpkey … P-256` writes it).
 pub fn generate_vapid_pem() -> String {
@@ -88,29 +83,22 @@ struct State {
     ua_private: agreement::PrivateKey,
     ua_public: Vec<u8>,
     auth: [u8; 16],
-    messages: Mutex<Vec<WebPushMessage>>,
-    mistakes: Mutex<Vec<String>>,
-    scripts: Mutex<HashMap<String, VecDeque<WebPushReply>>>,
-    arrived: Notify,
+    /// Verified, decrypted pushes (whatever they were answered), and mistakes.
+    recorder: Recorder<WebPushMessage, String>,
+    /// Per subscription path.
+    scripts: Scripts<WebPushReply>,
 }
 
 /// The running service; stops when dropped.
 pub struct WebPushServer {
+    _http: HttpServer,
     state: Arc<State>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for WebPushServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 impl WebPushServer {
     /// Starts a service on a free loopback port with a new subscriber key pair.
     pub async fn start() -> std::io::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
+        let bound = Bound::new(Transport::Http1).await?;
         let ua_private =
             agreement::PrivateKey::generate(&agreement::ECDH_P256).expect("subscriber key");
         let ua_public = ua_private
@@ -121,34 +109,16 @@ impl WebPushServer {
         let mut auth = [0u8; 16];
         aws_lc_rs::rand::fill(&mut auth).expect("random auth secret");
         let state = Arc::new(State {
-            origin: format!("http://{addr}"),
+            origin: bound.base_url(),
             ua_private,
             ua_public,
             auth,
-            messages: Mutex::default(),
-            mistakes: Mutex::default(),
-            scripts: Mutex::default(),
-            arrived: Notify::new(),
+            recorder: Recorder::default(),
+            scripts: Scripts::default(),
         });
         let serving = state.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let _ = stream.set_nodelay(true);
-                let state = serving.clone();
-                tokio::spawn(async move {
-                    let service =
-                        hyper::service::service_fn(move |request| handle(state.clone(), request));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .keep_alive(true)
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        Ok(Self { state, task })
+        let http = bound.serve(move |request| handle(&serving, request));
+        Ok(Self { _http: http, state })
     }
 
     /// The service's origin (`http://127.0.0.1:<port>`), the VAPID JWT's `aud`.
@@ -171,14 +141,14 @@ impl WebPushServer {
 
     /// Answers the next `times` pushes to subscription `name` with `reply` (then 201).
     pub fn script(&self, name: &str, reply: WebPushReply, times: usize) {
-        let mut scripts = self.state.scripts.lock().unwrap();
-        let queue = scripts.entry(format!("/wpush/{name}")).or_default();
-        queue.extend(std::iter::repeat_n(reply, times));
+        self.state
+            .scripts
+            .times(&format!("/wpush/{name}"), reply, times);
     }
 
     /// Every verified, decrypted push in arrival order, whatever it was answered.
     pub fn messages(&self) -> Vec<WebPushMessage> {
-        self.state.messages.lock().unwrap().clone()
+        self.state.recorder.received()
     }
 
     /// The pushes answered 2xx.
@@ -191,7 +161,7 @@ impl WebPushServer {
 
     /// Requests that failed a check.
     pub fn mistakes(&self) -> Vec<String> {
-        self.state.mistakes.lock().unwrap().clone()
+        self.state.recorder.refused()
     }
 
     /// Waits for the first delivered push whose JSON `type` is `kind`.
@@ -200,27 +170,24 @@ impl WebPushServer {
         kind: &str,
         timeout: std::time::Duration,
     ) -> Result<WebPushMessage, String> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let notified = self.state.arrived.notified();
-            if let Some(m) = self
-                .delivered()
-                .into_iter()
-                .find(|m| m.json["type"] == kind)
-            {
-                return Ok(m);
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Err(format!(
+        self.state
+            .recorder
+            .wait(timeout, |_| {
+                self.delivered()
+                    .into_iter()
+                    .find(|m| m.json["type"] == kind)
+            })
+            .await
+            .ok_or_else(|| {
+                format!(
                     "web push service: no delivered {kind} after {timeout:?}; pushes: {:?}; mistakes: {:?}",
                     self.messages()
                         .iter()
                         .map(|m| (m.json["type"].clone(), m.answered))
                         .collect::<Vec<_>>(),
                     self.mistakes()
-                ));
-            }
-        }
+                )
+            })
     }
 }
 
@@ -362,84 +329,49 @@ pub fn verify_vapid(header: Option<&str>, origin: &str, now: u64) -> Result<(), 
     Ok(())
 }
 
-fn response(status: u16, retry_after: Option<u64>) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::new()));
-    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
-    if let Some(seconds) = retry_after {
-        response
-            .headers_mut()
-            .insert("retry-after", hyper::header::HeaderValue::from(seconds));
-    }
-    response
-}
-
-fn header(request: &Request<Incoming>, name: &str) -> Option<String> {
-    request
-        .headers()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-}
-
-async fn handle(
-    state: Arc<State>,
-    request: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    let path = request.uri().path().to_owned();
-    let method = request.method().clone();
-    let authorization = header(&request, "authorization");
-    let encoding = header(&request, "content-encoding");
-    let ttl = header(&request, "ttl");
-    let urgency = header(&request, "urgency").unwrap_or_default();
-    let body = match request.into_body().collect().await {
-        Ok(body) => body.to_bytes(),
-        Err(_) => Bytes::new(),
-    };
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+fn handle(state: &State, request: Request) -> Reply {
+    let Request {
+        method, path, body, ..
+    } = &request;
+    let urgency = request.header("urgency").unwrap_or_default().to_owned();
     let checked = (|| -> Result<(Value, u64), (u16, String)> {
-        if method != hyper::Method::POST || !path.starts_with("/wpush/") {
+        if *method != hyper::Method::POST || !path.starts_with("/wpush/") {
             return Err((404, format!("{method} {path}")));
         }
-        verify_vapid(authorization.as_deref(), &state.origin, now).map_err(|m| (401, m))?;
-        if encoding.as_deref() != Some("aes128gcm") {
+        verify_vapid(request.header("authorization"), &state.origin, unix_now())
+            .map_err(|m| (401, m))?;
+        let encoding = request.header("content-encoding");
+        if encoding != Some("aes128gcm") {
             return Err((400, format!("Content-Encoding is {encoding:?}")));
         }
+        let ttl = request.header("ttl");
         let ttl: u64 = ttl
-            .as_deref()
             .and_then(|t| t.parse().ok())
             .ok_or((400, format!("TTL is {ttl:?}")))?;
-        let plain = decrypt(&body, &state.ua_private, &state.ua_public, &state.auth)
+        let plain = decrypt(body, &state.ua_private, &state.ua_public, &state.auth)
             .map_err(|m| (400, m))?;
         let json: Value = serde_json::from_slice(&plain)
             .map_err(|e| (400, format!("decrypted body is not JSON: {e}")))?;
         Ok((json, ttl))
     })();
-    let reply = match checked {
+    match checked {
         Err((status, mistake)) => {
-            state.mistakes.lock().unwrap().push(mistake);
-            response(status, None)
+            state.recorder.refuse(mistake);
+            reply(status, "")
         }
         Ok((json, ttl)) => {
             let scripted = state
                 .scripts
-                .lock()
-                .unwrap()
-                .get_mut(&path)
-                .and_then(VecDeque::pop_front)
+                .next(path)
                 .unwrap_or(WebPushReply::status(201));
-            state.messages.lock().unwrap().push(WebPushMessage {
-                subscription: path,
+            state.recorder.receive(WebPushMessage {
+                subscription: path.clone(),
                 json,
                 ttl,
                 urgency,
                 answered: scripted.status,
             });
-            response(scripted.status, scripted.retry_after)
+            with_retry_after(reply(scripted.status, ""), scripted.retry_after)
         }
-    };
-    state.arrived.notify_waiters();
-    Ok(reply)
+    }
 }

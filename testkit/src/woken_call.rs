@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::apns::ApnsServer;
-use crate::asterisk::TestAsterisk;
+use crate::pbx::TestPbx;
 use crate::sipp::{CallerEnd, Phone, SippRun};
 use crate::trace;
 
@@ -59,7 +59,7 @@ pub struct WokenCall {
 /// Runs one woken call; the phone is unregistered again at the end, so the next call
 /// finds it asleep.
 pub async fn run(
-    pbx: &TestAsterisk,
+    pbx: &impl TestPbx,
     apns: &ApnsServer,
     plan: &WokenCallPlan,
 ) -> Result<WokenCall, String> {
@@ -73,7 +73,7 @@ pub async fn run(
     .await?;
     let dialled = Instant::now();
     let mut caller = SippRun::caller(
-        &pbx.sip,
+        pbx.sip_address(),
         &plan.caller,
         &plan.extension,
         plan.caller_port,
@@ -86,7 +86,7 @@ pub async fn run(
     let push_call_id = push.body["call_id"].as_str().unwrap_or_default().to_owned();
     tokio::time::sleep(plan.wake_delay).await;
     let register = SippRun::register(
-        &pbx.sip,
+        pbx.sip_address(),
         &plan.extension,
         plan.register_port,
         plan.phone_port,
@@ -99,7 +99,7 @@ pub async fn run(
     let ended = Instant::now();
     phone.finish(Duration::from_secs(30)).await?;
     SippRun::register(
-        &pbx.sip,
+        pbx.sip_address(),
         &plan.extension,
         plan.register_port,
         plan.phone_port,
@@ -122,14 +122,7 @@ pub async fn run(
             "INVITE traced {micros} µs before the REGISTER: the phone was rung before it woke"
         ));
     }
-    let invite_call_id = phone
-        .log()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("X-Pushwake-Call-Id: ")
-                .map(|v| v.trim().to_owned())
-        })
-        .unwrap_or_default();
+    let invite_call_id = phone.pushwake_call_id().unwrap_or_default();
     Ok(WokenCall {
         dialled,
         pushed: push.at,

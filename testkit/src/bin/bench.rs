@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use pushwake_testkit::apns::ApnsServer;
 use pushwake_testkit::asterisk::TestAsterisk;
-use pushwake_testkit::daemon::{write_config, Daemon, TestApns, TestExtension};
+use pushwake_testkit::config::{ConfigBuilder, TestApns, TestDevice, TestExtension};
+use pushwake_testkit::daemon::Daemon;
+use pushwake_testkit::pbx::TestPbx;
 use pushwake_testkit::slot::Slot;
 use pushwake_testkit::woken_call::{self, WokenCallPlan};
 
@@ -53,20 +55,11 @@ async fn bench(calls: usize) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let token = "39".repeat(32);
-    let extension = TestExtension {
-        number: slot.phone(1),
-        ring_timeout: "20s".into(),
-        tokens: vec![token.clone()],
-    };
-    let config = write_config(
-        dir.path(),
-        &pbx,
-        &slot.app(),
-        &apns,
-        &server.endpoint(),
-        &[extension],
-    )
-    .map_err(|e| e.to_string())?;
+    let config = ConfigBuilder::new(dir.path(), &pbx, &pbx.app(slot))
+        .apns(&apns, &server.endpoint())
+        .extension(TestExtension::new(pbx.phone(slot, 1), "20s").device(TestDevice::apns(&token)))
+        .write()
+        .map_err(|e| e.to_string())?;
     let binary = woken_call::pushwake_binary()?;
     let daemon = Daemon::start(&binary, &config).await?;
     let pid = daemon.pid().ok_or("daemon exited")?;

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use pushwake_testkit::apns::ApnsServer;
 use pushwake_testkit::asterisk::TestAsterisk;
-use pushwake_testkit::daemon::{write_config, Daemon, TestApns, TestExtension};
+use pushwake_testkit::config::{ConfigBuilder, TestApns, TestDevice, TestExtension};
+use pushwake_testkit::daemon::Daemon;
 use pushwake_testkit::woken_call::{self, WokenCallPlan};
 use tokio::time::Instant;
 
@@ -54,20 +55,11 @@ async fn demo() -> Result<(), String> {
     );
 
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let extension = TestExtension {
-        number: "101".into(),
-        ring_timeout: "30s".into(),
-        tokens: vec![TOKEN.into()],
-    };
-    let config = write_config(
-        dir.path(),
-        &pbx,
-        "pushwake",
-        &apns,
-        &server.endpoint(),
-        &[extension],
-    )
-    .map_err(|e| e.to_string())?;
+    let config = ConfigBuilder::new(dir.path(), &pbx, "pushwake")
+        .apns(&apns, &server.endpoint())
+        .extension(TestExtension::new("101", "30s").device(TestDevice::apns(TOKEN)))
+        .write()
+        .map_err(|e| e.to_string())?;
     let daemon = Daemon::start(&woken_call::pushwake_binary()?, &config).await?;
     step(
         start,

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use pushwake_testkit::apns::ApnsServer;
 use pushwake_testkit::asterisk::TestAsterisk;
-use pushwake_testkit::daemon::TestApns;
+use pushwake_testkit::config::TestApns;
 use pushwake_testkit::sipp::SippRun;
 use pushwake_testkit::woken_call::{self, WokenCallPlan};
 
