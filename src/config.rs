@@ -23,6 +23,7 @@ use serde::Deserialize;
 
 pub use pushwake_core::config::ConfigError;
 
+use crate::devices::section::StoreSection;
 use crate::pbx::PbxConfig;
 use crate::push::provider::{provider, DeviceKeys, ProviderSettings, PROVIDERS};
 use crate::push::Pushkin;
@@ -33,7 +34,12 @@ pub use pushwake_core::directory::DEFAULT_RING_TIMEOUT;
 pub const MAX_RING_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The top-level sections read here.
-const OWN_SECTIONS: [&str; 3] = ["defaults", "extension", "http"];
+const OWN_SECTIONS: [&str; 4] = [
+    "defaults",
+    "extension",
+    "http",
+    crate::devices::section::SECTION,
+];
 /// The keys every device has, whatever its provider.
 const DEVICE_KEYS: [&str; 3] = ["platform", "token", "name"];
 
@@ -60,6 +66,8 @@ pub struct Config {
     /// `[http]`, if configured: without it there is no listener and pushes carry no
     /// status fields.
     pub http: Option<HttpConfig>,
+    /// `[store]`: where registered devices are kept (its defaults if absent).
+    pub store: StoreSection,
     /// The push-enabled extensions.
     pub directory: Directory,
 }
@@ -108,6 +116,9 @@ impl Config {
         }
         if new.http != self.http {
             changed.push("[http]".to_owned());
+        }
+        if new.store != self.store {
+            changed.push("[store]".to_owned());
         }
         changed
     }
@@ -175,6 +186,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     for p in PROVIDERS {
         providers.extend(p.read_section(&file)?);
     }
+    let store = StoreSection::from_file(&file)?;
     let http = match file.section::<RawHttp>("http")? {
         Some(section) => Some(http(section.into_inner()).map_err(|p| file.problem_in(0..0, p))?),
         None => None,
@@ -227,6 +239,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         pbx,
         providers,
         http,
+        store,
         directory: Directory::new(extensions).with_default_ring_timeout(default_ring),
     })
 }
@@ -642,7 +655,7 @@ mod tests {
             "pw.toml: no PBX section: pushwake needs one, [asterisk], saying how to reach the PBX"
         );
         let e = err(&format!("{MINIMAL}\n[mqtt]\nurl = \"x\"\n"));
-        assert!(e.starts_with("pw.toml:10: unknown field `mqtt`, expected one of `defaults`, `extension`, `http`, `asterisk`, `apns`, `fcm`, `hms`, `webhook`, `webpush`"), "{e}");
+        assert!(e.starts_with("pw.toml:10: unknown field `mqtt`, expected one of `defaults`, `extension`, `http`, `store`, `asterisk`, `apns`, `fcm`, `hms`, `webhook`, `webpush`"), "{e}");
         let e = err(&format!(
             "{MINIMAL}\n[[extension.device]]\nplatform = \"apns\"\ntokn = \"ab\"\n"
         ));

@@ -20,6 +20,7 @@ use pushwake_core::pbx::{CallControl, CallId, PbxCommand, PbxError, PbxEvent, Pb
 use pushwake_core::random::Randomness;
 use pushwake_core::wake::{Command, EngineSettings, EngineStats, Input, WakeEngine};
 
+use crate::devices::{Learned, Registry};
 use crate::push::{PushKind, PushService, PushVerdict};
 use crate::random::OsRandom;
 use crate::status::SharedBoard;
@@ -53,6 +54,8 @@ pub struct Driver<P: CallControl> {
     wake_pushes: HashMap<CallId, Vec<AbortHandle>>,
     /// Where call status changes go, for the call status endpoint.
     status: Option<SharedBoard>,
+    /// The devices that registered themselves: learned from here, pushed by the engine.
+    registry: Option<Arc<Registry>>,
 }
 
 impl<P: CallControl> Driver<P> {
@@ -83,7 +86,17 @@ impl<P: CallControl> Driver<P> {
             push_tasks: JoinSet::new(),
             wake_pushes: HashMap::new(),
             status: None,
+            registry: None,
         }
+    }
+
+    /// Learns devices from the registrations the PBX reports into `registry`, pushes
+    /// its devices with the configured ones, and forgets those whose token a provider
+    /// declares dead.
+    pub fn with_registry(mut self, registry: Arc<Registry>) -> Self {
+        self.engine.set_device_source(registry.clone());
+        self.registry = Some(registry);
+        self
     }
 
     /// Records every call status change the engine reports on `board` (read by the
@@ -168,6 +181,28 @@ impl<P: CallControl> Driver<P> {
     }
 
     fn feed(&mut self, input: Input) {
+        if let Some(registry) = &self.registry {
+            match &input {
+                // Before the engine sees the registration: what it teaches is known when
+                // the engine acts on it.
+                Input::Event(PbxEvent::ContactAdded { extension, uri }) => {
+                    learn(registry, extension, uri, true);
+                }
+                // A listing shows what registered too, also phones that registered before
+                // pushwake ran (the PBX announced them to nobody) and refreshes that a PBX
+                // does not announce.
+                Input::ContactsListed {
+                    extension,
+                    result: Ok(contacts),
+                    ..
+                } => {
+                    for contact in contacts {
+                        learn(registry, extension, &contact.uri, false);
+                    }
+                }
+                _ => {}
+            }
+        }
         self.engine.handle(Instant::now().into_std(), input);
         self.dispatch();
     }
@@ -181,6 +216,7 @@ impl<P: CallControl> Driver<P> {
                 }
                 Command::Push(job) => {
                     let push = self.push.clone();
+                    let registry = self.registry.clone();
                     let wakes = job.push.kind == PushKind::IncomingCall;
                     let call = job.call.clone();
                     let handle = self.push_tasks.spawn(async move {
@@ -195,7 +231,13 @@ impl<P: CallControl> Driver<P> {
                                 tracing::info!(call = %job.call, device = %job.device.label, push = what, "push delivered")
                             }
                             PushVerdict::Failed { reason, dead_token } => {
-                                tracing::warn!(call = %job.call, device = %job.device.label, push = what, %reason, dead_token, "push failed")
+                                tracing::warn!(call = %job.call, device = %job.device.label, push = what, %reason, dead_token, "push failed");
+                                if let (true, Some(registry)) = (*dead_token, &registry) {
+                                    let platform = job.device.platform.as_str();
+                                    for (extension, device) in registry.forget_token(platform, job.device.token.expose()) {
+                                        tracing::warn!(%extension, device, token = %job.device.token, "forgot a registered device: the push service says its token is dead");
+                                    }
+                                }
                             }
                             PushVerdict::NotSent { reason } => {
                                 tracing::debug!(call = %job.call, device = %job.device.label, push = what, %reason, "push not sent")
@@ -233,6 +275,35 @@ impl<P: CallControl> Driver<P> {
     }
 }
 
+/// Learns from one registration the PBX accepted, and says what it taught. A refusal
+/// is a warning when the PBX announced the registration, and only a debug line when a
+/// contact listing (every second, while a call waits) shows it again.
+fn learn(registry: &Registry, extension: &str, contact: &str, announced: bool) {
+    match registry.learn(extension, contact, crate::push::unix_now_secs()) {
+        Learned::Nothing | Learned::Known => {}
+        Learned::New(device) => tracing::info!(
+            extension,
+            device = %device.device_id,
+            platform = %device.platform,
+            token = %pushwake_core::directory::DeviceToken::new(device.token),
+            "learned a device from its registration"
+        ),
+        Learned::Again(device) => {
+            tracing::debug!(extension, device = %device.device_id, "a registered device registered again")
+        }
+        Learned::Refused(reason) if announced => tracing::warn!(
+            extension,
+            %reason,
+            "a registration's push parameters were not taken: no device learned"
+        ),
+        Learned::Refused(reason) => tracing::debug!(
+            extension,
+            %reason,
+            "a listed contact's push parameters were not taken"
+        ),
+    }
+}
+
 async fn sleep_until(deadline: Option<std::time::Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(Instant::from_std(deadline)).await,
@@ -244,13 +315,21 @@ async fn sleep_until(deadline: Option<std::time::Instant>) {
 /// engine needs one.
 async fn execute<P: CallControl>(pbx: Arc<P>, command: PbxCommand) -> Option<Input> {
     match command {
-        PbxCommand::ListContacts { ref call, .. } => {
-            let call = call.clone();
+        PbxCommand::ListContacts {
+            ref call,
+            ref extension,
+            ..
+        } => {
+            let (call, extension) = (call.clone(), extension.clone());
             let result = pbx.execute(command).await.map(|reply| match reply {
                 PbxReply::Contacts(contacts) => contacts,
                 PbxReply::Done => Vec::new(),
             });
-            Some(Input::ContactsListed { call, result })
+            Some(Input::ContactsListed {
+                call,
+                extension,
+                result,
+            })
         }
         PbxCommand::Dial(ref request) => {
             let leg = request.leg.clone();

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use tokio::sync::mpsc;
 
 use pushwake::config::{self, Config};
+use pushwake::devices::Registry;
 use pushwake::driver::{Control, Driver};
 use pushwake::http::StatusListener;
 use pushwake::pbx::PbxConfig;
@@ -210,9 +211,13 @@ async fn run(path: PathBuf, config: Config) -> ExitCode {
         "pushwake starting"
     );
     let board = http_task.is_some().then_some(board);
+    let registry = Arc::new(Registry::new(config.providers.clone(), None));
+    tokio::spawn(expire_learned(registry.clone(), config.store.learned_ttl));
     let stats = match &config.pbx {
         PbxConfig::Asterisk(asterisk) => match AsteriskPbx::start(asterisk) {
-            Ok((pbx, events)) => drive(pbx, events, &config, push, board, control_rx).await,
+            Ok((pbx, events)) => {
+                drive(pbx, events, &config, push, board, registry, control_rx).await
+            }
             Err(error) => {
                 eprintln!("pushwake: cannot set up the ARI client: {error}");
                 return ExitCode::from(EXIT_RUNTIME);
@@ -242,6 +247,7 @@ async fn drive<P: CallControl>(
     config: &Config,
     push: PushService,
     board: Option<pushwake::status::SharedBoard>,
+    registry: Arc<Registry>,
     control: mpsc::Receiver<Control>,
 ) -> pushwake_core::wake::EngineStats {
     let settings = EngineSettings {
@@ -258,7 +264,24 @@ async fn drive<P: CallControl>(
     if let Some(board) = board {
         driver = driver.with_status_board(board);
     }
-    driver.run(events, control).await
+    driver.with_registry(registry).run(events, control).await
+}
+
+/// How often learned devices past their time are forgotten.
+const EXPIRY_CHECK: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Forgets, every [`EXPIRY_CHECK`], the learned devices that have not registered for
+/// `ttl`.
+async fn expire_learned(registry: Arc<Registry>, ttl: std::time::Duration) {
+    let ttl = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
+    let mut tick = tokio::time::interval(EXPIRY_CHECK);
+    loop {
+        tick.tick().await;
+        let before = pushwake::push::unix_now_secs().saturating_sub(ttl);
+        for (extension, device) in registry.expire(before) {
+            tracing::info!(%extension, device, "forgot a learned device: no registration within store.learned_ttl");
+        }
+    }
 }
 
 async fn test_push(

@@ -82,6 +82,10 @@ pub fn learned_id(platform: &str, token: &str) -> String {
     format!("learned-{platform}-{hex}")
 }
 
+/// A learned device registering again with nothing new is written to the store again
+/// (its `updated_at`, which `learned_ttl` counts from) at most this often.
+pub const REFRESH_WRITE_INTERVAL: i64 = 3600;
+
 /// What a registration taught.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Learned {
@@ -89,8 +93,11 @@ pub enum Learned {
     Nothing,
     /// A device not known before.
     New(DeviceRecord),
-    /// A known device registered again (its settings may have changed).
+    /// A known device registered again: its settings changed, or its last registration
+    /// was written [`REFRESH_WRITE_INTERVAL`] or more ago; written again.
     Again(DeviceRecord),
+    /// A known device, seen again with nothing to write.
+    Known,
     /// The parameters were refused; the reason never quotes a token.
     Refused(String),
 }
@@ -231,7 +238,13 @@ impl Registry {
             .values_mut()
             .find(|d| d.platform == platform && d.token == token);
         let learned = match known {
-            Some(device) if !device.learned => return Learned::Again(device.clone()),
+            Some(device) if !device.learned => return Learned::Known,
+            Some(device)
+                if device.params == device_params
+                    && now - device.updated_at < REFRESH_WRITE_INTERVAL =>
+            {
+                return Learned::Known
+            }
             Some(device) => {
                 device.params = device_params;
                 device.updated_at = now;
@@ -343,6 +356,8 @@ impl DeviceSource for Registry {
             .collect()
     }
 }
+
+pub mod section;
 
 #[cfg(test)]
 mod tests;

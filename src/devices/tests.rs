@@ -57,6 +57,11 @@ fn a_registration_teaches_a_device_that_is_pushed_for_the_next_call() {
     assert_eq!(pushed[0].label, format!("101/{}", device.device_id));
     assert!(registry.devices_of("102").is_empty());
 
+    // Seen again a minute later: nothing new to write.
+    assert_eq!(
+        registry.learn("101", &generic(5070, &voip(1)), NOW + 60),
+        Learned::Known
+    );
     // The same phone from another port an hour later: the same device, refreshed.
     let Learned::Again(again) = registry.learn("101", &generic(5999, &voip(1)), NOW + 3600) else {
         panic!()
@@ -176,8 +181,9 @@ fn a_registration_of_a_token_the_api_registered_keeps_the_api_s_device() {
     registry.put(api.clone());
     assert_eq!(
         registry.learn("101", &generic(5070, &voip(3)), NOW + 5),
-        Learned::Again(api)
+        Learned::Known
     );
+    assert_eq!(registry.list("101"), vec![api]);
     assert_eq!(registry.len(), 1);
     assert!(
         writes.try_recv().is_err(),

@@ -177,6 +177,11 @@ impl PushService {
     }
 }
 
+/// The time now as Unix seconds, signed (for the device store).
+pub fn unix_now_secs() -> i64 {
+    i64::try_from(unix_now()).unwrap_or(i64::MAX)
+}
+
 /// The time now as Unix seconds (for provider headers and payload expiry).
 pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now()

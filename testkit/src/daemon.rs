@@ -99,6 +99,16 @@ impl Daemon {
         self.log.lock().unwrap().len()
     }
 
+    /// The log lines after the first `skip` (see [`Daemon::log_len`]), joined.
+    pub fn logs_after(&self, skip: usize) -> String {
+        let log = self.log.lock().unwrap();
+        log.iter()
+            .skip(skip)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     /// The whole log so far.
     pub fn logs(&self) -> String {
         self.log.lock().unwrap().join("\n")

@@ -201,6 +201,45 @@ impl<P: TestPbx> Rig<P> {
         self.unwrap(run);
     }
 
+    /// One REGISTER of device `device` of phone `k` whose contact carries
+    /// `contact_params` whole (`;transport=udp;pn-provider=…`); `expires` 0 unregisters.
+    pub async fn register_contact(&self, k: u8, device: u8, expires: u32, contact_params: &str) {
+        let run = SippRun::register_contact(
+            self.pbx.sip_address(),
+            &self.phone_number(k),
+            self.slot.register_port(k, device),
+            self.slot.contact_port(k, device),
+            expires,
+            contact_params,
+        )
+        .await;
+        self.unwrap(run);
+    }
+
+    /// A REGISTER of device `device` of phone `k` (an endpoint that must authenticate)
+    /// with `password`, `expires` (0 unregisters) and `contact_params`: the PBX's final
+    /// answer (200, 401, 403).
+    pub async fn register_with_password(
+        &self,
+        k: u8,
+        device: u8,
+        password: &str,
+        expires: u32,
+        contact_params: &str,
+    ) -> u16 {
+        let run = SippRun::register_with_password(
+            self.pbx.sip_address(),
+            &self.phone_number(k),
+            password,
+            self.slot.register_port(k, device),
+            self.slot.contact_port(k, device),
+            expires,
+            contact_params,
+        )
+        .await;
+        self.unwrap(run)
+    }
+
     /// Waits for a sipp run to end as its scenario says.
     pub async fn finish(&self, run: &mut SippRun, timeout: Duration) {
         let result = run.finish(timeout).await;

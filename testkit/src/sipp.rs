@@ -60,6 +60,43 @@ pub enum CallerEnd {
     },
 }
 
+/// The command line of a REGISTER scenario (`scenario` given last).
+fn register_args<'a>(
+    pbx: &'a str,
+    user: &'a str,
+    local_port: u16,
+    contact_port: u16,
+    expires: u32,
+    contact_params: &'a str,
+) -> impl Fn(&str) -> Vec<String> + 'a {
+    move |file| {
+        [
+            pbx,
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &local_port.to_string(),
+            "-key",
+            "user",
+            user,
+            "-key",
+            "contact_port",
+            &contact_port.to_string(),
+            "-key",
+            "expires",
+            &expires.to_string(),
+            "-key",
+            "contact_params",
+            contact_params,
+            "-sf",
+            &scenario(file).display().to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+}
+
 impl SippRun {
     fn spawn(name: &str, args: &[String]) -> Result<Self, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
@@ -194,7 +231,8 @@ impl SippRun {
     }
 
     /// One REGISTER of `user` from `local_port`, with an RFC 8599 APNs contact on
-    /// `contact_port`; `expires` 0 unregisters. Waits for the 200.
+    /// `contact_port` (`pn-param=ABCDE12345.com.example.phone.voip`, `pn-prid=<pn_prid>`);
+    /// `expires` 0 unregisters. Waits for the 200.
     pub async fn register(
         pbx: &str,
         user: &str,
@@ -203,36 +241,54 @@ impl SippRun {
         expires: u32,
         pn_prid: &str,
     ) -> Result<SippRun, String> {
-        let args: Vec<String> = [
-            pbx,
-            "-i",
-            "127.0.0.1",
-            "-p",
-            &local_port.to_string(),
-            "-key",
-            "user",
-            user,
-            "-key",
-            "contact_port",
-            &contact_port.to_string(),
-            "-key",
-            "expires",
-            &expires.to_string(),
-            "-key",
-            "pn_param",
-            "ABCDE12345.com.example.phone.voip",
-            "-key",
-            "pn_prid",
-            pn_prid,
-            "-sf",
-            &scenario("phone-register.xml").display().to_string(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let mut run = Self::spawn(&format!("register {user}"), &args)?;
+        let params = format!(
+            ";pn-provider=apns;pn-param=ABCDE12345.com.example.phone.voip;pn-prid={pn_prid}"
+        );
+        Self::register_contact(pbx, user, local_port, contact_port, expires, &params).await
+    }
+
+    /// One REGISTER of `user` from `local_port` whose contact is
+    /// `sip:<user>@127.0.0.1:<contact_port><contact_params>`, the URI parameters given
+    /// whole (`;transport=udp;pn-provider=…`) as a real client writes them; `expires` 0
+    /// unregisters. Waits for the 200.
+    pub async fn register_contact(
+        pbx: &str,
+        user: &str,
+        local_port: u16,
+        contact_port: u16,
+        expires: u32,
+        contact_params: &str,
+    ) -> Result<SippRun, String> {
+        let args = register_args(pbx, user, local_port, contact_port, expires, contact_params);
+        let mut run = Self::spawn(
+            &format!("register {user}"),
+            &args("phone-register-contact.xml"),
+        )?;
         run.finish(Duration::from_secs(15)).await?;
         Ok(run)
+    }
+
+    /// Like [`SippRun::register_contact`] for a `user` that must authenticate, with
+    /// `password`: the final response's code (200 accepted; 401 or 403 refused).
+    pub async fn register_with_password(
+        pbx: &str,
+        user: &str,
+        password: &str,
+        local_port: u16,
+        contact_port: u16,
+        expires: u32,
+        contact_params: &str,
+    ) -> Result<u16, String> {
+        let mut args = register_args(pbx, user, local_port, contact_port, expires, contact_params)(
+            "phone-register-auth.xml",
+        );
+        args.extend(["-au".into(), user.into(), "-ap".into(), password.into()]);
+        let mut run = Self::spawn(&format!("register {user} with a password"), &args)?;
+        run.finish(Duration::from_secs(15)).await?;
+        run.log()
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("final ")?.parse().ok())
+            .ok_or_else(|| format!("sipp logged no final response:\n{}", run.report()))
     }
 
     /// Waits for sipp to end; an error (with sipp's own words) unless it exited 0.

@@ -54,6 +54,8 @@ pub enum Input {
     ContactsListed {
         /// The call that asked.
         call: CallId,
+        /// The extension whose contacts these are.
+        extension: String,
         /// The contacts, or why they could not be listed.
         result: Result<Vec<Contact>, PbxError>,
     },
@@ -368,7 +370,7 @@ impl WakeEngine {
     pub fn handle(&mut self, now: Instant, input: Input) {
         match input {
             Input::Event(event) => self.handle_event(now, event),
-            Input::ContactsListed { call, result } => self.contacts_listed(now, &call, result),
+            Input::ContactsListed { call, result, .. } => self.contacts_listed(now, &call, result),
             Input::DialResult { leg, result } => self.dial_result(&leg, result),
             Input::ConnectResult { call, result } => self.connect_result(now, &call, result),
             Input::PushResult {

@@ -116,6 +116,7 @@ impl Harness {
             .collect();
         self.feed(Input::ContactsListed {
             call: call.clone(),
+            extension: String::new(),
             result: Ok(contacts),
         })
     }
