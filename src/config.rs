@@ -52,6 +52,9 @@ pub struct HttpConfig {
     /// The base URL apps reach the listener at, without a final `/`; status URLs are
     /// `{public_url}/v1/calls/{call_id}`.
     pub public_url: String,
+    /// The device API's bearer tokens (`api_tokens_file`), read and checked at load;
+    /// without them the device API is off.
+    pub api_tokens: Option<crate::http::tokens::ApiTokens>,
 }
 
 /// The whole, checked configuration.
@@ -137,6 +140,7 @@ struct RawDefaults {
 struct RawHttp {
     listen: Spanned<String>,
     public_url: Spanned<String>,
+    api_tokens_file: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -376,7 +380,18 @@ fn http(raw: RawHttp) -> Result<HttpConfig, (std::ops::Range<usize>, String)> {
             ));
         }
     }
-    Ok(HttpConfig { listen, public_url })
+    let api_tokens = match &raw.api_tokens_file {
+        Some(file) => Some(
+            crate::http::tokens::ApiTokens::read(Path::new(file.get_ref().trim()))
+                .map_err(|e| (file.span(), format!("http.api_tokens_file: {e}")))?,
+        ),
+        None => None,
+    };
+    Ok(HttpConfig {
+        listen,
+        public_url,
+        api_tokens,
+    })
 }
 
 fn ring_timeout(

@@ -32,6 +32,8 @@ use tokio::sync::Semaphore;
 
 use crate::status::SharedBoard;
 
+pub mod tokens;
+
 /// The path prefix of a call's status.
 pub const CALLS_PATH: &str = "/v1/calls/";
 /// How long a client may take to send a request's headers (also how long an idle
