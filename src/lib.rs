@@ -14,6 +14,7 @@
 //!   [`test_push`] the operators' check.
 //! - [`status`]: what each call's status is, for apps woken late; [`http`] serves it.
 //! - [`random`]: the randomness the engine is given.
+//! - [`store`]: the devices that registered themselves, kept in SQLite or PostgreSQL.
 
 pub mod config;
 pub mod devices;
@@ -23,4 +24,5 @@ pub mod pbx;
 pub mod push;
 pub mod random;
 pub mod status;
+pub mod store;
 pub mod test_push;
