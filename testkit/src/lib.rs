@@ -22,6 +22,7 @@ pub mod fcm;
 pub mod hms;
 pub mod keys;
 pub mod pbx;
+pub mod postgres;
 pub mod push_server;
 pub mod rig;
 pub mod sipp;
