@@ -128,7 +128,8 @@ pub(super) async fn open(path: &Path) -> Result<SqlitePool, StoreError> {
         .create_if_missing(false)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full)
-        .busy_timeout(BUSY_TIMEOUT);
+        .busy_timeout(BUSY_TIMEOUT)
+        .row_buffer_size(1024);
     let pool = SqlitePoolOptions::new()
         .max_connections(4)
         .min_connections(0)
