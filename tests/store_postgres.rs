@@ -110,6 +110,17 @@ async fn two_nodes_see_each_others_devices_within_a_second() {
     on_both(&mut feed_a, &mut feed_b, StoreChange::Put(learned)).await;
     assert_eq!(a.expire_learned(6).await.unwrap().len(), 1);
     on_both(&mut feed_a, &mut feed_b, deleted("102", "soft")).await;
+    // Keys and token that need quoting travel through the notification intact.
+    let odd = device_with_params("1'0\"1;--ü", "📱 \\'id'", "x'); NOTIFY x; --");
+    a.put(&odd).await.unwrap();
+    on_both(&mut feed_a, &mut feed_b, StoreChange::Put(odd.clone())).await;
+    a.delete(&odd.extension, &odd.device_id).await.unwrap();
+    on_both(
+        &mut feed_a,
+        &mut feed_b,
+        deleted(&odd.extension, &odd.device_id),
+    )
+    .await;
     // A put then a delete at once: the put's device is gone when the feed reads it, so
     // only the deletion arrives.
     let brief = device("103", "brief", "apns", "tok-brief");
