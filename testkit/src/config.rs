@@ -181,6 +181,7 @@ pub struct ConfigBuilder {
     webhook: Option<(String, String)>,
     webpush: Option<(String, String)>,
     http: Option<(String, String)>,
+    store: Option<String>,
     extensions: Vec<TestExtension>,
 }
 
@@ -195,8 +196,17 @@ impl ConfigBuilder {
             webhook: None,
             webpush: None,
             http: None,
+            store: None,
             extensions: Vec::new(),
         }
+    }
+
+    /// `[store] url`: where the daemon keeps the devices that registered themselves.
+    /// Without it the configuration gets a SQLite file of its own in `state/` beside it
+    /// (a directory only its owner may read, as the store requires).
+    pub fn store(mut self, url: &str) -> Self {
+        self.store = Some(url.to_owned());
+        self
     }
 
     /// `[apns]` with token authentication by `apns` (the key written beside the config
@@ -314,6 +324,17 @@ impl ConfigBuilder {
             key_value(&mut text, "listen", listen);
             key_value(&mut text, "public_url", public_url);
         }
+        let store = match &self.store {
+            Some(url) => url.clone(),
+            None => {
+                let state = dir.join("state");
+                std::fs::create_dir_all(&state)?;
+                std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700))?;
+                format!("sqlite:{}", state.join("devices.db").display())
+            }
+        };
+        text.push_str("\n[store]\n");
+        key_value(&mut text, "url", &store);
         for extension in &self.extensions {
             text.push_str("\n[[extension]]\n");
             key_value(&mut text, "number", &extension.number);
