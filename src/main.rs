@@ -11,7 +11,7 @@ use pushwake::config::{self, Config};
 use pushwake::devices::service::Devices;
 use pushwake::devices::Registry;
 use pushwake::driver::{Control, Driver};
-use pushwake::http::StatusListener;
+use pushwake::http::{Listener, Service};
 use pushwake::pbx::PbxConfig;
 use pushwake::push::{PushService, PROVIDERS};
 use pushwake::status::StatusBoard;
@@ -168,9 +168,14 @@ async fn run(path: PathBuf, config: Config) -> ExitCode {
     // an address in use stops pushwake at once with a clear error.
     let board = StatusBoard::shared();
     let status_listener = match &config.http {
-        Some(http) => match StatusListener::bind(http.listen, board.clone()).await {
+        Some(http) => match Listener::bind(http.listen).await {
             Ok(listener) => {
-                tracing::info!(listen = %http.listen, public_url = %http.public_url, "call status endpoint listening");
+                tracing::info!(
+                    listen = %http.listen,
+                    public_url = %http.public_url,
+                    device_api = http.api_tokens.is_some(),
+                    "http listening (call status, device API, healthz)"
+                );
                 Some(listener)
             }
             Err(error) => {
@@ -198,7 +203,12 @@ async fn run(path: PathBuf, config: Config) -> ExitCode {
     };
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let http_task = status_listener.map(|listener| {
-        tokio::spawn(listener.serve(async move {
+        let service = Service {
+            board: board.clone(),
+            devices: Some(devices.clone()),
+            api_tokens: config.http.as_ref().and_then(|h| h.api_tokens.clone()),
+        };
+        tokio::spawn(listener.serve(service, async move {
             let _ = http_stopped.await;
         }))
     });

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use pushwake::http::StatusListener;
+use pushwake::http::{Listener, Service};
 use pushwake::push::EndReason;
 use pushwake::status::{SharedBoard, StatusBoard, StatusUpdate};
 use pushwake_core::pbx::CallId;
@@ -20,12 +20,12 @@ struct Running {
 }
 
 async fn start(board: SharedBoard) -> Running {
-    let listener = StatusListener::bind("127.0.0.1:0".parse().unwrap(), board)
+    let listener = Listener::bind("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(listener.serve(async move {
+    let server = tokio::spawn(listener.serve(Service::status_only(board), async move {
         let _ = stopped.await;
     }));
     Running { addr, stop, server }
@@ -174,7 +174,7 @@ async fn an_oversized_request_head_is_refused_and_the_port_in_use_is_an_error() 
         .unwrap();
     assert_eq!(after.status(), StatusCode::UNAUTHORIZED);
 
-    let taken = StatusListener::bind(running.addr, board).await;
+    let taken = Listener::bind(running.addr).await;
     assert_eq!(
         taken.unwrap_err().kind(),
         std::io::ErrorKind::AddrInUse,

@@ -174,6 +174,11 @@ impl Registry {
         }
     }
 
+    /// The push providers configured (whose devices it learns and the API takes).
+    pub fn providers(&self) -> &[Arc<dyn ProviderSettings>] {
+        &self.providers
+    }
+
     /// Number of devices.
     pub fn len(&self) -> usize {
         self.read().values().map(BTreeMap::len).sum()

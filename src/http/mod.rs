@@ -1,41 +1,45 @@
-//! The HTTP listener (`[http]`) serving the call status endpoint.
+//! The HTTP listener (`[http]`): the call status endpoint for apps, the device API for
+//! app backends, and `/healthz` for monitoring.
 //!
-//! `GET /v1/calls/{call_id}` with `Authorization: Bearer <status_token>` answers the
-//! call's status from the [`StatusBoard`](crate::status::StatusBoard):
+//! | path | what | module |
+//! |---|---|---|
+//! | `GET /v1/calls/{call_id}` | a call's status, for the app the push woke | [`status`] |
+//! | `GET/PUT/DELETE /v1/extensions/{ext}/devices[/{device_id}]` | the devices registered for an extension | [`devices`] |
+//! | `GET /healthz` | whether the daemon and its device store answer | [`health`] |
 //!
-//! | answer | when |
-//! |---|---|
-//! | 200 `{"call_id": …, "status": "ringing" \| "answered" \| "ended", "reason": …}` | the call is known and the token is its secret (`reason` only when ended) |
-//! | 401 with `WWW-Authenticate: Bearer` | no `Authorization: Bearer <token>` header |
-//! | 404 `{"error": "not found"}` | an unknown or forgotten call, a wrong token (the same answer, so call ids cannot be probed), any other path |
-//! | 405 with `Allow: GET` | another method on a call's path |
-//!
-//! Every answer is JSON with `Cache-Control: no-store`. Plain HTTP/1.1: TLS is the job of
-//! the operator's reverse proxy in front of it. The token is never logged. Requests are
-//! logged at debug level. Headers must arrive within [`HEADER_READ_TIMEOUT`] and fit in
-//! [`MAX_HEADER_BYTES`]; at most [`MAX_CONNECTIONS`] connections are served at once.
+//! Every answer is JSON with `Cache-Control: no-store`, and every error is
+//! `{"error": "…"}` (with `"field"` when a request's field is at fault). Plain
+//! HTTP/1.1: TLS is the job of the operator's reverse proxy in front of it. Bearer
+//! tokens are never logged. Requests are logged at debug level. Headers must arrive
+//! within [`HEADER_READ_TIMEOUT`] and fit in [`MAX_HEADER_BYTES`]; at most
+//! [`MAX_CONNECTIONS`] connections are served at once.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
+use hyper::body::Body;
 use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use crate::devices::service::Devices;
 use crate::status::SharedBoard;
 
+pub mod devices;
+pub mod health;
+pub mod status;
 pub mod tokens;
 
-/// The path prefix of a call's status.
-pub const CALLS_PATH: &str = "/v1/calls/";
+pub use status::CALLS_PATH;
+
 /// How long a client may take to send a request's headers (also how long an idle
 /// kept-alive connection stays open).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -45,21 +49,41 @@ pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 pub const MAX_CONNECTIONS: usize = 256;
 /// How long a shutdown waits for requests under way.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-/// The longest call id looked up (pushwake's are 36-character UUIDs).
-const MAX_CALL_ID_LEN: usize = 64;
+
+/// What the listener serves.
+#[derive(Clone, Debug)]
+pub struct Service {
+    /// The calls' statuses.
+    pub board: SharedBoard,
+    /// The registered devices and their store (the device API and `/healthz`); `None`
+    /// serves only the call status endpoint.
+    pub devices: Option<Devices>,
+    /// The device API's tokens; `None` turns the device API off.
+    pub api_tokens: Option<tokens::ApiTokens>,
+}
+
+impl Service {
+    /// Only the call status endpoint, from `board`.
+    pub fn status_only(board: SharedBoard) -> Self {
+        Self {
+            board,
+            devices: None,
+            api_tokens: None,
+        }
+    }
+}
 
 /// The bound listener, not serving yet.
 #[derive(Debug)]
-pub struct StatusListener {
+pub struct Listener {
     listener: TcpListener,
-    board: SharedBoard,
 }
 
-impl StatusListener {
+impl Listener {
     /// Binds `addr`. Fails like [`TcpListener::bind`] (address in use, not permitted, …).
-    pub async fn bind(addr: SocketAddr, board: SharedBoard) -> std::io::Result<Self> {
+    pub async fn bind(addr: SocketAddr) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
-        Ok(Self { listener, board })
+        Ok(Self { listener })
     }
 
     /// The address it is bound to (with the actual port when bound to port 0).
@@ -67,10 +91,11 @@ impl StatusListener {
         self.listener.local_addr()
     }
 
-    /// Serves requests until `shutdown` completes; then stops accepting, lets requests
+    /// Serves `service` until `shutdown` completes; then stops accepting, lets requests
     /// under way finish (closing idle connections) for at most a few seconds, and
     /// returns.
-    pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+    pub async fn serve(self, service: Service, shutdown: impl Future<Output = ()>) {
+        let service = Arc::new(service);
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT)
@@ -87,24 +112,24 @@ impl StatusListener {
                 Ok(accepted) => accepted,
                 Err(error) => {
                     // Out of file descriptors, usually: wait instead of spinning.
-                    tracing::warn!(%error, "call status endpoint: cannot accept a connection");
+                    tracing::warn!(%error, "http: cannot accept a connection");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             };
             let Ok(slot) = slots.clone().try_acquire_owned() else {
-                tracing::warn!(%peer, "call status endpoint: too many connections; closing this one");
+                tracing::warn!(%peer, "http: too many connections; closing this one");
                 continue;
             };
-            let board = self.board.clone();
-            let service = hyper::service::service_fn(move |request| {
-                let response = answer(&board, tokio::time::Instant::now().into_std(), &request);
-                async move { Ok::<_, Infallible>(response) }
+            let service = service.clone();
+            let handler = hyper::service::service_fn(move |request| {
+                let service = service.clone();
+                async move { Ok::<_, Infallible>(handle(&service, request).await) }
             });
-            let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+            let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), handler));
             tokio::spawn(async move {
                 if let Err(error) = connection.await {
-                    tracing::debug!(%peer, %error, "call status endpoint: connection ended");
+                    tracing::debug!(%peer, %error, "http: connection ended");
                 }
                 drop(slot);
             });
@@ -113,74 +138,38 @@ impl StatusListener {
         tokio::select! {
             () = graceful.shutdown() => {}
             () = tokio::time::sleep(SHUTDOWN_GRACE) => {
-                tracing::debug!("call status endpoint: requests still open at shutdown");
+                tracing::debug!("http: requests still open at shutdown");
             }
         }
-        tracing::debug!("call status endpoint stopped");
+        tracing::debug!("http listener stopped");
     }
 }
 
-/// The answer to one request, given the board and the time.
-pub fn answer<B>(board: &SharedBoard, now: Instant, request: &Request<B>) -> Response<Full<Bytes>> {
-    let path = request.uri().path();
-    let response = route(board, now, request.method(), path, request.headers());
-    // The path holds the call id (not a secret); the Authorization header is never logged.
-    tracing::debug!(method = %request.method(), path, status = response.status().as_u16(), "call status request");
+/// The answer to one request.
+pub async fn handle<B>(service: &Service, request: Request<B>) -> Response<Full<Bytes>>
+where
+    B: Body,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = if path.starts_with(CALLS_PATH) {
+        status::answer(
+            &service.board,
+            tokio::time::Instant::now().into_std(),
+            &request,
+        )
+    } else if path == health::PATH {
+        health::answer(service, &method).await
+    } else if path.starts_with(devices::PATH) {
+        devices::answer(service, request).await
+    } else {
+        not_found()
+    };
+    // Paths hold call ids, extensions and device ids (not secrets); the Authorization
+    // header is never logged.
+    tracing::debug!(%method, path, status = response.status().as_u16(), "http request");
     response
-}
-
-fn route(
-    board: &SharedBoard,
-    now: Instant,
-    method: &Method,
-    path: &str,
-    headers: &hyper::HeaderMap,
-) -> Response<Full<Bytes>> {
-    let Some(call) = path.strip_prefix(CALLS_PATH).filter(|id| valid_call_id(id)) else {
-        return not_found();
-    };
-    if method != Method::GET {
-        let mut response = reply(
-            StatusCode::METHOD_NOT_ALLOWED,
-            json!({ "error": "method not allowed: use GET" }),
-        );
-        response
-            .headers_mut()
-            .insert(ALLOW, HeaderValue::from_static("GET"));
-        return response;
-    }
-    let Some(token) = bearer(headers) else {
-        let mut response = reply(
-            StatusCode::UNAUTHORIZED,
-            json!({ "error": "send the push's status_token as Authorization: Bearer <status_token>" }),
-        );
-        response.headers_mut().insert(
-            hyper::header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"pushwake\""),
-        );
-        return response;
-    };
-    let status = board
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .lookup(now, call, token);
-    match status {
-        Some(status) => {
-            let mut body = json!({ "call_id": call, "status": status.as_str() });
-            if let Some(reason) = status.reason() {
-                body["reason"] = json!(reason.as_str());
-            }
-            reply(StatusCode::OK, body)
-        }
-        None => not_found(),
-    }
-}
-
-/// Call ids are UUIDs; anything that could not be one is not looked up.
-fn valid_call_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= MAX_CALL_ID_LEN
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 /// The token of an `Authorization: Bearer <token>` header (the scheme in any case).
@@ -198,8 +187,39 @@ fn bearer(headers: &hyper::HeaderMap) -> Option<&str> {
     .then_some(token)
 }
 
+/// 401 with a `WWW-Authenticate: Bearer` challenge and `message`.
+fn unauthorized(message: &str) -> Response<Full<Bytes>> {
+    let mut response = reply(StatusCode::UNAUTHORIZED, json!({ "error": message }));
+    response.headers_mut().insert(
+        hyper::header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"pushwake\""),
+    );
+    response
+}
+
+/// 405 naming the methods the path takes.
+fn method_not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
+    let mut response = reply(
+        StatusCode::METHOD_NOT_ALLOWED,
+        json!({ "error": format!("method not allowed: use {allow}") }),
+    );
+    response
+        .headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
+    response
+}
+
 fn not_found() -> Response<Full<Bytes>> {
     reply(StatusCode::NOT_FOUND, json!({ "error": "not found" }))
+}
+
+/// An error answer: `{"error": message}`, with `"field"` when a field is at fault.
+fn error(status: StatusCode, field: Option<&str>, message: &str) -> Response<Full<Bytes>> {
+    let mut body = json!({ "error": message });
+    if let Some(field) = field {
+        body["field"] = json!(field);
+    }
+    reply(status, body)
 }
 
 fn reply(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
@@ -209,116 +229,4 @@ fn reply(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::push::EndReason;
-    use crate::status::{StatusBoard, StatusSecret, StatusUpdate};
-    use pushwake_core::pbx::CallId;
-
-    const CALL: &str = "5d7d1c1e-0000-4000-8000-000000000001";
-
-    fn request(method: Method, path: &str, authorization: Option<&str>) -> Request<()> {
-        let mut builder = Request::builder().method(method).uri(path);
-        if let Some(value) = authorization {
-            builder = builder.header(AUTHORIZATION, value);
-        }
-        builder.body(()).unwrap()
-    }
-
-    fn body(response: &Response<Full<Bytes>>) -> serde_json::Value {
-        use http_body_util::BodyExt;
-        let bytes = futures_util::FutureExt::now_or_never(response.body().clone().collect())
-            .unwrap()
-            .unwrap()
-            .to_bytes();
-        serde_json::from_slice(&bytes).unwrap()
-    }
-
-    fn board_with_call() -> (SharedBoard, StatusSecret) {
-        let board = StatusBoard::shared();
-        let secret = crate::status::fresh_secret();
-        board.lock().unwrap().apply(
-            Instant::now(),
-            &CallId(CALL.into()),
-            StatusUpdate::Ringing {
-                extension: "101".into(),
-                secret: secret.clone(),
-            },
-        );
-        (board, secret)
-    }
-
-    #[test]
-    fn answers_by_status_path_method_and_token() {
-        let (board, secret) = board_with_call();
-        let path = format!("{CALLS_PATH}{CALL}");
-        let good = format!("Bearer {}", secret.expose());
-        let now = Instant::now();
-
-        let ok = answer(&board, now, &request(Method::GET, &path, Some(&good)));
-        assert_eq!(ok.status(), StatusCode::OK);
-        assert_eq!(ok.headers()[CACHE_CONTROL], "no-store");
-        assert_eq!(ok.headers()[CONTENT_TYPE], "application/json");
-        assert_eq!(body(&ok), json!({"call_id": CALL, "status": "ringing"}));
-        // The scheme in any case, as RFC 7235 allows.
-        let lower = format!("bearer {}", secret.expose());
-        let ok = answer(&board, now, &request(Method::GET, &path, Some(&lower)));
-        assert_eq!(ok.status(), StatusCode::OK);
-
-        for auth in [
-            None,
-            Some("Basic abc"),
-            Some("Bearer"),
-            Some("Bearer "),
-            Some(secret.expose()),
-        ] {
-            let r = answer(&board, now, &request(Method::GET, &path, auth));
-            assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{auth:?}");
-            assert_eq!(
-                r.headers()[hyper::header::WWW_AUTHENTICATE],
-                "Bearer realm=\"pushwake\""
-            );
-            assert!(body(&r)["error"].is_string());
-        }
-        let wrong = format!("Bearer {}", crate::status::fresh_secret().expose());
-        let unknown = format!("{CALLS_PATH}5d7d1c1e-0000-4000-8000-000000000002");
-        let a = answer(&board, now, &request(Method::GET, &path, Some(&wrong)));
-        let b = answer(&board, now, &request(Method::GET, &unknown, Some(&good)));
-        for r in [&a, &b] {
-            assert_eq!(r.status(), StatusCode::NOT_FOUND);
-            assert_eq!(body(r), json!({"error": "not found"}));
-        }
-        for other in [
-            "/",
-            "/v1/calls/",
-            "/v1/calls",
-            "/v1/calls/a/b",
-            "/v1/other/x",
-        ] {
-            let r = answer(&board, now, &request(Method::GET, other, Some(&good)));
-            assert_eq!(r.status(), StatusCode::NOT_FOUND, "{other}");
-        }
-        for method in [Method::POST, Method::DELETE, Method::HEAD, Method::PUT] {
-            let r = answer(&board, now, &request(method.clone(), &path, Some(&good)));
-            assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED, "{method}");
-            assert_eq!(r.headers()[ALLOW], "GET");
-        }
-
-        board.lock().unwrap().apply(
-            now,
-            &CallId(CALL.into()),
-            StatusUpdate::Ended(EndReason::Timeout),
-        );
-        let ended = answer(&board, now, &request(Method::GET, &path, Some(&good)));
-        assert_eq!(
-            body(&ended),
-            json!({"call_id": CALL, "status": "ended", "reason": "timeout"})
-        );
-        let forgotten = now + crate::status::RETENTION;
-        let r = answer(&board, forgotten, &request(Method::GET, &path, Some(&good)));
-        assert_eq!(r.status(), StatusCode::NOT_FOUND);
-    }
 }

@@ -182,6 +182,7 @@ pub struct ConfigBuilder {
     webpush: Option<(String, String)>,
     http: Option<(String, String)>,
     store: Option<String>,
+    api_tokens: Option<String>,
     extensions: Vec<TestExtension>,
 }
 
@@ -197,6 +198,7 @@ impl ConfigBuilder {
             webpush: None,
             http: None,
             store: None,
+            api_tokens: None,
             extensions: Vec::new(),
         }
     }
@@ -206,6 +208,13 @@ impl ConfigBuilder {
     /// (a directory only its owner may read, as the store requires).
     pub fn store(mut self, url: &str) -> Self {
         self.store = Some(url.to_owned());
+        self
+    }
+
+    /// `[http] api_tokens_file`: a file beside the config holding `lines` (tokens and
+    /// their scopes), mode 0600. Needs [`ConfigBuilder::http`].
+    pub fn api_tokens(mut self, lines: &str) -> Self {
+        self.api_tokens = Some(lines.to_owned());
         self
     }
 
@@ -323,6 +332,10 @@ impl ConfigBuilder {
             text.push_str("\n[http]\n");
             key_value(&mut text, "listen", listen);
             key_value(&mut text, "public_url", public_url);
+            if let Some(lines) = &self.api_tokens {
+                let file = write_secret(&dir.join("api-tokens"), lines)?;
+                key_value(&mut text, "api_tokens_file", &file);
+            }
         }
         let store = match &self.store {
             Some(url) => url.clone(),
