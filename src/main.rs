@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use tokio::sync::mpsc;
 
 use pushwake::config::{self, Config};
+use pushwake::devices::command;
 use pushwake::devices::service::Devices;
 use pushwake::devices::Registry;
 use pushwake::driver::{Control, Driver};
@@ -15,6 +16,7 @@ use pushwake::http::{Listener, Service};
 use pushwake::pbx::PbxConfig;
 use pushwake::push::{PushService, PROVIDERS};
 use pushwake::status::StatusBoard;
+use pushwake::store::DeviceStore;
 use pushwake_asterisk::AsteriskPbx;
 use pushwake_core::pbx::{CallControl, PbxEvent};
 use pushwake_core::wake::EngineSettings;
@@ -57,11 +59,62 @@ enum Command {
         #[arg(long, short, default_value = "/etc/pushwake/pushwake.toml")]
         config: PathBuf,
     },
+    /// List, add or remove the devices in the device store (0: done, 1: refused or the
+    /// store failed, 2: a configuration error). A running daemon sees the change.
+    Devices {
+        #[command(subcommand)]
+        action: DevicesAction,
+        /// The configuration file (its `[store]` names the store).
+        #[arg(
+            long,
+            short,
+            global = true,
+            default_value = "/etc/pushwake/pushwake.toml"
+        )]
+        config: PathBuf,
+    },
     /// Check the configuration file and exit (0: fine, 2: an error, printed on one line).
     CheckConfig {
         /// The configuration file.
         #[arg(long, short, default_value = "/etc/pushwake/pushwake.toml")]
         config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum DevicesAction {
+    /// Print the devices (tokens as fingerprints), one per line.
+    List {
+        /// Only this extension's.
+        #[arg(long)]
+        extension: Option<String>,
+    },
+    /// Add a device, or replace the one with this id.
+    Add {
+        /// The extension it belongs to.
+        #[arg(long)]
+        extension: String,
+        /// The device's id within the extension (letters, digits and . _ + @ -).
+        device_id: String,
+        /// apns, fcm, hms, webhook or webpush.
+        #[arg(long)]
+        platform: String,
+        /// The push token; `-` reads it from standard input (so it stays out of the
+        /// shell's history and the process list).
+        #[arg(long)]
+        token: String,
+        /// A device setting of the platform, e.g. `topic=com.example.app.voip` or
+        /// `environment=sandbox`; repeat for more.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        settings: Vec<String>,
+    },
+    /// Remove a device.
+    Remove {
+        /// The extension it belongs to.
+        #[arg(long)]
+        extension: String,
+        /// The device's id.
+        device_id: String,
     },
 }
 
@@ -116,6 +169,7 @@ fn main() -> ExitCode {
             };
             runtime.block_on(test_push(&config, &loaded, &extension, device))
         }
+        Command::Devices { action, config } => devices(&config, action),
         Command::Run { config } => {
             let loaded = match config::load(&config) {
                 Ok(loaded) => loaded,
@@ -289,6 +343,98 @@ async fn drive<P: CallControl>(
         driver = driver.with_status_board(board);
     }
     driver.with_registry(registry).run(events, control).await
+}
+
+/// `pushwake devices …`.
+fn devices(path: &Path, action: DevicesAction) -> ExitCode {
+    let loaded = match config::load(path) {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            eprintln!("pushwake: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("pushwake: cannot start the runtime: {error}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    runtime.block_on(async {
+        let store = match DeviceStore::open(&loaded.store.store).await {
+            Ok(store) => store,
+            Err(error) => {
+                eprintln!(
+                    "pushwake: {}: store.url: {}: {error}",
+                    path.display(),
+                    loaded.store.store.describe()
+                );
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        };
+        let done = match action {
+            DevicesAction::List { extension } => command::list(&store, extension.as_deref()).await,
+            DevicesAction::Add {
+                extension,
+                device_id,
+                platform,
+                token,
+                settings,
+            } => {
+                let token = if token == "-" {
+                    let mut text = String::new();
+                    if let Err(error) = std::io::stdin().read_line(&mut text) {
+                        eprintln!("pushwake: cannot read the token from standard input: {error}");
+                        return ExitCode::from(EXIT_RUNTIME);
+                    }
+                    text.trim().to_owned()
+                } else {
+                    token
+                };
+                let mut fields = vec![
+                    ("platform".to_owned(), platform),
+                    ("token".to_owned(), token),
+                ];
+                for setting in settings {
+                    match setting.split_once('=') {
+                        Some((key, value)) => {
+                            fields.push((key.trim().to_owned(), value.to_owned()))
+                        }
+                        None => {
+                            eprintln!("pushwake: --set {setting}: give KEY=VALUE");
+                            return ExitCode::from(EXIT_RUNTIME);
+                        }
+                    }
+                }
+                command::add(&store, &loaded.providers, &extension, &device_id, &fields).await
+            }
+            DevicesAction::Remove {
+                extension,
+                device_id,
+            } => command::remove(&store, &extension, &device_id).await,
+        };
+        match done {
+            Ok(text) => {
+                print!(
+                    "{}",
+                    if text.ends_with('\n') {
+                        text
+                    } else {
+                        text + "\n"
+                    }
+                );
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("pushwake: {error}");
+                ExitCode::from(EXIT_RUNTIME)
+            }
+        }
+    })
 }
 
 async fn test_push(

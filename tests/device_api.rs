@@ -3,7 +3,6 @@
 //! a PostgreSQL server started by the test), the providers of a real configuration.
 
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -18,69 +17,13 @@ use pushwake_testkit::webpush::WebPushServer;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-/// A token for every extension, one for the `2*` tenant, one for 101 and 102.
-const ADMIN: &str = "admin-0123456789abcdef0123456789abcdef";
-const TENANT: &str = "tenant-0123456789abcdef0123456789abcdef";
-const DESK: &str = "desk-0123456789abcdef0123456789abcdef01";
+use pushwake_testkit::config::{
+    standalone, API_ADMIN as ADMIN, API_DESK as DESK, API_TENANT as TENANT,
+};
 
-fn private(dir: &Path, name: &str, contents: &str) -> String {
-    let path = dir.join(name);
-    std::fs::write(&path, contents).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    path.display().to_string()
-}
-
-/// A configuration with apns (with an alert topic), fcm, webhook and webpush, the
-/// device API's tokens, and the store at `store_url` (a SQLite file in `dir` if `None`).
 fn config(dir: &Path, store_url: Option<&str>) -> Config {
-    let apns_key = private(
-        dir,
-        "apns.p8",
-        &pushwake_testkit::keys::EcKey::generate().private_pem,
-    );
-    let account = dir.join("fcm.json");
-    pushwake_testkit::keys::RsaKey::shared()
-        .write_service_account(
-            &account,
-            "pushwake-test",
-            "pw@pushwake-test.iam.gserviceaccount.com",
-            "https://oauth2.googleapis.com/token",
-        )
-        .unwrap();
-    std::fs::set_permissions(&account, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let webhook = private(dir, "webhook.secret", &"ab".repeat(16));
-    let vapid = private(
-        dir,
-        "vapid.pem",
-        &pushwake_testkit::keys::EcKey::generate().private_pem,
-    );
-    let tokens = private(
-        dir,
-        "api-tokens",
-        &format!("{ADMIN}\n{TENANT} 2*\n{DESK} 101 102 # the front desk\n"),
-    );
-    let store = match store_url {
-        Some(url) => url.to_owned(),
-        None => {
-            let state = dir.join("state");
-            std::fs::create_dir(&state).unwrap();
-            std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
-            format!("sqlite:{}", state.join("devices.db").display())
-        }
-    };
-    let text = format!(
-        "[asterisk]\nurl = \"http://127.0.0.1:9\"\nusername = \"pushwake\"\npassword = \"pw\"\n\n\
-         [apns]\nteam_id = \"TEAM123456\"\nkey_id = \"KEY1234567\"\nkey_file = \"{apns_key}\"\n\
-         topic = \"com.example.phone.voip\"\nalert_topic = \"com.example.phone\"\n\n\
-         [fcm]\nservice_account_file = \"{}\"\n\n\
-         [webhook]\nurl = \"https://push.example.com/events\"\nsecret_file = \"{webhook}\"\n\n\
-         [webpush]\nvapid_key_file = \"{vapid}\"\nsubject = \"mailto:ops@example.com\"\n\n\
-         [http]\nlisten = \"127.0.0.1:0\"\npublic_url = \"https://pbx.example.com\"\napi_tokens_file = \"{tokens}\"\n\n\
-         [store]\nurl = \"{store}\"\n",
-        account.display()
-    );
-    let path = private(dir, "pushwake.toml", &text);
-    pushwake::config::load(Path::new(&path)).unwrap_or_else(|e| panic!("{e}"))
+    let path = standalone(dir, "127.0.0.1:0", store_url).unwrap();
+    pushwake::config::load(&path).unwrap_or_else(|e| panic!("{e}"))
 }
 
 struct Api {
@@ -760,4 +703,59 @@ async fn with_postgres_down_writes_answer_503_and_calls_use_the_cache() {
         .await
         .unwrap();
     assert_eq!(stored.len(), 2);
+}
+
+/// A token a phone registered itself (RFC 8599) and the backend then registers through
+/// the API: one device, the backend's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_takes_over_a_token_the_phone_registered_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), None);
+    let api = start(&config, true).await;
+    let contact = format!(
+        "sip:101@10.0.0.9:5070;pn-provider=apns;pn-prid={};pn-param=TEAM123456.com.example.phone.voip",
+        apns_token(5)
+    );
+    let learned = match api.devices.registry().learn("101", &contact, 1_796_000_000) {
+        pushwake::devices::Learned::New(device) => device,
+        other => panic!("{other:?}"),
+    };
+    let store = DeviceStore::open(&config.store.store).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store
+        .get("101", &learned.device_id)
+        .await
+        .unwrap()
+        .is_none()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the learned device never reached the store"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let answer = api
+        .put(
+            ADMIN,
+            "/v1/extensions/101/devices/iphone",
+            &json!({"platform": "apns", "token": apns_token(5)}),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.text);
+    let listed = api.get(ADMIN, "/v1/extensions/101/devices").await;
+    let ids: Vec<&str> = listed.body["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["device_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["iphone"]);
+    let stored = store.load_all().await.unwrap();
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert!(!stored[0].learned);
+    // The phone registering again changes nothing: the token is the backend's now.
+    assert_eq!(
+        api.devices.registry().learn("101", &contact, 1_796_000_100),
+        pushwake::devices::Learned::Known
+    );
 }

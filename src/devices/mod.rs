@@ -48,6 +48,44 @@ pub fn learned_id(platform: &str, token: &str) -> String {
     format!("learned-{platform}-{hex}")
 }
 
+/// What [`register`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Registered {
+    /// A device with this id was there before (and is replaced).
+    pub replaced: bool,
+    /// The id of the device learned from a REGISTER with the same token, deleted in
+    /// favour of this one (the app's backend now owns that token).
+    pub replaced_learned: Option<String>,
+}
+
+/// Writes `device` (from the device API or the command line) to `store`, committed
+/// when this returns `Ok`: it replaces the device with its id, and the device learned
+/// from a REGISTER with the same token (whose id [`learned_id`] gives). Another
+/// registered device of the extension with the same token is a
+/// [`StoreError::Conflict`](crate::store::StoreError::Conflict).
+pub async fn register(
+    store: &crate::store::DeviceStore,
+    device: &StoredDevice,
+) -> Result<Registered, crate::store::StoreError> {
+    let twin = learned_id(&device.platform, &device.token);
+    let replaced_learned = match store.get(&device.extension, &twin).await? {
+        Some(learned) if learned.learned && learned.token == device.token => {
+            store.delete(&device.extension, &twin).await?;
+            Some(twin)
+        }
+        _ => None,
+    };
+    let replaced = store
+        .get(&device.extension, &device.device_id)
+        .await?
+        .is_some();
+    store.put(device).await?;
+    Ok(Registered {
+        replaced,
+        replaced_learned,
+    })
+}
+
 /// A learned device registering again with nothing new is written to the store again
 /// (its `updated_at`, which `learned_ttl` counts from) at most this often.
 pub const REFRESH_WRITE_INTERVAL: i64 = 3600;
@@ -356,6 +394,8 @@ impl DeviceSource for Registry {
     }
 }
 
+pub mod command;
+pub mod fields;
 pub mod section;
 pub mod service;
 

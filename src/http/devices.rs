@@ -35,8 +35,6 @@
 //! store cannot be reached: `Retry-After` says when to try again; calls still use the
 //! devices in memory).
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -44,14 +42,13 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Body;
 use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
-use pushwake_core::config::Spanned;
 use pushwake_core::directory::DeviceToken;
 use serde_json::{json, Map, Value};
 
 use super::tokens::Caller;
 use super::{bearer, error, method_not_allowed, not_found, reply, unauthorized, Service};
-use crate::devices::{StoredDevice, ALLOW_CALL_PUSH};
-use crate::push::provider::{provider, DeviceKeys, ProviderSettings};
+use crate::devices::fields::{device_from_fields, valid_id, FieldError, MAX_ID_LEN};
+use crate::devices::StoredDevice;
 use crate::push::unix_now_secs;
 use crate::store::StoreError;
 
@@ -59,35 +56,10 @@ use crate::store::StoreError;
 pub const PATH: &str = "/v1/extensions/";
 /// The largest request body taken (a Web Push subscription is well under 1 KiB).
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
-/// The longest extension or device id taken, in bytes.
-pub const MAX_ID_LEN: usize = 128;
 /// How long a client may take to send a request's body.
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// The prefix of the ids pushwake gives devices it learned from a REGISTER; the API
-/// cannot create one (it can delete one).
-const LEARNED_PREFIX: &str = "learned-";
 /// What a client is told to wait before writing again while the store is down.
 const RETRY_AFTER_SECS: &str = "5";
-
-/// PortSIP's `X-Push` fields.
-const DEVICE_OS: &str = "device-os";
-const DEVICE_UID: &str = "device-uid";
-const APP_ID: &str = "app-id";
-const ALLOW_MESSAGE_PUSH: &str = "allow-message-push";
-/// The fields every device may have besides the platform's own keys.
-const COMMON_FIELDS: [&str; 8] = [
-    "platform",
-    "token",
-    "subscription",
-    DEVICE_OS,
-    DEVICE_UID,
-    APP_ID,
-    ALLOW_CALL_PUSH,
-    ALLOW_MESSAGE_PUSH,
-];
-/// The apns device keys PortSIP's fields fill in.
-const TOPIC: &str = "topic";
-const ALERT_TOKEN: &str = "alert_token";
 
 /// A refused request: its status, the field at fault, and why.
 #[derive(Debug, PartialEq, Eq)]
@@ -100,15 +72,17 @@ pub struct Refusal {
     pub message: String,
 }
 
-impl Refusal {
-    fn field(field: &str, message: impl Into<String>) -> Self {
+impl From<FieldError> for Refusal {
+    fn from(error: FieldError) -> Self {
         Self {
             status: StatusCode::UNPROCESSABLE_ENTITY,
-            field: Some(field.to_owned()),
-            message: message.into(),
+            field: Some(error.field),
+            message: error.message,
         }
     }
+}
 
+impl Refusal {
     fn into_response(self) -> Response<Full<Bytes>> {
         error(self.status, self.field.as_deref(), &self.message)
     }
@@ -191,7 +165,7 @@ where
                 Ok(body) => body,
                 Err(refusal) => return refusal.into_response(),
             };
-            let device = match device_from_body(
+            let device = match device_from_fields(
                 registry.providers(),
                 extension,
                 device_id,
@@ -199,7 +173,7 @@ where
                 unix_now_secs(),
             ) {
                 Ok(device) => device,
-                Err(refusal) => return refusal.into_response(),
+                Err(refused) => return Refusal::from(refused).into_response(),
             };
             put(devices, device, line).await
         }
@@ -216,16 +190,6 @@ fn parse_path(path: &str) -> Option<(&str, Option<&str>)> {
     }
     let device_id = rest.strip_prefix('/')?;
     (!device_id.contains('/')).then_some((extension, Some(device_id)))
-}
-
-/// Extensions and device ids: 1 to [`MAX_ID_LEN`] of letters, digits and `._+@-`
-/// (nothing that needs quoting in a log, a path or a scope pattern).
-fn valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= MAX_ID_LEN
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._+@-".contains(&b))
 }
 
 /// The body, which must be a JSON object of at most [`MAX_BODY_BYTES`].
@@ -300,190 +264,6 @@ where
     }
 }
 
-/// A string field, if present.
-fn string<'a>(body: &'a Map<String, Value>, field: &str) -> Result<Option<&'a str>, Refusal> {
-    match body.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(text)) => Ok(Some(text)),
-        Some(_) => Err(Refusal::field(field, format!("{field} must be a string"))),
-    }
-}
-
-/// A boolean field (`true`, or PortSIP's `"true"`), if present.
-fn boolean(body: &Map<String, Value>, field: &str) -> Result<Option<bool>, Refusal> {
-    match body.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(Value::String(text)) => match text.trim().to_ascii_lowercase().as_str() {
-            "true" | "yes" | "1" => Ok(Some(true)),
-            "false" | "no" | "0" => Ok(Some(false)),
-            _ => Err(Refusal::field(
-                field,
-                format!("{field} must be true or false"),
-            )),
-        },
-        Some(_) => Err(Refusal::field(
-            field,
-            format!("{field} must be true or false"),
-        )),
-    }
-}
-
-/// The device a `PUT` body describes, checked by its provider as a configured device
-/// is (a [`Refusal`] names the field at fault, never quoting a token).
-pub fn device_from_body(
-    providers: &[Arc<dyn ProviderSettings>],
-    extension: &str,
-    device_id: &str,
-    body: &Map<String, Value>,
-    now: i64,
-) -> Result<StoredDevice, Refusal> {
-    if device_id.starts_with(LEARNED_PREFIX) {
-        return Err(Refusal::field(
-            "device_id",
-            format!("ids starting with `{LEARNED_PREFIX}` are those of devices pushwake learned from a REGISTER; choose another"),
-        ));
-    }
-    let device_os = string(body, DEVICE_OS)?.map(|os| os.trim().to_ascii_lowercase());
-    let platform_name = match (string(body, "platform")?, device_os.as_deref()) {
-        (Some(platform), _) => platform.trim().to_owned(),
-        (None, Some("ios")) => "apns".to_owned(),
-        (None, Some("android")) => "fcm".to_owned(),
-        (None, Some(_)) => {
-            return Err(Refusal::field(
-                DEVICE_OS,
-                "device-os must be ios or android (or give platform)",
-            ))
-        }
-        (None, None) => return Err(Refusal::field("platform", "platform is missing")),
-    };
-    let Some(kind) = provider(&platform_name) else {
-        return Err(Refusal::field(
-            "platform",
-            format!(
-                "`{platform_name}` is not a platform pushwake pushes through (apns, fcm, hms, webhook, webpush)"
-            ),
-        ));
-    };
-    let Some(settings) = providers.iter().find(|p| p.platform() == kind.platform()) else {
-        return Err(Refusal::field(
-            "platform",
-            format!("{platform_name} devices need a [{platform_name}] section in pushwake.toml"),
-        ));
-    };
-    let own_keys = kind.device_keys();
-    if let Some(unknown) = body
-        .keys()
-        .find(|k| !COMMON_FIELDS.contains(&k.as_str()) && !own_keys.contains(&k.as_str()))
-    {
-        let mut known: BTreeSet<&str> = COMMON_FIELDS.into_iter().collect();
-        known.extend(own_keys);
-        return Err(Refusal::field(
-            unknown,
-            format!(
-                "unknown field for {} {platform_name} device; the fields are {}",
-                kind.article(),
-                known.into_iter().collect::<Vec<_>>().join(", ")
-            ),
-        ));
-    }
-
-    // The token, and where it came from (for errors).
-    let uid = string(body, DEVICE_UID)?;
-    let (token, token_field, second_token) =
-        match (string(body, "token")?, body.get("subscription"), uid) {
-            (Some(token), None, _) => (token.to_owned(), "token", None),
-            (None, Some(subscription @ Value::Object(_)), None) => {
-                (subscription.to_string(), "subscription", None)
-            }
-            (None, Some(_), None) => {
-                return Err(Refusal::field(
-                    "subscription",
-                    "subscription must be the browser's PushSubscription object",
-                ))
-            }
-            (None, None, Some(uid)) => match uid.split_once('|') {
-                // PortSIP on iOS: the VoIP token, then the APNs (alert) token.
-                Some((voip, remote)) => (voip.to_owned(), DEVICE_UID, Some(remote.to_owned())),
-                None => (uid.to_owned(), DEVICE_UID, None),
-            },
-            (None, None, None) => return Err(Refusal::field("token", "token is missing")),
-            _ => {
-                return Err(Refusal::field(
-                    "token",
-                    "give one of token, subscription or device-uid",
-                ))
-            }
-        };
-
-    // The provider's own keys, each at a span of its own so that a problem found by
-    // the provider's check names its field.
-    let mut fields: Vec<String> = vec![token_field.to_owned()];
-    let mut keys = DeviceKeys::new();
-    for key in own_keys {
-        if let Some(value) = string(body, key)? {
-            fields.push((*key).to_owned());
-            keys.insert(
-                (*key).to_owned(),
-                Spanned::new(fields.len() - 1..fields.len(), value.to_owned()),
-            );
-        }
-    }
-    if own_keys.contains(&TOPIC) && !keys.contains_key(TOPIC) {
-        if let Some(app) = string(body, APP_ID)? {
-            fields.push(APP_ID.to_owned());
-            keys.insert(
-                TOPIC.to_owned(),
-                Spanned::new(
-                    fields.len() - 1..fields.len(),
-                    format!("{}.voip", app.trim()),
-                ),
-            );
-        }
-    }
-    let checked = |keys: &DeviceKeys| {
-        settings
-            .device(&Spanned::new(0..1, token.clone()), keys)
-            .map_err(|(span, message)| {
-                let field = fields.get(span.start).map_or(token_field, String::as_str);
-                Refusal::field(field, message)
-            })
-    };
-    let (token, mut params) = match second_token {
-        Some(remote) if own_keys.contains(&ALERT_TOKEN) && !keys.contains_key(ALERT_TOKEN) => {
-            let mut with_alert = keys.clone();
-            with_alert.insert(
-                ALERT_TOKEN.to_owned(),
-                Spanned::new(0..1, remote.trim().to_owned()),
-            );
-            // The alert token needs an alert_topic the operator may not have set: then
-            // the device is woken without the missed-call alert.
-            checked(&with_alert).or_else(|_| checked(&keys))?
-        }
-        _ => checked(&keys)?,
-    };
-    if let Some(os) = &device_os {
-        params.set(DEVICE_OS, os.clone());
-    }
-    if let Some(app) = string(body, APP_ID)? {
-        params.set(APP_ID, app.trim());
-    }
-    for key in [ALLOW_CALL_PUSH, ALLOW_MESSAGE_PUSH] {
-        if let Some(allowed) = boolean(body, key)? {
-            params.set(key, if allowed { "true" } else { "false" });
-        }
-    }
-    Ok(StoredDevice {
-        extension: extension.to_owned(),
-        device_id: device_id.to_owned(),
-        platform: kind.platform().as_str().to_owned(),
-        token,
-        params,
-        learned: false,
-        updated_at: now,
-    })
-}
-
 /// A device as the API shows it: its token and secret settings as fingerprints.
 pub fn view(device: &StoredDevice) -> Value {
     let mut settings = Map::new();
@@ -550,20 +330,13 @@ async fn put(
     let Some(store) = devices.store() else {
         return unavailable("it has not been opened yet");
     };
+    let registered = match crate::devices::register(&store, &device).await {
+        Ok(registered) => registered,
+        Err(error) => return store_failed(error),
+    };
     let registry = devices.registry();
-    let learned_twin = registry
-        .list(&device.extension)
-        .into_iter()
-        .find(|d| d.learned && d.platform == device.platform && d.token == device.token);
-    if let Some(twin) = &learned_twin {
-        if let Err(error) = store.delete(&twin.extension, &twin.device_id).await {
-            return store_failed(error);
-        }
-        registry.remove(&twin.extension, &twin.device_id);
-    }
-    let existed = registry.get(&device.extension, &device.device_id).is_some();
-    if let Err(error) = store.put(&device).await {
-        return store_failed(error);
+    if let Some(twin) = &registered.replaced_learned {
+        registry.remove(&device.extension, twin);
     }
     tracing::info!(
         extension = %device.extension,
@@ -571,13 +344,13 @@ async fn put(
         platform = %device.platform,
         token = %DeviceToken::new(device.token.as_str()),
         api_token_line = line,
-        replaced_learned = learned_twin.map(|d| d.device_id),
+        replaced_learned = registered.replaced_learned,
         "device API: device registered"
     );
     let body = view(&device);
     registry.put(device);
     reply(
-        if existed {
+        if registered.replaced {
             StatusCode::OK
         } else {
             StatusCode::CREATED

@@ -383,3 +383,57 @@ fn write_secret(path: &Path, contents: &str) -> std::io::Result<String> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(path.display().to_string())
 }
+
+/// Tokens of [`standalone`]'s `api_tokens_file`: one for every extension.
+pub const API_ADMIN: &str = "admin-0123456789abcdef0123456789abcdef";
+/// One for the `2*` tenant.
+pub const API_TENANT: &str = "tenant-0123456789abcdef0123456789abcdef";
+/// One for extensions 101 and 102.
+pub const API_DESK: &str = "desk-0123456789abcdef0123456789abcdef01";
+
+/// A configuration in `dir` for a daemon that needs no PBX (its `[asterisk]` is a port
+/// nothing answers, which pushwake keeps retrying): `[apns]` (team TEAM123456, topic
+/// com.example.phone.voip, alert topic com.example.phone), `[fcm]` (project
+/// pushwake-test), `[webhook]`, `[webpush]`, `[http]` on `listen` with the
+/// [`API_ADMIN`], [`API_TENANT`] and [`API_DESK`] tokens, and `[store]` at `store_url`
+/// (a SQLite file in `dir/state`, mode 0700, if `None`). Returns the file's path.
+pub fn standalone(dir: &Path, listen: &str, store_url: Option<&str>) -> std::io::Result<PathBuf> {
+    let apns_key = write_secret(&dir.join("apns.p8"), &EcKey::generate().private_pem)?;
+    let account = dir.join("fcm.json");
+    RsaKey::shared().write_service_account(
+        &account,
+        "pushwake-test",
+        "pw@pushwake-test.iam.gserviceaccount.com",
+        "https://oauth2.googleapis.com/token",
+    )?;
+    std::fs::set_permissions(&account, std::fs::Permissions::from_mode(0o600))?;
+    let webhook = write_secret(&dir.join("webhook.secret"), &"ab".repeat(16))?;
+    let vapid = write_secret(&dir.join("vapid.pem"), &EcKey::generate().private_pem)?;
+    let tokens = write_secret(
+        &dir.join("api-tokens"),
+        &format!("{API_ADMIN}\n{API_TENANT} 2*\n{API_DESK} 101 102 # the front desk\n"),
+    )?;
+    let store = match store_url {
+        Some(url) => url.to_owned(),
+        None => {
+            let state = dir.join("state");
+            std::fs::create_dir_all(&state)?;
+            std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700))?;
+            format!("sqlite:{}", state.join("devices.db").display())
+        }
+    };
+    let text = format!(
+        "[asterisk]\nurl = \"http://127.0.0.1:9\"\nusername = \"pushwake\"\npassword = \"pw\"\n\n\
+         [apns]\nteam_id = \"TEAM123456\"\nkey_id = \"KEY1234567\"\nkey_file = \"{apns_key}\"\n\
+         topic = \"com.example.phone.voip\"\nalert_topic = \"com.example.phone\"\n\n\
+         [fcm]\nservice_account_file = \"{}\"\n\n\
+         [webhook]\nurl = \"https://push.example.com/events\"\nsecret_file = \"{webhook}\"\n\n\
+         [webpush]\nvapid_key_file = \"{vapid}\"\nsubject = \"mailto:ops@example.com\"\n\n\
+         [http]\nlisten = \"{listen}\"\npublic_url = \"https://pbx.example.com\"\napi_tokens_file = \"{tokens}\"\n\n\
+         [store]\nurl = \"{store}\"\n",
+        account.display()
+    );
+    let path = dir.join("pushwake.toml");
+    write_secret(&path, &text)?;
+    Ok(path)
+}

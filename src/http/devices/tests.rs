@@ -1,4 +1,5 @@
 use super::*;
+use crate::devices::fields::{valid_id, MAX_ID_LEN};
 
 #[test]
 fn paths_name_an_extension_and_maybe_a_device() {
