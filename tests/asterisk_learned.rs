@@ -4,7 +4,10 @@
 //! the learned token and the re-registered phone answers. A phone that registers again
 //! from a new port rings there only. A REGISTER that fails digest authentication teaches
 //! nothing. None of these extensions is in the configuration: what the phones taught is
-//! all pushwake knows. Slots 27 to 30 (28's phone 4 must authenticate).
+//! all pushwake knows. What was learned survives a `kill -9` and a restart (the device
+//! store), and a PostgreSQL that stops mid-run: calls push from memory, and what is
+//! learned meanwhile is written once it is back. Slots 27 to 31 and 33 (28's phone 4
+//! must authenticate).
 
 use std::time::Duration;
 
@@ -217,4 +220,95 @@ async fn a_register_that_fails_digest_authentication_teaches_nothing() {
     rig.assert_clean().await;
     rig.register_with_password(4, 1, "pw-2804", 0, &generic(&real))
         .await;
+}
+
+/// Waits until the daemon has written extension `ext`'s learned device to its store.
+async fn written(rig: &Rig, ext: &str) {
+    rig.wait_log(
+        &format!("device store: device written extension={ext} "),
+        SECS(10),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn learned_devices_survive_kill_9_and_a_restart() {
+    let (first, second) = (token("survive-31-1"), token("survive-31-2"));
+    let mut rig = setup(31, &[(1, 1, &generic(&first)), (2, 1, &generic(&second))]).await;
+    let (ext1, ext2) = (rig.phone_number(1), rig.phone_number(2));
+
+    // Learned and written, then a crash; the phone goes silent while pushwake is down.
+    rig.register_contact(1, 1, 120, &generic(&first)).await;
+    learned(&rig, &first).await;
+    written(&rig, &ext1).await;
+    rig.daemon_mut().kill().await;
+    rig.register_contact(1, 1, 0, &generic(&first)).await;
+    rig.restart().await;
+
+    // Learned, then a clean stop (which waits for the store's writes).
+    rig.register_contact(2, 1, 120, &generic(&second)).await;
+    learned(&rig, &second).await;
+    let stopped = rig.daemon_mut().terminate(SECS(10)).await;
+    rig.unwrap(stopped);
+    rig.register_contact(2, 1, 0, &generic(&second)).await;
+    rig.restart().await;
+    let opened = rig.wait_log("device store opened", SECS(10)).await;
+    assert!(!opened.contains("devices=0"), "{opened}");
+
+    // Neither phone is registered: only the store knows their tokens.
+    for (ext, voip, n) in [(&ext1, &first, 1), (&ext2, &second, 2)] {
+        let mut call = rig.call(ext, CallerEnd::Cancels { after_ms: 1500 });
+        let pushes = rig.unwrap(rig.apns_server.wait_for(n, SECS(15)).await);
+        assert_eq!(&pushes[n - 1].token, voip);
+        assert_eq!(pushes[n - 1].body["extension"], ext.as_str());
+        rig.finish(&mut call, SECS(30)).await;
+    }
+    rig.assert_clean().await;
+}
+
+/// PostgreSQL stopped mid-run: a call still pushes the device learned before (from the
+/// devices in memory); a device learned while it is down reaches it once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_postgres_down_calls_push_from_memory_and_nothing_learned_is_lost() {
+    let mut server = pushwake_testkit::postgres::TestPostgres::start()
+        .unwrap_or_else(|e| panic!("cannot start PostgreSQL: {e}"));
+    let url = server.url();
+    let (before, during) = (token("pg-33-1"), token("pg-33-2"));
+    let mut rig = Rig::asterisk(33, env!("CARGO_BIN_EXE_pushwake")).await;
+    rig.register_contact(1, 1, 0, &generic(&before)).await;
+    rig.register_contact(2, 1, 0, &generic(&during)).await;
+    let config = rig.config().store(&url);
+    rig.start(config).await;
+    let (ext1, ext2) = (rig.phone_number(1), rig.phone_number(2));
+    rig.register_contact(1, 1, 120, &generic(&before)).await;
+    learned(&rig, &before).await;
+    written(&rig, &ext1).await;
+
+    server.stop().unwrap();
+    rig.register_contact(1, 1, 0, &generic(&before)).await;
+    let mut call = rig.call(&ext1, CallerEnd::Cancels { after_ms: 1500 });
+    let pushes = rig.unwrap(rig.apns_server.wait_for(1, SECS(15)).await);
+    assert_eq!(pushes[0].token, before);
+    rig.finish(&mut call, SECS(30)).await;
+
+    // Learned while the database is down: pushed from memory, written once it is back.
+    rig.register_contact(2, 1, 120, &generic(&during)).await;
+    learned(&rig, &during).await;
+    rig.wait_log("the device store is unavailable", SECS(15))
+        .await;
+    server.start_again().unwrap();
+    written(&rig, &ext2).await;
+    rig.register_contact(2, 1, 0, &generic(&during)).await;
+    let stored = pushwake::store::DeviceStore::open(&pushwake::store::StoreConfig { url })
+        .await
+        .unwrap()
+        .load_all()
+        .await
+        .unwrap();
+    let tokens: Vec<&str> = stored.iter().map(|d| d.token.as_str()).collect();
+    assert!(
+        tokens.contains(&before.as_str()) && tokens.contains(&during.as_str()),
+        "{stored:?}"
+    );
+    rig.assert_clean().await;
 }

@@ -174,6 +174,17 @@ async fn write(devices: Devices, mut queue: mpsc::UnboundedReceiver<Persist>) {
             };
             match result {
                 Ok(()) => {
+                    match &op {
+                        Persist::Put(device) => tracing::debug!(
+                            extension = %device.extension,
+                            device = %device.device_id,
+                            "device store: device written"
+                        ),
+                        Persist::DeleteToken { platform, .. } => tracing::debug!(
+                            %platform,
+                            "device store: a dead token's devices deleted"
+                        ),
+                    }
                     if std::mem::take(&mut down) {
                         tracing::info!("device store writes go through again");
                     }

@@ -19,6 +19,12 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `binary run --config <config>` and waits until it is connected to ARI.
     pub async fn start(binary: &Path, config: &Path) -> Result<Self, String> {
+        Self::start_until(binary, config, "ARI events connected").await
+    }
+
+    /// Starts `binary run --config <config>` and waits for a log line containing
+    /// `ready` (for a daemon with no PBX to reach, say `pushwake starting`).
+    pub async fn start_until(binary: &Path, config: &Path, ready: &str) -> Result<Self, String> {
         let mut child = Command::new(binary)
             .arg("run")
             .arg("--config")
@@ -49,9 +55,7 @@ impl Daemon {
             notify.notify_waiters();
         });
         let daemon = Self { child, log, grew };
-        daemon
-            .wait_log("ARI events connected", Duration::from_secs(30))
-            .await?;
+        daemon.wait_log(ready, Duration::from_secs(30)).await?;
         Ok(daemon)
     }
 
