@@ -82,6 +82,7 @@ async fn bench(count: usize, delay: Duration) -> Result<(), String> {
                 },
                 kind: PushKind::IncomingCall,
                 status: None,
+                node: None,
             };
             let sent = Instant::now();
             let verdict = service.send(&device, &push, deadline).await;

@@ -332,6 +332,7 @@ async fn drive<P: CallControl>(
         // The adapter says whether its PBX announces every registration.
         contact_poll: pbx.contact_poll(),
         status_base_url: config.http.as_ref().map(|http| http.public_url.clone()),
+        node: config.store.node.clone(),
     };
     let mut driver = Driver::new(
         Arc::new(pbx),

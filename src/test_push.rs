@@ -59,6 +59,7 @@ pub async fn test_push(
         },
         kind: PushKind::IncomingCall,
         status: None,
+        node: None,
     };
     let deadline = Instant::now() + TEST_RING_WINDOW;
     let sends = devices.into_iter().map(|device| {

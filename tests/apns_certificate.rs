@@ -84,6 +84,7 @@ async fn a_pem_or_pkcs12_push_certificate_authenticates_over_tls() {
         caller: Party::default(),
         kind: PushKind::IncomingCall,
         status: None,
+        node: None,
     };
     let window = Duration::from_secs(20);
 

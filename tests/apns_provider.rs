@@ -52,6 +52,7 @@ fn push(kind: PushKind) -> WakePush {
         },
         kind,
         status: None,
+        node: None,
     }
 }
 

@@ -113,6 +113,7 @@ fn push(n: usize) -> WakePush {
         },
         kind: PushKind::IncomingCall,
         status: None,
+        node: None,
     }
 }
 

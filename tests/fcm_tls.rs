@@ -66,6 +66,7 @@ async fn over_https_alpn_negotiates_h2_and_one_connection_carries_everything() {
         caller: Party::default(),
         kind: PushKind::IncomingCall,
         status: None,
+        node: None,
     };
     let attempts = futures_util::future::join_all(
         tokens

@@ -36,6 +36,7 @@ fn push(kind: PushKind) -> WakePush {
         },
         kind,
         status: None,
+        node: None,
     }
 }
 

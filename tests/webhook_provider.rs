@@ -96,6 +96,7 @@ fn push(n: usize, kind: PushKind) -> WakePush {
         },
         kind,
         status: None,
+        node: None,
     }
 }
 

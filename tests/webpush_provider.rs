@@ -53,6 +53,7 @@ fn push(n: usize, kind: PushKind) -> WakePush {
         },
         kind,
         status: None,
+        node: None,
     }
 }
 

@@ -21,6 +21,10 @@ pub struct WakePush {
     /// Where the app can ask whether the call still rings, when the HTTP listener is
     /// configured (`[http]`); `None` otherwise.
     pub status: Option<StatusLink>,
+    /// The node holding the call, for a site of several PBX nodes sharing one device
+    /// store: where the woken app must register to be rung (`[store] node`); `None` on
+    /// a single node.
+    pub node: Option<String>,
 }
 
 /// The call status endpoint of one call, as its pushes carry it (`status_url`,

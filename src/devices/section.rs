@@ -24,13 +24,20 @@ pub struct StoreSection {
     pub store: StoreConfig,
     /// How long a learned device is kept without a REGISTER.
     pub learned_ttl: Duration,
+    /// This node's name in a site of several nodes sharing the store (`node`): every
+    /// push carries it, so that the woken app registers with the node holding its call.
+    pub node: Option<String>,
 }
+
+/// The longest `node` accepted.
+const MAX_NODE_LEN: usize = 255;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawStore {
     url: Option<Spanned<String>>,
     learned_ttl: Option<Spanned<String>>,
+    node: Option<Spanned<String>>,
 }
 
 impl StoreSection {
@@ -40,6 +47,7 @@ impl StoreSection {
             return Ok(Self {
                 store: StoreConfig::default(),
                 learned_ttl: DEFAULT_LEARNED_TTL,
+                node: None,
             });
         };
         let raw = raw.into_inner();
@@ -67,9 +75,26 @@ impl StoreSection {
                 .map_err(|p| file.problem_in(0..0, p))?,
             None => DEFAULT_LEARNED_TTL,
         };
+        let node = match &raw.node {
+            Some(value) => {
+                let text = value.get_ref().trim();
+                if text.is_empty()
+                    || text.len() > MAX_NODE_LEN
+                    || !text.bytes().all(|b| b.is_ascii_graphic())
+                {
+                    return Err(file.error_at(
+                        value.span(),
+                        format!("store.node: 1 to {MAX_NODE_LEN} printable characters without spaces, the address the phones register with on this node (e.g. \"pbx-b.example.com\")"),
+                    ));
+                }
+                Some(text.to_owned())
+            }
+            None => None,
+        };
         Ok(Self {
             store: url,
             learned_ttl,
+            node,
         })
     }
 }
@@ -113,6 +138,10 @@ mod tests {
         );
         let e = read("[store]\nlearned_ttl = \"forever\"\n").unwrap_err();
         assert!(e.starts_with("pw.toml:2: store.learned_ttl"), "{e}");
+        let e = read("[store]\nnode = \"pbx b\"\n").unwrap_err();
+        assert!(e.starts_with("pw.toml:2: store.node: "), "{e}");
+        let node = read("[store]\nnode = \" pbx-b.example.com \"\n").unwrap();
+        assert_eq!(node.node.as_deref(), Some("pbx-b.example.com"));
         let e = read("[store]\npath = \"/x\"\n").unwrap_err();
         assert!(e.starts_with("pw.toml:2: ") && e.contains("path"), "{e}");
     }

@@ -307,6 +307,7 @@ mod tests {
             caller: Party::default(),
             kind: PushKind::IncomingCall,
             status: None,
+            node: None,
         }
     }
 

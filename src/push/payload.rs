@@ -34,6 +34,9 @@ pub fn incoming_call(push: &WakePush, expires_at: u64) -> Value {
         fields.insert("status_url".into(), json!(status.url));
         fields.insert("status_token".into(), json!(status.token.expose()));
     }
+    if let (Some(node), Value::Object(fields)) = (&push.node, &mut value) {
+        fields.insert("node".into(), json!(node));
+    }
     value
 }
 
@@ -85,6 +88,7 @@ mod tests {
             },
             kind: PushKind::IncomingCall,
             status: None,
+            node: None,
         };
         let value = incoming_call(&push, 1_800_000_000);
         assert_eq!(
@@ -112,6 +116,7 @@ mod tests {
             },
             kind: PushKind::IncomingCall,
             status: None,
+            node: None,
         };
         let data = data(&push, 1_800_000_000);
         let expected: BTreeMap<String, String> = [
@@ -150,7 +155,21 @@ mod tests {
                         .into(),
                 token: crate::status::fresh_secret(),
             }),
+            node: None,
         }
+    }
+
+    #[test]
+    fn the_node_travels_in_every_form_only_when_configured() {
+        let single = with_status();
+        assert!(for_push(&single, 1).get("node").is_none());
+        assert!(!data(&single, 1).contains_key("node"));
+        let mut push = with_status();
+        push.node = Some("pbx-b.example.com".into());
+        assert_eq!(incoming_call(&push, 1)["node"], "pbx-b.example.com");
+        push.kind = PushKind::CallEnded(crate::push::EndReason::Timeout);
+        assert_eq!(for_push(&push, 1)["node"], "pbx-b.example.com");
+        assert_eq!(data(&push, 1)["node"], "pbx-b.example.com");
     }
 
     #[test]
@@ -223,6 +242,7 @@ mod tests {
             },
             kind: PushKind::CallEnded(crate::push::EndReason::AnsweredElsewhere),
             status: None,
+            node: None,
         };
         let value = for_push(&push, 1_800_000_000);
         assert_eq!(value["type"], "call_cancelled");

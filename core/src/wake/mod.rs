@@ -43,6 +43,9 @@ pub struct EngineSettings {
     /// secret, its pushes carry `{base}/v1/calls/{call_id}` and the secret, and the
     /// engine reports the call's changes ([`Command::CallStatus`]).
     pub status_base_url: Option<String>,
+    /// This node's name as its pushes carry it (`node`), on a site of several nodes
+    /// sharing one device store; `None` on a single node.
+    pub node: Option<String>,
 }
 
 /// Something the engine must react to.
@@ -578,6 +581,7 @@ impl WakeEngine {
                     caller: party.clone(),
                     kind: PushKind::IncomingCall,
                     status: status.clone(),
+                    node: self.settings.node.clone(),
                 },
                 deadline,
             }));
@@ -1053,6 +1057,7 @@ impl WakeEngine {
                     caller: call.party.clone(),
                     kind: PushKind::CallEnded(reason),
                     status: call.status.clone(),
+                    node: self.settings.node.clone(),
                 },
                 deadline: now + CALL_ENDED_WINDOW,
             }));

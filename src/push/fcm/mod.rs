@@ -798,6 +798,7 @@ mod tests {
             },
             kind: PushKind::IncomingCall,
             status: None,
+            node: None,
         };
         let token = DeviceToken::new("dXbQ:APA91b-x_y");
         let body = message(&token, &push, T0 + 25, 25);

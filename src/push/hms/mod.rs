@@ -363,6 +363,7 @@ mod tests {
             },
             kind: PushKind::CallEnded(EndReason::Timeout),
             status: None,
+            node: None,
         };
         let body = message(
             &DeviceToken::new("IQAAAACy0kYkAAD"),

@@ -311,6 +311,7 @@ mod tests {
             },
             kind,
             status: None,
+            node: None,
         }
     }
 
