@@ -8,7 +8,6 @@
 //! behind it ([`Persist`]): a learned device is pushed for the very next call, whatever
 //! the database is doing.
 
-use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -27,9 +26,12 @@ pub const ALLOW_CALL_PUSH: &str = "allow-call-push";
 /// Whether the device asked not to be woken for calls (PortSIP's
 /// `allow-call-push=false`).
 pub fn refuses_calls(device: &StoredDevice) -> bool {
+    refuses_calls_in(&device.params)
+}
+
+fn refuses_calls_in(params: &pushwake_core::directory::DeviceParams) -> bool {
     matches!(
-        device
-            .params
+        params
             .get(ALLOW_CALL_PUSH)
             .map(str::to_ascii_lowercase)
             .as_deref(),
@@ -122,7 +124,7 @@ pub enum Persist {
 
 /// The registered devices, by extension. Cheap to read from the call path.
 pub struct Registry {
-    devices: RwLock<HashMap<String, BTreeMap<String, StoredDevice>>>,
+    devices: RwLock<Table>,
     providers: Vec<Arc<dyn ProviderSettings>>,
     persist: Option<mpsc::UnboundedSender<Persist>>,
     /// Writes handed to `persist` and not done yet (the writer counts them down).
@@ -155,24 +157,20 @@ impl Registry {
         pending: Arc<AtomicUsize>,
     ) -> Self {
         Self {
-            devices: RwLock::new(HashMap::new()),
+            devices: RwLock::new(Table::default()),
             providers,
             persist,
             pending,
         }
     }
 
-    fn read(
-        &self,
-    ) -> std::sync::RwLockReadGuard<'_, HashMap<String, BTreeMap<String, StoredDevice>>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Table> {
         self.devices
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn write(
-        &self,
-    ) -> std::sync::RwLockWriteGuard<'_, HashMap<String, BTreeMap<String, StoredDevice>>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Table> {
         self.devices
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -191,25 +189,19 @@ impl Registry {
     /// Replaces every device with `devices` (the store's content, at start or after a
     /// resynchronisation).
     pub fn load(&self, devices: impl IntoIterator<Item = StoredDevice>) {
-        let mut map: HashMap<String, BTreeMap<String, StoredDevice>> = HashMap::new();
-        for device in devices {
-            map.entry(device.extension.clone())
-                .or_default()
-                .insert(device.device_id.clone(), device);
-        }
-        *self.write() = map;
+        // Built outside the lock: the call path keeps reading the old table meanwhile.
+        let table = Table::from_devices(devices);
+        *self.write() = table;
     }
 
     /// Adds the store's devices that the registry does not have (it was opened late:
     /// what was learned meanwhile is newer and stays).
     pub fn merge(&self, devices: impl IntoIterator<Item = StoredDevice>) {
-        let mut map = self.write();
+        let mut table = self.write();
         for device in devices {
-            map.entry(device.extension.clone())
-                .or_default()
-                .entry(device.device_id.clone())
-                .or_insert(device);
+            table.insert_new(device);
         }
+        table.shrink();
     }
 
     /// The push providers configured (whose devices it learns and the API takes).
@@ -219,7 +211,7 @@ impl Registry {
 
     /// Number of devices.
     pub fn len(&self) -> usize {
-        self.read().values().map(BTreeMap::len).sum()
+        self.read().len()
     }
 
     /// Whether there is none.
@@ -230,14 +222,17 @@ impl Registry {
     /// The extension's devices, by id.
     pub fn list(&self, extension: &str) -> Vec<StoredDevice> {
         self.read()
-            .get(extension)
-            .map(|devices| devices.values().cloned().collect())
-            .unwrap_or_default()
+            .entries(extension)
+            .iter()
+            .map(|e| e.to_device(extension))
+            .collect()
     }
 
     /// One device.
     pub fn get(&self, extension: &str, device_id: &str) -> Option<StoredDevice> {
-        self.read().get(extension)?.get(device_id).cloned()
+        self.read()
+            .get(extension, device_id)
+            .map(|e| e.to_device(extension))
     }
 
     /// Learns from a registration of `extension` with `contact` at `now` (Unix
@@ -269,23 +264,19 @@ impl Registry {
         };
         let platform = platform.as_str().to_owned();
         let mut devices = self.write();
-        let of_extension = devices.entry(extension.to_owned()).or_default();
         // The same token registered through the API: that device it is.
-        let known = of_extension
-            .values_mut()
-            .find(|d| d.platform == platform && d.token == token);
-        let learned = match known {
-            Some(device) if !device.learned => return Learned::Known,
-            Some(device)
-                if device.params == device_params
-                    && now - device.updated_at < REFRESH_WRITE_INTERVAL =>
+        let learned = match devices.with_token_mut(extension, &platform, &token) {
+            Some(entry) if !entry.learned => return Learned::Known,
+            Some(entry)
+                if entry.params() == device_params
+                    && now - entry.updated_at < REFRESH_WRITE_INTERVAL =>
             {
                 return Learned::Known
             }
-            Some(device) => {
-                device.params = device_params;
-                device.updated_at = now;
-                Learned::Again(device.clone())
+            Some(entry) => {
+                entry.set_params(&device_params);
+                entry.updated_at = now;
+                Learned::Again(entry.to_device(extension))
             }
             None => {
                 let device = StoredDevice {
@@ -297,7 +288,7 @@ impl Registry {
                     learned: true,
                     updated_at: now,
                 };
-                of_extension.insert(device.device_id.clone(), device.clone());
+                devices.insert(device.clone());
                 Learned::New(device)
             }
         };
@@ -311,39 +302,20 @@ impl Registry {
     /// Puts `device` (written to the store already, by the API), replacing the one with
     /// its id.
     pub fn put(&self, device: StoredDevice) {
-        self.write()
-            .entry(device.extension.clone())
-            .or_default()
-            .insert(device.device_id.clone(), device);
+        self.write().insert(device);
     }
 
     /// Removes a device; whether it was there.
     pub fn remove(&self, extension: &str, device_id: &str) -> bool {
-        let mut devices = self.write();
-        let Some(of_extension) = devices.get_mut(extension) else {
-            return false;
-        };
-        let removed = of_extension.remove(device_id).is_some();
-        if of_extension.is_empty() {
-            devices.remove(extension);
-        }
-        removed
+        self.write().remove(extension, device_id)
     }
 
     /// Forgets every device holding `token` (the provider declared it dead), in the
     /// store too; returns them.
     pub fn forget_token(&self, platform: &str, token: &str) -> Vec<(String, String)> {
-        let mut forgotten = Vec::new();
-        self.write().retain(|extension, of_extension| {
-            of_extension.retain(|id, d| {
-                let dead = d.platform == platform && d.token == token;
-                if dead {
-                    forgotten.push((extension.clone(), id.clone()));
-                }
-                !dead
-            });
-            !of_extension.is_empty()
-        });
+        let forgotten = self
+            .write()
+            .remove_where(|e| e.platform == platform && &*e.token == token);
         if !forgotten.is_empty() {
             self.persist(Persist::DeleteToken {
                 platform: platform.to_owned(),
@@ -356,38 +328,28 @@ impl Registry {
     /// Forgets the learned devices not registered since `before` (Unix seconds);
     /// returns them. (The store expires its own copy.)
     pub fn expire(&self, before: i64) -> Vec<(String, String)> {
-        let mut expired = Vec::new();
-        self.write().retain(|extension, of_extension| {
-            of_extension.retain(|id, d| {
-                let old = d.learned && d.updated_at < before;
-                if old {
-                    expired.push((extension.clone(), id.clone()));
-                }
-                !old
-            });
-            !of_extension.is_empty()
-        });
-        expired
+        self.write()
+            .remove_where(|e| e.learned && e.updated_at < before)
     }
 }
 
 impl DeviceSource for Registry {
     fn devices_of(&self, extension: &str) -> Vec<Device> {
-        let devices = self.read();
-        let Some(of_extension) = devices.get(extension) else {
-            return Vec::new();
-        };
-        of_extension
-            .values()
-            .filter(|d| !refuses_calls(d))
-            .filter_map(|d| {
+        self.read()
+            .entries(extension)
+            .iter()
+            .filter_map(|e| {
                 // A platform this build does not know (a newer node wrote it): skipped.
-                let platform = provider(&d.platform)?.platform();
+                let platform = provider(&e.platform)?.platform();
+                let params = e.params();
+                if refuses_calls_in(&params) {
+                    return None;
+                }
                 Some(Device {
                     platform,
-                    token: DeviceToken::new(d.token.clone()),
-                    label: format!("{extension}/{}", d.device_id),
-                    params: d.params.clone(),
+                    token: DeviceToken::new(e.token.to_string()),
+                    label: format!("{extension}/{}", e.device_id),
+                    params,
                 })
             })
             .collect()
@@ -397,6 +359,8 @@ impl DeviceSource for Registry {
 pub mod command;
 pub mod fields;
 pub mod section;
+mod table;
+use table::Table;
 pub mod service;
 
 #[cfg(test)]
