@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use pushwake::store::{DeviceStore, StoreConfig, StoreError, SCHEMA_VERSION};
+use pushwake::store::{DeviceStore, StoreConfig, StoreError, SQLITE_SCHEMA_VERSION};
 use store_common::{check_semantics, check_weird_tokens, device, device_with_params, timed};
 
 /// A temporary directory only its owner may enter, as the package's state directory.
@@ -234,7 +234,7 @@ async fn refuses_a_newer_schema_and_a_file_that_is_no_database() {
             .await
             .unwrap();
         sqlx::query("UPDATE pushwake_schema SET version = $1")
-            .bind(SCHEMA_VERSION + 1)
+            .bind(SQLITE_SCHEMA_VERSION + 1)
             .execute(&db)
             .await
             .unwrap();
@@ -244,7 +244,7 @@ async fn refuses_a_newer_schema_and_a_file_that_is_no_database() {
         Err(e @ StoreError::Config(_)) => {
             let message = e.to_string();
             assert!(
-                message.contains(&format!("schema version {}", SCHEMA_VERSION + 1))
+                message.contains(&format!("schema version {}", SQLITE_SCHEMA_VERSION + 1))
                     && message.contains("newer")
                     && message.contains(&path.display().to_string()),
                 "{message}"

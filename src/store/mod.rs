@@ -35,9 +35,20 @@ mod sqlite;
 #[cfg(test)]
 mod tests;
 
-/// The schema version this build writes. [`DeviceStore::open`] upgrades a database with
-/// an older one and refuses a newer one.
-pub const SCHEMA_VERSION: i64 = 1;
+/// The schema version this build writes to a SQLite file. [`DeviceStore::open`] upgrades
+/// a database with an older one and refuses a newer one.
+///
+/// Each backend counts its versions on its own (a file or database is only ever one
+/// backend's, and their schemas differ anyway). A shared number would make every
+/// change to one backend's schema a no-op migration on the other, and that no-op would not be
+/// harmless: a PostgreSQL database is shared by nodes upgraded one at a time, and once
+/// the first upgraded node had recorded the new number, every node not yet upgraded would
+/// refuse to start ("newer schema") although nothing it relies on had changed.
+pub const SQLITE_SCHEMA_VERSION: i64 = 1;
+
+/// The schema version this build writes to a PostgreSQL database (see
+/// [`SQLITE_SCHEMA_VERSION`] for why each backend has its own).
+pub const POSTGRES_SCHEMA_VERSION: i64 = 1;
 
 /// The store's location when the configuration names none: the package's state directory.
 pub const DEFAULT_URL: &str = "sqlite:/var/lib/pushwake/devices.db";
@@ -341,7 +352,7 @@ async fn bounded<T>(
 
 impl DeviceStore {
     /// Opens the store, creating it if needed, and brings its schema to
-    /// [`SCHEMA_VERSION`].
+    /// [`SQLITE_SCHEMA_VERSION`] or [`POSTGRES_SCHEMA_VERSION`].
     ///
     /// SQLite: the file is created with mode 0600 (its directory must exist); an existing
     /// file that other users may read or anyone but its owner may write, or a directory

@@ -16,7 +16,7 @@ use sqlx::{Executor, Row, SqlitePool};
 
 use super::{
     device_from_row, params_to_json, store_error, StoreError, StoredDevice, DEVICE_COLUMNS,
-    SCHEMA_VERSION,
+    SQLITE_SCHEMA_VERSION,
 };
 
 /// How long a statement waits for another connection's write lock.
@@ -43,6 +43,8 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX pushwake_devices_token ON pushwake_devices (platform, token);
     CREATE INDEX pushwake_devices_learned ON pushwake_devices (updated_at) WHERE learned = 1;",
 ];
+
+const _: () = assert!(MIGRATIONS.len() as i64 == SQLITE_SCHEMA_VERSION);
 
 /// A file or directory mode that lets other users in: a file others may read or the
 /// group may write (as pushwake's other secret files), a directory others may read or
@@ -153,7 +155,7 @@ fn err(error: sqlx::Error) -> StoreError {
     store_error(error, WHAT)
 }
 
-/// Brings the schema to [`SCHEMA_VERSION`], in one write transaction.
+/// Brings the schema to [`SQLITE_SCHEMA_VERSION`], in one write transaction.
 async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
     (&mut *tx)
@@ -167,13 +169,13 @@ async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
         .await
         .map_err(err)?;
     let version = version.unwrap_or(0);
-    if version > SCHEMA_VERSION {
+    if version > SQLITE_SCHEMA_VERSION {
         return Err(StoreError::Config(format!(
             "the device store has schema version {version}, newer than this pushwake knows \
-             ({SCHEMA_VERSION}): it was written by a newer pushwake; upgrade pushwake"
+             ({SQLITE_SCHEMA_VERSION}): it was written by a newer pushwake; upgrade pushwake"
         )));
     }
-    if version == SCHEMA_VERSION {
+    if version == SQLITE_SCHEMA_VERSION {
         return Ok(());
     }
     for migration in &MIGRATIONS[version as usize..] {
@@ -187,7 +189,7 @@ async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
         .await
         .map_err(err)?;
     sqlx::query("INSERT INTO pushwake_schema (version) VALUES ($1)")
-        .bind(SCHEMA_VERSION)
+        .bind(SQLITE_SCHEMA_VERSION)
         .execute(&mut *tx)
         .await
         .map_err(err)?;
