@@ -7,7 +7,7 @@ mod store_common;
 
 use std::time::Duration;
 
-use pushwake::store::{DeviceStore, StoreChange, StoreConfig, StoreError, SCHEMA_VERSION};
+use pushwake::store::{DeviceStore, StoreChange, StoreConfig, StoreError, POSTGRES_SCHEMA_VERSION};
 use pushwake_testkit::postgres::TestPostgres;
 use store_common::{
     check_semantics, check_weird_tokens, device, device_with_params, next_change, timed,
@@ -298,15 +298,15 @@ async fn nodes_starting_together_migrate_once_and_a_newer_schema_is_refused() {
         .fetch_all(&db)
         .await
         .unwrap();
-    assert_eq!(versions, vec![SCHEMA_VERSION]);
+    assert_eq!(versions, vec![POSTGRES_SCHEMA_VERSION]);
     sqlx::query("UPDATE pushwake_schema SET version = $1")
-        .bind(SCHEMA_VERSION + 1)
+        .bind(POSTGRES_SCHEMA_VERSION + 1)
         .execute(&db)
         .await
         .unwrap();
     match DeviceStore::open(&StoreConfig { url }).await {
         Err(StoreError::Config(message)) => assert!(
-            message.contains(&format!("schema version {}", SCHEMA_VERSION + 1))
+            message.contains(&format!("schema version {}", POSTGRES_SCHEMA_VERSION + 1))
                 && message.contains("newer"),
             "{message}"
         ),

@@ -5,7 +5,12 @@
 //! - **SQLite** (the default, `sqlite:/var/lib/pushwake/devices.db`): one file in the
 //!   package's state directory, created on first start with mode 0600, in WAL mode with
 //!   `synchronous=FULL`, so a write that returned `Ok` survives a crash, `kill -9` and a
-//!   power loss. One pushwake process per file.
+//!   power loss. The daemon and `pushwake devices` (or the sqlite3 shell) may have the
+//!   file open at once, on the same machine and a local disk (WAL's shared memory does
+//!   not work over a network file system): triggers write every change of the devices
+//!   to a change log in the file, which [`DeviceStore::subscribe`] polls every 500 ms,
+//!   so a change reaches the other process within about a second. It is meant for one
+//!   daemon and occasional other writers; several nodes share a PostgreSQL.
 //! - **PostgreSQL** (`postgres://user:password@host/db`): several pushwake processes
 //!   (one per Asterisk node) share one set of devices. A trigger announces every change
 //!   with `NOTIFY`; [`DeviceStore::subscribe`] turns the announcements into
@@ -35,9 +40,21 @@ mod sqlite;
 #[cfg(test)]
 mod tests;
 
-/// The schema version this build writes. [`DeviceStore::open`] upgrades a database with
-/// an older one and refuses a newer one.
-pub const SCHEMA_VERSION: i64 = 1;
+/// The schema version this build writes to a SQLite file. [`DeviceStore::open`] upgrades
+/// a database with an older one and refuses a newer one.
+///
+/// Each backend counts its versions on its own (a file or database is only ever one
+/// backend's, and their schemas differ anyway): SQLite's version 2 added the change log
+/// that PostgreSQL does not need (it has `NOTIFY`). A shared number would make every
+/// SQLite-only change a no-op migration on PostgreSQL, and that no-op would not be
+/// harmless: a PostgreSQL database is shared by nodes upgraded one at a time, and once
+/// the first upgraded node had recorded the new number, every node not yet upgraded would
+/// refuse to start ("newer schema") although nothing it relies on had changed.
+pub const SQLITE_SCHEMA_VERSION: i64 = 2;
+
+/// The schema version this build writes to a PostgreSQL database (see
+/// [`SQLITE_SCHEMA_VERSION`] for why each backend has its own).
+pub const POSTGRES_SCHEMA_VERSION: i64 = 1;
 
 /// The store's location when the configuration names none: the package's state directory.
 pub const DEFAULT_URL: &str = "sqlite:/var/lib/pushwake/devices.db";
@@ -139,8 +156,9 @@ fn params_from_json(text: &str) -> Result<DeviceParams, String> {
     Ok(DeviceParams::from_entries(entries))
 }
 
-/// A change made to the store by a pushwake process sharing it (PostgreSQL only), or by
-/// anyone else writing its table.
+/// A change made to the store by a pushwake process sharing it (another node on
+/// PostgreSQL, `pushwake devices` on SQLite), by this process itself, or by anyone else
+/// writing its table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoreChange {
     /// The device was added or replaced: this is what the store holds now.
@@ -154,9 +172,11 @@ pub enum StoreChange {
     },
     /// Every device the store holds, ordered as [`DeviceStore::load_all`] orders them:
     /// replace the whole cache with this. Sent first by every subscription (read after
-    /// its `LISTEN` was in place, so nothing written since the caller's own `load_all`
-    /// is missed), after each reconnection (changes made meanwhile were not announced),
-    /// and when someone empties the table with `TRUNCATE`.
+    /// its `LISTEN` was in place, or after it took its position in SQLite's change log,
+    /// so nothing written since the caller's own `load_all` is missed). PostgreSQL: after
+    /// each reconnection (changes made meanwhile were not announced), and when someone
+    /// empties the table with `TRUNCATE`. SQLite: when the change log no longer holds
+    /// the subscription's position (pruned while it was not reading, or emptied by hand).
     Resync(Vec<StoredDevice>),
 }
 
@@ -341,7 +361,7 @@ async fn bounded<T>(
 
 impl DeviceStore {
     /// Opens the store, creating it if needed, and brings its schema to
-    /// [`SCHEMA_VERSION`].
+    /// [`SQLITE_SCHEMA_VERSION`] or [`POSTGRES_SCHEMA_VERSION`].
     ///
     /// SQLite: the file is created with mode 0600 (its directory must exist); an existing
     /// file that other users may read or anyone but its owner may write, or a directory
@@ -459,22 +479,30 @@ impl DeviceStore {
         .await
     }
 
-    /// The changes to the store, as they are committed, for the in-memory cache
-    /// (PostgreSQL; `None` for SQLite, whose file only this process writes). Must be
-    /// called within a Tokio runtime: it spawns the listening task, which holds one
-    /// connection of its own and ends when the receiver is dropped.
+    /// The changes to the store, as they are committed, for the in-memory cache. Always
+    /// `Some` (both backends have a feed). Must be called within a Tokio runtime: it
+    /// spawns the feed's task, which ends when the receiver is dropped.
     ///
     /// What arrives: first a [`StoreChange::Resync`], then a `Put` or `Deleted` for every
     /// committed change, in commit order, **including this process's own writes** (so
     /// the registry can apply everything it receives: a `Put` carries the device as the
     /// store holds it when the change is read, and the last message about a device always
-    /// describes its final state, whichever node wrote last; skipping one's own echoes
-    /// could leave a node with another node's older write). After the connection is lost
-    /// and found again, a `Resync` with every device. While the database is down nothing
-    /// arrives and the task retries every few seconds (logged once, and once when back).
+    /// describes its final state, whichever process wrote last; skipping one's own echoes
+    /// could leave a process with another one's older write).
+    ///
+    /// PostgreSQL: `LISTEN` on a connection of the task's own; changes arrive within
+    /// milliseconds. After the connection is lost and found again, a `Resync` with every
+    /// device. While the database is down nothing arrives and the task retries every few
+    /// seconds (logged once, and once when back).
+    ///
+    /// SQLite: the task reads the change log every 500 ms (one indexed query when nothing
+    /// changed), so a change arrives within about a second. Changes read in one poll come
+    /// as one message per device (its state then), so a device written several times
+    /// between two polls may arrive once. A poll that fails is logged and tried again at
+    /// the next one.
     pub fn subscribe(&self) -> Option<mpsc::Receiver<StoreChange>> {
         match &self.inner.pool {
-            Pool::Sqlite(_) => None,
+            Pool::Sqlite(pool) => Some(sqlite::subscribe(pool)),
             Pool::Postgres(pg) => Some(pg.subscribe()),
         }
     }

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 
 use super::{
     bounded, device_from_row, params_to_json, store_error, StoreChange, StoreError, StoredDevice,
-    CONNECT_TIMEOUT, DEVICE_COLUMNS, LOAD_TIMEOUT, OP_TIMEOUT, SCHEMA_VERSION,
+    CONNECT_TIMEOUT, DEVICE_COLUMNS, LOAD_TIMEOUT, OP_TIMEOUT, POSTGRES_SCHEMA_VERSION,
 };
 
 /// The channel the trigger announces changes on.
@@ -87,6 +87,8 @@ const MIGRATIONS: &[&str] = &[
         FOR EACH STATEMENT EXECUTE FUNCTION pushwake_devices_truncated();"#,
 ];
 
+const _: () = assert!(MIGRATIONS.len() as i64 == POSTGRES_SCHEMA_VERSION);
+
 /// An open PostgreSQL store.
 #[derive(Clone)]
 pub(super) struct Postgres {
@@ -155,8 +157,8 @@ impl Postgres {
         store_error(error, &self.what)
     }
 
-    /// Brings the schema to [`SCHEMA_VERSION`] in one transaction, under an advisory lock
-    /// so that pushwake processes starting together migrate once.
+    /// Brings the schema to [`POSTGRES_SCHEMA_VERSION`] in one transaction, under an
+    /// advisory lock so that pushwake processes starting together migrate once.
     async fn migrate(&self) -> Result<(), StoreError> {
         let e = |error| self.err(error);
         let mut tx = self.pool.begin().await.map_err(e)?;
@@ -176,14 +178,14 @@ impl Postgres {
             .await
             .map_err(e)?;
         let version = version.unwrap_or(0);
-        if version > SCHEMA_VERSION {
+        if version > POSTGRES_SCHEMA_VERSION {
             return Err(StoreError::Config(format!(
                 "{}: the device store has schema version {version}, newer than this pushwake \
-                 knows ({SCHEMA_VERSION}): it was written by a newer pushwake; upgrade pushwake",
+                 knows ({POSTGRES_SCHEMA_VERSION}): it was written by a newer pushwake; upgrade pushwake",
                 self.what
             )));
         }
-        if version == SCHEMA_VERSION {
+        if version == POSTGRES_SCHEMA_VERSION {
             return Ok(());
         }
         for migration in &MIGRATIONS[version as usize..] {
@@ -197,7 +199,7 @@ impl Postgres {
             .await
             .map_err(e)?;
         sqlx::query("INSERT INTO pushwake_schema (version) VALUES ($1)")
-            .bind(SCHEMA_VERSION)
+            .bind(POSTGRES_SCHEMA_VERSION)
             .execute(&mut *tx)
             .await
             .map_err(e)?;

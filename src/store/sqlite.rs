@@ -6,6 +6,11 @@
 //! commit; a device write is rare, so the cost (one fsync per write) does not matter.
 //! `kill -9` loses nothing in either mode: a commit is in the operating system's hands
 //! before `put` returns.
+//!
+//! Other processes on the machine (`pushwake devices`, the sqlite3 shell) may write the
+//! file while the daemon has it open: WAL lets readers go on during a write, writers
+//! wait for each other up to [`BUSY_TIMEOUT`], and triggers log every change of the
+//! devices, which [`feed`] delivers to [`subscribe`]rs within about a second.
 
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
@@ -13,10 +18,11 @@ use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Executor, Row, SqlitePool};
+use tokio::sync::mpsc;
 
 use super::{
-    device_from_row, params_to_json, store_error, StoreError, StoredDevice, DEVICE_COLUMNS,
-    SCHEMA_VERSION,
+    device_from_row, params_to_json, store_error, StoreChange, StoreError, StoredDevice,
+    DEVICE_COLUMNS, SQLITE_SCHEMA_VERSION,
 };
 
 /// How long a statement waits for another connection's write lock.
@@ -42,7 +48,54 @@ const MIGRATIONS: &[&str] = &[
         ON pushwake_devices (extension, platform, token);
     CREATE INDEX pushwake_devices_token ON pushwake_devices (platform, token);
     CREATE INDEX pushwake_devices_learned ON pushwake_devices (updated_at) WHERE learned = 1;",
+    // 2: the change log, filled by triggers, so that every writer of the file (another
+    // pushwake process, `pushwake devices`, the sqlite3 shell) is seen by the feed (see
+    // [`feed`]). A row names a device that changed; the feed reads its current state.
+    // AUTOINCREMENT: a seq is never used twice, even after the newest rows were deleted.
+    // `at` (Unix seconds) is for pruning only.
+    "CREATE TABLE pushwake_changes (
+        seq       INTEGER PRIMARY KEY AUTOINCREMENT,
+        extension TEXT NOT NULL,
+        device_id TEXT NOT NULL,
+        at        INTEGER NOT NULL DEFAULT (CAST(strftime('%s', 'now') AS INTEGER))
+    );
+    CREATE TRIGGER pushwake_devices_inserted AFTER INSERT ON pushwake_devices BEGIN
+        INSERT INTO pushwake_changes (extension, device_id)
+            VALUES (NEW.extension, NEW.device_id);
+    END;
+    CREATE TRIGGER pushwake_devices_updated AFTER UPDATE ON pushwake_devices BEGIN
+        INSERT INTO pushwake_changes (extension, device_id)
+            SELECT OLD.extension, OLD.device_id
+            WHERE OLD.extension IS NOT NEW.extension OR OLD.device_id IS NOT NEW.device_id;
+        INSERT INTO pushwake_changes (extension, device_id)
+            VALUES (NEW.extension, NEW.device_id);
+    END;
+    CREATE TRIGGER pushwake_devices_deleted AFTER DELETE ON pushwake_devices BEGIN
+        INSERT INTO pushwake_changes (extension, device_id)
+            VALUES (OLD.extension, OLD.device_id);
+    END;
+    -- INSERT OR REPLACE and UPDATE OR REPLACE (the sqlite3 shell's habits) delete a row
+    -- that holds the same extension, platform and token without firing its delete
+    -- trigger (unless that connection set recursive_triggers): name it beforehand. If the
+    -- statement then fails instead, this row goes with it. (pushwake's own put checks
+    -- for such a device first and meets none: one indexed lookup.)
+    CREATE TRIGGER pushwake_devices_replacing BEFORE INSERT ON pushwake_devices BEGIN
+        INSERT INTO pushwake_changes (extension, device_id)
+            SELECT extension, device_id FROM pushwake_devices
+            WHERE extension = NEW.extension AND platform = NEW.platform
+              AND token = NEW.token AND device_id <> NEW.device_id;
+    END;
+    CREATE TRIGGER pushwake_devices_replacing_update
+        BEFORE UPDATE OF extension, platform, token ON pushwake_devices BEGIN
+        INSERT INTO pushwake_changes (extension, device_id)
+            SELECT extension, device_id FROM pushwake_devices
+            WHERE extension = NEW.extension AND platform = NEW.platform
+              AND token = NEW.token
+              AND NOT (extension = OLD.extension AND device_id = OLD.device_id);
+    END;",
 ];
+
+const _: () = assert!(MIGRATIONS.len() as i64 == SQLITE_SCHEMA_VERSION);
 
 /// A file or directory mode that lets other users in: a file others may read or the
 /// group may write (as pushwake's other secret files), a directory others may read or
@@ -153,7 +206,7 @@ fn err(error: sqlx::Error) -> StoreError {
     store_error(error, WHAT)
 }
 
-/// Brings the schema to [`SCHEMA_VERSION`], in one write transaction.
+/// Brings the schema to [`SQLITE_SCHEMA_VERSION`], in one write transaction.
 async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
     (&mut *tx)
@@ -167,13 +220,13 @@ async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
         .await
         .map_err(err)?;
     let version = version.unwrap_or(0);
-    if version > SCHEMA_VERSION {
+    if version > SQLITE_SCHEMA_VERSION {
         return Err(StoreError::Config(format!(
             "the device store has schema version {version}, newer than this pushwake knows \
-             ({SCHEMA_VERSION}): it was written by a newer pushwake; upgrade pushwake"
+             ({SQLITE_SCHEMA_VERSION}): it was written by a newer pushwake; upgrade pushwake"
         )));
     }
-    if version == SCHEMA_VERSION {
+    if version == SQLITE_SCHEMA_VERSION {
         return Ok(());
     }
     for migration in &MIGRATIONS[version as usize..] {
@@ -187,7 +240,7 @@ async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
         .await
         .map_err(err)?;
     sqlx::query("INSERT INTO pushwake_schema (version) VALUES ($1)")
-        .bind(SCHEMA_VERSION)
+        .bind(SQLITE_SCHEMA_VERSION)
         .execute(&mut *tx)
         .await
         .map_err(err)?;
@@ -338,4 +391,274 @@ pub(super) async fn ping(pool: &SqlitePool) -> Result<(), StoreError> {
         .await
         .map_err(err)?;
     Ok(())
+}
+
+pub(super) fn subscribe(pool: &SqlitePool) -> mpsc::Receiver<StoreChange> {
+    let (tx, rx) = mpsc::channel(feed::QUEUE);
+    tokio::spawn(feed::run(pool.clone(), tx));
+    rx
+}
+
+/// The change feed of a SQLite file: a task that polls the change log
+/// (`pushwake_changes`, filled by the triggers of migration 2) every [`feed::POLL`].
+///
+/// The position is the seq of the last log row read. Each poll asks for the rows from
+/// that seq on, **itself included**, joined with the devices they name: the row at the
+/// position coming back first proves that nothing between it and the next was pruned
+/// (whatever the seqs look like); when it is missing, the log lost rows this feed had not
+/// read, and a [`StoreChange::Resync`] follows. A write transaction commits its log rows
+/// with its devices, and SQLite has one writer at a time, so a poll never sees a newer
+/// row without the older ones. When nothing changed, a poll is one query that reads one
+/// row by its primary key (and the device it names by its own).
+///
+/// The poller also prunes the log, at most every [`feed::PRUNE_EVERY`]: rows older than
+/// [`feed::KEEP_SECS`] beyond the last [`feed::KEEP_ROWS`] it has read. Another reader of
+/// the same file (the other process) thus finds its position again unless it stopped
+/// reading for an hour and 10,000 changes; if it did, it resyncs.
+pub(super) mod feed {
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    use sqlx::{Row, SqlitePool};
+    use tokio::sync::mpsc;
+    use tokio::time::{Instant, MissedTickBehavior};
+
+    use super::{err, load_all, StoreChange, StoreError};
+    #[cfg(doc)]
+    use crate::store::DEVICE_COLUMNS;
+    use crate::store::{bounded, device_from_row, LOAD_TIMEOUT, OP_TIMEOUT};
+
+    /// How often the log is read.
+    pub(crate) const POLL: Duration = Duration::from_millis(500);
+    /// How many log rows one query reads at most (a bulk change is read in several).
+    const BATCH: i64 = 1000;
+    /// How many changes may wait for the registry before the poller waits too.
+    pub(crate) const QUEUE: usize = 1024;
+    /// Pruning keeps at least the last this many rows this feed has read…
+    pub(crate) const KEEP_ROWS: i64 = 10_000;
+    /// … and every row younger than this (seconds).
+    pub(crate) const KEEP_SECS: i64 = 3600;
+    /// How often pruning is tried.
+    pub(crate) const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+    /// Where the feed is in the log.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub(crate) enum Position {
+        /// The seq of the last row read: the next poll must find it again.
+        At(i64),
+        /// The log was empty: any row is new.
+        Empty,
+    }
+
+    /// What a poll found.
+    enum Polled {
+        /// Read up to here.
+        At(Position),
+        /// The log no longer holds the position: resync.
+        Gap,
+        /// The receiver is gone.
+        Closed,
+    }
+
+    /// The task: a resync first, then a poll every [`POLL`], until the receiver goes.
+    pub(crate) async fn run(pool: SqlitePool, tx: mpsc::Sender<StoreChange>) {
+        let mut tick = tokio::time::interval(POLL);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // None: a resync is due (at the start, and after a gap).
+        let mut position: Option<Position> = None;
+        let mut failing = false;
+        let mut pruned = Instant::now();
+        loop {
+            tokio::select! {
+                _ = tx.closed() => return,
+                _ = tick.tick() => {}
+            }
+            let mut step = match position {
+                None => resync(&pool, &tx).await,
+                Some(at) => poll(&pool, &tx, at).await,
+            };
+            if let Ok(Polled::Gap) = step {
+                tracing::info!(
+                    "device store: SQLite's change log no longer holds this feed's position \
+                     (pruned or emptied meanwhile); reloading every device"
+                );
+                position = None;
+                step = resync(&pool, &tx).await;
+            }
+            match step {
+                Ok(Polled::Closed) => return,
+                Ok(Polled::At(at)) => {
+                    position = Some(at);
+                    if std::mem::take(&mut failing) {
+                        tracing::info!("device store: the SQLite change feed works again");
+                    }
+                }
+                Ok(Polled::Gap) => position = None,
+                Err(error) => {
+                    // Tried again at the next tick, from the same position.
+                    if std::mem::replace(&mut failing, true) {
+                        tracing::debug!(%error, "device store: SQLite change feed still failing");
+                    } else {
+                        tracing::warn!(%error, "device store: cannot read SQLite's change log; retrying");
+                    }
+                }
+            }
+            if let Some(Position::At(seen)) = position {
+                if pruned.elapsed() >= PRUNE_EVERY {
+                    pruned = Instant::now();
+                    if let Err(error) = prune(&pool, seen, KEEP_ROWS, KEEP_SECS).await {
+                        tracing::debug!(%error, "device store: could not prune SQLite's change log");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The log's end, then every device: whatever is committed after the end was taken
+    /// is read by the following polls (again, if the load already had it: harmless).
+    async fn resync(
+        pool: &SqlitePool,
+        tx: &mpsc::Sender<StoreChange>,
+    ) -> Result<Polled, StoreError> {
+        let end: Option<i64> = bounded(OP_TIMEOUT, "reading the change log", async {
+            sqlx::query_scalar("SELECT max(seq) FROM pushwake_changes")
+                .fetch_one(pool)
+                .await
+                .map_err(err)
+        })
+        .await?;
+        let all = bounded(LOAD_TIMEOUT, "loading the devices", load_all(pool)).await?;
+        if tx.send(StoreChange::Resync(all)).await.is_err() {
+            return Ok(Polled::Closed);
+        }
+        Ok(Polled::At(end.map_or(Position::Empty, Position::At)))
+    }
+
+    /// Sends what changed after `at`, in [`BATCH`]es.
+    async fn poll(
+        pool: &SqlitePool,
+        tx: &mpsc::Sender<StoreChange>,
+        mut at: Position,
+    ) -> Result<Polled, StoreError> {
+        loop {
+            let (changes, read, next) = match read(pool, at).await? {
+                Some(read) => read,
+                None => return Ok(Polled::Gap),
+            };
+            for change in changes {
+                if tx.send(change).await.is_err() {
+                    return Ok(Polled::Closed);
+                }
+            }
+            at = next;
+            if read < BATCH {
+                return Ok(Polled::At(at));
+            }
+        }
+    }
+
+    /// The log rows from a seq on, each with the device it names as the table holds it
+    /// now: [`DEVICE_COLUMNS`]'s columns in their order (so that [`device_from_row`] reads
+    /// them), the log's key in place of the device's (whose columns are NULL when it is
+    /// gone), the seq last.
+    pub(crate) const READ: &str = "SELECT c.extension, c.device_id, d.platform, d.token, \
+        d.params, d.learned, d.updated_at, c.seq
+        FROM pushwake_changes c LEFT JOIN pushwake_devices d
+            ON d.extension = c.extension AND d.device_id = c.device_id
+        WHERE c.seq >= $1 ORDER BY c.seq LIMIT $2";
+
+    /// One batch of log rows after `at`: the changes (one per device, in the order of
+    /// each device's last row), how many rows were read, and the new position. `None`:
+    /// `at` is gone from the log.
+    pub(crate) async fn read(
+        pool: &SqlitePool,
+        at: Position,
+    ) -> Result<Option<(Vec<StoreChange>, i64, Position)>, StoreError> {
+        let from = match at {
+            Position::At(seq) => seq,
+            Position::Empty => i64::MIN,
+        };
+        let rows = bounded(OP_TIMEOUT, "reading the change log", async {
+            sqlx::query(READ)
+                .bind(from)
+                .bind(BATCH + 1)
+                .fetch_all(pool)
+                .await
+                .map_err(err)
+        })
+        .await?;
+        let seq = |row: &sqlx::sqlite::SqliteRow| row.try_get::<i64, _>(7).map_err(err);
+        let mut rows = rows.as_slice();
+        if let Position::At(seq_at) = at {
+            match rows.split_first() {
+                Some((first, rest)) if seq(first)? == seq_at => rows = rest,
+                _ => return Ok(None),
+            }
+        } else {
+            rows = &rows[..rows.len().min(BATCH as usize)];
+        }
+        let Some(last) = rows.last() else {
+            return Ok(Some((Vec::new(), 0, at)));
+        };
+        let next = Position::At(seq(last)?);
+        // A statement reads one snapshot: every row of a device shows the same state, so
+        // one message per device, where its last row was.
+        let mut keyed = Vec::with_capacity(rows.len());
+        let mut last_of: HashMap<(String, String), usize> = HashMap::new();
+        for (i, row) in rows.iter().enumerate() {
+            let key: (String, String) =
+                (row.try_get(0).map_err(err)?, row.try_get(1).map_err(err)?);
+            last_of.insert(key.clone(), i);
+            keyed.push((key, row));
+        }
+        let mut changes = Vec::with_capacity(last_of.len());
+        for (i, (key, row)) in keyed.into_iter().enumerate() {
+            if last_of[&key] != i {
+                continue;
+            }
+            let present = row.try_get::<Option<String>, _>(2).map_err(err)?.is_some();
+            changes.push(if present {
+                StoreChange::Put(device_from_row(row)?)
+            } else {
+                let (extension, device_id) = key;
+                StoreChange::Deleted {
+                    extension,
+                    device_id,
+                }
+            });
+        }
+        Ok(Some((changes, rows.len() as i64, next)))
+    }
+
+    /// Deletes the log rows at least `keep_rows` before `seen` that are older than
+    /// `keep_secs`; how many. Nothing is written (no write lock taken) when the oldest
+    /// row is within the last `keep_rows`.
+    pub(crate) async fn prune(
+        pool: &SqlitePool,
+        seen: i64,
+        keep_rows: i64,
+        keep_secs: i64,
+    ) -> Result<u64, StoreError> {
+        bounded(OP_TIMEOUT, "pruning the change log", async {
+            let cut = seen.saturating_sub(keep_rows);
+            let oldest: Option<i64> = sqlx::query_scalar("SELECT min(seq) FROM pushwake_changes")
+                .fetch_one(pool)
+                .await
+                .map_err(err)?;
+            if oldest.is_none_or(|oldest| oldest > cut) {
+                return Ok(0);
+            }
+            let done = sqlx::query(
+                "DELETE FROM pushwake_changes
+                 WHERE seq <= $1 AND at < CAST(strftime('%s', 'now') AS INTEGER) - $2",
+            )
+            .bind(cut)
+            .bind(keep_secs)
+            .execute(pool)
+            .await
+            .map_err(err)?;
+            Ok(done.rows_affected())
+        })
+        .await
+    }
 }
