@@ -194,6 +194,30 @@ impl Registry {
         *self.write() = table;
     }
 
+    /// Replaces every device with the store's, read row by row into a new table (the
+    /// call path reads the old one meanwhile); returns how many.
+    pub async fn load_from(
+        &self,
+        store: &crate::store::DeviceStore,
+    ) -> Result<usize, crate::store::StoreError> {
+        let mut table = Table::default();
+        store
+            .load_each(|device| {
+                table.insert(device);
+            })
+            .await?;
+        table.shrink();
+        let count = table.len();
+        *self.write() = table;
+        Ok(count)
+    }
+
+    /// Makes the registry hold exactly `devices` (the store's content after a
+    /// resynchronisation of its change feed), changing only what differs.
+    pub fn resync(&self, devices: Vec<StoredDevice>) {
+        self.write().resync(devices);
+    }
+
     /// Adds the store's devices that the registry does not have (it was opened late:
     /// what was learned meanwhile is newer and stays).
     pub fn merge(&self, devices: impl IntoIterator<Item = StoredDevice>) {

@@ -65,9 +65,9 @@ impl Devices {
         let location = section.store.describe();
         match DeviceStore::open(&section.store).await {
             Ok(opened) => {
-                let devices = opened.load_all().await?;
-                tracing::info!(store = %location, backend = opened.backend(), devices = devices.len(), "device store opened");
-                registry.load(devices);
+                let count = registry.load_from(&opened).await?;
+                tracing::info!(store = %location, backend = opened.backend(), devices = count, "device store opened");
+                release_freed_memory();
                 let _ = set_store.send(Some(opened));
             }
             Err(StoreError::Unavailable(error)) => {
@@ -131,6 +131,17 @@ impl Devices {
     }
 }
 
+/// Gives the memory freed after reading every device back to the system. glibc's malloc
+/// keeps freed memory for reuse, and the rows read at start (about 100 MiB for 100,000
+/// devices, measured by `benches/device_store.rs`) are never needed again.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointer; it only returns the allocator's free pages.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Opens the store again every [`RETRY`] until it answers, then reads it into the
 /// registry (whose devices learned meanwhile are kept).
 async fn open_later(
@@ -151,6 +162,7 @@ async fn open_later(
             Ok(devices) => {
                 tracing::info!(store = %config.describe(), devices = devices.len(), "device store opened at last");
                 registry.merge(devices);
+                release_freed_memory();
                 let _ = set_store.send(Some(opened));
                 return;
             }
@@ -225,7 +237,8 @@ async fn follow(devices: Devices) {
             }
             StoreChange::Resync(all) => {
                 tracing::debug!(devices = all.len(), "device store resynchronised");
-                devices.registry.load(all);
+                devices.registry.resync(all);
+                release_freed_memory();
             }
         }
     }

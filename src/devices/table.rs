@@ -16,6 +16,9 @@ use pushwake_core::directory::DeviceParams;
 use super::StoredDevice;
 use crate::push::provider::provider;
 
+/// A device's settings: `(key, value, secret)`, in key order.
+type Settings = Box<[(Box<str>, Box<str>, bool)]>;
+
 /// One device, without its extension (the table's key).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Entry {
@@ -23,8 +26,7 @@ pub(super) struct Entry {
     /// A known provider's own name (no allocation), or a name only a newer node knows.
     pub platform: Cow<'static, str>,
     pub token: Box<str>,
-    /// `(key, value, secret)`, in key order.
-    pub params: Box<[(Box<str>, Box<str>, bool)]>,
+    pub params: Settings,
     pub learned: bool,
     pub updated_at: i64,
 }
@@ -35,7 +37,7 @@ impl Entry {
             Some(known) => Cow::Borrowed(known.platform().as_str()),
             None => Cow::Owned(device.platform),
         };
-        let params: Box<[(Box<str>, Box<str>, bool)]> = device
+        let params: Settings = device
             .params
             .entries()
             .map(|(k, v, secret)| (Box::from(k), Box::from(v), secret))
@@ -68,6 +70,21 @@ impl Entry {
             .entries()
             .map(|(k, v, secret)| (Box::from(k), Box::from(v), secret))
             .collect();
+    }
+
+    /// Whether it holds exactly `device` (whose extension is the table's business).
+    pub fn is(&self, device: &StoredDevice) -> bool {
+        *self.device_id == device.device_id
+            && self.platform == device.platform
+            && *self.token == device.token
+            && self.learned == device.learned
+            && self.updated_at == device.updated_at
+            && self.params.len() == device.params.entries().count()
+            && self
+                .params
+                .iter()
+                .zip(device.params.entries())
+                .all(|((k, v, s), (k2, v2, s2))| **k == *k2 && **v == *v2 && *s == s2)
     }
 
     pub fn to_device(&self, extension: &str) -> StoredDevice {
@@ -174,6 +191,29 @@ impl Table {
             self.extensions.remove(extension);
         }
         true
+    }
+
+    /// Makes the table hold exactly `devices`, changing only what differs: a
+    /// resynchronisation that finds what is already there (the usual case) allocates
+    /// nothing, and leaves no second copy of every device for the allocator to keep.
+    pub fn resync(&mut self, devices: Vec<StoredDevice>) {
+        let wanted: std::collections::HashSet<(&str, &str)> = devices
+            .iter()
+            .map(|d| (d.extension.as_str(), d.device_id.as_str()))
+            .collect();
+        self.extensions.retain(|extension, entries| {
+            entries.retain(|e| wanted.contains(&(&**extension, &*e.device_id)));
+            !entries.is_empty()
+        });
+        drop(wanted);
+        for device in devices {
+            let same = self
+                .get(&device.extension, &device.device_id)
+                .is_some_and(|e| e.is(&device));
+            if !same {
+                self.insert(device);
+            }
+        }
     }
 
     /// Removes the devices for which `gone` says so; returns them as (extension, id).

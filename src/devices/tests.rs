@@ -209,3 +209,44 @@ fn a_device_that_refuses_call_pushes_is_kept_but_not_woken() {
     assert_eq!(registry.list("101").len(), 1);
     assert!(registry.devices_of("101").is_empty());
 }
+
+fn api_device(extension: &str, id: &str, token: &str, updated_at: i64) -> StoredDevice {
+    let mut params = DeviceParams::default();
+    params.set("topic", "com.example.phone.voip");
+    params.set_secret(ALERT_TOKEN, voip(9));
+    StoredDevice {
+        extension: extension.into(),
+        device_id: id.into(),
+        platform: "apns".into(),
+        token: token.into(),
+        params,
+        learned: false,
+        updated_at,
+    }
+}
+
+#[test]
+fn a_resync_leaves_the_registry_holding_exactly_the_store_s_devices() {
+    let (registry, _writes, _dirs) = registry();
+    let (a, b) = (
+        api_device("101", "a", &voip(1), NOW),
+        api_device("101", "b", &voip(2), NOW),
+    );
+    let c = api_device("102", "c", &voip(3), NOW);
+    registry.load(vec![a.clone(), b.clone(), c.clone()]);
+    assert_eq!(registry.len(), 3);
+    // b changed (its settings), c is gone, d is new, a is the same.
+    let mut b2 = b.clone();
+    b2.params.set(ENVIRONMENT, SANDBOX);
+    b2.updated_at = NOW + 5;
+    let d = api_device("103", "d", &voip(4), NOW);
+    registry.resync(vec![a.clone(), b2.clone(), d.clone()]);
+    assert_eq!(registry.list("101"), vec![a, b2]);
+    assert!(registry.list("102").is_empty());
+    assert_eq!(registry.list("103"), vec![d.clone()]);
+    assert_eq!(registry.get("103", "d"), Some(d));
+    assert_eq!(registry.len(), 3);
+    assert_eq!(registry.devices_of("101").len(), 2);
+    registry.resync(Vec::new());
+    assert!(registry.is_empty());
+}

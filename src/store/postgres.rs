@@ -206,14 +206,26 @@ impl Postgres {
         tx.commit().await.map_err(e)
     }
 
+    /// Every device, as [`Self::load_each`] reads them.
     pub(super) async fn load_all(&self) -> Result<Vec<StoredDevice>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {DEVICE_COLUMNS} FROM pushwake_devices ORDER BY extension, device_id"
-        ))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.err(e))?;
-        rows.iter().map(device_from_row).collect()
+        let mut devices = Vec::new();
+        self.load_each(|device| devices.push(device)).await?;
+        Ok(devices)
+    }
+
+    pub(super) async fn load_each(
+        &self,
+        mut each: impl FnMut(StoredDevice),
+    ) -> Result<(), StoreError> {
+        use futures_util::TryStreamExt;
+        // Row by row, as SQLite's load_all (all rows at once double the peak).
+        let sql =
+            format!("SELECT {DEVICE_COLUMNS} FROM pushwake_devices ORDER BY extension, device_id");
+        let mut rows = sqlx::query(&sql).fetch(&self.pool);
+        while let Some(row) = rows.try_next().await.map_err(|e| self.err(e))? {
+            each(device_from_row(&row)?);
+        }
+        Ok(())
     }
 
     pub(super) async fn get(

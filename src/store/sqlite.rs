@@ -182,6 +182,9 @@ pub(super) async fn open(path: &Path) -> Result<SqlitePool, StoreError> {
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full)
         .busy_timeout(BUSY_TIMEOUT)
+        // Every device is read once, at start, into memory: a page cache of SQLite's
+        // default 2 MiB per connection would only keep pages nobody reads again.
+        .pragma("cache_size", "-256")
         .row_buffer_size(1024);
     let pool = SqlitePoolOptions::new()
         .max_connections(4)
@@ -260,14 +263,27 @@ pub(super) fn classify(code: &str, message: String) -> StoreError {
     }
 }
 
+/// Every device, as [`load_each`] reads them.
 pub(super) async fn load_all(pool: &SqlitePool) -> Result<Vec<StoredDevice>, StoreError> {
-    let rows = sqlx::query(&format!(
-        "SELECT {DEVICE_COLUMNS} FROM pushwake_devices ORDER BY extension, device_id"
-    ))
-    .fetch_all(pool)
-    .await
-    .map_err(err)?;
-    rows.iter().map(device_from_row).collect()
+    let mut devices = Vec::new();
+    load_each(pool, |device| devices.push(device)).await?;
+    Ok(devices)
+}
+
+pub(super) async fn load_each(
+    pool: &SqlitePool,
+    mut each: impl FnMut(StoredDevice),
+) -> Result<(), StoreError> {
+    use futures_util::TryStreamExt;
+    // Row by row: all the rows at once would hold every device twice while they are
+    // converted (about 140 MiB more at the peak for 100,000 devices).
+    let sql =
+        format!("SELECT {DEVICE_COLUMNS} FROM pushwake_devices ORDER BY extension, device_id");
+    let mut rows = sqlx::query(&sql).fetch(pool);
+    while let Some(row) = rows.try_next().await.map_err(err)? {
+        each(device_from_row(&row)?);
+    }
+    Ok(())
 }
 
 pub(super) async fn get(
