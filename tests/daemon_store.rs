@@ -1,6 +1,7 @@
 //! The device store under real daemons, no PBX needed: two pushwake processes on one real
 //! PostgreSQL server (started by the test) see each other's devices within a second,
-//! and a device registered through one's API survives its `kill -9`.
+//! a device registered through one's API survives its `kill -9`, and `pushwake devices`
+//! reaches a running daemon on SQLite.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -175,4 +176,43 @@ async fn a_registered_device_survives_kill_9_and_a_restart() {
         .await
         .unwrap();
     assert!(opened.contains("devices=1"), "{opened}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_s_changes_reach_a_running_daemon_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = listen(3);
+    let client = reqwest::Client::new();
+    let running = daemon(dir.path(), addr, None).await;
+    let config = dir.path().join("pushwake.toml");
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pushwake"))
+            .arg("devices")
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let token = apns_token(7);
+    cli(&[
+        "add",
+        "--extension",
+        "101",
+        "desk-mobile",
+        "--platform",
+        "apns",
+        "--token",
+        &token,
+    ]);
+    let seen = until_devices(&client, addr, "101", &["desk-mobile"]).await;
+    cli(&["remove", "--extension", "101", "desk-mobile"]);
+    let gone = until_devices(&client, addr, "101", &[]).await;
+    println!("pushwake devices add → listed by the running daemon after {seen:?}; remove → gone after {gone:?}");
+    assert!(!running.logs().contains(&token), "a token in the log");
 }
