@@ -134,9 +134,13 @@ fn main() -> ExitCode {
                     parts.push(format!("{} {state}", p.platform()));
                 }
                 parts.push(match &loaded.http {
+                    Some(http) if http.api_tokens.is_some() => {
+                        format!("http configured on {} with the device API", http.listen)
+                    }
                     Some(http) => format!("http configured on {}", http.listen),
                     None => "http not configured".to_owned(),
                 });
+                parts.push(format!("store {}", loaded.store.store.describe()));
                 println!("{}: ok ({})", config.display(), parts.join(", "));
                 ExitCode::SUCCESS
             }

@@ -180,7 +180,7 @@ fn the_shipped_example_is_valid() {
     assert_eq!(code, 0, "{stderr}");
     assert!(
         stdout.contains(
-            "ok (1 extension(s), apns configured, fcm not configured, hms not configured, webhook not configured, webpush not configured, http not configured)"
+            "ok (1 extension(s), apns configured, fcm not configured, hms not configured, webhook not configured, webpush not configured, http not configured, store sqlite:/var/lib/pushwake/devices.db)"
         ),
         "{stdout}"
     );
@@ -196,7 +196,7 @@ fn the_shipped_example_with_its_fcm_section_uncommented_is_valid() {
     assert_eq!(code, 0, "{stderr}\n{text}");
     assert!(
         stdout.contains(
-            "ok (1 extension(s), apns configured, fcm configured, hms not configured, webhook not configured, webpush not configured, http not configured)"
+            "ok (1 extension(s), apns configured, fcm configured, hms not configured, webhook not configured, webpush not configured, http not configured, store sqlite:/var/lib/pushwake/devices.db)"
         ),
         "{stdout}"
     );
@@ -220,7 +220,7 @@ fn the_shipped_example_with_its_webhook_section_uncommented_is_valid() {
     assert_eq!(code, 0, "{stderr}\n{text}");
     assert!(
         stdout.contains(
-            "fcm not configured, hms not configured, webhook configured, webpush not configured, http not configured)"
+            "fcm not configured, hms not configured, webhook configured, webpush not configured, http not configured, store sqlite:/var/lib/pushwake/devices.db)"
         ),
         "{stdout}"
     );
@@ -236,7 +236,7 @@ fn the_shipped_example_with_its_webhook_section_uncommented_is_valid() {
     assert_eq!(code, 0, "{stderr}\n{both}");
     assert!(
         stdout.contains(
-            "fcm configured, hms not configured, webhook configured, webpush not configured, http not configured)"
+            "fcm configured, hms not configured, webhook configured, webpush not configured, http not configured, store sqlite:/var/lib/pushwake/devices.db)"
         ),
         "{stdout}"
     );
@@ -727,7 +727,7 @@ fn the_shipped_example_with_its_http_section_uncommented_is_valid() {
     let (code, stdout, stderr) = run(&["check-config"], &config);
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(
-        stdout.contains("webpush not configured, http configured on 127.0.0.1:8089)"),
+        stdout.contains("webpush not configured, http configured on 127.0.0.1:8089, store sqlite:/var/lib/pushwake/devices.db)"),
         "{stdout}"
     );
 
