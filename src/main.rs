@@ -154,47 +154,29 @@ fn main() -> ExitCode {
             device,
             config,
         } => {
-            let loaded = match config::load(&config) {
+            let loaded = match load(&config) {
                 Ok(loaded) => loaded,
-                Err(error) => {
-                    eprintln!("pushwake: {error}");
-                    return ExitCode::from(EXIT_CONFIG);
-                }
+                Err(code) => return code,
             };
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
+            let runtime = match runtime() {
                 Ok(runtime) => runtime,
-                Err(error) => {
-                    eprintln!("pushwake: cannot start the runtime: {error}");
-                    return ExitCode::from(EXIT_RUNTIME);
-                }
+                Err(code) => return code,
             };
             runtime.block_on(test_push(&config, &loaded, &extension, device))
         }
         Command::Devices { action, config } => devices(&config, action),
         Command::Run { config } => {
-            let loaded = match config::load(&config) {
+            let loaded = match load(&config) {
                 Ok(loaded) => loaded,
-                Err(error) => {
-                    eprintln!("pushwake: {error}");
-                    return ExitCode::from(EXIT_CONFIG);
-                }
+                Err(code) => return code,
             };
             // One thread: pushwake does little CPU work and much waiting, and on the path
             // from a REGISTER event to the INVITE every hand-over between threads is a
             // wake-up the OS may delay on a busy machine. On one thread those hand-overs
             // are queue pushes.
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
+            let runtime = match runtime() {
                 Ok(runtime) => runtime,
-                Err(error) => {
-                    eprintln!("pushwake: cannot start the runtime: {error}");
-                    return ExitCode::from(EXIT_RUNTIME);
-                }
+                Err(code) => return code,
             };
             runtime.block_on(run(config, loaded))
         }
@@ -350,24 +332,30 @@ async fn drive<P: CallControl>(
     driver.with_registry(registry).run(events, control).await
 }
 
-/// `pushwake devices …`.
-fn devices(path: &Path, action: DevicesAction) -> ExitCode {
-    let loaded = match config::load(path) {
-        Ok(loaded) => loaded,
-        Err(error) => {
-            eprintln!("pushwake: {error}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+/// The configuration at `path`, or the exit after printing why not.
+fn load(path: &Path) -> Result<Config, ExitCode> {
+    config::load(path).map_err(|error| {
+        eprintln!("pushwake: {error}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+/// The one-thread runtime every command runs on, or the exit after printing why not.
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
+        .map_err(|error| {
             eprintln!("pushwake: cannot start the runtime: {error}");
-            return ExitCode::from(EXIT_RUNTIME);
-        }
+            ExitCode::from(EXIT_RUNTIME)
+        })
+}
+
+/// `pushwake devices …`.
+fn devices(path: &Path, action: DevicesAction) -> ExitCode {
+    let (loaded, runtime) = match (load(path), runtime()) {
+        (Ok(loaded), Ok(runtime)) => (loaded, runtime),
+        (Err(code), _) | (_, Err(code)) => return code,
     };
     runtime.block_on(async {
         let store = match DeviceStore::open(&loaded.store.store).await {

@@ -70,8 +70,7 @@ async fn a_woken_app_learns_ringing_then_how_the_call_ended_from_the_status_url(
         .http(&listen, &base)
         .extension(TestExtension::new(&ext, "30s").device(TestDevice::apns(token(rig.slot))));
     rig.start(config).await;
-    rig.wait_log("call status endpoint listening", SECS(5))
-        .await;
+    rig.wait_log("http listening", SECS(5)).await;
     let client = reqwest::Client::new();
 
     // 1. Nobody registers; the caller gives up after 5 s of ringback (time enough for

@@ -221,7 +221,7 @@ mod tests {
         assert_eq!(p.param.as_deref(), Some("ABCDE12345.com.example.app.voip"));
         let q = params("sip:101@10.0.0.9:5999;transport=tcp;PN-PRID=00fc13ad;pn-param=ABCDE12345.com.example.app.voip;ob;Pn-Provider=APNS");
         assert_eq!(q.device_key(), p.device_key(), "same phone, other address");
-        // As FreeSWITCH reports it: a name-addr with header parameters outside the URI.
+        // A whole Contact header value: a name-addr with header parameters outside the URI.
         let r = params("\"\" <sip:101@127.0.0.1:5091;transport=UDP;pn-provider=apns;pn-prid=abc123;pn-param=TEAM.com.example.voip>;expires=600");
         assert_eq!((r.provider.as_str(), r.prid.as_str()), ("apns", "abc123"));
         assert_eq!(
