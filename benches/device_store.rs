@@ -712,17 +712,19 @@ fn bench(scale: &Scale) -> Result<bool, String> {
     let p99 = big.hits.p99.max(big.all.p99);
     let rss = mib(full.rss_kib);
     let lookup_ok = p99 < LOOKUP_P99_TARGET_US;
-    let rss_ok = rss < RSS_TARGET_MIB;
+    let peak = mib(full.hwm_kib);
+    // The peak counts too: an operator's MemoryMax= would stop the daemon at its peak,
+    // not at its resting size.
+    let rss_ok = rss < RSS_TARGET_MIB && peak < RSS_TARGET_MIB;
     let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
     println!(
         "target: lookup p99 < {LOOKUP_P99_TARGET_US} µs with {n} devices: {} ({p99:.2} µs)",
         verdict(lookup_ok)
     );
     println!(
-        "target: daemon VmRSS < {RSS_TARGET_MIB} MiB with {n} devices: {} ({rss:.1} MiB; \
-         peak VmHWM {:.1} MiB)",
-        verdict(rss_ok),
-        mib(full.hwm_kib)
+        "target: daemon VmRSS and its peak VmHWM < {RSS_TARGET_MIB} MiB with {n} devices: {} \
+         ({rss:.1} MiB; peak {peak:.1} MiB)",
+        verdict(rss_ok)
     );
     Ok(lookup_ok && rss_ok)
 }

@@ -340,10 +340,7 @@ async fn two_stores_on_one_file_see_each_others_changes() {
     let cli = open(&path).await;
     let mut feed = daemon.subscribe().expect("sqlite has a change feed");
     // A fresh file: the log is empty too.
-    assert_eq!(
-        next_change(&mut feed, WITHIN).await,
-        StoreChange::Resync(vec![])
-    );
+    assert_eq!(next_change(&mut feed, WITHIN).await, StoreChange::Resync);
 
     let mut latencies = Vec::new();
     for i in 0..10 {
@@ -436,7 +433,7 @@ async fn two_stores_on_one_file_see_each_others_changes() {
     // The other way round: the CLI's feed hears the daemon.
     let mut cli_feed = cli.subscribe().unwrap();
     match next_change(&mut cli_feed, WITHIN).await {
-        StoreChange::Resync(all) => assert_eq!(all, daemon.load_all().await.unwrap()),
+        StoreChange::Resync => {}
         other => panic!("expected a resync first, got {other:?}"),
     }
     let back = device("104", "back", "webhook", "tok-back");
@@ -458,10 +455,8 @@ async fn plain_sql_writes_reach_the_feed() {
     let kept = device("100", "kept", "apns", "tok-kept");
     store.put(&kept).await.unwrap();
     let mut feed = store.subscribe().unwrap();
-    assert_eq!(
-        next_change(&mut feed, WITHIN).await,
-        StoreChange::Resync(vec![kept])
-    );
+    assert_eq!(next_change(&mut feed, WITHIN).await, StoreChange::Resync);
+    assert_eq!(store.load_all().await.unwrap(), vec![kept]);
     let db = plain(&path).await;
 
     let insert = "INSERT INTO pushwake_devices
@@ -551,7 +546,12 @@ async fn plain_sql_writes_reach_the_feed() {
 }
 
 /// Applies `change` to a cache as the registry does.
-fn apply(cache: &mut BTreeMap<(String, String), StoredDevice>, change: StoreChange) {
+/// Applies one change to `cache`; a Resync reads `store` again, as the registry does.
+async fn apply(
+    store: &DeviceStore,
+    cache: &mut BTreeMap<(String, String), StoredDevice>,
+    change: StoreChange,
+) {
     match change {
         StoreChange::Put(d) => {
             cache.insert((d.extension.clone(), d.device_id.clone()), d);
@@ -562,8 +562,11 @@ fn apply(cache: &mut BTreeMap<(String, String), StoredDevice>, change: StoreChan
         } => {
             cache.remove(&(extension, device_id));
         }
-        StoreChange::Resync(all) => {
-            *cache = all
+        StoreChange::Resync => {
+            *cache = store
+                .load_all()
+                .await
+                .unwrap()
                 .into_iter()
                 .map(|d| ((d.extension.clone(), d.device_id.clone()), d))
                 .collect();
@@ -573,6 +576,7 @@ fn apply(cache: &mut BTreeMap<(String, String), StoredDevice>, change: StoreChan
 
 /// Applies the feed's changes to a cache until it holds `expected`.
 async fn follow_until(
+    store: &DeviceStore,
     feed: &mut Receiver<StoreChange>,
     cache: &mut BTreeMap<(String, String), StoredDevice>,
     expected: &[StoredDevice],
@@ -580,13 +584,13 @@ async fn follow_until(
     let deadline = tokio::time::Instant::now() + WITHIN;
     while cache.values().cloned().collect::<Vec<_>>() != expected {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        apply(cache, next_change(feed, left).await);
+        apply(store, cache, next_change(feed, left).await).await;
     }
 }
 
-/// The first message is a Resync; writes racing with the subscription are either in it
-/// or follow it, so a cache built from the feed alone ends up as the store is. A bulk
-/// change (more rows than one poll reads at once) arrives whole.
+/// The first message is a Resync; writes racing with the subscription are either in the
+/// read that follows it or arrive after it, so a cache built from the feed alone ends up
+/// as the store is. A bulk change (more rows than one poll reads at once) arrives whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cache_built_from_the_feed_alone_misses_nothing() {
     let dir = private_dir();
@@ -608,13 +612,13 @@ async fn a_cache_built_from_the_feed_alone_misses_nothing() {
     let mut feed = daemon.subscribe().unwrap();
     let mut cache = BTreeMap::new();
     match next_change(&mut feed, WITHIN).await {
-        first @ StoreChange::Resync(_) => apply(&mut cache, first),
+        first @ StoreChange::Resync => apply(&daemon, &mut cache, first).await,
         other => panic!("expected a resync first, got {other:?}"),
     }
     let cli = writer.await.unwrap();
     let expected = cli.load_all().await.unwrap();
     assert_eq!(expected.len(), 30);
-    follow_until(&mut feed, &mut cache, &expected).await;
+    follow_until(&daemon, &mut feed, &mut cache, &expected).await;
 
     // 2,500 devices in one statement, then all of them deleted in another.
     let db = plain(&path).await;
@@ -630,10 +634,10 @@ async fn a_cache_built_from_the_feed_alone_misses_nothing() {
     .unwrap();
     let expected = cli.load_all().await.unwrap();
     assert_eq!(expected.len(), 2530);
-    follow_until(&mut feed, &mut cache, &expected).await;
+    follow_until(&daemon, &mut feed, &mut cache, &expected).await;
     assert_eq!(cli.expire_learned(i64::MAX).await.unwrap().len(), 2500);
     let expected = cli.load_all().await.unwrap();
-    follow_until(&mut feed, &mut cache, &expected).await;
+    follow_until(&daemon, &mut feed, &mut cache, &expected).await;
     db.close().await;
 }
 
@@ -647,10 +651,8 @@ async fn a_gap_in_the_change_log_brings_a_resync() {
     let first = device("100", "first", "apns", "tok-1");
     store.put(&first).await.unwrap();
     let mut feed = store.subscribe().unwrap();
-    assert_eq!(
-        next_change(&mut feed, WITHIN).await,
-        StoreChange::Resync(vec![first.clone()])
-    );
+    assert_eq!(next_change(&mut feed, WITHIN).await, StoreChange::Resync);
+    assert_eq!(store.load_all().await.unwrap(), vec![first.clone()]);
     // One transaction: a device and the loss of every log row but its own, so the feed
     // can only see both at once.
     let db = plain(&path).await;
@@ -669,10 +671,8 @@ async fn a_gap_in_the_change_log_brings_a_resync() {
         .unwrap();
     tx.commit().await.unwrap();
     let second = device("100", "second", "apns", "tok-2");
-    assert_eq!(
-        next_change(&mut feed, WITHIN).await,
-        StoreChange::Resync(vec![first, second.clone()])
-    );
+    assert_eq!(next_change(&mut feed, WITHIN).await, StoreChange::Resync);
+    assert_eq!(store.load_all().await.unwrap(), vec![first, second.clone()]);
     // And it goes on from there.
     store.delete("100", "second").await.unwrap();
     assert_eq!(
@@ -759,10 +759,8 @@ async fn a_version_1_file_is_upgraded_keeping_its_devices() {
 
     // The upgraded file has a feed like a new one.
     let mut feed = store.subscribe().unwrap();
-    assert_eq!(
-        next_change(&mut feed, WITHIN).await,
-        StoreChange::Resync(vec![phone, learned])
-    );
+    assert_eq!(next_change(&mut feed, WITHIN).await, StoreChange::Resync);
+    assert_eq!(store.load_all().await.unwrap(), vec![phone, learned]);
     let other = open(&path).await;
     assert_eq!(other.delete_token("fcm", "tok-2").await.unwrap().len(), 1);
     assert_eq!(

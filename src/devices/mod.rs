@@ -212,10 +212,26 @@ impl Registry {
         Ok(count)
     }
 
-    /// Makes the registry hold exactly `devices` (the store's content after a
-    /// resynchronisation of its change feed), changing only what differs.
-    pub fn resync(&self, devices: Vec<StoredDevice>) {
-        self.write().resync(devices);
+    /// Makes the registry hold exactly the store's devices (after its change feed's
+    /// `Resync`), reading them row by row and changing only what differs: no second copy
+    /// of every device at any moment. A device the registry takes meanwhile (learned
+    /// from a REGISTER, put by the API) is kept. Returns how many were read.
+    pub async fn resync_from(
+        &self,
+        store: &crate::store::DeviceStore,
+    ) -> Result<usize, crate::store::StoreError> {
+        self.write().unsee_all();
+        let mut count = 0;
+        store
+            .load_each(|device| {
+                count += 1;
+                self.write().see(device);
+            })
+            .await?;
+        let mut table = self.write();
+        table.drop_unseen();
+        table.shrink();
+        Ok(count)
     }
 
     /// Adds the store's devices that the registry does not have (it was opened late:

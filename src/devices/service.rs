@@ -235,11 +235,20 @@ async fn follow(devices: Devices) {
             } => {
                 devices.registry.remove(&extension, &device_id);
             }
-            StoreChange::Resync(all) => {
-                tracing::debug!(devices = all.len(), "device store resynchronised");
-                devices.registry.resync(all);
-                release_freed_memory();
-            }
+            StoreChange::Resync => loop {
+                match devices.registry.resync_from(&store).await {
+                    Ok(count) => {
+                        tracing::debug!(devices = count, "device store resynchronised");
+                        release_freed_memory();
+                        break;
+                    }
+                    Err(error) => {
+                        // The old cache serves meanwhile; what changed is read next time.
+                        tracing::warn!(%error, "could not read the device store again; trying again");
+                        tokio::time::sleep(RETRY).await;
+                    }
+                }
+            },
         }
     }
 }

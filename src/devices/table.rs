@@ -29,6 +29,9 @@ pub(super) struct Entry {
     pub params: Settings,
     pub learned: bool,
     pub updated_at: i64,
+    /// Cleared when a resynchronisation starts, set on every entry it reads (and on
+    /// every entry written meanwhile): the unmarked ones are gone from the store.
+    pub seen: bool,
 }
 
 impl Entry {
@@ -51,6 +54,7 @@ impl Entry {
                 params,
                 learned: device.learned,
                 updated_at: device.updated_at,
+                seen: true,
             },
         )
     }
@@ -193,27 +197,32 @@ impl Table {
         true
     }
 
-    /// Makes the table hold exactly `devices`, changing only what differs: a
-    /// resynchronisation that finds what is already there (the usual case) allocates
-    /// nothing, and leaves no second copy of every device for the allocator to keep.
-    pub fn resync(&mut self, devices: Vec<StoredDevice>) {
-        let wanted: std::collections::HashSet<(&str, &str)> = devices
-            .iter()
-            .map(|d| (d.extension.as_str(), d.device_id.as_str()))
-            .collect();
-        self.extensions.retain(|extension, entries| {
-            entries.retain(|e| wanted.contains(&(&**extension, &*e.device_id)));
-            !entries.is_empty()
-        });
-        drop(wanted);
-        for device in devices {
-            let same = self
-                .get(&device.extension, &device.device_id)
-                .is_some_and(|e| e.is(&device));
-            if !same {
-                self.insert(device);
+    /// Starts a resynchronisation: every entry unseen.
+    pub fn unsee_all(&mut self) {
+        for entries in self.extensions.values_mut() {
+            for e in entries {
+                e.seen = false;
             }
         }
+    }
+
+    /// A device the resynchronisation read: marked seen if it is there as it is (which
+    /// allocates nothing: the usual case), written otherwise.
+    pub fn see(&mut self, device: StoredDevice) {
+        if let Some(entries) = self.extensions.get_mut(device.extension.as_str()) {
+            if let Ok(at) = entries.binary_search_by(|e| (*e.device_id).cmp(&device.device_id)) {
+                if entries[at].is(&device) {
+                    entries[at].seen = true;
+                    return;
+                }
+            }
+        }
+        self.insert(device);
+    }
+
+    /// Ends a resynchronisation: the entries it did not see are removed.
+    pub fn drop_unseen(&mut self) -> usize {
+        self.remove_where(|e| !e.seen).len()
     }
 
     /// Removes the devices for which `gone` says so; returns them as (extension, id).

@@ -225,28 +225,42 @@ fn api_device(extension: &str, id: &str, token: &str, updated_at: i64) -> Stored
     }
 }
 
-#[test]
-fn a_resync_leaves_the_registry_holding_exactly_the_store_s_devices() {
+#[tokio::test]
+async fn a_resync_leaves_the_registry_holding_exactly_the_store_s_devices() {
     let (registry, _writes, _dirs) = registry();
+    let dir = tempfile::tempdir().unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    let store = crate::store::DeviceStore::open(&crate::store::StoreConfig {
+        url: format!("sqlite:{}", dir.path().join("devices.db").display()),
+    })
+    .await
+    .unwrap();
     let (a, b) = (
         api_device("101", "a", &voip(1), NOW),
         api_device("101", "b", &voip(2), NOW),
     );
     let c = api_device("102", "c", &voip(3), NOW);
-    registry.load(vec![a.clone(), b.clone(), c.clone()]);
-    assert_eq!(registry.len(), 3);
-    // b changed (its settings), c is gone, d is new, a is the same.
+    for d in [&a, &b, &c] {
+        store.put(d).await.unwrap();
+    }
+    assert_eq!(registry.load_from(&store).await.unwrap(), 3);
+    assert_eq!(registry.list("101"), vec![a.clone(), b.clone()]);
+    // Behind the registry's back: b changed (its settings), c is gone, d is new, a is
+    // the same.
     let mut b2 = b.clone();
     b2.params.set(ENVIRONMENT, SANDBOX);
     b2.updated_at = NOW + 5;
     let d = api_device("103", "d", &voip(4), NOW);
-    registry.resync(vec![a.clone(), b2.clone(), d.clone()]);
+    store.put(&b2).await.unwrap();
+    store.delete("102", "c").await.unwrap();
+    store.put(&d).await.unwrap();
+    assert_eq!(registry.resync_from(&store).await.unwrap(), 3);
     assert_eq!(registry.list("101"), vec![a, b2]);
     assert!(registry.list("102").is_empty());
-    assert_eq!(registry.list("103"), vec![d.clone()]);
     assert_eq!(registry.get("103", "d"), Some(d));
     assert_eq!(registry.len(), 3);
     assert_eq!(registry.devices_of("101").len(), 2);
-    registry.resync(Vec::new());
-    assert!(registry.is_empty());
 }

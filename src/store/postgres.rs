@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 
 use super::{
     bounded, device_from_row, params_to_json, store_error, StoreChange, StoreError, StoredDevice,
-    CONNECT_TIMEOUT, DEVICE_COLUMNS, LOAD_TIMEOUT, OP_TIMEOUT, POSTGRES_SCHEMA_VERSION,
+    CONNECT_TIMEOUT, DEVICE_COLUMNS, OP_TIMEOUT, POSTGRES_SCHEMA_VERSION,
 };
 
 /// The channel the trigger announces changes on.
@@ -204,13 +204,6 @@ impl Postgres {
             .await
             .map_err(e)?;
         tx.commit().await.map_err(e)
-    }
-
-    /// Every device, as [`Self::load_each`] reads them.
-    pub(super) async fn load_all(&self) -> Result<Vec<StoredDevice>, StoreError> {
-        let mut devices = Vec::new();
-        self.load_each(|device| devices.push(device)).await?;
-        Ok(devices)
     }
 
     pub(super) async fn load_each(
@@ -432,9 +425,7 @@ impl Postgres {
                 device_id,
             })),
             // "resync", or something this build does not know: read everything.
-            _ => Ok(Some(StoreChange::Resync(
-                bounded(LOAD_TIMEOUT, &self.what, self.load_all()).await?,
-            ))),
+            _ => Ok(Some(StoreChange::Resync)),
         }
     }
 }
@@ -492,19 +483,14 @@ async fn session(
         Err(e) => return Ended::Lost(e.to_string()),
     };
     // After LISTEN: whatever is committed from now on is announced, whatever was
-    // committed before is in this load.
-    let all = match store.load_all().await {
-        Ok(all) => all,
-        Err(e) => return Ended::Lost(e.to_string()),
-    };
-    let count = all.len();
-    if tx.send(StoreChange::Resync(all)).await.is_err() {
+    // committed before is in the receiver's read after this Resync.
+    if tx.send(StoreChange::Resync).await.is_err() {
         return Ended::Closed;
     }
     *was_up = true;
     if *down {
         tracing::info!(
-            "device store: change feed of {} is back ({count} devices reloaded)",
+            "device store: change feed of {} is back (every device read again)",
             store.what
         );
         *down = false;

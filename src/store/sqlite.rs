@@ -263,13 +263,6 @@ pub(super) fn classify(code: &str, message: String) -> StoreError {
     }
 }
 
-/// Every device, as [`load_each`] reads them.
-pub(super) async fn load_all(pool: &SqlitePool) -> Result<Vec<StoredDevice>, StoreError> {
-    let mut devices = Vec::new();
-    load_each(pool, |device| devices.push(device)).await?;
-    Ok(devices)
-}
-
 pub(super) async fn load_each(
     pool: &SqlitePool,
     mut each: impl FnMut(StoredDevice),
@@ -439,10 +432,10 @@ pub(super) mod feed {
     use tokio::sync::mpsc;
     use tokio::time::{Instant, MissedTickBehavior};
 
-    use super::{err, load_all, StoreChange, StoreError};
+    use super::{err, StoreChange, StoreError};
     #[cfg(doc)]
     use crate::store::DEVICE_COLUMNS;
-    use crate::store::{bounded, device_from_row, LOAD_TIMEOUT, OP_TIMEOUT};
+    use crate::store::{bounded, device_from_row, OP_TIMEOUT};
 
     /// How often the log is read.
     pub(crate) const POLL: Duration = Duration::from_millis(500);
@@ -530,8 +523,9 @@ pub(super) mod feed {
         }
     }
 
-    /// The log's end, then every device: whatever is committed after the end was taken
-    /// is read by the following polls (again, if the load already had it: harmless).
+    /// The log's end, then a `Resync`: whatever is committed after the end was taken is
+    /// read by the following polls (again, if the receiver's read already had it:
+    /// harmless).
     async fn resync(
         pool: &SqlitePool,
         tx: &mpsc::Sender<StoreChange>,
@@ -543,8 +537,7 @@ pub(super) mod feed {
                 .map_err(err)
         })
         .await?;
-        let all = bounded(LOAD_TIMEOUT, "loading the devices", load_all(pool)).await?;
-        if tx.send(StoreChange::Resync(all)).await.is_err() {
+        if tx.send(StoreChange::Resync).await.is_err() {
             return Ok(Polled::Closed);
         }
         Ok(Polled::At(end.map_or(Position::Empty, Position::At)))

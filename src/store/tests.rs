@@ -148,7 +148,7 @@ async fn the_feed_ends_with_its_receiver() {
     let first = tokio::time::timeout(Duration::from_secs(5), rx.recv())
         .await
         .unwrap();
-    assert_eq!(first, Some(StoreChange::Resync(vec![])));
+    assert_eq!(first, Some(StoreChange::Resync));
     drop(rx);
     tokio::time::timeout(Duration::from_secs(5), task)
         .await
