@@ -56,6 +56,8 @@ pub struct Driver<P: CallControl> {
     status: Option<SharedBoard>,
     /// The devices that registered themselves: learned from here, pushed by the engine.
     registry: Option<Arc<Registry>>,
+    /// Where the PBX connection's state goes, for `/healthz`.
+    health: Option<crate::health::PbxHealth>,
 }
 
 impl<P: CallControl> Driver<P> {
@@ -87,6 +89,7 @@ impl<P: CallControl> Driver<P> {
             wake_pushes: HashMap::new(),
             status: None,
             registry: None,
+            health: None,
         }
     }
 
@@ -96,6 +99,12 @@ impl<P: CallControl> Driver<P> {
     pub fn with_registry(mut self, registry: Arc<Registry>) -> Self {
         self.engine.set_device_source(registry.clone());
         self.registry = Some(registry);
+        self
+    }
+
+    /// Records the PBX connection's state in `health` (read by `/healthz`).
+    pub fn with_health(mut self, health: crate::health::PbxHealth) -> Self {
+        self.health = Some(health);
         self
     }
 
@@ -117,7 +126,12 @@ impl<P: CallControl> Driver<P> {
             let timeout = self.engine.next_timeout();
             tokio::select! {
                 event = events.recv() => match event {
-                    Some(event) => self.feed(Input::Event(event)),
+                    Some(event) => {
+                        if let Some(health) = &self.health {
+                            health.observe(&event);
+                        }
+                        self.feed(Input::Event(event))
+                    }
                     None => {
                         tracing::error!("the PBX event stream ended");
                         break;

@@ -19,6 +19,7 @@
 pub mod config;
 pub mod devices;
 pub mod driver;
+pub mod health;
 pub mod http;
 pub mod pbx;
 pub mod push;

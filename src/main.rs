@@ -241,12 +241,14 @@ async fn run(path: PathBuf, config: Config) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    let pbx_health = pushwake::health::PbxHealth::default();
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let http_task = status_listener.map(|listener| {
         let service = Service {
             board: board.clone(),
             devices: Some(devices.clone()),
             api_tokens: config.http.as_ref().and_then(|h| h.api_tokens.clone()),
+            pbx: Some(pbx_health.clone()),
         };
         tokio::spawn(listener.serve(service, async move {
             let _ = http_stopped.await;
@@ -278,7 +280,14 @@ async fn run(path: PathBuf, config: Config) -> ExitCode {
     let stats = match &config.pbx {
         PbxConfig::Asterisk(asterisk) => match AsteriskPbx::start(asterisk) {
             Ok((pbx, events)) => {
-                drive(pbx, events, &config, push, board, registry, control_rx).await
+                let serving = Serving {
+                    push,
+                    board,
+                    registry,
+                    health: pbx_health,
+                    control: control_rx,
+                };
+                drive(pbx, events, &config, serving).await
             }
             Err(error) => {
                 eprintln!("pushwake: cannot set up the ARI client: {error}");
@@ -303,16 +312,22 @@ async fn run(path: PathBuf, config: Config) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// What the driver serves besides the PBX: the same for every PBX adapter.
+struct Serving {
+    push: PushService,
+    board: Option<pushwake::status::SharedBoard>,
+    registry: Arc<Registry>,
+    health: pushwake::health::PbxHealth,
+    control: mpsc::Receiver<Control>,
+}
+
 /// Runs the wake logic against a started PBX adapter until shutdown; returns the
 /// engine's counters.
 async fn drive<P: CallControl>(
     pbx: P,
     events: mpsc::Receiver<PbxEvent>,
     config: &Config,
-    push: PushService,
-    board: Option<pushwake::status::SharedBoard>,
-    registry: Arc<Registry>,
-    control: mpsc::Receiver<Control>,
+    serving: Serving,
 ) -> pushwake_core::wake::EngineStats {
     let settings = EngineSettings {
         // The adapter says whether its PBX announces every registration.
@@ -322,14 +337,18 @@ async fn drive<P: CallControl>(
     };
     let mut driver = Driver::new(
         Arc::new(pbx),
-        push,
+        serving.push,
         Arc::new(config.directory.clone()),
         settings,
     );
-    if let Some(board) = board {
+    if let Some(board) = serving.board {
         driver = driver.with_status_board(board);
     }
-    driver.with_registry(registry).run(events, control).await
+    driver
+        .with_registry(serving.registry)
+        .with_health(serving.health)
+        .run(events, serving.control)
+        .await
 }
 
 /// The configuration at `path`, or the exit after printing why not.

@@ -72,6 +72,11 @@ async fn a_woken_app_learns_ringing_then_how_the_call_ended_from_the_status_url(
     rig.start(config).await;
     rig.wait_log("http listening", SECS(5)).await;
     let client = reqwest::Client::new();
+    // The daemon is connected to ARI (Rig::start waited for it) and its store answers.
+    let (code, health) = status(&client, &format!("{base}/healthz"), None).await;
+    assert_eq!(code, 200, "{health}");
+    assert_eq!(health["pbx"], "connected", "{health}");
+    assert_eq!(health["store"], "ok", "{health}");
 
     // 1. Nobody registers; the caller gives up after 5 s of ringback (time enough for
     //    the requests below).

@@ -49,6 +49,8 @@ async fn start(config: &Config, with_tokens: bool) -> Api {
         } else {
             None
         },
+        // No PBX here: /healthz speaks of the store only.
+        pbx: None,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(listener.serve(service, async move {

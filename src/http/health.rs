@@ -3,7 +3,8 @@
 //!
 //! | answer | when |
 //! |---|---|
-//! | 200 `{"status": "ok", "store": "ok", "backend": "sqlite", "devices": N}` | the device store answers |
+//! | 200 `{"status": "ok", "pbx": "connected", "store": "ok", "backend": "sqlite", "devices": N}` | the PBX's event stream is up and the device store answers |
+//! | 503 `{"status": "degraded", "pbx": "disconnected", …}` | the PBX is not connected (`connecting` before the first connection): calls handed over meanwhile take their normal route |
 //! | 503 `{"status": "degraded", "store": "unavailable", …}` | the device store does not answer within a second: calls are still served from the devices in memory, but the device API cannot write |
 //! | 405 with `Allow: GET` | another method |
 
@@ -13,6 +14,7 @@ use hyper::{Method, Response, StatusCode};
 use serde_json::json;
 
 use super::{method_not_allowed, reply, Service};
+use crate::health::PbxState;
 
 /// Its path.
 pub const PATH: &str = "/healthz";
@@ -22,27 +24,79 @@ pub async fn answer(service: &Service, method: &Method) -> Response<Full<Bytes>>
     if method != Method::GET {
         return method_not_allowed("GET");
     }
-    let Some(devices) = &service.devices else {
-        return reply(StatusCode::OK, json!({ "status": "ok" }));
-    };
-    let count = devices.registry().len();
-    let Some(store) = devices.store() else {
-        return reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({ "status": "degraded", "store": "unavailable", "detail": "the device store has not been opened yet: it could not be reached", "devices": count }),
-        );
-    };
-    match store.ping().await {
-        Ok(()) => reply(
-            StatusCode::OK,
-            json!({ "status": "ok", "store": "ok", "backend": store.backend(), "devices": count }),
-        ),
-        Err(error) => {
-            tracing::debug!(%error, "healthz: the device store does not answer");
-            reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                json!({ "status": "degraded", "store": "unavailable", "backend": store.backend(), "detail": error.to_string(), "devices": count }),
-            )
+    let mut body = json!({ "status": "ok" });
+    let mut healthy = true;
+    if let Some(pbx) = &service.pbx {
+        let state = pbx.state();
+        body["pbx"] = json!(state.as_str());
+        healthy &= state == PbxState::Connected;
+    }
+    if let Some(devices) = &service.devices {
+        body["devices"] = json!(devices.registry().len());
+        match devices.store() {
+            None => {
+                body["store"] = json!("unavailable");
+                body["detail"] =
+                    json!("the device store has not been opened yet: it could not be reached");
+                healthy = false;
+            }
+            Some(store) => {
+                body["backend"] = json!(store.backend());
+                match store.ping().await {
+                    Ok(()) => body["store"] = json!("ok"),
+                    Err(error) => {
+                        tracing::debug!(%error, "healthz: the device store does not answer");
+                        body["store"] = json!("unavailable");
+                        body["detail"] = json!(error.to_string());
+                        healthy = false;
+                    }
+                }
+            }
         }
+    }
+    if healthy {
+        reply(StatusCode::OK, body)
+    } else {
+        body["status"] = json!("degraded");
+        reply(StatusCode::SERVICE_UNAVAILABLE, body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::PbxHealth;
+    use pushwake_core::pbx::PbxEvent;
+
+    fn body(response: &Response<Full<Bytes>>) -> serde_json::Value {
+        use http_body_util::BodyExt;
+        let bytes = futures_util::FutureExt::now_or_never(response.body().clone().collect())
+            .unwrap()
+            .unwrap()
+            .to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_pbx_connection_is_part_of_the_health() {
+        let pbx = PbxHealth::default();
+        let mut service = Service::status_only(crate::status::StatusBoard::shared());
+        service.pbx = Some(pbx.clone());
+        let connecting = answer(&service, &Method::GET).await;
+        assert_eq!(connecting.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            body(&connecting),
+            json!({"status": "degraded", "pbx": "connecting"})
+        );
+        pbx.observe(&PbxEvent::Connected(Default::default()));
+        let up = answer(&service, &Method::GET).await;
+        assert_eq!(up.status(), StatusCode::OK);
+        assert_eq!(body(&up), json!({"status": "ok", "pbx": "connected"}));
+        pbx.observe(&PbxEvent::Disconnected);
+        let down = answer(&service, &Method::GET).await;
+        assert_eq!(down.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body(&down)["pbx"], "disconnected");
+        let post = answer(&service, &Method::POST).await;
+        assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
     }
 }

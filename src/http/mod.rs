@@ -60,6 +60,8 @@ pub struct Service {
     pub devices: Option<Devices>,
     /// The device API's tokens; `None` turns the device API off.
     pub api_tokens: Option<tokens::ApiTokens>,
+    /// The PBX connection's state (`/healthz`); `None` leaves it out.
+    pub pbx: Option<crate::health::PbxHealth>,
 }
 
 impl Service {
@@ -69,6 +71,7 @@ impl Service {
             board,
             devices: None,
             api_tokens: None,
+            pbx: None,
         }
     }
 }
