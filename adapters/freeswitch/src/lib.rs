@@ -2,10 +2,16 @@
 //! everything pushwake knows about FreeSWITCH, and the only crate that knows it.
 //!
 //! - [`frame`]: the wire format as a plain parser (bytes in, typed [`Frame`]s out).
+//! - [`client`]: one authenticated connection ([`EslConnection`]: `api`, `bgapi` with its
+//!   `BACKGROUND_JOB` matched by `Job-UUID`, events on a channel, a keep-alive that
+//!   notices a dead peer).
 //!
-//! The connection, call control and the `[freeswitch]` configuration section come next,
-//! on top of it.
+//! Call control and the `[freeswitch]` configuration section come next, on top of these.
 
+#![warn(missing_docs)]
+
+pub mod client;
 pub mod frame;
 
+pub use client::{BackgroundJob, EslConfig, EslConnection, EslError, KeepAlive, Password};
 pub use frame::{CommandReply, Event, Frame, FrameError, FrameReader, Headers};
