@@ -1,4 +1,5 @@
-//! The Event Socket client: one authenticated connection ([`EslConnection`]).
+//! The Event Socket client: one authenticated connection ([`EslConnection`]), and a
+//! client that keeps one up ([`EslClient`], from [`spawn_client`]).
 //!
 //! One task owns the TCP stream. It writes the commands in the order they are asked for
 //! and matches the replies in that order — FreeSWITCH answers the commands of a connection
@@ -781,6 +782,142 @@ impl Link {
 
 fn unreadable(error: &FrameError) -> String {
     format!("unreadable frame from FreeSWITCH: {error}")
+}
+
+/// First reconnect delay; doubled after each failure up to [`MAX_RECONNECT_DELAY`]. Short,
+/// because while pushwake is disconnected, calls that park for it are not handed to it.
+pub const FIRST_RECONNECT_DELAY: Duration = Duration::from_millis(250);
+/// Longest wait between two connection attempts.
+pub const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
+
+/// What [`spawn_client`] delivers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EslFeed {
+    /// A connection is up, authenticated and subscribed (after the first connect and
+    /// after every reconnect): whatever happened meanwhile was missed, so resynchronise.
+    Connected,
+    /// An event (boxed: events are large, and most of the feed's traffic).
+    Event(Box<Event>),
+    /// The connection was lost; the client reconnects by itself.
+    Disconnected {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Requests through whatever connection [`spawn_client`] has up. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct EslClient {
+    current: watch::Receiver<Option<EslConnection>>,
+}
+
+impl EslClient {
+    /// The connection up now, if there is one.
+    pub fn connection(&self) -> Result<EslConnection, EslError> {
+        self.current
+            .borrow()
+            .clone()
+            .filter(|c| !c.is_closed())
+            .ok_or(EslError::NotConnected)
+    }
+
+    /// Whether a connection is up.
+    pub fn is_connected(&self) -> bool {
+        self.connection().is_ok()
+    }
+
+    /// [`EslConnection::api`] on the connection up now; [`EslError::NotConnected`] at
+    /// once when there is none (waiting would only delay the caller's own fallback).
+    pub async fn api(&self, command: &str) -> Result<String, EslError> {
+        self.connection()?.api(command).await
+    }
+
+    /// [`EslConnection::bgapi`] on the connection up now. A job outlives nothing: when its
+    /// connection is lost, it fails.
+    pub async fn bgapi(&self, command: &str) -> Result<BackgroundJob, EslError> {
+        self.connection()?.bgapi(command).await
+    }
+}
+
+/// Keeps an Event Socket connection up for as long as the returned feed lives,
+/// reconnecting with capped exponential backoff ([`FIRST_RECONNECT_DELAY`] doubling to
+/// [`MAX_RECONNECT_DELAY`]) forever. The feed says [`EslFeed::Connected`] after each
+/// connect, then the events, then [`EslFeed::Disconnected`]. Logs changes of state
+/// (connected, lost, still failing), not every retry.
+pub fn spawn_client(config: EslConfig) -> (EslClient, mpsc::Receiver<EslFeed>) {
+    let (feed, feed_rx) = mpsc::channel(1024);
+    let (current, current_rx) = watch::channel(None);
+    tokio::spawn(async move {
+        keep_connected(&config, &current, &feed).await;
+        current.send_replace(None);
+    });
+    (
+        EslClient {
+            current: current_rx,
+        },
+        feed_rx,
+    )
+}
+
+async fn keep_connected(
+    config: &EslConfig,
+    current: &watch::Sender<Option<EslConnection>>,
+    feed: &mpsc::Sender<EslFeed>,
+) {
+    let address = &config.address;
+    let mut delay = FIRST_RECONNECT_DELAY;
+    let mut failures = 0u32;
+    loop {
+        let attempt = tokio::select! {
+            attempt = EslConnection::connect(config) => attempt,
+            () = feed.closed() => return,
+        };
+        match attempt {
+            Ok((connection, mut events)) => {
+                if failures == 0 {
+                    tracing::info!(%address, "FreeSWITCH event socket connected");
+                } else {
+                    tracing::info!(%address, failures, "FreeSWITCH event socket connected after failed attempts");
+                }
+                failures = 0;
+                delay = FIRST_RECONNECT_DELAY;
+                current.send_replace(Some(connection.clone()));
+                if feed.send(EslFeed::Connected).await.is_err() {
+                    return;
+                }
+                loop {
+                    let event = tokio::select! {
+                        event = events.recv() => event,
+                        () = feed.closed() => return,
+                    };
+                    let Some(event) = event else { break };
+                    if feed.send(EslFeed::Event(Box::new(event))).await.is_err() {
+                        return;
+                    }
+                }
+                current.send_replace(None);
+                let reason = connection.closed().await;
+                tracing::warn!(%address, %reason, "FreeSWITCH event socket lost; reconnecting");
+                if feed.send(EslFeed::Disconnected { reason }).await.is_err() {
+                    return;
+                }
+            }
+            Err(error) => {
+                failures += 1;
+                // Say it once, then again only now and then, not on every retry.
+                if failures == 1 || failures.is_power_of_two() {
+                    tracing::warn!(%address, %error, failures, "cannot connect to FreeSWITCH's event socket; retrying");
+                } else {
+                    tracing::debug!(%address, %error, failures, "cannot connect to FreeSWITCH's event socket");
+                }
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = feed.closed() => return,
+        }
+        delay = (delay * 2).min(MAX_RECONNECT_DELAY);
+    }
 }
 
 #[cfg(test)]

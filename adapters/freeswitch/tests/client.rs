@@ -2,9 +2,14 @@
 //! (`pushwake_testkit::esl`), which writes the bytes a real FreeSWITCH 1.11.1 wrote. Every
 //! wait is for something to happen, with a generous bound; nothing sleeps.
 
-use std::time::Duration;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use pushwake_freeswitch::{EslConfig, EslConnection, EslError, Event};
+use pushwake_freeswitch::client::KEEP_ALIVE_COMMAND;
+use pushwake_freeswitch::{
+    spawn_client, EslConfig, EslConnection, EslError, EslFeed, Event, KeepAlive,
+};
 use pushwake_testkit::esl::{self, Answer, EslServer};
 use tokio::sync::mpsc;
 
@@ -39,6 +44,13 @@ async fn next_event(events: &mut mpsc::UnboundedReceiver<Event>) -> Event {
         .await
         .expect("no event came")
         .expect("the events ended")
+}
+
+async fn next(feed: &mut mpsc::Receiver<EslFeed>) -> EslFeed {
+    tokio::time::timeout(WAIT, feed.recv())
+        .await
+        .expect("the feed stalled")
+        .expect("the feed ended")
 }
 
 async fn within<T>(what: &str, future: impl std::future::IntoFuture<Output = T>) -> T {
@@ -85,6 +97,20 @@ async fn authenticates_subscribes_and_runs_api_commands() {
     assert_eq!(error, EslError::ConnectionLost(reason));
 }
 
+/// Everything the client logs, for checking that no secret is in it.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Logs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[tokio::test]
 async fn a_wrong_password_is_refused_and_said_nowhere() {
     let server = EslServer::with_password("the-right-one").await;
@@ -102,6 +128,33 @@ async fn a_wrong_password_is_refused_and_said_nowhere() {
     // It was sent, to FreeSWITCH only.
     assert_eq!(server.commands(), ["auth hunter2-wrong"]);
     assert!(server.wait_closed(0, WAIT).await);
+
+    // The reconnecting client keeps trying, and logs it, at every level, without it.
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let (client, feed) = spawn_client(config);
+    let attempts = server
+        .wait_commands(4, WAIT, |r| r.command.starts_with("auth "))
+        .await
+        .expect("the client gave up");
+    assert_eq!(attempts.len(), 4);
+    assert_eq!(
+        client.api("status").await.unwrap_err(),
+        EslError::NotConnected
+    );
+    drop(feed);
+    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logs.contains("FreeSWITCH refused the event socket password"),
+        "{logs}"
+    );
+    assert!(!logs.contains("hunter2"), "{logs}");
 }
 
 #[tokio::test]
@@ -208,6 +261,123 @@ async fn frames_written_a_byte_at_a_time_arrive_whole() {
 }
 
 #[tokio::test]
+async fn a_lost_connection_fails_what_waits_and_the_client_comes_back() {
+    for reset in [false, true] {
+        let server = EslServer::start().await;
+        server.hold_jobs(None);
+        let (client, mut feed) = spawn_client(config(&server));
+        assert_eq!(next(&mut feed).await, EslFeed::Connected);
+
+        let job = client.bgapi(ORIGINATE_102).await.unwrap();
+        // An api that never returns: the connection goes silent, as FreeSWITCH's would.
+        server.answer_once("show channels", Answer::Hang);
+        let api = {
+            let client = client.clone();
+            tokio::spawn(async move { client.api("show channels").await })
+        };
+        server
+            .wait_command(WAIT, |r| r.command == "api show channels")
+            .await
+            .expect("the api was sent");
+        if reset {
+            server.reset_all();
+        } else {
+            server.close_all();
+        }
+
+        let error = within("the api to fail", api).await.unwrap().unwrap_err();
+        let EslError::ConnectionLost(reason) = &error else {
+            panic!("{error:?}")
+        };
+        assert!(
+            reason.starts_with("FreeSWITCH closed the connection")
+                || reason.starts_with("reading from FreeSWITCH failed"),
+            "{reason}"
+        );
+        assert_eq!(within("the job to fail", job).await.unwrap_err(), error);
+        assert_eq!(
+            next(&mut feed).await,
+            EslFeed::Disconnected {
+                reason: reason.clone()
+            }
+        );
+        // Back, subscribed again, and working.
+        assert_eq!(next(&mut feed).await, EslFeed::Connected);
+        assert_eq!(server.connections(), 2);
+        let again: Vec<String> = server
+            .received()
+            .into_iter()
+            .filter(|r| r.connection == 1)
+            .map(|r| r.command)
+            .collect();
+        assert_eq!(again[0], "auth ClueCon");
+        assert!(again[1].starts_with("event plain BACKGROUND_JOB "));
+        assert_eq!(
+            client.api("sofia_contact 101@127.0.0.1").await.unwrap(),
+            esl::CONTACT_101
+        );
+        assert_eq!(server.push_event(&esl::sofia_register()), 1);
+        match next(&mut feed).await {
+            EslFeed::Event(event) => assert_eq!(event.subclass(), Some("sofia::register")),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_client_reconnects_after_a_silent_peer() {
+    let server = EslServer::start().await;
+    let mut config = config(&server);
+    // Short for the test (the defaults are 5 s and 10 s), with room for a loaded machine
+    // to answer late without the test taking long.
+    config.keep_alive = KeepAlive {
+        idle: Duration::from_millis(250),
+        timeout: Duration::from_millis(2500),
+    };
+    let (client, mut feed) = spawn_client(config);
+    assert_eq!(next(&mut feed).await, EslFeed::Connected);
+
+    // Alive and idle: the keep-alive is answered, and its answers go to nobody.
+    let probes = server
+        .wait_commands(3, WAIT, |r| r.command == KEEP_ALIVE_COMMAND)
+        .await
+        .expect("keep-alives");
+    assert!(probes.iter().all(|p| p.connection == 0));
+    assert_eq!(
+        client.api("sofia_contact 101@127.0.0.1").await.unwrap(),
+        esl::CONTACT_101
+    );
+    assert!(client.is_connected());
+
+    // Silent: nothing read, nothing written, the socket open.
+    let frozen_at = Instant::now();
+    assert_eq!(server.freeze(), 1);
+    let api = {
+        let client = client.clone();
+        tokio::spawn(async move { client.api("show registrations").await })
+    };
+    let EslFeed::Disconnected { reason } = next(&mut feed).await else {
+        panic!("not a disconnection")
+    };
+    let noticed = frozen_at.elapsed();
+    assert!(
+        reason.contains("not even an answer to the keep-alive"),
+        "{reason}"
+    );
+    // The bound here is 2.75 s; asserted loosely.
+    assert!(noticed < Duration::from_secs(60), "{noticed:?}");
+    assert_eq!(
+        within("the api", api).await.unwrap().unwrap_err(),
+        EslError::ConnectionLost(reason)
+    );
+    assert_eq!(next(&mut feed).await, EslFeed::Connected);
+    assert_eq!(server.connections(), 2);
+    // The frozen connection is still open on the server's side: the client noticed
+    // the silence, not a close.
+    assert_eq!(server.open_connections(), 2);
+}
+
+#[tokio::test]
 async fn malformed_frames_end_the_connection_with_a_clear_error() {
     let cases: &[(&[u8], &str)] = &[
         (
@@ -298,17 +468,47 @@ async fn what_cannot_be_one_command_is_not_sent() {
 }
 
 #[tokio::test]
-async fn a_silent_peer_is_noticed_by_the_keep_alive() {
+async fn refusals_are_reported_and_the_client_retries_until_it_gets_in() {
+    let server = EslServer::start().await;
+    server.reject_connections(true);
+    let error = EslConnection::connect(&config(&server)).await.unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "FreeSWITCH's event socket refused this address (apply-inbound-acl): Access Denied, go away."
+    );
+
+    let (client, mut feed) = spawn_client(config(&server));
+    assert!(server.wait_connections(3, WAIT).await, "no retries");
+    assert!(!client.is_connected());
+    server.reject_connections(false);
+    assert_eq!(next(&mut feed).await, EslFeed::Connected);
+    assert!(client.is_connected());
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let error = EslConnection::connect(&EslConfig::new(address.clone(), "x"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, EslError::Connect { address: a, .. } if *a == address),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains(&address), "{error}");
+}
+
+#[tokio::test]
+async fn a_connection_notices_a_silent_peer_by_its_keep_alive() {
     let server = EslServer::start().await;
     let mut config = config(&server);
     // Short for the test (the defaults are 5 s and 10 s), with room for a loaded machine
     // to answer late without the test taking long.
-    config.keep_alive = pushwake_freeswitch::KeepAlive {
+    config.keep_alive = KeepAlive {
         idle: Duration::from_millis(250),
         timeout: Duration::from_millis(2500),
     };
     let (connection, _events) = EslConnection::connect(&config).await.unwrap();
-    let probe = pushwake_freeswitch::client::KEEP_ALIVE_COMMAND;
+    let probe = KEEP_ALIVE_COMMAND;
     server
         .wait_commands(3, WAIT, |r| r.command == probe)
         .await
@@ -317,7 +517,7 @@ async fn a_silent_peer_is_noticed_by_the_keep_alive() {
         connection.api("sofia_contact 101@127.0.0.1").await.unwrap(),
         esl::CONTACT_101
     );
-    let frozen_at = std::time::Instant::now();
+    let frozen_at = Instant::now();
     assert_eq!(server.freeze(), 1);
     let reason = within("the keep-alive", connection.closed()).await;
     assert!(
