@@ -24,6 +24,8 @@
 //! pieces, refuse connections as FreeSWITCH's ACL does, and read back every command it
 //! received. Waits are woken by what they wait for, not by polling.
 
+#![warn(missing_docs)]
+
 pub mod capture;
 
 use std::collections::{HashMap, HashSet, VecDeque};
