@@ -15,7 +15,8 @@
 //! [`KeepAlive::idle`] without a byte from FreeSWITCH the task sends a harmless `api`
 //! ([`KEEP_ALIVE_COMMAND`]), and when nothing at all comes back within
 //! [`KeepAlive::timeout`] the connection is declared dead: with the defaults a dead peer
-//! is noticed 15 s after the last byte it sent, at most.
+//! is noticed 15 s after the last byte it sent (a write that cannot get out is given the
+//! same 10 s).
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -832,8 +833,9 @@ impl EslClient {
         self.connection()?.api(command).await
     }
 
-    /// [`EslConnection::bgapi`] on the connection up now. A job outlives nothing: when its
-    /// connection is lost, it fails.
+    /// [`EslConnection::bgapi`] on the connection up now. If that connection is lost
+    /// before the job's `BACKGROUND_JOB` comes, the job fails and its outcome is unknown:
+    /// the job may still run in FreeSWITCH (resynchronise after [`EslFeed::Connected`]).
     pub async fn bgapi(&self, command: &str) -> Result<BackgroundJob, EslError> {
         self.connection()?.bgapi(command).await
     }
