@@ -10,6 +10,8 @@
 //! - [`push_server`]: what the five push servers share (accept loop, recorder, scripted
 //!   replies, waits); [`apns`], [`fcm`], [`hms`], [`webhook`], [`webpush`]: their protocols.
 //! - [`config`]: the configuration builder and the test credentials.
+//! - [`esl`]: a local FreeSWITCH Event Socket speaking the captured bytes, with the
+//!   captures themselves ([`esl::capture`]).
 //! - [`rig`]: the end-to-end set-up (PBX, slot, APNs server, daemon, callers and phones).
 //! - [`daemon`], [`sipp`], [`slot`], [`asterisk`], [`woken_call`], [`trace`], [`keys`],
 //!   [`tls`]: the parts.
@@ -18,6 +20,7 @@ pub mod apns;
 pub mod asterisk;
 pub mod config;
 pub mod daemon;
+pub mod esl;
 pub mod fcm;
 pub mod hms;
 pub mod keys;

@@ -1,0 +1,21 @@
+//! FreeSWITCH for pushwake, through its Event Socket (mod_event_socket, inbound mode):
+//! everything pushwake knows about FreeSWITCH, and the only crate that knows it.
+//!
+//! - [`frame`]: the wire format as a plain parser (bytes in, typed [`Frame`]s out).
+//! - [`client`]: one authenticated connection ([`EslConnection`]: `api`, `bgapi` with its
+//!   `BACKGROUND_JOB` matched by `Job-UUID`, events on a channel, a keep-alive that
+//!   notices a dead peer), and a client that keeps one up ([`spawn_client`]: reconnects
+//!   with backoff and says [`EslFeed::Connected`] after each connect).
+//!
+//! Call control and the `[freeswitch]` configuration section come next, on top of these.
+
+#![warn(missing_docs)]
+
+pub mod client;
+pub mod frame;
+
+pub use client::{
+    spawn_client, BackgroundJob, EslClient, EslConfig, EslConnection, EslError, EslFeed, KeepAlive,
+    Password,
+};
+pub use frame::{CommandReply, Event, Frame, FrameError, FrameReader, Headers};
