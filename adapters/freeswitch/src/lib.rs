@@ -7,12 +7,16 @@
 //!   notices a dead peer), and a client that keeps one up ([`spawn_client`]: reconnects
 //!   with backoff and says [`EslFeed::Connected`] after each connect).
 //!
+//! - [`translate`]: FreeSWITCH's events and replies in the engine's vocabulary, and the
+//!   engine's commands as Event Socket commands (plain functions, no I/O).
+//!
 //! Call control and the `[freeswitch]` configuration section come next, on top of these.
 
 #![warn(missing_docs)]
 
 pub mod client;
 pub mod frame;
+pub mod translate;
 
 pub use client::{
     spawn_client, BackgroundJob, EslClient, EslConfig, EslConnection, EslError, EslFeed, KeepAlive,

@@ -1,0 +1,249 @@
+//! FreeSWITCH's events and replies in the engine's vocabulary, and the engine's commands
+//! as Event Socket commands: plain functions, no I/O, so every rule is tested on the
+//! captured frames alone.
+//!
+//! The names pushwake gives FreeSWITCH:
+//! - [`EXTENSION_VAR`]: set by the dialplan before it hands a call over (`socket`);
+//! - [`STATUS_VAR`]: set by pushwake before it gives the call back;
+//! - [`CALL_VAR`] and [`CALLER_VAR`]: set on every leg pushwake originates, so that its
+//!   events, and a later process after a restart, know whose leg it is.
+
+use pushwake_core::pbx::{
+    ChannelId, Contact, DialRequest, HangupReason, Party, PbxError, PbxEvent, WakeStatus,
+    CALL_ID_HEADER,
+};
+
+use crate::frame::{Event, Headers};
+
+/// The channel variable naming the extension a call is handed over for.
+pub const EXTENSION_VAR: &str = "pushwake_extension";
+/// The channel variable the dialplan reads after the hand-over (`ANSWERED`, `TIMEOUT`, …).
+pub const STATUS_VAR: &str = "pushwake_status";
+/// The channel variable holding, on a leg pushwake originated, the call's id.
+pub const CALL_VAR: &str = "pushwake_call";
+/// The channel variable holding, on a leg pushwake originated, the caller's channel.
+pub const CALLER_VAR: &str = "pushwake_caller";
+
+/// What `sofia_contact` answers for a user with no registration.
+const NOT_REGISTERED: &str = "error/user_not_registered";
+
+/// The caller the `connect` of an outbound `socket` hand-over describes (its reply
+/// carries the whole channel): its channel, the extension the dialplan named, its
+/// caller id.
+pub fn caller_arrived(channel: &Headers) -> Result<PbxEvent, String> {
+    let id = channel
+        .get("Unique-ID")
+        .filter(|id| valid_uuid(id))
+        .ok_or("the hand-over names no channel (Unique-ID)")?;
+    let extension = channel
+        .get(&format!("variable_{EXTENSION_VAR}"))
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    Ok(PbxEvent::CallerArrived {
+        channel: id.into(),
+        extension,
+        caller: Party {
+            number: channel
+                .get("Caller-Caller-ID-Number")
+                .unwrap_or_default()
+                .to_owned(),
+            name: channel
+                .get("Caller-Caller-ID-Name")
+                .unwrap_or_default()
+                .to_owned(),
+        },
+    })
+}
+
+/// The engine's event for one FreeSWITCH event, if it is one the engine cares about.
+/// `ours` tells whether a channel is a leg pushwake originated and has not seen end (its
+/// events carry [`CALL_VAR`] too; this covers events that do not list variables).
+pub fn translate(event: &Event, ours: impl Fn(&str) -> bool) -> Option<PbxEvent> {
+    let leg = |event: &Event| {
+        let id = event.unique_id()?;
+        let marked = event.header(&format!("variable_{CALL_VAR}")).is_some();
+        (marked || ours(id)).then(|| id.to_owned())
+    };
+    match (event.name(), event.subclass()) {
+        ("CHANNEL_HANGUP_COMPLETE", _) => Some(PbxEvent::ChannelGone {
+            channel: event.unique_id()?.into(),
+            cause: event.header("Hangup-Cause").unwrap_or("UNKNOWN").to_owned(),
+        }),
+        ("CHANNEL_ANSWER", _) => leg(event).map(|leg| PbxEvent::LegAnswered {
+            leg: ChannelId(leg),
+        }),
+        ("CHANNEL_PROGRESS" | "CHANNEL_PROGRESS_MEDIA", _) => {
+            leg(event).map(|leg| PbxEvent::LegRinging {
+                leg: ChannelId(leg),
+            })
+        }
+        ("CUSTOM", Some("sofia::register")) => Some(PbxEvent::ContactAdded {
+            extension: event.header("from-user")?.to_owned(),
+            uri: contact_uri(event.header("contact")?)?,
+        }),
+        ("CUSTOM", Some("sofia::unregister")) => Some(PbxEvent::ContactRemoved {
+            extension: event.header("from-user")?.to_owned(),
+            uri: contact_uri(event.header("contact")?)?,
+        }),
+        // Other headers than sofia::register's: `user`, not `from-user`.
+        ("CUSTOM", Some("sofia::expire")) => Some(PbxEvent::ContactRemoved {
+            extension: event.header("user")?.to_owned(),
+            uri: contact_uri(event.header("contact")?)?,
+        }),
+        _ => None,
+    }
+}
+
+/// The URI of a `contact` header as sofia writes it (`"" <sip:101@host;pn-…>`, or a
+/// bare URI), if it is one pushwake can dial safely (see [`dialable`]).
+pub fn contact_uri(contact: &str) -> Option<String> {
+    let contact = contact.trim();
+    let uri = match (contact.find('<'), contact.rfind('>')) {
+        (Some(open), Some(close)) if open < close => &contact[open + 1..close],
+        _ => contact,
+    };
+    dialable(uri).then(|| uri.to_owned())
+}
+
+/// Whether `uri` can go into an `originate` dial string as it is: a `sip:`/`sips:` URI
+/// with none of the characters that mean something to FreeSWITCH's dial strings (`,` and
+/// `|` separate destinations, braces and brackets hold variables, a space ends the dial
+/// string). A phone registers its own contact: this is what keeps a crafted one from
+/// adding destinations or variables to pushwake's originate.
+pub fn dialable(uri: &str) -> bool {
+    (uri.starts_with("sip:") || uri.starts_with("sips:"))
+        && uri.len() <= 2048
+        && uri
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b",|{}[]<>^'\"\\".contains(&b))
+}
+
+/// The contacts in the answer to `sofia_contact <ext>@<domain>`:
+/// `sofia/<profile>/<uri>`, several separated by commas, or
+/// `error/user_not_registered` for none. Each contact's URI as
+/// [`ContactAdded`](PbxEvent::ContactAdded) names it, and its profile.
+pub fn contacts(answer: &str) -> Result<Vec<(Contact, String)>, PbxError> {
+    let answer = answer.trim();
+    if answer.is_empty() || answer == NOT_REGISTERED {
+        return Ok(Vec::new());
+    }
+    if answer.starts_with("-ERR") || answer.starts_with("error/") {
+        return Err(PbxError::Failed(format!("sofia_contact: {answer}")));
+    }
+    let mut found = Vec::new();
+    for entry in answer.split(',') {
+        let Some(rest) = entry.trim().strip_prefix("sofia/") else {
+            continue;
+        };
+        let Some((profile, uri)) = rest.split_once('/') else {
+            continue;
+        };
+        if dialable(uri) {
+            found.push((
+                Contact {
+                    uri: uri.to_owned(),
+                    // Every REGISTER is a sofia::register event, refreshes included.
+                    registration: None,
+                },
+                profile.to_owned(),
+            ));
+        }
+    }
+    Ok(found)
+}
+
+/// The `originate` of a leg: `bgapi` it. The leg gets the engine's id as its UUID, the
+/// call's id as [`CALL_VAR`] and `X-Pushwake-Call-Id`, the caller's channel as
+/// [`CALLER_VAR`], the caller's id, a ring timeout; once answered it parks, until
+/// pushwake bridges it to the caller.
+pub fn originate(request: &DialRequest, profile: &str) -> String {
+    let vars = [
+        ("origination_uuid", safe(request.leg.as_str())),
+        (CALL_VAR, safe(request.call.as_str())),
+        (CALLER_VAR, safe(request.caller_channel.as_str())),
+        (
+            &format!("sip_h_{CALL_ID_HEADER}") as &str,
+            safe(request.call.as_str()),
+        ),
+        ("origination_caller_id_number", safe(&request.caller.number)),
+        ("origination_caller_id_name", safe(&request.caller.name)),
+        (
+            "originate_timeout",
+            request.timeout.as_secs().max(1).to_string(),
+        ),
+    ];
+    let vars: Vec<String> = vars
+        .iter()
+        .filter(|(_, value)| !value.is_empty())
+        .map(|(name, value)| {
+            if value.contains(' ') {
+                format!("{name}='{value}'")
+            } else {
+                format!("{name}={value}")
+            }
+        })
+        .collect();
+    format!(
+        "originate {{{}}}sofia/{}/{} &park()",
+        vars.join(","),
+        safe(profile),
+        request.contact_uri
+    )
+}
+
+/// A value for an originate variable: only what needs no escaping (letters, digits,
+/// space and `+-._@#*()`); anything else is dropped. Caller ids lose punctuation they
+/// rarely have; nothing a caller sends can end the variable block.
+fn safe(value: &str) -> String {
+    value
+        .chars()
+        .filter(|c| c.is_alphanumeric() || " +-._@#*()".contains(*c))
+        .collect::<String>()
+        .trim()
+        .to_owned()
+}
+
+/// Whether `id` looks like a FreeSWITCH channel UUID (what goes into `uuid_*` commands).
+pub fn valid_uuid(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+}
+
+/// The `api` command hanging `channel` up: `LOSE_RACE` (the phone is told "call
+/// completed elsewhere") when another device answered, `NORMAL_CLEARING` otherwise.
+pub fn hangup(channel: &str, reason: HangupReason) -> String {
+    let cause = match reason {
+        HangupReason::AnsweredElsewhere => "LOSE_RACE",
+        HangupReason::Normal => "NORMAL_CLEARING",
+    };
+    format!("uuid_kill {} {cause}", safe(channel))
+}
+
+/// The `api` commands joining the caller with the leg that answered, in order: the
+/// status first (for when the conversation ends), the caller answered (FreeSWITCH's
+/// `uuid_bridge` of a parked leg that was never answered replies `+OK` and then fails:
+/// measured), then the bridge.
+pub fn connect(caller: &str, leg: &str) -> [String; 3] {
+    let (caller, leg) = (safe(caller), safe(leg));
+    [
+        format!("uuid_setvar {caller} {STATUS_VAR} {}", WakeStatus::Answered),
+        format!("uuid_answer {caller}"),
+        format!("uuid_bridge {caller} {leg}"),
+    ]
+}
+
+/// Whether an `api` answer is a failure (`-ERR …`, FreeSWITCH's form for every command
+/// that fails), and which: a channel that is gone, or another failure.
+pub fn api_result(command: &str, answer: &str) -> Result<(), PbxError> {
+    let answer = answer.trim();
+    match answer.strip_prefix("-ERR") {
+        None => Ok(()),
+        Some(why) if why.contains("No such channel") || why.contains("Invalid uuid") => {
+            Err(PbxError::Gone(format!("{command}: {}", why.trim())))
+        }
+        Some(why) => Err(PbxError::Failed(format!("{command}: {}", why.trim()))),
+    }
+}
+
+#[cfg(test)]
+mod tests;

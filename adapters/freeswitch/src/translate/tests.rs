@@ -1,0 +1,237 @@
+use std::time::Duration;
+
+use super::*;
+
+fn event(headers: &[(&str, &str)]) -> Event {
+    Event {
+        headers: headers.iter().copied().collect(),
+        body: None,
+    }
+}
+
+const CALLER: &str = "e48d5ed0-81cd-4bb8-b8fa-afe5b70856cd";
+const LEG: &str = "5d7d1c1e-0000-4000-8000-000000000001";
+
+#[test]
+fn the_hand_over_names_the_caller_its_extension_and_caller_id() {
+    // As the connect reply of the captured outbound socket carries them (decoded).
+    let channel: Headers = [
+        ("Event-Name", "CHANNEL_DATA"),
+        ("Unique-ID", CALLER),
+        ("Caller-Caller-ID-Name", "Extension 200"),
+        ("Caller-Caller-ID-Number", "200"),
+        ("variable_pushwake_extension", "103"),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(
+        caller_arrived(&channel).unwrap(),
+        PbxEvent::CallerArrived {
+            channel: CALLER.into(),
+            extension: "103".into(),
+            caller: Party {
+                number: "200".into(),
+                name: "Extension 200".into()
+            },
+        }
+    );
+    let nameless: Headers = [("Event-Name", "CHANNEL_DATA")].into_iter().collect();
+    assert!(caller_arrived(&nameless).unwrap_err().contains("Unique-ID"));
+}
+
+#[test]
+fn channel_events_become_the_engine_s_for_its_legs_only() {
+    let none = |_: &str| false;
+    let answer = event(&[
+        ("Event-Name", "CHANNEL_ANSWER"),
+        ("Unique-ID", LEG),
+        ("variable_pushwake_call", "call-1"),
+    ]);
+    assert_eq!(
+        translate(&answer, none),
+        Some(PbxEvent::LegAnswered { leg: LEG.into() })
+    );
+    // Someone else's channel answering is not the engine's business...
+    let other = event(&[("Event-Name", "CHANNEL_ANSWER"), ("Unique-ID", CALLER)]);
+    assert_eq!(translate(&other, none), None);
+    // ...unless the adapter knows it as a leg.
+    assert_eq!(
+        translate(&other, |id| id == CALLER),
+        Some(PbxEvent::LegAnswered { leg: CALLER.into() })
+    );
+    let progress = event(&[
+        ("Event-Name", "CHANNEL_PROGRESS"),
+        ("Unique-ID", LEG),
+        ("variable_pushwake_call", "call-1"),
+    ]);
+    assert_eq!(
+        translate(&progress, none),
+        Some(PbxEvent::LegRinging { leg: LEG.into() })
+    );
+    // Every hang-up counts: the caller's too. Hangup-Cause is there twice; the first.
+    let gone = event(&[
+        ("Event-Name", "CHANNEL_HANGUP_COMPLETE"),
+        ("Hangup-Cause", "ORIGINATOR_CANCEL"),
+        ("Unique-ID", CALLER),
+        ("Hangup-Cause", "ORIGINATOR_CANCEL"),
+    ]);
+    assert_eq!(
+        translate(&gone, none),
+        Some(PbxEvent::ChannelGone {
+            channel: CALLER.into(),
+            cause: "ORIGINATOR_CANCEL".into()
+        })
+    );
+    assert_eq!(
+        translate(&event(&[("Event-Name", "HEARTBEAT")]), none),
+        None
+    );
+}
+
+#[test]
+fn registrations_become_contacts_with_their_push_parameters() {
+    let contact = "\"\" <sip:101@127.0.0.1:5091;transport=UDP;pn-provider=apns;pn-prid=abc123;pn-param=TEAM.com.example.voip>";
+    let uri = "sip:101@127.0.0.1:5091;transport=UDP;pn-provider=apns;pn-prid=abc123;pn-param=TEAM.com.example.voip";
+    let none = |_: &str| false;
+    let register = event(&[
+        ("Event-Subclass", "sofia::register"),
+        ("Event-Name", "CUSTOM"),
+        ("from-user", "101"),
+        ("contact", contact),
+    ]);
+    assert_eq!(
+        translate(&register, none),
+        Some(PbxEvent::ContactAdded {
+            extension: "101".into(),
+            uri: uri.into()
+        })
+    );
+    let unregister = event(&[
+        ("Event-Subclass", "sofia::unregister"),
+        ("Event-Name", "CUSTOM"),
+        ("from-user", "101"),
+        ("contact", contact),
+    ]);
+    assert_eq!(
+        translate(&unregister, none),
+        Some(PbxEvent::ContactRemoved {
+            extension: "101".into(),
+            uri: uri.into()
+        })
+    );
+    let expire = event(&[
+        ("Event-Subclass", "sofia::expire"),
+        ("Event-Name", "CUSTOM"),
+        ("user", "102"),
+        ("contact", contact),
+    ]);
+    assert!(matches!(
+        translate(&expire, none),
+        Some(PbxEvent::ContactRemoved { extension, .. }) if extension == "102"
+    ));
+    // A contact that would add destinations or variables to an originate is ignored.
+    for crafted in [
+        "<sip:101@h,sofia/internal/sip:666@evil>",
+        "<sip:101@h;x={ignore_early_media=true}>",
+        "<sip:101@h |user/999>",
+        "<tel:+15551234567>",
+    ] {
+        let bad = event(&[
+            ("Event-Subclass", "sofia::register"),
+            ("Event-Name", "CUSTOM"),
+            ("from-user", "101"),
+            ("contact", crafted),
+        ]);
+        assert_eq!(translate(&bad, none), None, "{crafted}");
+    }
+}
+
+#[test]
+fn sofia_contact_answers_list_contacts_with_their_profiles() {
+    assert_eq!(contacts("error/user_not_registered").unwrap(), vec![]);
+    let one = contacts("sofia/internal/sip:101@127.0.0.1:5091;transport=UDP;pn-provider=apns;pn-prid=abc123;pn-param=TEAM.com.example.voip").unwrap();
+    assert_eq!(one.len(), 1);
+    assert_eq!(
+        one[0].0.uri,
+        "sip:101@127.0.0.1:5091;transport=UDP;pn-provider=apns;pn-prid=abc123;pn-param=TEAM.com.example.voip"
+    );
+    assert_eq!(one[0].1, "internal");
+    let two = contacts("sofia/internal/sip:101@10.0.0.1:5060,sofia/external/sip:101@10.0.0.2:5070")
+        .unwrap();
+    assert_eq!(
+        two.iter()
+            .map(|(c, p)| (c.uri.as_str(), p.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            ("sip:101@10.0.0.1:5060", "internal"),
+            ("sip:101@10.0.0.2:5070", "external")
+        ]
+    );
+    assert!(matches!(
+        contacts("-ERR no reply\n"),
+        Err(PbxError::Failed(_))
+    ));
+}
+
+#[test]
+fn an_originate_carries_the_call_and_nothing_a_caller_can_smuggle() {
+    let request = DialRequest {
+        call: "3a45e20c-31c2-49fb-afe2-7a37178af4f7".into(),
+        leg: LEG.into(),
+        caller_channel: CALLER.into(),
+        extension: "101".into(),
+        contact_uri: "sip:101@127.0.0.1:5091;transport=UDP".into(),
+        caller: Party {
+            number: "200".into(),
+            name: "Alice O'Hara, {ignore_early_media=true}".into(),
+        },
+        timeout: Duration::from_secs(30),
+    };
+    let command = originate(&request, "internal");
+    assert_eq!(
+        command,
+        "originate {origination_uuid=5d7d1c1e-0000-4000-8000-000000000001,\
+         pushwake_call=3a45e20c-31c2-49fb-afe2-7a37178af4f7,\
+         pushwake_caller=e48d5ed0-81cd-4bb8-b8fa-afe5b70856cd,\
+         sip_h_X-Pushwake-Call-Id=3a45e20c-31c2-49fb-afe2-7a37178af4f7,\
+         origination_caller_id_number=200,\
+         origination_caller_id_name='Alice OHara ignore_early_mediatrue',\
+         originate_timeout=30}sofia/internal/sip:101@127.0.0.1:5091;transport=UDP &park()"
+    );
+}
+
+#[test]
+fn hangups_connects_and_api_answers() {
+    assert_eq!(
+        hangup(LEG, HangupReason::AnsweredElsewhere),
+        format!("uuid_kill {LEG} LOSE_RACE")
+    );
+    assert_eq!(
+        hangup(LEG, HangupReason::Normal),
+        format!("uuid_kill {LEG} NORMAL_CLEARING")
+    );
+    assert_eq!(
+        connect(CALLER, LEG),
+        [
+            format!("uuid_setvar {CALLER} pushwake_status ANSWERED"),
+            format!("uuid_answer {CALLER}"),
+            format!("uuid_bridge {CALLER} {LEG}"),
+        ]
+    );
+    // The answers as the captures have them.
+    assert_eq!(api_result("uuid_answer", "+OK\n"), Ok(()));
+    assert_eq!(api_result("uuid_bridge", &format!("+OK {LEG}\n")), Ok(()));
+    assert!(matches!(
+        api_result("uuid_kill", "-ERR No such channel!\n"),
+        Err(PbxError::Gone(_))
+    ));
+    assert!(matches!(
+        api_result("uuid_bridge", "-ERR Invalid uuid\n"),
+        Err(PbxError::Gone(_))
+    ));
+    assert!(matches!(
+        api_result("originate", "-ERR USER_NOT_REGISTERED\n"),
+        Err(PbxError::Failed(m)) if m.contains("USER_NOT_REGISTERED")
+    ));
+    assert!(valid_uuid(CALLER) && !valid_uuid("x; uuid_kill all") && !valid_uuid(""));
+}
