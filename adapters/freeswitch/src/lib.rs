@@ -10,11 +10,14 @@
 //! - [`translate`]: FreeSWITCH's events and replies in the engine's vocabulary, and the
 //!   engine's commands as Event Socket commands (plain functions, no I/O).
 //!
-//! Call control and the `[freeswitch]` configuration section come next, on top of these.
+//! - [`config`]: the `[freeswitch]` section.
+//!
+//! Call control comes next, on top of these.
 
 #![warn(missing_docs)]
 
 pub mod client;
+pub mod config;
 pub mod frame;
 pub mod translate;
 
@@ -22,4 +25,5 @@ pub use client::{
     spawn_client, BackgroundJob, EslClient, EslConfig, EslConnection, EslError, EslFeed, KeepAlive,
     Password,
 };
+pub use config::FreeSwitchConfig;
 pub use frame::{CommandReply, Event, Frame, FrameError, FrameReader, Headers};
