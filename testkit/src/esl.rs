@@ -870,7 +870,7 @@ mod tests {
 
     const WAIT: Duration = Duration::from_secs(10);
 
-    async fn read_exactly(stream: &mut TcpStream, len: usize) -> Vec<u8> {
+    pub(super) async fn read_exactly(stream: &mut TcpStream, len: usize) -> Vec<u8> {
         let mut bytes = vec![0u8; len];
         tokio::time::timeout(WAIT, stream.read_exact(&mut bytes))
             .await
@@ -879,7 +879,7 @@ mod tests {
         bytes
     }
 
-    async fn assert_closed(stream: &mut TcpStream) {
+    pub(super) async fn assert_closed(stream: &mut TcpStream) {
         let mut rest = Vec::new();
         tokio::time::timeout(WAIT, stream.read_to_end(&mut rest))
             .await

@@ -452,27 +452,10 @@ async fn write(stream: &mut TcpStream, bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::esl::tests::{assert_closed, read_exactly};
     use tokio::net::TcpListener;
 
     const WAIT: Duration = Duration::from_secs(10);
-
-    async fn read_exactly(stream: &mut TcpStream, len: usize) -> Vec<u8> {
-        let mut bytes = vec![0u8; len];
-        tokio::time::timeout(WAIT, stream.read_exact(&mut bytes))
-            .await
-            .expect("the call stalled")
-            .expect("the call closed early");
-        bytes
-    }
-
-    async fn read_to_end(stream: &mut TcpStream) -> String {
-        let mut rest = Vec::new();
-        tokio::time::timeout(WAIT, stream.read_to_end(&mut rest))
-            .await
-            .expect("the call did not close")
-            .ok();
-        String::from_utf8_lossy(&rest).into_owned()
-    }
 
     /// A listener standing for pushwake's, and a call connected to it.
     async fn connected(channel: Channel, on_connect: OnConnect) -> (OutboundCall, TcpStream) {
@@ -503,7 +486,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(read_to_end(&mut stream).await, "", "bytes after exit");
+        assert_closed(&mut stream).await;
         assert!(call.wait_closed(WAIT).await);
         let sent: Vec<Vec<u8>> = capture.sent().map(|b| b.bytes.clone()).collect();
         let received: Vec<Vec<u8>> = call.received().into_iter().map(|c| c.bytes).collect();
@@ -574,10 +557,9 @@ mod tests {
             .unwrap();
         call.hang_up();
         // The held reply never comes: the notice, then the end.
-        assert_eq!(
-            read_to_end(&mut stream).await,
-            String::from_utf8(channel.disconnect_notice()).unwrap()
-        );
+        let notice = channel.disconnect_notice();
+        assert_eq!(read_exactly(&mut stream, notice.len()).await, notice);
+        assert_closed(&mut stream).await;
         assert!(call.wait_closed(WAIT).await);
         assert_eq!(call.executed(), [("ring_ready".to_owned(), None)]);
     }
@@ -586,7 +568,7 @@ mod tests {
     async fn connect_can_be_refused_in_every_way() {
         let (call, mut stream) = connected(Channel::captured(), OnConnect::Close).await;
         stream.write_all(b"connect\n\n").await.unwrap();
-        assert_eq!(read_to_end(&mut stream).await, "");
+        assert_closed(&mut stream).await;
         assert!(call.wait_closed(WAIT).await);
 
         let garbage = b"HTTP/1.1 400 Bad Request\r\n\r\n".to_vec();
@@ -596,7 +578,7 @@ mod tests {
         assert_eq!(read_exactly(&mut stream, garbage.len()).await, garbage);
         assert!(call.is_open());
         call.close();
-        assert_eq!(read_to_end(&mut stream).await, "");
+        assert_closed(&mut stream).await;
 
         let (call, mut stream) = connected(Channel::captured(), OnConnect::Silent).await;
         stream.write_all(b"connect\n\nnoise\n\n").await.unwrap();
