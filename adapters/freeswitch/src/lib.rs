@@ -16,6 +16,7 @@
 
 pub mod client;
 pub mod frame;
+pub mod outbound;
 pub mod translate;
 
 pub use client::{
@@ -23,3 +24,4 @@ pub use client::{
     Password,
 };
 pub use frame::{CommandReply, Event, Frame, FrameError, FrameReader, Headers};
+pub use outbound::{CallSocket, HandedOver, OutboundListener};
