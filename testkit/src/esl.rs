@@ -23,10 +23,14 @@
 //! left open: a peer that died without a word), close or reset them, write in tiny
 //! pieces, refuse connections as FreeSWITCH's ACL does, and read back every command it
 //! received. Waits are woken by what they wait for, not by polling.
+//!
+//! FreeSWITCH's other direction, its `socket` application connecting to pushwake for each
+//! call (outbound mode), is [`outbound`].
 
 #![warn(missing_docs)]
 
 pub mod capture;
+pub mod outbound;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -579,16 +583,27 @@ impl EslServer {
     /// Waits until `check` finds what it wants in the server's state (checked now and
     /// after every change); `None` after `timeout`.
     async fn wait<T>(&self, timeout: Duration, check: impl Fn(&State) -> Option<T>) -> Option<T> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            // Created before the check, so a change between the two still wakes it.
-            let changed = self.shared.changed.notified();
-            if let Some(value) = check(&self.shared.state.lock().unwrap()) {
-                return Some(value);
-            }
-            if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                return None;
-            }
+        wait_for(&self.shared.state, &self.shared.changed, timeout, check).await
+    }
+}
+
+/// Waits until `check` finds what it wants in `state` (checked now and after every
+/// `changed`); `None` after `timeout`.
+async fn wait_for<S, T>(
+    state: &Mutex<S>,
+    changed: &Notify,
+    timeout: Duration,
+    check: impl Fn(&S) -> Option<T>,
+) -> Option<T> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        // Created before the check, so a change between the two still wakes it.
+        let notified = changed.notified();
+        if let Some(value) = check(&state.lock().unwrap()) {
+            return Some(value);
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return None;
         }
     }
 }
@@ -855,7 +870,7 @@ mod tests {
 
     const WAIT: Duration = Duration::from_secs(10);
 
-    async fn read_exactly(stream: &mut TcpStream, len: usize) -> Vec<u8> {
+    pub(super) async fn read_exactly(stream: &mut TcpStream, len: usize) -> Vec<u8> {
         let mut bytes = vec![0u8; len];
         tokio::time::timeout(WAIT, stream.read_exact(&mut bytes))
             .await
@@ -864,7 +879,7 @@ mod tests {
         bytes
     }
 
-    async fn assert_closed(stream: &mut TcpStream) {
+    pub(super) async fn assert_closed(stream: &mut TcpStream) {
         let mut rest = Vec::new();
         tokio::time::timeout(WAIT, stream.read_to_end(&mut rest))
             .await

@@ -17,6 +17,10 @@
 //! [`KeepAlive::timeout`] the connection is declared dead: with the defaults a dead peer
 //! is noticed 15 s after the last byte it sent (a write that cannot get out is given the
 //! same 10 s).
+//!
+//! The same task serves the connection of each call FreeSWITCH hands over through its
+//! outbound `socket` application ([`crate::outbound`]), with a bound on each reply in
+//! place of the keep-alive.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -238,9 +242,18 @@ impl Pending {
     }
 }
 
-struct Request {
-    line: String,
-    pending: Pending,
+enum Request {
+    /// A command to write, and what its reply goes to.
+    Command {
+        /// Its name, for errors (never its arguments).
+        name: String,
+        /// The command, without the blank line that ends it.
+        line: String,
+        pending: Pending,
+    },
+    /// End the connection from this side once every command asked for before is written;
+    /// what still waits fails with this reason.
+    Close(String),
 }
 
 /// A request written, waiting for its reply.
@@ -248,6 +261,31 @@ struct Waiting {
     /// The command's name, for errors.
     name: String,
     pending: Pending,
+    /// When it was written (an outbound connection's replies are due within a bound).
+    sent: Instant,
+}
+
+/// How a connection tells that FreeSWITCH is gone when nothing says so.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Liveness {
+    /// Inbound: a probe after [`KeepAlive::idle`] of silence, dead after
+    /// [`KeepAlive::timeout`] more (see the module's docs).
+    KeepAlive(KeepAlive),
+    /// The connection of one call that FreeSWITCH handed over (outbound `socket`): no
+    /// probe, since FreeSWITCH closes it when the call ends and an idle call has nothing
+    /// to say; but each command's reply is due within this long of writing it (FreeSWITCH
+    /// answers `sendmsg` at once in async mode), else the connection is dead.
+    Replies(Duration),
+}
+
+impl Liveness {
+    /// How long a write may wait for a peer that does not read.
+    fn write_timeout(&self) -> Duration {
+        match self {
+            Liveness::KeepAlive(keep_alive) => keep_alive.timeout,
+            Liveness::Replies(bound) => *bound,
+        }
+    }
 }
 
 /// One authenticated, subscribed Event Socket connection. Cloning it gives another
@@ -314,6 +352,23 @@ impl EslConnection {
             }
         }
 
+        Ok(Self::start(
+            stream,
+            reader,
+            config.address.clone(),
+            Liveness::KeepAlive(config.keep_alive),
+        ))
+    }
+
+    /// Serves a connection that is ready (authenticated, or handed over by FreeSWITCH's
+    /// `socket` application) from its own task. `reader` holds whatever was read past the
+    /// handshake.
+    pub(crate) fn start(
+        stream: TcpStream,
+        reader: FrameReader,
+        address: String,
+        liveness: Liveness,
+    ) -> (Self, mpsc::UnboundedReceiver<Event>) {
         let (requests, requested) = mpsc::channel(64);
         let (events, events_rx) = mpsc::unbounded_channel();
         let (closed_tx, closed) = watch::channel(None);
@@ -323,18 +378,18 @@ impl EslConnection {
             waiting: VecDeque::new(),
             jobs: HashMap::new(),
             events,
-            keep_alive: config.keep_alive,
+            liveness,
             notice: None,
         };
         tokio::spawn(link.run(requested, closed_tx));
-        Ok((
+        (
             EslConnection {
-                address: config.address.clone(),
+                address,
                 requests,
                 closed,
             },
             events_rx,
-        ))
+        )
     }
 
     /// Runs `api <command>` and returns its output exactly (often without a final
@@ -364,19 +419,38 @@ impl EslConnection {
     /// the connection already has). The same rules as [`EslConfig::events`].
     pub async fn subscribe(&self, events: &[&str]) -> Result<(), EslError> {
         let events: Vec<String> = events.iter().map(|e| (*e).to_owned()).collect();
-        let (tx, rx) = oneshot::channel();
-        self.request(subscription(&events)?, Pending::Command(tx))
-            .await?;
-        self.answer(rx).await.map(|_| ())
+        let line = subscription(&events)?;
+        self.command(name(&line), line).await.map(|_| ())
     }
 
     /// Says `exit`: FreeSWITCH answers `+OK bye`, sends its disconnect notice and closes
     /// the connection.
     pub async fn exit(&self) -> Result<(), EslError> {
+        self.command("exit".to_owned(), "exit".to_owned())
+            .await
+            .map(|_| ())
+    }
+
+    /// Sends a command FreeSWITCH answers with a `command/reply` (`line` may span several
+    /// lines: `sendmsg` and its headers) and returns the `Reply-Text` of its `+OK`;
+    /// [`EslError::Refused`] with the `-ERR` text otherwise. `name` is what errors call it.
+    pub(crate) async fn command(&self, name: String, line: String) -> Result<String, EslError> {
         let (tx, rx) = oneshot::channel();
-        self.request("exit".to_owned(), Pending::Command(tx))
-            .await?;
-        self.answer(rx).await.map(|_| ())
+        self.send_request(Request::Command {
+            name,
+            line,
+            pending: Pending::Command(tx),
+        })
+        .await?;
+        self.answer(rx).await
+    }
+
+    /// Ends the connection from this side, once every command asked for before is
+    /// written; returns when it has ended. Whatever still waits fails with `reason`.
+    pub(crate) async fn close(&self, reason: &str) {
+        // Refused only when the task has already ended: closed then all the same.
+        let _ = self.send_request(Request::Close(reason.to_owned())).await;
+        self.closed().await;
     }
 
     /// Waits until the connection has ended; why it did.
@@ -400,10 +474,16 @@ impl EslConnection {
     }
 
     async fn request(&self, line: String, pending: Pending) -> Result<(), EslError> {
-        self.requests
-            .send(Request { line, pending })
-            .await
-            .map_err(|_| self.lost())
+        self.send_request(Request::Command {
+            name: name(&line),
+            line,
+            pending,
+        })
+        .await
+    }
+
+    async fn send_request(&self, request: Request) -> Result<(), EslError> {
+        self.requests.send(request).await.map_err(|_| self.lost())
     }
 
     async fn answer<T>(&self, rx: oneshot::Receiver<Result<T, EslError>>) -> Result<T, EslError> {
@@ -517,7 +597,10 @@ async fn handshake(
 }
 
 /// The next frame during the handshake (nothing else is expected then).
-async fn read_frame(stream: &mut TcpStream, reader: &mut FrameReader) -> Result<Frame, EslError> {
+pub(crate) async fn read_frame(
+    stream: &mut TcpStream,
+    reader: &mut FrameReader,
+) -> Result<Frame, EslError> {
     let mut buf = [0u8; 4096];
     loop {
         match reader.next_frame() {
@@ -538,7 +621,8 @@ async fn read_frame(stream: &mut TcpStream, reader: &mut FrameReader) -> Result<
     }
 }
 
-async fn write(stream: &mut TcpStream, line: &str) -> Result<(), EslError> {
+/// Writes a command (and the blank line that ends it) during the handshake.
+pub(crate) async fn write(stream: &mut TcpStream, line: &str) -> Result<(), EslError> {
     let mut bytes = Vec::with_capacity(line.len() + 2);
     bytes.extend_from_slice(line.as_bytes());
     bytes.extend_from_slice(b"\n\n");
@@ -556,7 +640,7 @@ struct Link {
     waiting: VecDeque<Waiting>,
     jobs: HashMap<String, oneshot::Sender<Result<String, EslError>>>,
     events: mpsc::UnboundedSender<Event>,
-    keep_alive: KeepAlive,
+    liveness: Liveness,
     /// The first line of a disconnect notice, if FreeSWITCH sent one.
     notice: Option<String>,
 }
@@ -580,7 +664,9 @@ impl Link {
         }
         requests.close();
         while let Ok(request) = requests.try_recv() {
-            request.pending.fail(error.clone());
+            if let Request::Command { pending, .. } = request {
+                pending.fail(error.clone());
+            }
         }
         // Dropping `self` ends the events channel, after every event sent before.
     }
@@ -595,9 +681,11 @@ impl Link {
         let mut last_heard = Instant::now();
         let mut probe_sent: Option<Instant> = None;
         loop {
-            let deadline = match probe_sent {
-                Some(sent) => sent + self.keep_alive.timeout,
-                None => last_heard + self.keep_alive.idle,
+            let deadline = match (self.liveness, probe_sent) {
+                (Liveness::KeepAlive(keep_alive), Some(sent)) => Some(sent + keep_alive.timeout),
+                (Liveness::KeepAlive(keep_alive), None) => Some(last_heard + keep_alive.idle),
+                // Replies come in order, so the oldest command's is the one due first.
+                (Liveness::Replies(bound), _) => self.waiting.front().map(|w| w.sent + bound),
             };
             tokio::select! {
                 read = self.stream.read(&mut buf) => match read {
@@ -617,25 +705,34 @@ impl Link {
                     }
                     Err(e) => return format!("reading from FreeSWITCH failed: {e}"),
                 },
-                request = requests.recv() => {
-                    let Some(Request { line, pending }) = request else {
-                        return "closed: no handle on the connection is left".to_owned();
-                    };
-                    self.waiting.push_back(Waiting { name: name(&line), pending });
-                    if let Err(reason) = self.send(&line).await {
-                        return reason;
+                request = requests.recv() => match request {
+                    None => return "closed: no handle on the connection is left".to_owned(),
+                    Some(Request::Close(reason)) => return reason,
+                    Some(Request::Command { name, line, pending }) => {
+                        self.waiting.push_back(Waiting { name, pending, sent: Instant::now() });
+                        if let Err(reason) = self.send(&line).await {
+                            return reason;
+                        }
                     }
-                }
-                () = tokio::time::sleep_until(deadline) => {
+                },
+                () = sleep_until(deadline) => {
+                    let keep_alive = match self.liveness {
+                        Liveness::KeepAlive(keep_alive) => keep_alive,
+                        Liveness::Replies(bound) => {
+                            let name = self.waiting.front().map_or("", |w| w.name.as_str());
+                            return format!("FreeSWITCH did not answer `{name}` within {bound:?}");
+                        }
+                    };
                     if probe_sent.is_some() {
                         return format!(
                             "FreeSWITCH sent nothing for {:?}, not even an answer to the keep-alive",
-                            self.keep_alive.bound()
+                            keep_alive.bound()
                         );
                     }
                     self.waiting.push_back(Waiting {
                         name: "keep-alive".to_owned(),
                         pending: Pending::KeepAlive,
+                        sent: Instant::now(),
                     });
                     if let Err(reason) = self.send(KEEP_ALIVE_COMMAND).await {
                         return reason;
@@ -647,18 +744,16 @@ impl Link {
     }
 
     /// Writes a command. A peer that stops reading fills the socket's buffers and the
-    /// write would wait forever, so it gets as long as the keep-alive gives an answer.
+    /// write would wait forever, so it gets as long as FreeSWITCH has to answer.
     async fn send(&mut self, line: &str) -> Result<(), String> {
         let mut bytes = Vec::with_capacity(line.len() + 2);
         bytes.extend_from_slice(line.as_bytes());
         bytes.extend_from_slice(b"\n\n");
-        match tokio::time::timeout(self.keep_alive.timeout, self.stream.write_all(&bytes)).await {
+        let timeout = self.liveness.write_timeout();
+        match tokio::time::timeout(timeout, self.stream.write_all(&bytes)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(format!("writing to FreeSWITCH failed: {e}")),
-            Err(_) => Err(format!(
-                "FreeSWITCH took nothing written for {:?}",
-                self.keep_alive.timeout
-            )),
+            Err(_) => Err(format!("FreeSWITCH took nothing written for {timeout:?}")),
         }
     }
 
@@ -719,7 +814,7 @@ impl Link {
     }
 
     fn answer(&mut self, waiting: Waiting, frame: Frame) {
-        let Waiting { name, pending } = waiting;
+        let Waiting { name, pending, .. } = waiting;
         let refused = |reply: String| EslError::Refused {
             command: name.clone(),
             reply,
@@ -778,6 +873,14 @@ impl Link {
                 content_type: frame.content_type().to_owned(),
             }),
         }
+    }
+}
+
+/// Sleeps until `deadline`; forever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -19,6 +19,7 @@
 pub mod client;
 pub mod config;
 pub mod frame;
+pub mod outbound;
 pub mod translate;
 
 pub use client::{
@@ -27,3 +28,4 @@ pub use client::{
 };
 pub use config::FreeSwitchConfig;
 pub use frame::{CommandReply, Event, Frame, FrameError, FrameReader, Headers};
+pub use outbound::{CallSocket, HandedOver, OutboundListener};
