@@ -65,7 +65,9 @@ struct Inner {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn failed(what: &str, error: EslError) -> PbxError {
@@ -272,8 +274,10 @@ async fn variable(esl: &EslClient, channel: &str, name: &str) -> Result<Option<S
     }
     let answer = esl.api(&format!("uuid_getvar {channel} {name}")).await?;
     let value = answer.trim();
-    Ok((!value.is_empty() && value != UNDEFINED && !value.starts_with("-ERR"))
-        .then(|| value.to_owned()))
+    Ok(
+        (!value.is_empty() && value != UNDEFINED && !value.starts_with("-ERR"))
+            .then(|| value.to_owned()),
+    )
 }
 
 impl CallControl for FreeSwitchPbx {
@@ -312,8 +316,7 @@ impl CallControl for FreeSwitchPbx {
                 return Ok(PbxReply::Contacts(contacts));
             }
             PbxCommand::Dial(request) => {
-                if !translate::dialable(&request.contact_uri) || !valid_uuid(request.leg.as_str())
-                {
+                if !translate::dialable(&request.contact_uri) || !valid_uuid(request.leg.as_str()) {
                     return Err(PbxError::Failed(format!(
                         "leg {}: the contact cannot be dialled safely",
                         request.leg
@@ -357,7 +360,8 @@ impl CallControl for FreeSwitchPbx {
                 }
             }
             PbxCommand::Hangup { channel, reason } => {
-                self.api(translate::hangup(channel.as_str(), reason)).await?;
+                self.api(translate::hangup(channel.as_str(), reason))
+                    .await?;
             }
             PbxCommand::Return { caller, status } => {
                 let socket = lock(&self.inner.sockets)
