@@ -512,6 +512,7 @@ mod tests {
     fn asterisk(config: &Config) -> &pushwake_asterisk::AsteriskConfig {
         match &config.pbx {
             PbxConfig::Asterisk(asterisk) => asterisk,
+            other => panic!("not asterisk: {other:?}"),
         }
     }
 

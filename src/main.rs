@@ -20,6 +20,7 @@ use pushwake::store::DeviceStore;
 use pushwake_asterisk::AsteriskPbx;
 use pushwake_core::pbx::{CallControl, PbxEvent};
 use pushwake_core::wake::EngineSettings;
+use pushwake_freeswitch::FreeSwitchPbx;
 
 /// Exit code for a configuration error (also used by `check-config`).
 const EXIT_CONFIG: u8 = 2;
@@ -277,20 +278,29 @@ async fn run(path: PathBuf, config: Config) -> ExitCode {
     );
     let board = http_task.is_some().then_some(board);
     let registry = devices.registry().clone();
+    let serving = Serving {
+        push,
+        board,
+        registry,
+        health: pbx_health,
+        control: control_rx,
+    };
     let stats = match &config.pbx {
         PbxConfig::Asterisk(asterisk) => match AsteriskPbx::start(asterisk) {
-            Ok((pbx, events)) => {
-                let serving = Serving {
-                    push,
-                    board,
-                    registry,
-                    health: pbx_health,
-                    control: control_rx,
-                };
-                drive(pbx, events, &config, serving).await
-            }
+            Ok((pbx, events)) => drive(pbx, events, &config, serving).await,
             Err(error) => {
                 eprintln!("pushwake: cannot set up the ARI client: {error}");
+                return ExitCode::from(EXIT_RUNTIME);
+            }
+        },
+        PbxConfig::FreeSwitch(freeswitch) => match FreeSwitchPbx::start(freeswitch).await {
+            Ok((pbx, events)) => drive(pbx, events, &config, serving).await,
+            Err(error) => {
+                eprintln!(
+                    "pushwake: {}: freeswitch.listen: cannot listen on {}: {error}",
+                    path.display(),
+                    freeswitch.listen
+                );
                 return ExitCode::from(EXIT_RUNTIME);
             }
         },

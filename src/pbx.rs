@@ -6,16 +6,22 @@
 
 use pushwake_asterisk::AsteriskConfig;
 use pushwake_core::config::{ConfigError, ConfigFile};
+use pushwake_freeswitch::FreeSwitchConfig;
 
 /// The section names of every PBX adapter pushwake is built with. A configuration has
 /// exactly one of them.
-pub const SECTIONS: [&str; 1] = [pushwake_asterisk::config::SECTION];
+pub const SECTIONS: [&str; 2] = [
+    pushwake_asterisk::config::SECTION,
+    pushwake_freeswitch::config::SECTION,
+];
 
 /// The PBX in the configuration, and how to reach it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PbxConfig {
     /// `[asterisk]`: Asterisk through ARI.
     Asterisk(AsteriskConfig),
+    /// `[freeswitch]`: FreeSWITCH through its Event Socket and the `socket` application.
+    FreeSwitch(FreeSwitchConfig),
 }
 
 impl PbxConfig {
@@ -25,6 +31,9 @@ impl PbxConfig {
         if let Some(asterisk) = AsteriskConfig::from_file(file)? {
             return Ok(PbxConfig::Asterisk(asterisk));
         }
+        if let Some(freeswitch) = FreeSwitchConfig::from_file(file)? {
+            return Ok(PbxConfig::FreeSwitch(freeswitch));
+        }
         unreachable!("one_of found a PBX section that no adapter reads")
     }
 
@@ -32,6 +41,7 @@ impl PbxConfig {
     pub fn section(&self) -> &'static str {
         match self {
             PbxConfig::Asterisk(_) => pushwake_asterisk::config::SECTION,
+            PbxConfig::FreeSwitch(_) => pushwake_freeswitch::config::SECTION,
         }
     }
 
@@ -40,6 +50,10 @@ impl PbxConfig {
     pub fn describe(&self) -> String {
         match self {
             PbxConfig::Asterisk(asterisk) => format!("asterisk (ARI application {})", asterisk.app),
+            PbxConfig::FreeSwitch(freeswitch) => format!(
+                "freeswitch (event socket {}, socket application to {})",
+                freeswitch.address, freeswitch.listen
+            ),
         }
     }
 }

@@ -91,6 +91,17 @@ pub fn event_frame(body: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// A channel event named `name` with these headers (values URL-encoded, as FreeSWITCH
+/// writes them), framed.
+pub fn channel_event(name: &str, headers: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = format!("Event-Name: {name}\n");
+    for (key, value) in headers {
+        body.push_str(&format!("{key}: {}\n", url_encode(value)));
+    }
+    body.push('\n');
+    event_frame(&body)
+}
+
 /// A `BACKGROUND_JOB` event as FreeSWITCH 1.11.1 wrote it (the captured one of
 /// `api-errors.log`, with this job's UUID, command and result).
 pub fn background_job(job_uuid: &str, command: &str, result: &str) -> Vec<u8> {

@@ -13,7 +13,7 @@ use pushwake_core::pbx::{
 };
 use pushwake_freeswitch::{FreeSwitchConfig, FreeSwitchPbx};
 use pushwake_testkit::esl::outbound::{Channel, OutboundCall};
-use pushwake_testkit::esl::{event_frame, url_encode, Answer, EslServer};
+use pushwake_testkit::esl::{channel_event, Answer, EslServer};
 use pushwake_testkit::slot::Slot;
 use tokio::sync::mpsc;
 
@@ -57,16 +57,6 @@ async fn until(
             return event;
         }
     }
-}
-
-/// A channel event as FreeSWITCH writes it (values URL-encoded).
-fn channel_event(name: &str, headers: &[(&str, &str)]) -> Vec<u8> {
-    let mut body = format!("Event-Name: {name}\n");
-    for (key, value) in headers {
-        body.push_str(&format!("{key}: {}\n", url_encode(value)));
-    }
-    body.push('\n');
-    event_frame(&body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
