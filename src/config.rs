@@ -668,10 +668,18 @@ mod tests {
         let e = err("[[extension]]\nnumber = \"101\"\n");
         assert_eq!(
             e,
-            "pw.toml: no PBX section: pushwake needs one, [asterisk], saying how to reach the PBX"
+            "pw.toml: no PBX section: pushwake needs one, [asterisk] or [freeswitch], saying how to reach the PBX"
+        );
+        let e = err(&format!(
+            "{MINIMAL}\n[freeswitch]\npassword_file = \"/x\"\ndomain = \"d\"\n"
+        ));
+        assert!(
+            e.starts_with("pw.toml:10: ")
+                && e.contains("[freeswitch] and [asterisk] are both configured"),
+            "{e}"
         );
         let e = err(&format!("{MINIMAL}\n[mqtt]\nurl = \"x\"\n"));
-        assert!(e.starts_with("pw.toml:10: unknown field `mqtt`, expected one of `defaults`, `extension`, `http`, `store`, `asterisk`, `apns`, `fcm`, `hms`, `webhook`, `webpush`"), "{e}");
+        assert!(e.starts_with("pw.toml:10: unknown field `mqtt`, expected one of `defaults`, `extension`, `http`, `store`, `asterisk`, `freeswitch`, `apns`, `fcm`, `hms`, `webhook`, `webpush`"), "{e}");
         let e = err(&format!(
             "{MINIMAL}\n[[extension.device]]\nplatform = \"apns\"\ntokn = \"ab\"\n"
         ));
