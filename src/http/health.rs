@@ -68,14 +68,7 @@ mod tests {
     use crate::health::PbxHealth;
     use pushwake_core::pbx::PbxEvent;
 
-    fn body(response: &Response<Full<Bytes>>) -> serde_json::Value {
-        use http_body_util::BodyExt;
-        let bytes = futures_util::FutureExt::now_or_never(response.body().clone().collect())
-            .unwrap()
-            .unwrap()
-            .to_bytes();
-        serde_json::from_slice(&bytes).unwrap()
-    }
+    use crate::http::testing::body;
 
     #[tokio::test]
     async fn the_pbx_connection_is_part_of_the_health() {

@@ -233,3 +233,21 @@ fn reply(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
+
+/// What the listener's unit tests share.
+#[cfg(test)]
+pub(crate) mod testing {
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use hyper::Response;
+
+    /// The JSON body of an answer.
+    pub(crate) fn body(response: &Response<Full<Bytes>>) -> serde_json::Value {
+        use http_body_util::BodyExt;
+        let bytes = futures_util::FutureExt::now_or_never(response.body().clone().collect())
+            .unwrap()
+            .unwrap()
+            .to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+}

@@ -94,14 +94,7 @@ mod tests {
         builder.body(()).unwrap()
     }
 
-    fn body(response: &Response<Full<Bytes>>) -> serde_json::Value {
-        use http_body_util::BodyExt;
-        let bytes = futures_util::FutureExt::now_or_never(response.body().clone().collect())
-            .unwrap()
-            .unwrap()
-            .to_bytes();
-        serde_json::from_slice(&bytes).unwrap()
-    }
+    use crate::http::testing::body;
 
     fn board_with_call() -> (SharedBoard, StatusSecret) {
         let board = StatusBoard::shared();
