@@ -1,9 +1,17 @@
 //! The real pushwake binary on FreeSWITCH, as far as CI can have one: the test Event
-//! Socket server speaks the frames a real FreeSWITCH 1.11.1 sent (the captures), a test
-//! FreeSWITCH dials out to pushwake's `socket` listener as the dialplan would, and a
-//! local APNs server takes the pushes. A call for a sleeping phone: rung, pushed, the
-//! phone's `sofia::register` dialled at once with the call's id, its answer bridged,
-//! the hang-ups; then a call nobody answers goes back with TIMEOUT.
+//! Socket server (`testkit/src/esl.rs`) answers with the frames a real FreeSWITCH 1.11.1
+//! sent (`testkit/captures/freeswitch/`: `show channels`, `sofia_contact` from
+//! api_after_register.log, the `sofia::register` of events.log), a test FreeSWITCH dials
+//! out to pushwake's `socket` listener as the dialplan would (`testkit/src/esl/outbound.rs`,
+//! from outbound-socket.log), and a local APNs server takes the pushes. Channel events
+//! the captures hold in another shape (a leg's `CHANNEL_ANSWER`, the hang-ups) are made
+//! by the test with the captured header names.
+//!
+//! The scenarios: a sleeping phone woken, dialled on its `sofia::register` with the
+//! call's id, answered, bridged, hung up; a call nobody answers (TIMEOUT); an extension
+//! without devices (NOPUSH at once); an already registered phone (rung at once); a caller
+//! hanging up while waiting (the leg hung up, the missed-call alert); a token learned from
+//! `sofia::register` and pushed for the next call. Slot 35's TCP ports.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -13,7 +21,9 @@ use pushwake_testkit::apns::ApnsServer;
 use pushwake_testkit::config::{ConfigBuilder, TestApns, TestDevice, TestExtension};
 use pushwake_testkit::daemon::Daemon;
 use pushwake_testkit::esl::outbound::{Channel, OutboundCall};
-use pushwake_testkit::esl::{channel_event, sofia_register, Answer, EslServer};
+use pushwake_testkit::esl::{
+    channel_event, event_frame, sofia_register, url_encode, Answer, EslServer,
+};
 use pushwake_testkit::pbx::TestPbx;
 use pushwake_testkit::slot::Slot;
 
@@ -57,46 +67,131 @@ fn voip_token() -> String {
     "35".repeat(32)
 }
 
+/// The stand-in FreeSWITCH, a local APNs server, and pushwake on them with `extensions`.
+struct Switch {
+    server: EslServer,
+    apns: ApnsServer,
+    daemon: Daemon,
+    listen: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Switch {
+    /// Listening on the slot's `port`-th port; nothing registered, no channel.
+    async fn start(port: u16, extensions: Vec<TestExtension>) -> Self {
+        let listen = std::net::SocketAddr::from(([127, 0, 0, 1], Slot::new(SLOT).port(port)));
+        let server = EslServer::start().await;
+        server.answer(
+            "show channels",
+            Answer::body("uuid,direction\n\n0 total.\n"),
+        );
+        for user in ["101", "102", "103"] {
+            server.answer(
+                &format!("sofia_contact {user}@127.0.0.1"),
+                Answer::body("error/user_not_registered"),
+            );
+        }
+        let apns = TestApns::generate();
+        let apns_server = ApnsServer::start(apns.expectations()).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let password = dir.path().join("esl.password");
+        std::fs::write(&password, "ClueCon\n").unwrap();
+        std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let stand_in = StandIn {
+            section: format!(
+                "[freeswitch]\naddress = \"{}\"\npassword_file = \"{}\"\nlisten = \"{listen}\"\ndomain = \"127.0.0.1\"\n",
+                server.address(),
+                password.display()
+            ),
+        };
+        // The missed-call alert's topic: a device with an alert_token is told of a call
+        // that ended without it.
+        let mut config = ConfigBuilder::new(dir.path(), &stand_in, "unused")
+            .apns(&apns, &apns_server.endpoint())
+            .apns_option("alert_topic", "com.example.phone");
+        for extension in extensions {
+            config = config.extension(extension);
+        }
+        let config = config.write().unwrap();
+        let daemon = Daemon::start_until(
+            Path::new(env!("CARGO_BIN_EXE_pushwake")),
+            &config,
+            "FreeSWITCH event socket connected",
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        Self {
+            server,
+            apns: apns_server,
+            daemon,
+            listen,
+            _dir: dir,
+        }
+    }
+
+    /// The dialplan hands a call for `extension` over.
+    async fn call(&self, channel: &str, extension: &str) -> OutboundCall {
+        OutboundCall::connect_to(self.listen, Channel::new(channel, extension))
+            .await
+            .unwrap()
+    }
+
+    /// Waits until pushwake gives `call` back with `status` (set, then exit).
+    async fn given_back(&self, call: &OutboundCall, status: &str, within: Duration) {
+        let set = Some(("set".to_owned(), Some(format!("pushwake_status={status}"))));
+        call.wait_command(within, |c| c.execute() == set)
+            .await
+            .unwrap_or_else(|| {
+                panic!("not given back with {status}; log:\n{}", self.daemon.logs())
+            });
+        assert!(call.wait_closed(SECS(10)).await, "exit ends the hand-over");
+    }
+
+    /// Waits for pushwake's `bgapi originate`; its command and the leg's uuid.
+    async fn originate(&self) -> (String, String) {
+        let command = self
+            .server
+            .wait_command(SECS(10), |r| r.command.starts_with("bgapi originate"))
+            .await
+            .unwrap_or_else(|| panic!("no originate; log:\n{}", self.daemon.logs()))
+            .command;
+        let leg = command
+            .split("origination_uuid=")
+            .nth(1)
+            .and_then(|rest| rest.split(',').next())
+            .expect("the leg's uuid")
+            .to_owned();
+        (command, leg)
+    }
+}
+
+/// The captured `sofia::register` (events.log) of `user` with this contact instead.
+fn register_of(user: &str, contact: &str) -> Vec<u8> {
+    let captured = String::from_utf8(sofia_register()).unwrap();
+    let (_, body) = captured.split_once("\n\n").expect("a framed event");
+    let body: String = body
+        .lines()
+        .map(|line| match line.split_once(": ") {
+            Some(("from-user" | "username" | "to-user", _)) => {
+                format!("{}: {user}", line.split_once(": ").unwrap().0)
+            }
+            Some(("contact", _)) => format!("contact: {}", url_encode(contact)),
+            _ => line.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    event_frame(&format!("{body}\n"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_from_freeswitch_pushes_dials_the_woken_phone_and_bridges_it() {
-    let slot = Slot::new(SLOT);
-    let listen = format!("127.0.0.1:{}", slot.port(0));
-    let server = EslServer::start().await;
-    server.answer(
-        "show channels",
-        Answer::body("uuid,direction\n\n0 total.\n"),
-    );
-    // The phone is asleep: nothing registered.
-    server.answer(
-        "sofia_contact 101@127.0.0.1",
-        Answer::body("error/user_not_registered"),
-    );
-    let apns = TestApns::generate();
-    let apns_server = ApnsServer::start(apns.expectations()).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let password = dir.path().join("esl.password");
-    std::fs::write(&password, "ClueCon\n").unwrap();
-    std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let stand_in = StandIn {
-        section: format!(
-            "[freeswitch]\naddress = \"{}\"\npassword_file = \"{}\"\nlisten = \"{listen}\"\ndomain = \"127.0.0.1\"\n",
-            server.address(),
-            password.display()
-        ),
-    };
-    let config = ConfigBuilder::new(dir.path(), &stand_in, "unused")
-        .apns(&apns, &apns_server.endpoint())
-        .extension(TestExtension::new("101", "10s").device(TestDevice::apns(voip_token())))
-        .write()
-        .unwrap();
-    let mut daemon = Daemon::start_until(
-        Path::new(env!("CARGO_BIN_EXE_pushwake")),
-        &config,
-        "FreeSWITCH event socket connected",
+    let switch = Switch::start(
+        0,
+        vec![TestExtension::new("101", "10s").device(TestDevice::apns(voip_token()))],
     )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    let listen_addr = listen.parse().unwrap();
+    .await;
+    let (server, apns_server, listen_addr) = (&switch.server, &switch.apns, switch.listen);
+    let daemon = &switch.daemon;
 
     // The dialplan hands a call for 101 over; pushwake rings the caller and pushes.
     let call = OutboundCall::connect_to(listen_addr, Channel::new(CALLER, "101"))
@@ -202,6 +297,137 @@ async fn a_call_from_freeswitch_pushes_dials_the_woken_phone_and_bridges_it() {
         "exit ends the hand-over"
     );
     assert!(!daemon.logs().contains(&voip_token()), "a token in the log");
-    let stopped = daemon.terminate(SECS(10)).await.unwrap();
+    let mut switch = switch;
+    let stopped = switch.daemon.terminate(SECS(10)).await.unwrap();
     assert!(stopped.success(), "{stopped:?}");
+}
+
+/// Every call of an extension without devices: back at once with NOPUSH, unrung.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_extension_without_devices_goes_back_with_nopush_at_once() {
+    let switch = Switch::start(1, Vec::new()).await;
+    let call = switch.call(CALLER, "102").await;
+    let started = std::time::Instant::now();
+    switch.given_back(&call, "NOPUSH", SECS(5)).await;
+    println!("NOPUSH after {:?}", started.elapsed());
+    assert!(
+        !call.executed().iter().any(|(app, _)| app == "ring_ready"),
+        "{:?}",
+        call.executed()
+    );
+    assert!(switch.apns.accepted().is_empty());
+}
+
+/// A phone already registered: dialled at once (no push needed to find it), while its
+/// device is pushed too; it answers and is bridged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_already_registered_phone_is_rung_at_once() {
+    let switch = Switch::start(
+        2,
+        vec![TestExtension::new("101", "10s").device(TestDevice::apns(voip_token()))],
+    )
+    .await;
+    switch.server.answer(
+        "sofia_contact 101@127.0.0.1",
+        Answer::body(&format!("sofia/internal/{CONTACT}")),
+    );
+    switch.server.hold_jobs(None);
+    let _call = switch.call(CALLER, "101").await;
+    let (command, leg) = switch.originate().await;
+    assert!(
+        command.ends_with(&format!("}}sofia/internal/{CONTACT} &park()")),
+        "{command}"
+    );
+    for command in [
+        format!("uuid_setvar {CALLER} pushwake_status ANSWERED"),
+        format!("uuid_answer {CALLER}"),
+        format!("uuid_bridge {CALLER} {leg}"),
+    ] {
+        switch.server.answer(&command, Answer::body("+OK\n"));
+    }
+    switch.server.push_event(&channel_event(
+        "CHANNEL_ANSWER",
+        &[("Unique-ID", &leg), ("Call-Direction", "outbound")],
+    ));
+    switch
+        .daemon
+        .wait_log("caller connected", SECS(10))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(switch.apns.wait_for(1, SECS(10)).await.unwrap().len(), 1);
+}
+
+/// The caller gives up while waiting: the leg ringing the woken phone is hung up, and
+/// the device is told the call is over (on iOS the missed-call alert, reason
+/// caller_hung_up: a VoIP push that reports no call is not allowed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_who_hangs_up_while_waiting_ends_the_ringing_leg_and_tells_the_device() {
+    let switch = Switch::start(
+        3,
+        vec![TestExtension::new("101", "20s")
+            .device(TestDevice::apns(voip_token()).with("alert_token", &"cd".repeat(32)))],
+    )
+    .await;
+    // As Apple does: the alert token is the app's own topic's.
+    switch
+        .apns
+        .bind_token(&"cd".repeat(32), "com.example.phone");
+    switch.server.hold_jobs(None);
+    let call = switch.call(CALLER, "101").await;
+    switch.apns.wait_for(1, SECS(10)).await.unwrap();
+    switch.server.push_event(&sofia_register());
+    let (_, leg) = switch.originate().await;
+    switch.server.answer(
+        &format!("uuid_kill {leg} NORMAL_CLEARING"),
+        Answer::body("+OK\n"),
+    );
+    // FreeSWITCH: the caller's CANCEL ends its channel and closes the hand-over.
+    call.hang_up();
+    switch.server.push_event(&channel_event(
+        "CHANNEL_HANGUP_COMPLETE",
+        &[("Hangup-Cause", "ORIGINATOR_CANCEL"), ("Unique-ID", CALLER)],
+    ));
+    switch
+        .server
+        .wait_command(SECS(10), |r| {
+            r.command == format!("api uuid_kill {leg} NORMAL_CLEARING")
+        })
+        .await
+        .unwrap_or_else(|| panic!("the leg was not hung up; log:\n{}", switch.daemon.logs()));
+    let pushes = switch.apns.wait_for(2, SECS(10)).await.unwrap();
+    assert_eq!(pushes[1].token, "cd".repeat(32));
+    assert_eq!(pushes[1].headers["apns-push-type"], "alert");
+    assert_eq!(pushes[1].body["type"], "call_cancelled");
+    assert_eq!(pushes[1].body["reason"], "caller_hung_up");
+}
+
+/// A phone that puts its token in its REGISTER (RFC 8599) is learned from
+/// `sofia::register` (the captured frame, with this phone's contact): after it went
+/// silent, a call to its extension, which the configuration does not list, pushes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_learned_from_sofia_register_is_pushed_for_the_next_call() {
+    let switch = Switch::start(4, Vec::new()).await;
+    let token = "ab".repeat(32);
+    let contact = format!(
+        "sip:103@127.0.0.1:5093;transport=UDP;pn-provider=apns;pn-prid={token};pn-param=TEAM123456.com.example.phone.voip"
+    );
+    switch
+        .server
+        .push_event(&register_of("103", &format!("\"\" <{contact}>")));
+    let learned = switch
+        .daemon
+        .wait_log("learned a device from its registration", SECS(10))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(learned.contains("extension=\"103\""), "{learned}");
+    assert!(
+        !switch.daemon.logs().contains(&token),
+        "the token itself is never logged"
+    );
+    let call = switch.call(CALLER, "103").await;
+    let pushes = switch.apns.wait_for(1, SECS(10)).await.unwrap();
+    assert_eq!(pushes[0].token, token);
+    assert_eq!(pushes[0].headers["apns-topic"], "com.example.phone.voip");
+    assert_eq!(pushes[0].body["extension"], "103");
+    call.hang_up();
 }
