@@ -62,6 +62,10 @@ struct Inner {
     legs: Mutex<HashSet<String>>,
     /// The sofia profile each contact was listed with, to dial it through the same one.
     profiles: Mutex<HashMap<String, String>>,
+    /// Held while a hand-over is recorded and announced, and while a snapshot's callers
+    /// are completed and announced: the two come from different connections, and a
+    /// caller announced before a snapshot that did not list it would look gone.
+    order: tokio::sync::Mutex<()>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -95,6 +99,7 @@ impl FreeSwitchPbx {
                 sockets: Mutex::new(HashMap::new()),
                 legs: Mutex::new(HashSet::new()),
                 profiles: Mutex::new(HashMap::new()),
+                order: tokio::sync::Mutex::new(()),
             }),
         };
         let (tx, rx) = mpsc::channel(1024);
@@ -108,7 +113,24 @@ impl FreeSwitchPbx {
         while let Some(item) = feed.recv().await {
             let event = match item {
                 EslFeed::Connected => match self.snapshot().await {
-                    Ok(snapshot) => PbxEvent::Connected(snapshot),
+                    Ok(mut snapshot) => {
+                        // Every caller whose hand-over is open is alive, whatever `show
+                        // channels` said a moment ago (it may predate the hand-over).
+                        let _order = self.inner.order.lock().await;
+                        for channel in lock(&self.inner.sockets).keys() {
+                            let id = ChannelId(channel.clone());
+                            if snapshot.live.insert(id.clone()) {
+                                snapshot.callers.push(HeldCaller {
+                                    channel: id,
+                                    extension: String::new(),
+                                });
+                            }
+                        }
+                        if tx.send(PbxEvent::Connected(snapshot)).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
                     Err(error) => {
                         // The connection went away while it was being read: the client
                         // reconnects, and a new Connected comes.
@@ -160,6 +182,7 @@ impl FreeSwitchPbx {
                 }
             };
             let channel = handed.socket.channel().to_owned();
+            let order = self.inner.order.lock().await;
             lock(&self.inner.sockets).insert(channel.clone(), handed.socket.clone());
             // A caller whose socket closes is gone for pushwake (hung up, or FreeSWITCH
             // went on without it), even while the Event Socket is down.
@@ -175,7 +198,9 @@ impl FreeSwitchPbx {
                         .await;
                 }
             });
-            if tx.send(arrived).await.is_err() {
+            let sent = tx.send(arrived).await;
+            drop(order);
+            if sent.is_err() {
                 return;
             }
         }
