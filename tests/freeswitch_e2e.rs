@@ -13,19 +13,13 @@
 //! hanging up while waiting (the leg hung up, the missed-call alert); a token learned from
 //! `sofia::register` and pushed for the next call. Slot 35's TCP ports.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-use pushwake_testkit::apns::ApnsServer;
-use pushwake_testkit::config::{ConfigBuilder, TestApns, TestDevice, TestExtension};
-use pushwake_testkit::daemon::Daemon;
+use pushwake_testkit::config::{TestDevice, TestExtension};
 use pushwake_testkit::esl::outbound::{Channel, OutboundCall};
-use pushwake_testkit::esl::{
-    channel_event, event_frame, sofia_register, url_encode, Answer, EslServer,
-};
-use pushwake_testkit::pbx::TestPbx;
-use pushwake_testkit::slot::Slot;
+use pushwake_testkit::esl::{channel_event, sofia_register, Answer};
+use pushwake_testkit::freeswitch::{register_of, FreeSwitchRig};
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 /// This file's TCP port for pushwake's `socket` listener (slot 35's numbers).
@@ -35,157 +29,15 @@ const SECOND: &str = "a1b2c3d4-0000-4000-8000-00000000abcd";
 /// The contact of the captured `sofia::register` (`esl::sofia_register`).
 const CONTACT: &str = "sip:101@127.0.0.1:5091;transport=UDP;pn-provider=apns;pn-prid=abc123;pn-param=TEAM.com.example.voip";
 
-/// The FreeSWITCH stand-in as the configuration builder sees it: its `[freeswitch]`
-/// section. (The scenarios that run on the real Asterisk need more of a PBX than this.)
-struct StandIn {
-    section: String,
-}
-
-impl TestPbx for StandIn {
-    async fn connect() -> Result<Self, String> {
-        Err("the FreeSWITCH stand-in is made by the test itself".into())
-    }
-
-    fn name(&self) -> &'static str {
-        "FreeSWITCH (test Event Socket server)"
-    }
-
-    fn config_section(&self, _app: &str) -> String {
-        self.section.clone()
-    }
-
-    fn sip_address(&self) -> &str {
-        "127.0.0.1:5090"
-    }
-
-    async fn wait_clean(&self, _slot: Slot, _timeout: Duration) -> Result<(), String> {
-        Ok(())
-    }
-}
-
 fn voip_token() -> String {
     "35".repeat(32)
 }
 
-/// The stand-in FreeSWITCH, a local APNs server, and pushwake on them with `extensions`.
-struct Switch {
-    server: EslServer,
-    apns: ApnsServer,
-    daemon: Daemon,
-    listen: std::net::SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Switch {
-    /// Listening on the slot's `port`-th port; nothing registered, no channel.
-    async fn start(port: u16, extensions: Vec<TestExtension>) -> Self {
-        let listen = std::net::SocketAddr::from(([127, 0, 0, 1], Slot::new(SLOT).port(port)));
-        let server = EslServer::start().await;
-        server.answer(
-            "show channels",
-            Answer::body("uuid,direction\n\n0 total.\n"),
-        );
-        for user in ["101", "102", "103"] {
-            server.answer(
-                &format!("sofia_contact {user}@127.0.0.1"),
-                Answer::body("error/user_not_registered"),
-            );
-        }
-        let apns = TestApns::generate();
-        let apns_server = ApnsServer::start(apns.expectations()).await.unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let password = dir.path().join("esl.password");
-        std::fs::write(&password, "ClueCon\n").unwrap();
-        std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let stand_in = StandIn {
-            section: format!(
-                "[freeswitch]\naddress = \"{}\"\npassword_file = \"{}\"\nlisten = \"{listen}\"\ndomain = \"127.0.0.1\"\n",
-                server.address(),
-                password.display()
-            ),
-        };
-        // The missed-call alert's topic: a device with an alert_token is told of a call
-        // that ended without it.
-        let mut config = ConfigBuilder::new(dir.path(), &stand_in, "unused")
-            .apns(&apns, &apns_server.endpoint())
-            .apns_option("alert_topic", "com.example.phone");
-        for extension in extensions {
-            config = config.extension(extension);
-        }
-        let config = config.write().unwrap();
-        let daemon = Daemon::start_until(
-            Path::new(env!("CARGO_BIN_EXE_pushwake")),
-            &config,
-            "FreeSWITCH event socket connected",
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-        Self {
-            server,
-            apns: apns_server,
-            daemon,
-            listen,
-            _dir: dir,
-        }
-    }
-
-    /// The dialplan hands a call for `extension` over.
-    async fn call(&self, channel: &str, extension: &str) -> OutboundCall {
-        OutboundCall::connect_to(self.listen, Channel::new(channel, extension))
-            .await
-            .unwrap()
-    }
-
-    /// Waits until pushwake gives `call` back with `status` (set, then exit).
-    async fn given_back(&self, call: &OutboundCall, status: &str, within: Duration) {
-        let set = Some(("set".to_owned(), Some(format!("pushwake_status={status}"))));
-        call.wait_command(within, |c| c.execute() == set)
-            .await
-            .unwrap_or_else(|| {
-                panic!("not given back with {status}; log:\n{}", self.daemon.logs())
-            });
-        assert!(call.wait_closed(SECS(10)).await, "exit ends the hand-over");
-    }
-
-    /// Waits for pushwake's `bgapi originate`; its command and the leg's uuid.
-    async fn originate(&self) -> (String, String) {
-        let command = self
-            .server
-            .wait_command(SECS(10), |r| r.command.starts_with("bgapi originate"))
-            .await
-            .unwrap_or_else(|| panic!("no originate; log:\n{}", self.daemon.logs()))
-            .command;
-        let leg = command
-            .split("origination_uuid=")
-            .nth(1)
-            .and_then(|rest| rest.split(',').next())
-            .expect("the leg's uuid")
-            .to_owned();
-        (command, leg)
-    }
-}
-
-/// The captured `sofia::register` (events.log) of `user` with this contact instead.
-fn register_of(user: &str, contact: &str) -> Vec<u8> {
-    let captured = String::from_utf8(sofia_register()).unwrap();
-    let (_, body) = captured.split_once("\n\n").expect("a framed event");
-    let body: String = body
-        .lines()
-        .map(|line| match line.split_once(": ") {
-            Some(("from-user" | "username" | "to-user", _)) => {
-                format!("{}: {user}", line.split_once(": ").unwrap().0)
-            }
-            Some(("contact", _)) => format!("contact: {}", url_encode(contact)),
-            _ => line.to_owned(),
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    event_frame(&format!("{body}\n"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_from_freeswitch_pushes_dials_the_woken_phone_and_bridges_it() {
-    let switch = Switch::start(
+    let switch = FreeSwitchRig::start_with(
+        Path::new(env!("CARGO_BIN_EXE_pushwake")),
+        SLOT,
         0,
         vec![TestExtension::new("101", "10s").device(TestDevice::apns(voip_token()))],
     )
@@ -305,7 +157,13 @@ async fn a_call_from_freeswitch_pushes_dials_the_woken_phone_and_bridges_it() {
 /// Every call of an extension without devices: back at once with NOPUSH, unrung.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_extension_without_devices_goes_back_with_nopush_at_once() {
-    let switch = Switch::start(1, Vec::new()).await;
+    let switch = FreeSwitchRig::start_with(
+        Path::new(env!("CARGO_BIN_EXE_pushwake")),
+        SLOT,
+        1,
+        Vec::new(),
+    )
+    .await;
     let call = switch.call(CALLER, "102").await;
     let started = std::time::Instant::now();
     switch.given_back(&call, "NOPUSH", SECS(5)).await;
@@ -322,7 +180,9 @@ async fn an_extension_without_devices_goes_back_with_nopush_at_once() {
 /// device is pushed too; it answers and is bridged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_already_registered_phone_is_rung_at_once() {
-    let switch = Switch::start(
+    let switch = FreeSwitchRig::start_with(
+        Path::new(env!("CARGO_BIN_EXE_pushwake")),
+        SLOT,
         2,
         vec![TestExtension::new("101", "10s").device(TestDevice::apns(voip_token()))],
     )
@@ -362,7 +222,9 @@ async fn an_already_registered_phone_is_rung_at_once() {
 /// caller_hung_up: a VoIP push that reports no call is not allowed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_who_hangs_up_while_waiting_ends_the_ringing_leg_and_tells_the_device() {
-    let switch = Switch::start(
+    let switch = FreeSwitchRig::start_with(
+        Path::new(env!("CARGO_BIN_EXE_pushwake")),
+        SLOT,
         3,
         vec![TestExtension::new("101", "20s")
             .device(TestDevice::apns(voip_token()).with("alert_token", &"cd".repeat(32)))],
@@ -406,7 +268,13 @@ async fn a_caller_who_hangs_up_while_waiting_ends_the_ringing_leg_and_tells_the_
 /// silent, a call to its extension, which the configuration does not list, pushes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_learned_from_sofia_register_is_pushed_for_the_next_call() {
-    let switch = Switch::start(4, Vec::new()).await;
+    let switch = FreeSwitchRig::start_with(
+        Path::new(env!("CARGO_BIN_EXE_pushwake")),
+        SLOT,
+        4,
+        Vec::new(),
+    )
+    .await;
     let token = "ab".repeat(32);
     let contact = format!(
         "sip:103@127.0.0.1:5093;transport=UDP;pn-provider=apns;pn-prid={token};pn-param=TEAM123456.com.example.phone.voip"

@@ -22,6 +22,7 @@ pub mod config;
 pub mod daemon;
 pub mod esl;
 pub mod fcm;
+pub mod freeswitch;
 pub mod hms;
 pub mod keys;
 pub mod pbx;
