@@ -11,7 +11,10 @@
 //! call's id, answered, bridged, hung up; a call nobody answers (TIMEOUT); an extension
 //! without devices (NOPUSH at once); an already registered phone (rung at once); a caller
 //! hanging up while waiting (the leg hung up, the missed-call alert); a token learned from
-//! `sofia::register` and pushed for the next call. Slot 35's TCP ports.
+//! `sofia::register` and pushed for the next call; two devices, the first to answer wins
+//! (the other leg hung up with LOSE_RACE); a bridged call that survives pushwake's
+//! SIGKILL (adopted by the next process from `show channels` and the legs' variables)
+//! and is still torn down. Slot 35's TCP ports.
 
 use std::path::Path;
 use std::time::Duration;
@@ -298,4 +301,168 @@ async fn a_token_learned_from_sofia_register_is_pushed_for_the_next_call() {
     assert_eq!(pushes[0].headers["apns-topic"], "com.example.phone.voip");
     assert_eq!(pushes[0].body["extension"], "103");
     call.hang_up();
+}
+
+/// Answers the three commands of a connect of `caller` and `leg` with `+OK`.
+fn connect_answers(switch: &FreeSwitchRig, caller: &str, leg: &str) {
+    for command in [
+        format!("uuid_setvar {caller} pushwake_status ANSWERED"),
+        format!("uuid_answer {caller}"),
+        format!("uuid_bridge {caller} {leg}"),
+    ] {
+        switch.server.answer(&command, Answer::body("+OK\n"));
+    }
+}
+
+/// Two devices, both woken, both dialled: the first to answer is bridged, the other leg
+/// is hung up as "answered elsewhere" (LOSE_RACE).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_devices_the_first_to_answer_wins() {
+    let switch = FreeSwitchRig::start_with(
+        Path::new(env!("CARGO_BIN_EXE_pushwake")),
+        SLOT,
+        5,
+        vec![TestExtension::new("101", "20s")
+            .device(TestDevice::apns("a1".repeat(32)))
+            .device(TestDevice::apns("b2".repeat(32)))],
+    )
+    .await;
+    switch.server.hold_jobs(None);
+    let _call = switch.call(CALLER, "101").await;
+    switch.apns.wait_for(2, SECS(10)).await.unwrap();
+    // Each phone registers (its own contact, its own push token).
+    let phone = |port: u16, prid: &str| {
+        format!("\"\" <sip:101@127.0.0.1:{port};transport=UDP;pn-provider=apns;pn-prid={prid};pn-param=TEAM123456.com.example.phone.voip>")
+    };
+    switch
+        .server
+        .push_event(&register_of("101", &phone(5091, &"a1".repeat(32))));
+    switch
+        .server
+        .push_event(&register_of("101", &phone(5092, &"b2".repeat(32))));
+    let originates = switch
+        .server
+        .wait_commands(2, SECS(10), |r| r.command.starts_with("bgapi originate"))
+        .await
+        .unwrap_or_else(|| panic!("not both dialled; log:\n{}", switch.daemon.logs()));
+    let leg_of = |command: &str| {
+        command
+            .split("origination_uuid=")
+            .nth(1)
+            .and_then(|rest| rest.split(',').next())
+            .unwrap()
+            .to_owned()
+    };
+    let (first, second) = (
+        leg_of(&originates[0].command),
+        leg_of(&originates[1].command),
+    );
+    assert!(
+        originates[1].command.contains(":5092;"),
+        "{}",
+        originates[1].command
+    );
+    connect_answers(&switch, CALLER, &second);
+    switch.server.answer(
+        &format!("uuid_kill {first} LOSE_RACE"),
+        Answer::body("+OK\n"),
+    );
+    // The second phone answers first.
+    switch.server.push_event(&channel_event(
+        "CHANNEL_ANSWER",
+        &[("Unique-ID", &second), ("Call-Direction", "outbound")],
+    ));
+    switch
+        .server
+        .wait_command(SECS(10), |r| {
+            r.command == format!("api uuid_bridge {CALLER} {second}")
+        })
+        .await
+        .unwrap_or_else(|| panic!("no bridge; log:\n{}", switch.daemon.logs()));
+    switch
+        .server
+        .wait_command(SECS(10), |r| {
+            r.command == format!("api uuid_kill {first} LOSE_RACE")
+        })
+        .await
+        .unwrap_or_else(|| panic!("the loser rings on; log:\n{}", switch.daemon.logs()));
+}
+
+/// pushwake is killed (SIGKILL) while a woken phone talks to the caller; the next
+/// process finds the conversation through the Event Socket (show channels, the legs'
+/// variables), adopts it, and when the caller hangs up, hangs the phone's leg up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridged_call_survives_a_crash_and_is_still_torn_down() {
+    let mut switch = FreeSwitchRig::start_with(
+        Path::new(env!("CARGO_BIN_EXE_pushwake")),
+        SLOT,
+        6,
+        vec![TestExtension::new("101", "20s").device(TestDevice::apns(voip_token()))],
+    )
+    .await;
+    switch.server.hold_jobs(None);
+    let _call = switch.call(CALLER, "101").await;
+    let pushes = switch.apns.wait_for(1, SECS(10)).await.unwrap();
+    let call_id = pushes[0].body["call_id"].as_str().unwrap().to_owned();
+    switch.server.push_event(&sofia_register());
+    let (_, leg) = switch.originate().await;
+    connect_answers(&switch, CALLER, &leg);
+    switch.server.push_event(&channel_event(
+        "CHANNEL_ANSWER",
+        &[("Unique-ID", &leg), ("Call-Direction", "outbound")],
+    ));
+    switch
+        .daemon
+        .wait_log("caller connected", SECS(10))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    // What FreeSWITCH holds now, as the next process will ask for it.
+    switch.server.answer(
+        "show channels",
+        Answer::body(&format!(
+            "uuid,direction,created,created_epoch,name,state\n{CALLER},inbound,,,sofia/internal/200@127.0.0.1,CS_EXCHANGE_MEDIA\n{leg},outbound,,,sofia/internal/101@127.0.0.1:5091,CS_EXCHANGE_MEDIA\n\n2 total.\n"
+        )),
+    );
+    for (channel, name, value) in [
+        (leg.as_str(), "pushwake_call", call_id.as_str()),
+        (leg.as_str(), "pushwake_caller", CALLER),
+        (CALLER, "pushwake_status", "ANSWERED"),
+        (CALLER, "pushwake_extension", "101"),
+        (CALLER, "pushwake_call", "_undef_"),
+    ] {
+        switch.server.answer(
+            &format!("uuid_getvar {channel} {name}"),
+            Answer::body(value),
+        );
+    }
+    switch.restart().await;
+    switch
+        .daemon
+        .wait_log(
+            "adopting a conversation connected by a previous process",
+            SECS(10),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    switch.server.answer(
+        &format!("uuid_kill {leg} NORMAL_CLEARING"),
+        Answer::body("+OK\n"),
+    );
+    switch.server.push_event(&channel_event(
+        "CHANNEL_HANGUP_COMPLETE",
+        &[("Hangup-Cause", "NORMAL_CLEARING"), ("Unique-ID", CALLER)],
+    ));
+    switch
+        .server
+        .wait_command(SECS(10), |r| {
+            r.command == format!("api uuid_kill {leg} NORMAL_CLEARING")
+        })
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "the phone's leg was left up; log:\n{}",
+                switch.daemon.logs()
+            )
+        });
 }

@@ -54,6 +54,8 @@ pub struct FreeSwitchRig {
     pub daemon: Daemon,
     /// Where the daemon takes the hand-overs.
     pub listen: std::net::SocketAddr,
+    binary: std::path::PathBuf,
+    config: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -108,8 +110,23 @@ impl FreeSwitchRig {
             apns: apns_server,
             daemon,
             listen,
+            binary: binary.to_owned(),
+            config,
             _dir: dir,
         }
+    }
+
+    /// A new daemon on the same configuration, in place of the current one (killed with
+    /// SIGKILL first if it still runs: a crash).
+    pub async fn restart(&mut self) {
+        self.daemon.kill().await;
+        self.daemon = Daemon::start_until(
+            &self.binary,
+            &self.config,
+            "FreeSWITCH event socket connected",
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// The dialplan hands a call for `extension` over.
