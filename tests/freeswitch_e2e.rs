@@ -14,7 +14,9 @@
 //! `sofia::register` and pushed for the next call; two devices, the first to answer wins
 //! (the other leg hung up with LOSE_RACE); a bridged call that survives pushwake's
 //! SIGKILL (adopted by the next process from `show channels` and the legs' variables)
-//! and is still torn down. Slot 35's TCP ports.
+//! and is still torn down; a crash while a caller waits (the hand-over's socket closes at
+//! once, so FreeSWITCH goes on); a phone registering again from a new port (rung there
+//! only). Slot 35's TCP ports.
 
 use std::path::Path;
 use std::time::Duration;
@@ -465,4 +467,77 @@ async fn a_bridged_call_survives_a_crash_and_is_still_torn_down() {
                 switch.daemon.logs()
             )
         });
+}
+
+/// pushwake dies (SIGKILL) while a caller waits: the hand-over's socket closes at once,
+/// which is what makes FreeSWITCH go on with the dialplan (measured on a real one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_while_a_caller_waits_gives_the_call_back_to_the_dialplan_at_once() {
+    let mut switch = FreeSwitchRig::start_with(
+        Path::new(env!("CARGO_BIN_EXE_pushwake")),
+        SLOT,
+        7,
+        vec![TestExtension::new("101", "20s").device(TestDevice::apns(voip_token()))],
+    )
+    .await;
+    let call = switch.call(CALLER, "101").await;
+    switch.apns.wait_for(1, SECS(10)).await.unwrap();
+    let killed = std::time::Instant::now();
+    switch.daemon.kill().await;
+    assert!(
+        call.wait_closed(SECS(5)).await,
+        "the hand-over is still open"
+    );
+    println!("hand-over closed {:?} after the kill", killed.elapsed());
+    assert!(
+        !call.executed().iter().any(|(app, _)| app == "set"),
+        "no status: the dialplan's normal route runs"
+    );
+}
+
+/// A phone that registers again from another port while it is being rung: its stale
+/// leg is hung up and it is rung at the new contact only (one device, one INVITE).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phone_registering_again_from_a_new_port_rings_there_only() {
+    let switch = FreeSwitchRig::start_with(
+        Path::new(env!("CARGO_BIN_EXE_pushwake")),
+        SLOT,
+        8,
+        vec![TestExtension::new("101", "20s").device(TestDevice::apns(voip_token()))],
+    )
+    .await;
+    switch.server.hold_jobs(None);
+    let _call = switch.call(CALLER, "101").await;
+    switch.apns.wait_for(1, SECS(10)).await.unwrap();
+    let contact = |port: u16| {
+        format!("\"\" <sip:101@127.0.0.1:{port};transport=UDP;pn-provider=apns;pn-prid={};pn-param=TEAM123456.com.example.phone.voip>", voip_token())
+    };
+    switch
+        .server
+        .push_event(&register_of("101", &contact(5091)));
+    let (_, stale) = switch.originate().await;
+    switch.server.answer(
+        &format!("uuid_kill {stale} NORMAL_CLEARING"),
+        Answer::body("+OK\n"),
+    );
+    switch
+        .server
+        .push_event(&register_of("101", &contact(5095)));
+    let originates = switch
+        .server
+        .wait_commands(2, SECS(10), |r| r.command.starts_with("bgapi originate"))
+        .await
+        .unwrap_or_else(|| panic!("not rung at the new port; log:\n{}", switch.daemon.logs()));
+    assert!(
+        originates[1].command.contains(":5095;"),
+        "{}",
+        originates[1].command
+    );
+    switch
+        .server
+        .wait_command(SECS(10), |r| {
+            r.command == format!("api uuid_kill {stale} NORMAL_CLEARING")
+        })
+        .await
+        .unwrap_or_else(|| panic!("the stale leg rings on; log:\n{}", switch.daemon.logs()));
 }
