@@ -16,7 +16,9 @@
 //! SIGKILL (adopted by the next process from `show channels` and the legs' variables)
 //! and is still torn down; a crash while a caller waits (the hand-over's socket closes at
 //! once, so FreeSWITCH goes on); a phone registering again from a new port (rung there
-//! only). Slot 35's TCP ports.
+//! only); and the whole woken call through a stand-in that judges every channel command
+//! as FreeSWITCH does (`EslServer::judge`: a leg that answers by itself, a bridge that
+//! fails unless the caller was answered, hang-ups reported). Slot 35's TCP ports.
 
 use std::path::Path;
 use std::time::Duration;
@@ -540,4 +542,57 @@ async fn a_phone_registering_again_from_a_new_port_rings_there_only() {
         })
         .await
         .unwrap_or_else(|| panic!("the stale leg rings on; log:\n{}", switch.daemon.logs()));
+}
+
+/// The stand-in judging every channel command as FreeSWITCH does (`EslServer::judge`):
+/// the woken phone's leg answers by itself (CHANNEL_ANSWER, then the job's +OK), pushwake
+/// answers the caller before bridging (else FreeSWITCH would hang both up), the bridge
+/// comes up (CHANNEL_BRIDGE), and the caller's hang-up makes pushwake kill the leg, whose
+/// hang-up FreeSWITCH then reports. Nothing here is pushed by the test but the phone's
+/// REGISTER and the caller's hang-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_woken_call_goes_through_a_stand_in_that_judges_every_command() {
+    let switch = FreeSwitchRig::start_with(
+        Path::new(env!("CARGO_BIN_EXE_pushwake")),
+        SLOT,
+        9,
+        vec![TestExtension::new("101", "20s").device(TestDevice::apns(voip_token()))],
+    )
+    .await;
+    switch.server.judge();
+    switch.server.phones_answer(true);
+    let call = switch.call(CALLER, "101").await;
+    switch.apns.wait_for(1, SECS(10)).await.unwrap();
+    switch.server.push_event(&sofia_register());
+    let (_, leg) = switch.originate().await;
+    switch
+        .daemon
+        .wait_log("caller connected", SECS(10))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let sent = switch.server.commands();
+    let at = |c: String| sent.iter().position(|s| *s == c);
+    assert!(
+        at(format!("api uuid_answer {CALLER}")) < at(format!("api uuid_bridge {CALLER} {leg}"))
+            && at(format!("api uuid_answer {CALLER}")).is_some(),
+        "the caller must be answered before the bridge: {sent:?}"
+    );
+    // The caller hangs up: FreeSWITCH ends its channel and closes the hand-over.
+    call.hang_up();
+    switch.server.push_event(&channel_event(
+        "CHANNEL_HANGUP_COMPLETE",
+        &[("Hangup-Cause", "NORMAL_CLEARING"), ("Unique-ID", CALLER)],
+    ));
+    switch
+        .server
+        .wait_command(SECS(10), |r| {
+            r.command.starts_with(&format!("api uuid_kill {leg}"))
+        })
+        .await
+        .unwrap_or_else(|| panic!("the leg was left up; log:\n{}", switch.daemon.logs()));
+    switch
+        .daemon
+        .wait_log("caller hung up", SECS(10))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
 }

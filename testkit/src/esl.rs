@@ -242,6 +242,13 @@ struct HeldJob {
 
 #[derive(Default)]
 struct State {
+    /// Whether channel commands are judged as FreeSWITCH would ([`EslServer::judge`]).
+    judging: bool,
+    /// Whether originated legs answer at once (their phones "pick up").
+    phones_answer: bool,
+    /// Channels answered or pre-answered (`uuid_answer`, `uuid_pre_answer`, an
+    /// originated leg that answered).
+    answered: HashSet<String>,
     standing: HashMap<String, Answer>,
     once: HashMap<String, VecDeque<Answer>>,
     held_commands: HashSet<String>,
@@ -399,6 +406,28 @@ impl EslServer {
         state.standing.insert(command.to_owned(), answer);
     }
 
+    /// From now on, answers the channel commands as FreeSWITCH 1.11.1 does and emits the
+    /// events it emits (to subscribed connections), instead of the table:
+    /// - `uuid_answer X` / `uuid_pre_answer X`: `+OK` (call-flow.log), X answered;
+    /// - `uuid_setvar X …`: `+OK` (mod_commands' `uuid_setvar_function` writes `+OK\n`);
+    /// - `uuid_bridge A B`: `+OK B`, then `CHANNEL_BRIDGE` when A was answered
+    ///   (call-flow.log), or, when it never was, both legs hung up:
+    ///   `DESTINATION_OUT_OF_ORDER` for A, `ORIGINATOR_CANCEL` for B
+    ///   (uuid-bridge-unanswered.log);
+    /// - `uuid_kill X [cause]`: `+OK`, then X's `CHANNEL_HANGUP_COMPLETE`
+    ///   (park-after-close.log);
+    /// - `bgapi originate {…origination_uuid=X…}… &park()`, with [`EslServer::phones_answer`]:
+    ///   X's `CHANNEL_ANSWER`, then the `BACKGROUND_JOB` with `+OK X`, then X's
+    ///   `CHANNEL_PARK`, in that order (call-flow.log: the job ends when the leg answers).
+    pub fn judge(&self) {
+        self.shared.state.lock().unwrap().judging = true;
+    }
+
+    /// Whether the phones of originated legs answer at once (with [`EslServer::judge`]).
+    pub fn phones_answer(&self, answer: bool) {
+        self.shared.state.lock().unwrap().phones_answer = answer;
+    }
+
     /// Answers the next `api <command>` with `answer`, before any standing answer (several
     /// are used in the order they were given).
     pub fn answer_once(&self, command: &str, answer: Answer) {
@@ -456,22 +485,7 @@ impl EslServer {
     /// Sends an event frame (a captured one, say) to every connection subscribed to its
     /// `Event-Name` (and `Event-Subclass`), as FreeSWITCH would; to how many.
     pub fn push_event(&self, frame: &[u8]) -> usize {
-        let (name, subclass) = event_name(frame);
-        let state = self.shared.state.lock().unwrap();
-        let mut sent = 0;
-        for connection in &state.connections {
-            if connection.open
-                && connection.authed
-                && connection.wants(&name, subclass.as_deref())
-                && connection
-                    .control
-                    .send(Control::Write(frame.to_vec()))
-                    .is_ok()
-            {
-                sent += 1;
-            }
-        }
-        sent
+        broadcast(&self.shared, frame)
     }
 
     /// Writes these bytes, whatever they are, to every open connection; to how many.
@@ -620,6 +634,32 @@ async fn wait_for<S, T>(
 }
 
 /// `Event-Name` and `Event-Subclass` of an event frame (decoded: `sofia::register`).
+/// Sends an event frame to every connection subscribed to it; to how many.
+fn broadcast(shared: &Shared, frame: &[u8]) -> usize {
+    broadcast_except(shared, frame, None)
+}
+
+/// [`broadcast`], leaving out connection `except`.
+fn broadcast_except(shared: &Shared, frame: &[u8], except: Option<usize>) -> usize {
+    let (name, subclass) = event_name(frame);
+    let state = shared.state.lock().unwrap();
+    let mut sent = 0;
+    for (id, connection) in state.connections.iter().enumerate() {
+        if Some(id) != except
+            && connection.open
+            && connection.authed
+            && connection.wants(&name, subclass.as_deref())
+            && connection
+                .control
+                .send(Control::Write(frame.to_vec()))
+                .is_ok()
+        {
+            sent += 1;
+        }
+    }
+    sent
+}
+
 fn event_name(frame: &[u8]) -> (String, Option<String>) {
     let text = String::from_utf8_lossy(frame);
     let body = text.split_once("\n\n").map_or("", |(_, body)| body);
@@ -777,11 +817,20 @@ async fn command(shared: &Shared, id: usize, stream: &mut TcpStream, block: &[u8
         return reply_flow(write(shared, stream, &command_reply(reply)).await);
     }
     if let Some(command) = line.strip_prefix("api ") {
-        let answer = shared.state.lock().unwrap().answer(command);
-        return match answer {
+        let judged = judge_api(shared, command);
+        let answer = match &judged {
+            Some((body, _)) => Answer::Body(body.clone()),
+            None => shared.state.lock().unwrap().answer(command),
+        };
+        let flow = match answer {
             Answer::Body(body) => reply_flow(write(shared, stream, &api_response(&body)).await),
             Answer::Hang => Flow::Freeze,
         };
+        // What FreeSWITCH emits after its answer.
+        for frame in judged.map(|(_, events)| events).unwrap_or_default() {
+            broadcast(shared, &frame);
+        }
+        return flow;
     }
     if let Some(command) = line.strip_prefix("bgapi ") {
         return bgapi(shared, id, stream, command, &headers).await;
@@ -831,6 +880,60 @@ fn subscribe(shared: &Shared, id: usize, line: &str) -> String {
     format!("+OK event listener enabled {format}")
 }
 
+/// A channel's `CHANNEL_HANGUP_COMPLETE` with this cause (the captured header names).
+fn hangup_complete(channel: &str, cause: &str) -> Vec<u8> {
+    channel_event(
+        "CHANNEL_HANGUP_COMPLETE",
+        &[
+            ("Hangup-Cause", cause),
+            ("Unique-ID", channel),
+            ("Answer-State", "hangup"),
+            ("Hangup-Cause", cause),
+        ],
+    )
+}
+
+/// FreeSWITCH's answer to a channel command, and the events it emits after it, when the
+/// server judges ([`EslServer::judge`]); `None` for the table.
+fn judge_api(shared: &Shared, command: &str) -> Option<(String, Vec<Vec<u8>>)> {
+    let mut state = shared.state.lock().unwrap();
+    if !state.judging {
+        return None;
+    }
+    let words: Vec<&str> = command.split(' ').collect();
+    match words.as_slice() {
+        ["uuid_answer" | "uuid_pre_answer", channel] => {
+            state.answered.insert((*channel).to_owned());
+            Some(("+OK\n".into(), Vec::new()))
+        }
+        ["uuid_setvar", _, _, ..] => Some(("+OK\n".into(), Vec::new())),
+        ["uuid_bridge", a, b] => {
+            let events = if state.answered.contains(*a) {
+                vec![channel_event(
+                    "CHANNEL_BRIDGE",
+                    &[
+                        ("Bridge-A-Unique-ID", a),
+                        ("Bridge-B-Unique-ID", b),
+                        ("Unique-ID", a),
+                        ("Channel-Call-State", "ACTIVE"),
+                    ],
+                )]
+            } else {
+                vec![
+                    hangup_complete(a, "DESTINATION_OUT_OF_ORDER"),
+                    hangup_complete(b, "ORIGINATOR_CANCEL"),
+                ]
+            };
+            Some((format!("+OK {b}\n"), events))
+        }
+        ["uuid_kill", channel, rest @ ..] => {
+            let cause = rest.first().copied().unwrap_or("NORMAL_CLEARING");
+            Some(("+OK\n".into(), vec![hangup_complete(channel, cause)]))
+        }
+        _ => None,
+    }
+}
+
 async fn bgapi(
     shared: &Shared,
     id: usize,
@@ -838,19 +941,51 @@ async fn bgapi(
     command: &str,
     headers: &[String],
 ) -> Flow {
-    let (uuid, answer, held) = {
+    let (uuid, answer, held, answering) = {
         let mut state = shared.state.lock().unwrap();
         let named = headers
             .iter()
             .find_map(|h| h.strip_prefix("Job-UUID: "))
             .map(str::to_owned);
         let uuid = named.unwrap_or_else(|| state.next_job_uuid());
-        let answer = state.answer(command);
-        let held = state.hold_all || state.held_commands.contains(command);
-        (uuid, answer, held)
+        let leg = (state.judging && state.phones_answer && command.starts_with("originate "))
+            .then(|| {
+                command
+                    .split("origination_uuid=")
+                    .nth(1)
+                    .and_then(|rest| rest.split([',', '}']).next())
+                    .map(str::to_owned)
+            })
+            .flatten();
+        let answer = match &leg {
+            Some(leg) => {
+                state.answered.insert(leg.clone());
+                Answer::Body(format!("+OK {leg}\n"))
+            }
+            None => state.answer(command),
+        };
+        let held = leg.is_none() && (state.hold_all || state.held_commands.contains(command));
+        (uuid, answer, held, leg)
     };
     if write(shared, stream, &bgapi_reply(&uuid)).await.is_err() {
         return Flow::Close;
+    }
+    if let Some(leg) = &answering {
+        // The phone answers: its CHANNEL_ANSWER comes before the job's end, on this
+        // connection too (written here, in order, rather than queued behind the job).
+        let frame = channel_event(
+            "CHANNEL_ANSWER",
+            &[
+                ("Unique-ID", leg),
+                ("Call-Direction", "outbound"),
+                ("Answer-State", "answered"),
+            ],
+        );
+        broadcast_except(shared, &frame, Some(id));
+        let wanted = shared.state.lock().unwrap().connections[id].wants("CHANNEL_ANSWER", None);
+        if wanted && write(shared, stream, &frame).await.is_err() {
+            return Flow::Close;
+        }
     }
     let Answer::Body(result) = answer else {
         return Flow::Go;
@@ -868,10 +1003,22 @@ async fn bgapi(
         return Flow::Go;
     }
     let wanted = shared.state.lock().unwrap().connections[id].wants("BACKGROUND_JOB", None);
-    if !wanted {
-        return Flow::Go;
+    let flow = if wanted {
+        reply_flow(write(shared, stream, &background_job(&uuid, command, &result)).await)
+    } else {
+        Flow::Go
+    };
+    if let Some(leg) = &answering {
+        // `&park()`: the answered leg parks.
+        broadcast(
+            shared,
+            &channel_event(
+                "CHANNEL_PARK",
+                &[("Unique-ID", leg), ("Call-Direction", "outbound")],
+            ),
+        );
     }
-    reply_flow(write(shared, stream, &background_job(&uuid, command, &result)).await)
+    flow
 }
 
 #[cfg(test)]
