@@ -18,7 +18,9 @@
 //! once, so FreeSWITCH goes on); a phone registering again from a new port (rung there
 //! only); and the whole woken call through a stand-in that judges every channel command
 //! as FreeSWITCH does (`EslServer::judge`: a leg that answers by itself, a bridge that
-//! fails unless the caller was answered, hang-ups reported). Slot 35's TCP ports.
+//! fails unless the caller was answered, hang-ups reported); late and duplicated events
+//! (a stale unregister, an answer and a hang-up twice) changing nothing; and pushwake
+//! stopped, the `socket` refused at once. Slot 35's TCP ports.
 
 use std::path::Path;
 use std::time::Duration;
@@ -595,4 +597,102 @@ async fn a_woken_call_goes_through_a_stand_in_that_judges_every_command() {
         .wait_log("caller hung up", SECS(10))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Late and duplicated events, as FreeSWITCH sends them (call-flow.log opens with a
+/// `sofia::unregister` stamped before the subscription; events of one moment may come
+/// twice): a stale unregister, a leg's answer twice and the caller's hang-up twice change
+/// nothing: one connect, one hang-up of the leg, the call ends once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_and_duplicated_events_change_nothing() {
+    let switch = FreeSwitchRig::start_with(
+        Path::new(env!("CARGO_BIN_EXE_pushwake")),
+        SLOT,
+        10,
+        vec![TestExtension::new("101", "20s").device(TestDevice::apns(voip_token()))],
+    )
+    .await;
+    switch.server.judge();
+    // The stale unregister first, as the capture has it.
+    switch.server.push_event(&pushwake_testkit::esl::captured(
+        "events.log",
+        "sofia%3A%3Aunregister",
+    ));
+    switch.server.hold_jobs(None);
+    let call = switch.call(CALLER, "101").await;
+    switch.apns.wait_for(1, SECS(10)).await.unwrap();
+    switch.server.push_event(&sofia_register());
+    let (_, leg) = switch.originate().await;
+    let answer = channel_event(
+        "CHANNEL_ANSWER",
+        &[("Unique-ID", &leg), ("Call-Direction", "outbound")],
+    );
+    switch.server.push_event(&answer);
+    switch.server.push_event(&answer);
+    switch
+        .daemon
+        .wait_log("caller connected", SECS(10))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    call.hang_up();
+    let gone = channel_event(
+        "CHANNEL_HANGUP_COMPLETE",
+        &[("Hangup-Cause", "NORMAL_CLEARING"), ("Unique-ID", CALLER)],
+    );
+    switch.server.push_event(&gone);
+    switch.server.push_event(&gone);
+    switch
+        .server
+        .wait_command(SECS(10), |r| {
+            r.command.starts_with(&format!("api uuid_kill {leg}"))
+        })
+        .await
+        .unwrap_or_else(|| panic!("the leg was left up; log:\n{}", switch.daemon.logs()));
+    // A marker after them all: once pushwake has logged it (the captured register's
+    // pn-param names another team, which it warns about), the events before it were
+    // handled.
+    let before = switch.daemon.log_len();
+    switch.server.push_event(&sofia_register());
+    switch
+        .daemon
+        .wait_log_after(before, "were not taken", SECS(10))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let commands = switch.server.commands();
+    let count = |prefix: String| commands.iter().filter(|c| c.starts_with(&prefix)).count();
+    assert_eq!(
+        count(format!("api uuid_bridge {CALLER} {leg}")),
+        1,
+        "{commands:?}"
+    );
+    assert_eq!(count(format!("api uuid_kill {leg}")), 1, "{commands:?}");
+    assert_eq!(
+        switch.daemon.logs().matches("caller hung up call=").count(),
+        1,
+        "{}",
+        switch.daemon.logs()
+    );
+}
+
+/// pushwake stopped: nothing listens where the dialplan's `socket` connects, so
+/// FreeSWITCH goes on with the normal route at once (measured: the caller got the next
+/// action's answer 0.15 s after its INVITE).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_pushwake_stopped_the_socket_application_is_refused_at_once() {
+    let mut switch = FreeSwitchRig::start_with(
+        Path::new(env!("CARGO_BIN_EXE_pushwake")),
+        SLOT,
+        11,
+        Vec::new(),
+    )
+    .await;
+    let stopped = switch.daemon.terminate(SECS(10)).await.unwrap();
+    assert!(stopped.success(), "{stopped:?}");
+    let refused = tokio::time::timeout(SECS(5), tokio::net::TcpStream::connect(switch.listen))
+        .await
+        .expect("a refusal, not a wait");
+    assert_eq!(
+        refused.unwrap_err().kind(),
+        std::io::ErrorKind::ConnectionRefused
+    );
 }
