@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use pushwake_freeswitch::{EslConfig, EslConnection};
 use pushwake_testkit::config::{TestDevice, TestExtension};
 use pushwake_testkit::esl::{channel_event, sofia_register, Answer, EslServer};
-use pushwake_testkit::freeswitch::FreeSwitchRig;
+use pushwake_testkit::freeswitch::{leg_of, FreeSwitchRig};
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 
@@ -98,12 +98,7 @@ async fn main() {
             .expect("an originate");
         register.push(started.elapsed());
         let command = &originates[i - 1].command;
-        let leg = command
-            .split("origination_uuid=")
-            .nth(1)
-            .and_then(|rest| rest.split(',').next())
-            .unwrap()
-            .to_owned();
+        let leg = leg_of(command);
         for command in [
             format!("uuid_setvar {caller} pushwake_status ANSWERED"),
             format!("uuid_answer {caller}"),

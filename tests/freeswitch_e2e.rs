@@ -28,7 +28,7 @@ use std::time::Duration;
 use pushwake_testkit::config::{TestDevice, TestExtension};
 use pushwake_testkit::esl::outbound::{Channel, OutboundCall};
 use pushwake_testkit::esl::{channel_event, sofia_register, Answer};
-use pushwake_testkit::freeswitch::{register_of, FreeSwitchRig};
+use pushwake_testkit::freeswitch::{leg_of, register_of, FreeSwitchRig};
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 /// This file's TCP port for pushwake's `socket` listener (slot 35's numbers).
@@ -86,12 +86,7 @@ async fn a_call_from_freeswitch_pushes_dials_the_woken_phone_and_bridges_it() {
             && command.ends_with(&format!("}}sofia/internal/{CONTACT} &park()")),
         "{command}"
     );
-    let leg = command
-        .split("origination_uuid=")
-        .nth(1)
-        .and_then(|rest| rest.split(',').next())
-        .expect("the leg's uuid")
-        .to_owned();
+    let leg = leg_of(&command);
 
     // It answers: pushwake bridges it to the caller.
     for command in [
@@ -259,12 +254,8 @@ async fn a_caller_who_hangs_up_while_waiting_ends_the_ringing_leg_and_tells_the_
         &[("Hangup-Cause", "ORIGINATOR_CANCEL"), ("Unique-ID", CALLER)],
     ));
     switch
-        .server
-        .wait_command(SECS(10), |r| {
-            r.command == format!("api uuid_kill {leg} NORMAL_CLEARING")
-        })
-        .await
-        .unwrap_or_else(|| panic!("the leg was not hung up; log:\n{}", switch.daemon.logs()));
+        .sent(&format!("api uuid_kill {leg} NORMAL_CLEARING"))
+        .await;
     let pushes = switch.apns.wait_for(2, SECS(10)).await.unwrap();
     assert_eq!(pushes[1].token, "cd".repeat(32));
     assert_eq!(pushes[1].headers["apns-push-type"], "alert");
@@ -351,14 +342,6 @@ async fn of_two_devices_the_first_to_answer_wins() {
         .wait_commands(2, SECS(10), |r| r.command.starts_with("bgapi originate"))
         .await
         .unwrap_or_else(|| panic!("not both dialled; log:\n{}", switch.daemon.logs()));
-    let leg_of = |command: &str| {
-        command
-            .split("origination_uuid=")
-            .nth(1)
-            .and_then(|rest| rest.split(',').next())
-            .unwrap()
-            .to_owned()
-    };
     let (first, second) = (
         leg_of(&originates[0].command),
         leg_of(&originates[1].command),
@@ -379,19 +362,11 @@ async fn of_two_devices_the_first_to_answer_wins() {
         &[("Unique-ID", &second), ("Call-Direction", "outbound")],
     ));
     switch
-        .server
-        .wait_command(SECS(10), |r| {
-            r.command == format!("api uuid_bridge {CALLER} {second}")
-        })
-        .await
-        .unwrap_or_else(|| panic!("no bridge; log:\n{}", switch.daemon.logs()));
+        .sent(&format!("api uuid_bridge {CALLER} {second}"))
+        .await;
     switch
-        .server
-        .wait_command(SECS(10), |r| {
-            r.command == format!("api uuid_kill {first} LOSE_RACE")
-        })
-        .await
-        .unwrap_or_else(|| panic!("the loser rings on; log:\n{}", switch.daemon.logs()));
+        .sent(&format!("api uuid_kill {first} LOSE_RACE"))
+        .await;
 }
 
 /// pushwake is killed (SIGKILL) while a woken phone talks to the caller; the next
@@ -538,12 +513,8 @@ async fn a_phone_registering_again_from_a_new_port_rings_there_only() {
         originates[1].command
     );
     switch
-        .server
-        .wait_command(SECS(10), |r| {
-            r.command == format!("api uuid_kill {stale} NORMAL_CLEARING")
-        })
-        .await
-        .unwrap_or_else(|| panic!("the stale leg rings on; log:\n{}", switch.daemon.logs()));
+        .sent(&format!("api uuid_kill {stale} NORMAL_CLEARING"))
+        .await;
 }
 
 /// The stand-in judging every channel command as FreeSWITCH does (`EslServer::judge`):

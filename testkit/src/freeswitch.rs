@@ -160,14 +160,33 @@ impl FreeSwitchRig {
             .await
             .unwrap_or_else(|| panic!("no originate; log:\n{}", self.daemon.logs()))
             .command;
-        let leg = command
-            .split("origination_uuid=")
-            .nth(1)
-            .and_then(|rest| rest.split(',').next())
-            .expect("the leg's uuid")
-            .to_owned();
+        let leg = leg_of(&command);
         (command, leg)
     }
+
+    /// Waits until pushwake has sent exactly `command` (`api uuid_kill …`); fails with
+    /// the daemon's log.
+    pub async fn sent(&self, command: &str) {
+        self.server
+            .wait_command(Duration::from_secs(10), |r| r.command == command)
+            .await
+            .unwrap_or_else(|| {
+                panic!(
+                    "pushwake never sent {command:?}; log:\n{}",
+                    self.daemon.logs()
+                )
+            });
+    }
+}
+
+/// The leg's uuid in an `originate` command (its `origination_uuid`).
+pub fn leg_of(originate: &str) -> String {
+    originate
+        .split("origination_uuid=")
+        .nth(1)
+        .and_then(|rest| rest.split([',', '}']).next())
+        .expect("the originate names its leg's uuid")
+        .to_owned()
 }
 
 /// The captured `sofia::register` (events.log) of `user` with this contact instead.
