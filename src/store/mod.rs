@@ -534,6 +534,32 @@ impl DeviceStore {
     }
 }
 
+/// The migrations a database whose schema is at version `found` still needs, of
+/// `migrations` (one per version, in order; this build's version is their number): none
+/// when it is current. A schema newer than this build knows is refused; `what` names the
+/// store in that message, where its caller does not name it already.
+fn pending_migrations<'m>(
+    found: Option<i64>,
+    migrations: &'m [&'m str],
+    what: Option<&str>,
+) -> Result<&'m [&'m str], StoreError> {
+    let current = migrations.len();
+    let found = found.unwrap_or(0);
+    let Ok(at) = usize::try_from(found) else {
+        return Err(StoreError::Corrupt(format!(
+            "the schema version {found} is not a version"
+        )));
+    };
+    if at > current {
+        let prefix = what.map(|w| format!("{w}: ")).unwrap_or_default();
+        return Err(StoreError::Config(format!(
+            "{prefix}the device store has schema version {found}, newer than this pushwake \
+             knows ({current}): it was written by a newer pushwake; upgrade pushwake"
+        )));
+    }
+    Ok(&migrations[at..])
+}
+
 /// Reads one device from a row of `SELECT extension, device_id, platform, token,
 /// params, learned, updated_at`.
 fn device_from_row<R>(row: &R) -> Result<StoredDevice, StoreError>

@@ -177,18 +177,11 @@ impl Postgres {
             .fetch_one(&mut *tx)
             .await
             .map_err(e)?;
-        let version = version.unwrap_or(0);
-        if version > POSTGRES_SCHEMA_VERSION {
-            return Err(StoreError::Config(format!(
-                "{}: the device store has schema version {version}, newer than this pushwake \
-                 knows ({POSTGRES_SCHEMA_VERSION}): it was written by a newer pushwake; upgrade pushwake",
-                self.what
-            )));
-        }
-        if version == POSTGRES_SCHEMA_VERSION {
+        let pending = super::pending_migrations(version, MIGRATIONS, Some(&self.what))?;
+        if pending.is_empty() {
             return Ok(());
         }
-        for migration in &MIGRATIONS[version as usize..] {
+        for migration in pending {
             (&mut *tx)
                 .execute(sqlx::raw_sql(migration))
                 .await

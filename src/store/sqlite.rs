@@ -222,17 +222,11 @@ async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
         .fetch_one(&mut *tx)
         .await
         .map_err(err)?;
-    let version = version.unwrap_or(0);
-    if version > SQLITE_SCHEMA_VERSION {
-        return Err(StoreError::Config(format!(
-            "the device store has schema version {version}, newer than this pushwake knows \
-             ({SQLITE_SCHEMA_VERSION}): it was written by a newer pushwake; upgrade pushwake"
-        )));
-    }
-    if version == SQLITE_SCHEMA_VERSION {
+    let pending = super::pending_migrations(version, MIGRATIONS, None)?;
+    if pending.is_empty() {
         return Ok(());
     }
-    for migration in &MIGRATIONS[version as usize..] {
+    for migration in pending {
         (&mut *tx)
             .execute(sqlx::raw_sql(migration))
             .await
