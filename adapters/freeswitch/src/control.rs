@@ -114,17 +114,17 @@ impl FreeSwitchPbx {
             let event = match item {
                 EslFeed::Connected => match self.snapshot().await {
                     Ok(mut snapshot) => {
-                        // Every caller whose hand-over is open is alive, whatever `show
-                        // channels` said a moment ago (it may predate the hand-over).
+                        // The callers this process holds: every one whose hand-over is
+                        // open, and alive whatever `show channels` said a moment ago (it
+                        // may predate the hand-over).
                         let _order = self.inner.order.lock().await;
                         for channel in lock(&self.inner.sockets).keys() {
                             let id = ChannelId(channel.clone());
-                            if snapshot.live.insert(id.clone()) {
-                                snapshot.callers.push(HeldCaller {
-                                    channel: id,
-                                    extension: String::new(),
-                                });
-                            }
+                            snapshot.live.insert(id.clone());
+                            snapshot.callers.push(HeldCaller {
+                                channel: id,
+                                extension: String::new(),
+                            });
                         }
                         if tx.send(PbxEvent::Connected(snapshot)).await.is_err() {
                             return;
@@ -206,8 +206,7 @@ impl FreeSwitchPbx {
         }
     }
 
-    /// What FreeSWITCH holds for pushwake: every channel, the callers this process
-    /// holds, and pushwake's legs (of this process or of an earlier one) with, for those
+    /// What FreeSWITCH holds for pushwake: every channel, and pushwake's legs (of this process or of an earlier one) with, for those
     /// joined to a caller who is still there, their conversation.
     async fn snapshot(&self) -> Result<PbxSnapshot, EslError> {
         let esl = &self.inner.esl;
@@ -216,17 +215,8 @@ impl FreeSwitchPbx {
             .into_iter()
             .map(|id| ChannelId(id.to_owned()))
             .collect();
-        let mut snapshot = PbxSnapshot {
-            callers: lock(&self.inner.sockets)
-                .keys()
-                .filter(|id| live.contains(&ChannelId((*id).clone())))
-                .map(|id| HeldCaller {
-                    channel: id.as_str().into(),
-                    extension: String::new(),
-                })
-                .collect(),
-            ..PbxSnapshot::default()
-        };
+        // The callers held are added by the pump, when it announces the snapshot.
+        let mut snapshot = PbxSnapshot::default();
         for channel in &live {
             let Some(call) = variable(esl, channel.as_str(), CALL_VAR).await? else {
                 continue;
