@@ -38,15 +38,24 @@ const SECOND: &str = "a1b2c3d4-0000-4000-8000-00000000abcd";
 /// The contact of the captured `sofia::register` (`esl::sofia_register`).
 const CONTACT: &str = "sip:101@127.0.0.1:5091;transport=UDP;pn-provider=apns;pn-prid=abc123;pn-param=TEAM.com.example.voip";
 
+/// The rig on slot 35's `port`-th TCP port, running this build's pushwake.
+async fn rig(port: u16, extensions: Vec<TestExtension>) -> FreeSwitchRig {
+    FreeSwitchRig::start_with(
+        Path::new(env!("CARGO_BIN_EXE_pushwake")),
+        SLOT,
+        port,
+        extensions,
+    )
+    .await
+}
+
 fn voip_token() -> String {
     "35".repeat(32)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_from_freeswitch_pushes_dials_the_woken_phone_and_bridges_it() {
-    let switch = FreeSwitchRig::start_with(
-        Path::new(env!("CARGO_BIN_EXE_pushwake")),
-        SLOT,
+    let switch = rig(
         0,
         vec![TestExtension::new("101", "10s").device(TestDevice::apns(voip_token()))],
     )
@@ -104,12 +113,9 @@ async fn a_call_from_freeswitch_pushes_dials_the_woken_phone_and_bridges_it() {
             ("variable_pushwake_call", &call_id),
         ],
     ));
-    server
-        .wait_command(SECS(10), |r| {
-            r.command == format!("api uuid_bridge {CALLER} {leg}")
-        })
-        .await
-        .unwrap_or_else(|| panic!("no bridge; log:\n{}", daemon.logs()));
+    switch
+        .sent(&format!("api uuid_bridge {CALLER} {leg}"))
+        .await;
     let sent = server.commands();
     let at = |c: &str| sent.iter().position(|s| s == c).unwrap();
     assert!(
@@ -161,13 +167,7 @@ async fn a_call_from_freeswitch_pushes_dials_the_woken_phone_and_bridges_it() {
 /// Every call of an extension without devices: back at once with NOPUSH, unrung.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_extension_without_devices_goes_back_with_nopush_at_once() {
-    let switch = FreeSwitchRig::start_with(
-        Path::new(env!("CARGO_BIN_EXE_pushwake")),
-        SLOT,
-        1,
-        Vec::new(),
-    )
-    .await;
+    let switch = rig(1, Vec::new()).await;
     let call = switch.call(CALLER, "102").await;
     let started = std::time::Instant::now();
     switch.given_back(&call, "NOPUSH", SECS(5)).await;
@@ -184,9 +184,7 @@ async fn an_extension_without_devices_goes_back_with_nopush_at_once() {
 /// device is pushed too; it answers and is bridged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_already_registered_phone_is_rung_at_once() {
-    let switch = FreeSwitchRig::start_with(
-        Path::new(env!("CARGO_BIN_EXE_pushwake")),
-        SLOT,
+    let switch = rig(
         2,
         vec![TestExtension::new("101", "10s").device(TestDevice::apns(voip_token()))],
     )
@@ -226,9 +224,7 @@ async fn an_already_registered_phone_is_rung_at_once() {
 /// caller_hung_up: a VoIP push that reports no call is not allowed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_who_hangs_up_while_waiting_ends_the_ringing_leg_and_tells_the_device() {
-    let switch = FreeSwitchRig::start_with(
-        Path::new(env!("CARGO_BIN_EXE_pushwake")),
-        SLOT,
+    let switch = rig(
         3,
         vec![TestExtension::new("101", "20s")
             .device(TestDevice::apns(voip_token()).with("alert_token", &"cd".repeat(32)))],
@@ -268,13 +264,7 @@ async fn a_caller_who_hangs_up_while_waiting_ends_the_ringing_leg_and_tells_the_
 /// silent, a call to its extension, which the configuration does not list, pushes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_learned_from_sofia_register_is_pushed_for_the_next_call() {
-    let switch = FreeSwitchRig::start_with(
-        Path::new(env!("CARGO_BIN_EXE_pushwake")),
-        SLOT,
-        4,
-        Vec::new(),
-    )
-    .await;
+    let switch = rig(4, Vec::new()).await;
     let token = "ab".repeat(32);
     let contact = format!(
         "sip:103@127.0.0.1:5093;transport=UDP;pn-provider=apns;pn-prid={token};pn-param=TEAM123456.com.example.phone.voip"
@@ -315,9 +305,7 @@ fn connect_answers(switch: &FreeSwitchRig, caller: &str, leg: &str) {
 /// is hung up as "answered elsewhere" (LOSE_RACE).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn of_two_devices_the_first_to_answer_wins() {
-    let switch = FreeSwitchRig::start_with(
-        Path::new(env!("CARGO_BIN_EXE_pushwake")),
-        SLOT,
+    let switch = rig(
         5,
         vec![TestExtension::new("101", "20s")
             .device(TestDevice::apns("a1".repeat(32)))
@@ -374,9 +362,7 @@ async fn of_two_devices_the_first_to_answer_wins() {
 /// variables), adopts it, and when the caller hangs up, hangs the phone's leg up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bridged_call_survives_a_crash_and_is_still_torn_down() {
-    let mut switch = FreeSwitchRig::start_with(
-        Path::new(env!("CARGO_BIN_EXE_pushwake")),
-        SLOT,
+    let mut switch = rig(
         6,
         vec![TestExtension::new("101", "20s").device(TestDevice::apns(voip_token()))],
     )
@@ -435,26 +421,15 @@ async fn a_bridged_call_survives_a_crash_and_is_still_torn_down() {
         &[("Hangup-Cause", "NORMAL_CLEARING"), ("Unique-ID", CALLER)],
     ));
     switch
-        .server
-        .wait_command(SECS(10), |r| {
-            r.command == format!("api uuid_kill {leg} NORMAL_CLEARING")
-        })
-        .await
-        .unwrap_or_else(|| {
-            panic!(
-                "the phone's leg was left up; log:\n{}",
-                switch.daemon.logs()
-            )
-        });
+        .sent(&format!("api uuid_kill {leg} NORMAL_CLEARING"))
+        .await;
 }
 
 /// pushwake dies (SIGKILL) while a caller waits: the hand-over's socket closes at once,
 /// which is what makes FreeSWITCH go on with the dialplan (measured on a real one).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_while_a_caller_waits_gives_the_call_back_to_the_dialplan_at_once() {
-    let mut switch = FreeSwitchRig::start_with(
-        Path::new(env!("CARGO_BIN_EXE_pushwake")),
-        SLOT,
+    let mut switch = rig(
         7,
         vec![TestExtension::new("101", "20s").device(TestDevice::apns(voip_token()))],
     )
@@ -478,9 +453,7 @@ async fn a_crash_while_a_caller_waits_gives_the_call_back_to_the_dialplan_at_onc
 /// leg is hung up and it is rung at the new contact only (one device, one INVITE).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_phone_registering_again_from_a_new_port_rings_there_only() {
-    let switch = FreeSwitchRig::start_with(
-        Path::new(env!("CARGO_BIN_EXE_pushwake")),
-        SLOT,
+    let switch = rig(
         8,
         vec![TestExtension::new("101", "20s").device(TestDevice::apns(voip_token()))],
     )
@@ -525,9 +498,7 @@ async fn a_phone_registering_again_from_a_new_port_rings_there_only() {
 /// REGISTER and the caller's hang-up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_woken_call_goes_through_a_stand_in_that_judges_every_command() {
-    let switch = FreeSwitchRig::start_with(
-        Path::new(env!("CARGO_BIN_EXE_pushwake")),
-        SLOT,
+    let switch = rig(
         9,
         vec![TestExtension::new("101", "20s").device(TestDevice::apns(voip_token()))],
     )
@@ -576,9 +547,7 @@ async fn a_woken_call_goes_through_a_stand_in_that_judges_every_command() {
 /// nothing: one connect, one hang-up of the leg, the call ends once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_and_duplicated_events_change_nothing() {
-    let switch = FreeSwitchRig::start_with(
-        Path::new(env!("CARGO_BIN_EXE_pushwake")),
-        SLOT,
+    let switch = rig(
         10,
         vec![TestExtension::new("101", "20s").device(TestDevice::apns(voip_token()))],
     )
@@ -650,13 +619,7 @@ async fn late_and_duplicated_events_change_nothing() {
 /// action's answer 0.15 s after its INVITE).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_pushwake_stopped_the_socket_application_is_refused_at_once() {
-    let mut switch = FreeSwitchRig::start_with(
-        Path::new(env!("CARGO_BIN_EXE_pushwake")),
-        SLOT,
-        11,
-        Vec::new(),
-    )
-    .await;
+    let mut switch = rig(11, Vec::new()).await;
     let stopped = switch.daemon.terminate(SECS(10)).await.unwrap();
     assert!(stopped.success(), "{stopped:?}");
     let refused = tokio::time::timeout(SECS(5), tokio::net::TcpStream::connect(switch.listen))
