@@ -8,6 +8,7 @@
 //! push vocabulary they share comes from the core ([`WakePush`], [`PushVerdict`]).
 
 pub mod apns;
+pub mod connections;
 pub mod fcm;
 pub mod hms;
 pub mod oauth;

@@ -18,6 +18,7 @@ use pushwake_core::directory::{Device, Platform};
 
 use super::{payload, Attempt, AttemptFuture, EndReason, PushKind, Pushkin, WakePush};
 use super::{retry_after, unix_now};
+use crate::push::connections::ConnectionSet;
 
 mod section;
 pub use section::Apns;
@@ -55,6 +56,14 @@ pub const MIN_RENEWAL_INTERVAL: Duration = Duration::from_secs(20 * 60);
 /// How long APNs keeps trying to deliver a "missed call" alert to a phone that is off:
 /// unlike the VoIP push, it is still worth showing hours later.
 pub const ALERT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// Requests at once on one HTTP/2 connection: what Apple's servers advertise
+/// (`SETTINGS_MAX_CONCURRENT_STREAMS`); beyond it another connection is opened.
+pub const STREAMS_PER_CONNECTION: usize = 1000;
+
+/// The most HTTP/2 connections opened to one APNs host set: enough for 16,000 pushes in
+/// flight at once (Apple allows several connections per provider).
+pub const MAX_CONNECTIONS: usize = 16;
 
 /// How pushwake proves to APNs that it may push to the app.
 #[derive(Clone, PartialEq, Eq)]
@@ -375,7 +384,8 @@ impl ProviderToken {
 
 /// The APNs pushkin.
 pub struct ApnsPushkin {
-    client: reqwest::Client,
+    /// HTTP/2 connections to APNs, as many as the pushes in flight need.
+    connections: ConnectionSet,
     production: String,
     sandbox: String,
     warm_sandbox: bool,
@@ -396,29 +406,35 @@ enum ApnsPush<'a> {
 impl ApnsPushkin {
     /// Builds the client (no connection yet; see [`ApnsPushkin::warm_up`]).
     pub fn new(settings: ApnsSettings) -> Result<Self, ApnsSetupError> {
-        let mut builder = reqwest::Client::builder()
-            .http2_prior_knowledge()
-            .http2_keep_alive_interval(Some(Duration::from_secs(30)))
-            .http2_keep_alive_timeout(Duration::from_secs(10))
-            .http2_keep_alive_while_idle(true)
-            .pool_idle_timeout(None)
-            .connect_timeout(Duration::from_secs(5));
-        let token = match settings.auth {
+        let (token, identity) = match settings.auth {
             ApnsAuth::Token {
                 team_id,
                 key_id,
                 key_pem,
-            } => Some(Mutex::new(ProviderToken::new(&key_pem, &team_id, &key_id)?)),
-            ApnsAuth::Certificate(certificate) => {
-                builder = builder.identity(certificate.identity()?);
-                None
-            }
+            } => (
+                Some(Mutex::new(ProviderToken::new(&key_pem, &team_id, &key_id)?)),
+                None,
+            ),
+            ApnsAuth::Certificate(certificate) => (None, Some(certificate.identity()?)),
         };
-        let client = builder
+        let recipe = move || {
+            let builder = reqwest::Client::builder()
+                .http2_prior_knowledge()
+                .http2_keep_alive_interval(Some(Duration::from_secs(30)))
+                .http2_keep_alive_timeout(Duration::from_secs(10))
+                .http2_keep_alive_while_idle(true)
+                .pool_idle_timeout(None)
+                .connect_timeout(Duration::from_secs(5));
+            match &identity {
+                Some(identity) => builder.identity(identity.clone()),
+                None => builder,
+            }
             .build()
+        };
+        let connections = ConnectionSet::new(recipe, STREAMS_PER_CONNECTION, MAX_CONNECTIONS)
             .map_err(|e| ApnsSetupError::Client(super::describe_http_error(&e, "")))?;
         Ok(Self {
-            client,
+            connections,
             production: settings.endpoint.trim_end_matches('/').to_owned(),
             sandbox: settings.sandbox_endpoint.trim_end_matches('/').to_owned(),
             warm_sandbox: settings.warm_sandbox,
@@ -436,7 +452,7 @@ impl ApnsPushkin {
             hosts.push(&self.sandbox);
         }
         futures_util::future::join_all(hosts.into_iter().map(|endpoint| async move {
-            match self.client.get(endpoint).send().await {
+            match self.connections.first().get(endpoint).send().await {
                 Ok(response) => {
                     tracing::info!(%endpoint, version = ?response.version(), "APNs connection open")
                 }
@@ -469,13 +485,15 @@ impl ApnsPushkin {
             &self.production
         };
         let now = unix_now();
+        // Held until the answer is read: the stream is busy until then.
+        let lease = self.connections.lease();
+        let client = lease.client();
         let (mut request, push_type, expires_at) = match &kind {
             ApnsPush::Voip => {
                 let expires_at =
                     now + ring_window.as_secs() + u64::from(ring_window.subsec_nanos() > 0);
                 let topic = device.params.get(TOPIC).unwrap_or(&self.topic);
-                let request = self
-                    .client
+                let request = client
                     .post(format!("{endpoint}/3/device/{}", device.token.expose()))
                     .header("apns-push-type", "voip")
                     .header("apns-topic", topic)
@@ -484,8 +502,7 @@ impl ApnsPushkin {
             }
             ApnsPush::MissedCall { topic, token } => {
                 let expires_at = now + ALERT_LIFETIME.as_secs();
-                let request = self
-                    .client
+                let request = client
                     .post(format!("{endpoint}/3/device/{token}"))
                     .header("apns-push-type", "alert")
                     .header("apns-topic", *topic)
