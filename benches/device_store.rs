@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use pushwake::devices::{learned_id, Registry, StoredDevice};
 use pushwake::store::{DeviceStore, StoreConfig};
 use pushwake_core::directory::{DeviceParams, DeviceSource};
+use pushwake_testkit::figures::figure;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 
 const LOOKUP_P99_TARGET_US: f64 = 10.0;
@@ -725,6 +726,18 @@ fn bench(scale: &Scale) -> Result<bool, String> {
         "target: daemon VmRSS and its peak VmHWM < {RSS_TARGET_MIB} MiB with {n} devices: {} \
          ({rss:.1} MiB; peak {peak:.1} MiB)",
         verdict(rss_ok)
+    );
+    figure(
+        &format!("device lookup p99, {n} devices"),
+        &format!("{p99:.2} µs"),
+        &format!("< {LOOKUP_P99_TARGET_US} µs"),
+        lookup_ok,
+    );
+    figure(
+        &format!("daemon RSS / peak with {n} devices"),
+        &format!("{rss:.1} / {peak:.1} MiB"),
+        &format!("< {RSS_TARGET_MIB} MiB"),
+        rss_ok,
     );
     Ok(lookup_ok && rss_ok)
 }

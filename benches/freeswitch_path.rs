@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use pushwake_freeswitch::{EslConfig, EslConnection};
 use pushwake_testkit::config::{TestDevice, TestExtension};
 use pushwake_testkit::esl::{channel_event, sofia_register, Answer, EslServer};
+use pushwake_testkit::figures::reported;
 use pushwake_testkit::freeswitch::{leg_of, FreeSwitchRig};
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
@@ -157,6 +158,17 @@ async fn main() {
         (register_p50.as_secs_f64() - base_p50.as_secs_f64()) * 1e6,
         answer_p50.as_secs_f64() * 1e6,
         (answer_p50.as_secs_f64() - base_p50.as_secs_f64()) * 1e6,
+    );
+    let us = |d: Duration| format!("{:.0} µs", d.as_secs_f64() * 1e6);
+    reported(
+        "FreeSWITCH: sofia::register → bgapi originate, p50",
+        &us(register_p50),
+        &format!("a bare ESL client: {}", us(base_p50)),
+    );
+    reported(
+        "FreeSWITCH: CHANNEL_ANSWER → first connect command, p50",
+        &us(answer_p50),
+        &format!("a bare ESL client: {}", us(base_p50)),
     );
     let mut rig = rig;
     let _ = rig.daemon.terminate(SECS(10)).await;

@@ -33,6 +33,7 @@ use pushwake_core::directory::{Device, DeviceToken};
 use pushwake_core::pbx::{CallId, Party};
 use pushwake_testkit::apns::ApnsServer;
 use pushwake_testkit::config::TestApns;
+use pushwake_testkit::figures::figure;
 use pushwake_testkit::keys::EcKey;
 use tokio::time::Instant;
 
@@ -328,14 +329,6 @@ async fn bench(counts: &[usize], delay: Duration) -> Result<bool, String> {
         );
     }
     Ok(all_met)
-}
-
-/// One line for `scripts/bench-all`'s table: name, value, target, whether it was met.
-fn figure(name: &str, value: &str, target: &str, met: bool) {
-    println!(
-        "FIGURE\t{name}\t{value}\t{target}\t{}",
-        if met { "ok" } else { "MISSED" }
-    );
 }
 
 async fn round(

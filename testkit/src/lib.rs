@@ -15,6 +15,7 @@
 //! - [`rig`]: the end-to-end set-up (PBX, slot, APNs server, daemon, callers and phones).
 //! - [`daemon`], [`sipp`], [`slot`], [`asterisk`], [`woken_call`], [`trace`], [`keys`],
 //!   [`tls`]: the parts.
+//! - [`figures`]: the benchmarks' figure lines for `scripts/bench-all`.
 
 pub mod apns;
 pub mod asterisk;
@@ -22,6 +23,7 @@ pub mod config;
 pub mod daemon;
 pub mod esl;
 pub mod fcm;
+pub mod figures;
 pub mod freeswitch;
 pub mod hms;
 pub mod keys;

@@ -169,6 +169,18 @@ async fn bench(calls: usize) -> Result<(), String> {
         ms(mean)
     );
     println!("  every INVITE carried the push's call id in X-Pushwake-Call-Id");
+    pushwake_testkit::figures::reported(
+        &format!(
+            "Asterisk: REGISTER → INVITE of one woken call, p50 / p95 ({} calls)",
+            samples.len()
+        ),
+        &format!(
+            "{:.2} / {:.2} ms",
+            ms(percentile(&sorted, 50.0)),
+            ms(percentile(&sorted, 95.0))
+        ),
+        "one call at a time",
+    );
     if !to_decision.is_empty() {
         to_decision.sort();
         to_accepted.sort();
@@ -183,6 +195,15 @@ async fn bench(calls: usize) -> Result<(), String> {
         idle_rss as f64 / 1024.0,
         samples.len(),
         after_rss as f64 / 1024.0
+    );
+    pushwake_testkit::figures::reported(
+        "Asterisk: daemon RSS idle / after the calls",
+        &format!(
+            "{:.1} / {:.1} MiB",
+            idle_rss as f64 / 1024.0,
+            after_rss as f64 / 1024.0
+        ),
+        "reported",
     );
     println!(
         "pushes accepted by the local APNs server: {}, HTTP/2 connections opened: {}",
