@@ -121,7 +121,7 @@ enum DevicesAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    pushwake::logging::init();
     match cli.command {
         Command::CheckConfig { config } => match config::load(&config) {
             Ok(loaded) => {
@@ -182,18 +182,6 @@ fn main() -> ExitCode {
             runtime.block_on(run(config, loaded))
         }
     }
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PUSHWAKE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    use std::io::IsTerminal;
-    // Colours only for a person at a terminal, never in the journal or a log file.
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
 }
 
 async fn run(path: PathBuf, config: Config) -> ExitCode {
