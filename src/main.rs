@@ -199,8 +199,10 @@ async fn run(path: PathBuf, config: Config) -> ExitCode {
     let status_listener = match &config.http {
         Some(http) => match Listener::bind(http.listen).await {
             Ok(listener) => {
+                // The bound address: with port 0 in the file, the port actually taken.
+                let bound = listener.local_addr().unwrap_or(http.listen);
                 tracing::info!(
-                    listen = %http.listen,
+                    listen = %bound,
                     public_url = %http.public_url,
                     device_api = http.api_tokens.is_some(),
                     "http listening (call status, device API, healthz)"
