@@ -147,8 +147,8 @@ proptest! {
     }
 }
 
-/// Found by `any_retry_after_is_read_or_ignored_and_a_retry_is_in_time_or_given_up`: a
-/// `Retry-After` of 2⁶⁴−1 seconds made `Instant::now() + wait` panic in the retry loop.
+/// Found while writing the `Retry-After` property above (reading the retry loop it
+/// covers): a `Retry-After` of 2⁶⁴−1 seconds made `Instant::now() + wait` panic there.
 #[test]
 fn a_retry_after_beyond_the_clock_is_too_late_rather_than_a_panic() {
     let now = Instant::now();
