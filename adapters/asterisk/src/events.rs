@@ -66,16 +66,55 @@ pub enum AriEvent {
 }
 
 impl AriEvent {
-    /// Parses one WebSocket text frame.
+    /// Parses one WebSocket text frame. The error names the event type and what is
+    /// wrong (a missing field, a wrong type, where), never a string value of the event:
+    /// a contact URI carries the phone's push token.
     pub fn parse(text: &str) -> Result<Self, String> {
         serde_json::from_str(text).map_err(|e| {
             let kind = serde_json::from_str::<serde_json::Value>(text)
                 .ok()
                 .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_owned))
+                .map(|kind| kind.chars().take(MAX_TYPE_CHARS).collect::<String>())
                 .unwrap_or_else(|| "(no type)".to_owned());
-            format!("unreadable ARI event {kind}: {e}")
+            format!(
+                "unreadable ARI event {kind:?}: {}",
+                without_strings(&e.to_string())
+            )
         })
     }
+}
+
+/// The most of an unreadable event's `type` an error quotes.
+const MAX_TYPE_CHARS: usize = 40;
+
+/// A serde error message with every quoted string value (`invalid type: string "…",
+/// expected …`) replaced by `a string`.
+fn without_strings(message: &str) -> String {
+    const QUOTED: &str = "string \"";
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find(QUOTED) {
+        out.push_str(&rest[..at]);
+        out.push_str("a string");
+        // The value is written with Rust's escapes: it ends at the first `"` that no
+        // backslash escapes.
+        let value = &rest[at + QUOTED.len()..];
+        let mut escaped = false;
+        let end = value.char_indices().find_map(|(i, c)| match (escaped, c) {
+            (false, '\\') => {
+                escaped = true;
+                None
+            }
+            (false, '"') => Some(i + 1),
+            _ => {
+                escaped = false;
+                None
+            }
+        });
+        rest = end.map_or("", |end| &value[end..]);
+    }
+    out.push_str(rest);
+    out
 }
 
 /// What the event pump delivers.
@@ -312,6 +351,12 @@ mod tests {
         );
         let e = AriEvent::parse(r#"{"type":"StasisStart","args":[]}"#).unwrap_err();
         assert!(e.contains("StasisStart") && e.contains("channel"), "{e}");
+        let e = AriEvent::parse(
+            r#"{"type":"ContactStatusChange","endpoint":{},"contact_info":"sip:1@h;pn-prid=5ecre7\"x"}"#,
+        )
+        .unwrap_err();
+        assert!(e.contains("invalid type: a string, expected"), "{e}");
+        assert!(!e.contains("5ecre7") && !e.contains("pn-prid"), "{e}");
         assert!(AriEvent::parse("not json").is_err());
     }
 
