@@ -78,7 +78,7 @@ impl AriEvent {
                 .unwrap_or_else(|| "(no type)".to_owned());
             format!(
                 "unreadable ARI event {kind:?}: {}",
-                without_strings(&e.to_string())
+                pushwake_core::redact::without_values(&e.to_string())
             )
         })
     }
@@ -86,36 +86,6 @@ impl AriEvent {
 
 /// The most of an unreadable event's `type` an error quotes.
 const MAX_TYPE_CHARS: usize = 40;
-
-/// A serde error message with every quoted string value (`invalid type: string "…",
-/// expected …`) replaced by `a string`.
-fn without_strings(message: &str) -> String {
-    const QUOTED: &str = "string \"";
-    let mut out = String::with_capacity(message.len());
-    let mut rest = message;
-    while let Some(at) = rest.find(QUOTED) {
-        out.push_str(&rest[..at]);
-        out.push_str("a string");
-        // The value is written with Rust's escapes: it ends at the first `"` that no
-        // backslash escapes.
-        let value = &rest[at + QUOTED.len()..];
-        let mut escaped = false;
-        let end = value.char_indices().find_map(|(i, c)| match (escaped, c) {
-            (false, '\\') => {
-                escaped = true;
-                None
-            }
-            (false, '"') => Some(i + 1),
-            _ => {
-                escaped = false;
-                None
-            }
-        });
-        rest = end.map_or("", |end| &value[end..]);
-    }
-    out.push_str(rest);
-    out
-}
 
 /// What the event pump delivers.
 #[derive(Clone, Debug, PartialEq, Eq)]
