@@ -9,9 +9,13 @@
 //! through: the ARI credentials must then be found, which shows that the search would
 //! see them (and that the cap is what keeps them out).
 //!
+//! On FreeSWITCH (the Event Socket stand-in), at trace too: a handed-over call pushed;
+//! neither the Event Socket password nor the device token may show.
+//!
 //! Test slot 19, shared with `asterisk_fcm.rs`: cargo runs test binaries one after
-//! another, and end-to-end runs hold the Asterisk lock. (`/metrics` is not searched: the
-//! daemon has no metrics listener yet.)
+//! another, and end-to-end runs hold the Asterisk lock; the FreeSWITCH scenario listens
+//! on slot 35's TCP port 19 (`freeswitch_e2e.rs` uses its first dozen). (`/metrics` is
+//! not searched: the daemon has no metrics listener yet.)
 
 use std::time::Duration;
 
@@ -19,6 +23,7 @@ use base64::Engine as _;
 use pushwake_testkit::config::{TestDevice, TestExtension, TestFcm};
 use pushwake_testkit::daemon::Daemon;
 use pushwake_testkit::fcm::{FcmReply, FcmServer};
+use pushwake_testkit::freeswitch::FreeSwitchRig;
 use pushwake_testkit::hms::HmsServer;
 use pushwake_testkit::rig::{call_id_seen_by, Rig};
 use pushwake_testkit::sipp::{CallerEnd, Phone};
@@ -325,4 +330,37 @@ async fn at_trace_level_no_secret_reaches_the_log_or_any_answer() {
         .wait_log(&basic, SECS(5))
         .await
         .unwrap_or_else(|e| panic!("with PUSHWAKE_LOG_WIRE=1 the handshake should show: {e}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_freeswitch_at_trace_level_neither_the_event_socket_password_nor_a_token_shows() {
+    let token = "f5".repeat(32);
+    let switch = FreeSwitchRig::start_with_env(
+        std::path::Path::new(env!("CARGO_BIN_EXE_pushwake")),
+        35,
+        19,
+        vec![TestExtension::new("101", "10s").device(TestDevice::apns(token.clone()))],
+        &[("PUSHWAKE_LOG", "trace")],
+    )
+    .await;
+    let _call = switch
+        .call("e48d5ed0-81cd-4bb8-b8fa-afe5b70856cd", "101")
+        .await;
+    let pushes = switch
+        .apns
+        .wait_for(1, SECS(15))
+        .await
+        .unwrap_or_else(|e| panic!("{e}; log:\n{}", switch.daemon.logs()));
+    assert_eq!(pushes[0].token, token);
+    let log = switch.daemon.logs();
+    // The rig's Event Socket password (testkit/src/freeswitch.rs).
+    for (name, secret) in [
+        ("the Event Socket password", "ClueCon"),
+        ("the device token", token.as_str()),
+    ] {
+        if let Some(line) = log.lines().find(|l| l.contains(secret)) {
+            panic!("{name} is in the log: {line}");
+        }
+    }
+    assert!(log.lines().count() > 10, "a trace log was written:\n{log}");
 }
