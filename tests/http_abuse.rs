@@ -6,6 +6,12 @@
 //! every slowloris connection is closed by the server (at once beyond the per-client
 //! cap, the others within the header-read timeout); the refusals are logged a few
 //! times, not once per connection; the daemon's memory stays bounded.
+//!
+//! And on the real Asterisk (test slot 19, shared with `asterisk_fcm.rs` and
+//! `secrets_in_logs.rs`: cargo runs test binaries one after another): a woken call under
+//! the same abuse is still pushed, dialled within a second or so of its REGISTER, and
+//! connected; pushwake runs on one thread, so the listener must not starve the PBX's
+//! event loop.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -14,8 +20,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pushwake::http::HEADER_READ_TIMEOUT;
-use pushwake_testkit::config::{standalone, API_ADMIN};
+use pushwake_testkit::config::{standalone, TestDevice, TestExtension, API_ADMIN};
 use pushwake_testkit::daemon::Daemon;
+use pushwake_testkit::rig::Rig;
+use pushwake_testkit::woken_call::{self, WokenCallPlan};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
@@ -94,6 +102,79 @@ async fn flood(base: String, fresh: bool, stop: Arc<AtomicBool>, answered: Arc<A
     }
 }
 
+/// The flood and the slowloris connections, running.
+struct Abuse {
+    slow: Vec<tokio::task::JoinHandle<Duration>>,
+    flooders: Vec<tokio::task::JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+    flooded: Arc<AtomicUsize>,
+}
+
+impl Abuse {
+    /// Starts the flood, waits until it is answered, then opens the slowloris
+    /// connections.
+    async fn start(addr: SocketAddr) -> Self {
+        let base = format!("http://{addr}");
+        let stop = Arc::new(AtomicBool::new(false));
+        let flooded = Arc::new(AtomicUsize::new(0));
+        let flooders: Vec<_> = (0..FLOODERS)
+            .map(|n| {
+                tokio::spawn(flood(
+                    base.clone(),
+                    n % 2 == 1,
+                    stop.clone(),
+                    flooded.clone(),
+                ))
+            })
+            .collect();
+        // The flood is under way (its kept-alive connections open) before the slowloris
+        // connections take the rest of the client's share, and before others ask.
+        let deadline = Instant::now() + SECS(10);
+        while flooded.load(Ordering::Relaxed) < 100 {
+            assert!(
+                Instant::now() < deadline,
+                "the flood got no 100 answers in 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let slow = (0..SLOWLORIS)
+            .map(|n| tokio::spawn(slowloris(addr, n % 2 == 1)))
+            .collect();
+        Self {
+            slow,
+            flooders,
+            stop,
+            flooded,
+        }
+    }
+
+    /// Waits until the server has closed every slowloris connection (each within the
+    /// header-read timeout, a little slack for a busy machine), stops the flood; returns
+    /// how many were closed at once and how many flood requests were answered.
+    async fn finish(self) -> (usize, usize) {
+        let limit = HEADER_READ_TIMEOUT + SECS(5);
+        let mut at_once = 0;
+        for handle in self.slow {
+            let closed_after = tokio::time::timeout(limit + SECS(5), handle)
+                .await
+                .expect("the server closes every slowloris connection")
+                .unwrap();
+            assert!(
+                closed_after <= limit,
+                "a slowloris connection was held {closed_after:?}"
+            );
+            if closed_after < SECS(2) {
+                at_once += 1;
+            }
+        }
+        self.stop.store(true, Ordering::Relaxed);
+        for flooder in self.flooders {
+            flooder.await.unwrap();
+        }
+        (at_once, self.flooded.load(Ordering::Relaxed))
+    }
+}
+
 /// `request` answered within [`ANSWER_WITHIN`]: its status.
 async fn answered_soon(what: &str, request: reqwest::RequestBuilder) -> u16 {
     let started = Instant::now();
@@ -137,31 +218,7 @@ async fn a_flood_and_slowloris_from_one_client_starve_no_one_else() {
         .unwrap_or_else(|| panic!("no listen=<address> in {line:?}"));
     let base = format!("http://{addr}");
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let flooded = Arc::new(AtomicUsize::new(0));
-    let flooders: Vec<_> = (0..FLOODERS)
-        .map(|n| {
-            tokio::spawn(flood(
-                base.clone(),
-                n % 2 == 1,
-                stop.clone(),
-                flooded.clone(),
-            ))
-        })
-        .collect();
-    // The flood is under way (its kept-alive connections open) before the slowloris
-    // connections take the rest of the client's share, and before the other client asks.
-    let deadline = Instant::now() + SECS(10);
-    while flooded.load(Ordering::Relaxed) < 100 {
-        assert!(
-            Instant::now() < deadline,
-            "the flood got no 100 answers in 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let slow: Vec<_> = (0..SLOWLORIS)
-        .map(|n| tokio::spawn(slowloris(addr, n % 2 == 1)))
-        .collect();
+    let abuse = Abuse::start(addr).await;
 
     let client = reqwest::Client::new();
     let status = answered_soon("GET /healthz", client.get(format!("{base}/healthz"))).await;
@@ -194,31 +251,12 @@ async fn a_flood_and_slowloris_from_one_client_starve_no_one_else() {
     }
 
     // Every slowloris connection closed by the server: beyond the cap at once, the
-    // others by the header-read timeout (a little slack for a busy machine).
-    let limit = HEADER_READ_TIMEOUT + SECS(5);
-    let mut at_once = 0;
-    for handle in slow {
-        let closed_after = tokio::time::timeout(limit + SECS(5), handle)
-            .await
-            .expect("the server closes every slowloris connection")
-            .unwrap();
-        assert!(
-            closed_after <= limit,
-            "a slowloris connection was held {closed_after:?}"
-        );
-        if closed_after < SECS(2) {
-            at_once += 1;
-        }
-    }
-    stop.store(true, Ordering::Relaxed);
-    for flooder in flooders {
-        flooder.await.unwrap();
-    }
+    // others by the header-read timeout.
+    let (at_once, flooded) = abuse.finish().await;
     let pid = daemon.pid().expect("the daemon still runs");
     let peak = peak_rss_kib(pid);
     eprintln!(
-        "{} flood answers; {at_once} of {SLOWLORIS} slowloris connections closed at once; daemon peak RSS {peak} KiB",
-        flooded.load(Ordering::Relaxed)
+        "{flooded} flood answers; {at_once} of {SLOWLORIS} slowloris connections closed at once; daemon peak RSS {peak} KiB"
     );
     assert!(
         at_once >= SLOWLORIS - pushwake::http::limits::MAX_PER_CLIENT,
@@ -235,4 +273,56 @@ async fn a_flood_and_slowloris_from_one_client_starve_no_one_else() {
         "{warnings} warnings about refused connections (one per 10 s at most):\n{}",
         daemon.logs()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_woken_call_is_still_connected_during_the_abuse() {
+    let mut rig = Rig::asterisk(19, env!("CARGO_BIN_EXE_pushwake")).await;
+    let token = format!("{:02x}ab05e0", rig.slot.0).repeat(8);
+    // Whatever an earlier run left registered goes first: the phone must be asleep.
+    rig.register(1, 1, 0, &token).await;
+    let ext = rig.phone_number(1);
+    let http = format!("127.0.0.1:{}", rig.slot.port(11));
+    let config = rig
+        .config()
+        .http(&http, &format!("http://{http}"))
+        .api_tokens(&format!("{API_ADMIN}\n"))
+        .extension(TestExtension::new(&ext, "20s").device(TestDevice::apns(token.clone())));
+    rig.start(config).await;
+    let plan = WokenCallPlan {
+        caller: rig.caller(),
+        extension: ext,
+        caller_port: rig.slot.port(0),
+        phone_port: rig.slot.contact_port(1, 1),
+        register_port: rig.slot.register_port(1, 1),
+        token,
+        wake_delay: Duration::from_millis(300),
+        answer_after: Duration::from_millis(200),
+        talk: Duration::from_millis(1000),
+    };
+    // The same call without the abuse first, for the figure beside it.
+    let quiet = rig.unwrap(woken_call::run(&rig.pbx, &rig.apns_server, &plan).await);
+    rig.wait_log("caller connected", SECS(5)).await;
+    let abuse = Abuse::start(http.parse().unwrap()).await;
+    let call = rig.unwrap(woken_call::run(&rig.pbx, &rig.apns_server, &plan).await);
+    eprintln!(
+        "dialled→pushed {:?} quiet, {:?} under the abuse; REGISTER→INVITE {:?} quiet, {:?} under the abuse",
+        quiet.pushed - quiet.dialled,
+        call.pushed - call.dialled,
+        quiet.register_to_invite,
+        call.register_to_invite
+    );
+    assert_eq!(call.invite_call_id, call.push_call_id);
+    assert!(
+        call.register_to_invite < SECS(2),
+        "REGISTER→INVITE {:?} under the abuse",
+        call.register_to_invite
+    );
+    rig.wait_log("caller connected", SECS(5)).await;
+    let (at_once, flooded) = abuse.finish().await;
+    assert!(
+        flooded > 0 && at_once > 0,
+        "the abuse ran: {flooded} {at_once}"
+    );
+    rig.assert_clean().await;
 }
