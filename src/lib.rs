@@ -13,6 +13,7 @@
 //! - [`push`]: push providers behind one interface, each reading its own section;
 //!   [`test_push`] the operators' check.
 //! - [`status`]: what each call's status is, for apps woken late; [`http`] serves it.
+//! - [`logging`]: the log filter, which keeps the libraries' secrets out of the log.
 //! - [`random`]: the randomness the engine is given.
 //! - [`store`]: the devices that registered themselves, kept in SQLite or PostgreSQL.
 
@@ -21,6 +22,7 @@ pub mod devices;
 pub mod driver;
 pub mod health;
 pub mod http;
+pub mod logging;
 pub mod pbx;
 pub mod push;
 pub mod random;

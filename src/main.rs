@@ -121,7 +121,7 @@ enum DevicesAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    pushwake::logging::init();
     match cli.command {
         Command::CheckConfig { config } => match config::load(&config) {
             Ok(loaded) => {
@@ -184,18 +184,6 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PUSHWAKE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    use std::io::IsTerminal;
-    // Colours only for a person at a terminal, never in the journal or a log file.
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-}
-
 async fn run(path: PathBuf, config: Config) -> ExitCode {
     let mut push = PushService::new();
     match config.pushkins() {
@@ -211,8 +199,10 @@ async fn run(path: PathBuf, config: Config) -> ExitCode {
     let status_listener = match &config.http {
         Some(http) => match Listener::bind(http.listen).await {
             Ok(listener) => {
+                // The bound address: with port 0 in the file, the port actually taken.
+                let bound = listener.local_addr().unwrap_or(http.listen);
                 tracing::info!(
-                    listen = %http.listen,
+                    listen = %bound,
                     public_url = %http.public_url,
                     device_api = http.api_tokens.is_some(),
                     "http listening (call status, device API, healthz)"

@@ -122,7 +122,9 @@ impl<'a> ConfigFile<'a> {
     }
 
     fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
-        let message = e.message().trim().replace('\n', " ");
+        // Without the values serde quotes: `password = 123456` (no quotes) must not
+        // put the password in the error.
+        let message = crate::redact::without_values(e.message().trim()).replace('\n', " ");
         self.error_at(e.span().unwrap_or(0..0), message)
     }
 }

@@ -18,12 +18,14 @@
 //! - [`config`]: the shared rules of `pushwake.toml` (sections by name, errors naming
 //!   file and line), so each adapter and provider reads its own section.
 //! - [`random`]: where the engine's randomness comes from.
+//! - [`redact`]: serde's error messages without the values they quote (secrets).
 
 pub mod config;
 pub mod directory;
 pub mod pbx;
 pub mod push;
 pub mod random;
+pub mod redact;
 pub mod rfc8599;
 pub mod status;
 pub mod wake;

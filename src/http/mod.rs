@@ -11,8 +11,9 @@
 //! `{"error": "…"}` (with `"field"` when a request's field is at fault). Plain
 //! HTTP/1.1: TLS is the job of the operator's reverse proxy in front of it. Bearer
 //! tokens are never logged. Requests are logged at debug level. Headers must arrive
-//! within [`HEADER_READ_TIMEOUT`] and fit in [`MAX_HEADER_BYTES`]; at most
-//! [`MAX_CONNECTIONS`] connections are served at once.
+//! within [`HEADER_READ_TIMEOUT`] and fit in [`MAX_HEADER_BYTES`] (431 otherwise); at
+//! most [`MAX_CONNECTIONS`] connections are served at once, [`limits::MAX_PER_CLIENT`]
+//! of them from one address ([`limits`]).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -28,16 +29,17 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
 use crate::devices::service::Devices;
 use crate::status::SharedBoard;
 
 pub mod devices;
 pub mod health;
+pub mod limits;
 pub mod status;
 pub mod tokens;
 
+pub use limits::MAX_CONNECTIONS;
 pub use status::CALLS_PATH;
 
 /// How long a client may take to send a request's headers (also how long an idle
@@ -45,8 +47,6 @@ pub use status::CALLS_PATH;
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest request head accepted (hyper's buffer; its minimum is 8 KiB).
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
-/// Connections served at once; more are closed at once.
-pub const MAX_CONNECTIONS: usize = 256;
 /// How long a shutdown waits for requests under way.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -104,7 +104,8 @@ impl Listener {
             .header_read_timeout(HEADER_READ_TIMEOUT)
             .max_buf_size(MAX_HEADER_BYTES);
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let limits = limits::ConnectionLimits::new(MAX_CONNECTIONS, limits::MAX_PER_CLIENT);
+        let mut refusals = limits::RefusalLog::new(limits::REFUSAL_LOG_INTERVAL);
         tokio::pin!(shutdown);
         loop {
             let accepted = tokio::select! {
@@ -120,9 +121,29 @@ impl Listener {
                     continue;
                 }
             };
-            let Ok(slot) = slots.clone().try_acquire_owned() else {
-                tracing::warn!(%peer, "http: too many connections; closing this one");
-                continue;
+            let slot = match limits.admit(peer.ip()) {
+                Ok(slot) => slot,
+                Err(refused) => {
+                    // Closed at once, and told once in a while: a flood must not
+                    // flood the log too.
+                    drop(stream);
+                    if let Some(count) = refusals.refused(std::time::Instant::now()) {
+                        let why = match refused {
+                            limits::Refused::Total => {
+                                format!("{MAX_CONNECTIONS} connections open")
+                            }
+                            limits::Refused::Client => format!(
+                                "{} connections open from {}",
+                                limits::MAX_PER_CLIENT,
+                                peer.ip()
+                            ),
+                        };
+                        tracing::warn!(
+                            "http: {count} connection(s) closed unserved since the last such warning, the latest because {why}"
+                        );
+                    }
+                    continue;
+                }
             };
             let service = service.clone();
             let handler = hyper::service::service_fn(move |request| {

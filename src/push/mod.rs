@@ -164,7 +164,7 @@ impl PushService {
                 Attempt::Retry { reason, after } => {
                     let wait = after.unwrap_or_else(|| jitter(backoff));
                     backoff = (backoff * 2).min(MAX_BACKOFF);
-                    if Instant::now() + wait >= deadline {
+                    if !retry_starts_in_time(Instant::now(), wait, deadline) {
                         return PushVerdict::Failed {
                             reason: format!("{reason} (no time left to retry)"),
                             dead_token: false,
@@ -176,6 +176,13 @@ impl PushService {
             }
         }
     }
+}
+
+/// Whether a retry `wait` from `now` still starts before `deadline`. A provider's
+/// `Retry-After` may be any number: one past what the clock can add is simply too late
+/// (adding it would panic).
+fn retry_starts_in_time(now: Instant, wait: Duration, deadline: Instant) -> bool {
+    now.checked_add(wait).is_some_and(|at| at < deadline)
 }
 
 /// The time now as Unix seconds, signed (for the device store).
@@ -258,6 +265,9 @@ fn jitter(base: Duration) -> Duration {
     let fraction = (hasher.finish() % 1000) as u32;
     base / 2 + base / 2 * fraction / 1000
 }
+
+#[cfg(test)]
+mod reply_props;
 
 #[cfg(test)]
 mod tests {

@@ -184,6 +184,7 @@ pub struct ConfigBuilder {
     store: Option<String>,
     api_tokens: Option<String>,
     extensions: Vec<TestExtension>,
+    raw: String,
 }
 
 impl ConfigBuilder {
@@ -200,6 +201,7 @@ impl ConfigBuilder {
             store: None,
             api_tokens: None,
             extensions: Vec::new(),
+            raw: String::new(),
         }
     }
 
@@ -263,6 +265,14 @@ impl ConfigBuilder {
     /// `[http]`, the call status endpoint: `listen` and `public_url`.
     pub fn http(mut self, listen: &str, public_url: &str) -> Self {
         self.http = Some((listen.to_owned(), public_url.to_owned()));
+        self
+    }
+
+    /// `text` appended to the file as it is (whole sections, e.g. an `[hms]` that has no
+    /// builder of its own).
+    pub fn raw(mut self, text: &str) -> Self {
+        self.raw.push('\n');
+        self.raw.push_str(text);
         self
     }
 
@@ -361,6 +371,7 @@ impl ConfigBuilder {
                 }
             }
         }
+        text.push_str(&self.raw);
         let path = dir.join("pushwake.toml");
         write_secret(&path, &text)?;
         Ok(path)

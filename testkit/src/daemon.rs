@@ -25,14 +25,24 @@ impl Daemon {
     /// Starts `binary run --config <config>` and waits for a log line containing
     /// `ready` (for a daemon with no PBX to reach, say `pushwake starting`).
     pub async fn start_until(binary: &Path, config: &Path, ready: &str) -> Result<Self, String> {
+        let filter =
+            std::env::var("PUSHWAKE_TEST_LOG").unwrap_or_else(|_| "info,pushwake=debug".into());
+        Self::start_with_env(binary, config, ready, &[("PUSHWAKE_LOG", &filter)]).await
+    }
+
+    /// Like [`Daemon::start_until`], with these environment variables set for it (e.g.
+    /// its own `PUSHWAKE_LOG`).
+    pub async fn start_with_env(
+        binary: &Path,
+        config: &Path,
+        ready: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Self, String> {
         let mut child = Command::new(binary)
             .arg("run")
             .arg("--config")
             .arg(config)
-            .env(
-                "PUSHWAKE_LOG",
-                std::env::var("PUSHWAKE_TEST_LOG").unwrap_or_else(|_| "info,pushwake=debug".into()),
-            )
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

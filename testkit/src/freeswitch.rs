@@ -68,6 +68,20 @@ impl FreeSwitchRig {
         port: u16,
         extensions: Vec<TestExtension>,
     ) -> Self {
+        let filter =
+            std::env::var("PUSHWAKE_TEST_LOG").unwrap_or_else(|_| "info,pushwake=debug".into());
+        Self::start_with_env(binary, slot, port, extensions, &[("PUSHWAKE_LOG", &filter)]).await
+    }
+
+    /// Like [`FreeSwitchRig::start_with`], the daemon started with these environment
+    /// variables (its own `PUSHWAKE_LOG`, say).
+    pub async fn start_with_env(
+        binary: &Path,
+        slot: u8,
+        port: u16,
+        extensions: Vec<TestExtension>,
+        env: &[(&str, &str)],
+    ) -> Self {
         let listen = std::net::SocketAddr::from(([127, 0, 0, 1], Slot::new(slot).port(port)));
         let server = EslServer::start().await;
         server.answer(
@@ -102,9 +116,10 @@ impl FreeSwitchRig {
             config = config.extension(extension);
         }
         let config = config.write().unwrap();
-        let daemon = Daemon::start_until(binary, &config, "FreeSWITCH event socket connected")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let daemon =
+            Daemon::start_with_env(binary, &config, "FreeSWITCH event socket connected", env)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
         Self {
             server,
             apns: apns_server,

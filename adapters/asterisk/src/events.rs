@@ -66,17 +66,26 @@ pub enum AriEvent {
 }
 
 impl AriEvent {
-    /// Parses one WebSocket text frame.
+    /// Parses one WebSocket text frame. The error names the event type and what is
+    /// wrong (a missing field, a wrong type, where), never a string value of the event:
+    /// a contact URI carries the phone's push token.
     pub fn parse(text: &str) -> Result<Self, String> {
         serde_json::from_str(text).map_err(|e| {
             let kind = serde_json::from_str::<serde_json::Value>(text)
                 .ok()
                 .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_owned))
+                .map(|kind| kind.chars().take(MAX_TYPE_CHARS).collect::<String>())
                 .unwrap_or_else(|| "(no type)".to_owned());
-            format!("unreadable ARI event {kind}: {e}")
+            format!(
+                "unreadable ARI event {kind:?}: {}",
+                pushwake_core::redact::without_values(&e.to_string())
+            )
         })
     }
 }
+
+/// The most of an unreadable event's `type` an error quotes.
+const MAX_TYPE_CHARS: usize = 40;
 
 /// What the event pump delivers.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -312,6 +321,12 @@ mod tests {
         );
         let e = AriEvent::parse(r#"{"type":"StasisStart","args":[]}"#).unwrap_err();
         assert!(e.contains("StasisStart") && e.contains("channel"), "{e}");
+        let e = AriEvent::parse(
+            r#"{"type":"ContactStatusChange","endpoint":{},"contact_info":"sip:1@h;pn-prid=5ecre7\"x"}"#,
+        )
+        .unwrap_err();
+        assert!(e.contains("invalid type: a string, expected"), "{e}");
+        assert!(!e.contains("5ecre7") && !e.contains("pn-prid"), "{e}");
         assert!(AriEvent::parse("not json").is_err());
     }
 

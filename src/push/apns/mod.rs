@@ -545,12 +545,9 @@ impl ApnsPushkin {
             return Attempt::Delivered;
         }
         let retry_after = retry_after(response.headers());
-        let reason = response
-            .json::<serde_json::Value>()
-            .await
-            .ok()
-            .and_then(|v| v.get("reason").and_then(|r| r.as_str()).map(str::to_owned))
-            .unwrap_or_default();
+        let alert_token = device.params.get(ALERT_TOKEN);
+        let secrets = [device.token.expose(), alert_token.unwrap_or_default()];
+        let reason = reply_reason(&response.bytes().await.unwrap_or_default(), &secrets);
         let attempt = classify(status, &reason, retry_after);
         if reason == "ExpiredProviderToken" {
             if let Some(token) = &self.token {
@@ -623,6 +620,17 @@ pub fn missed_call_alert(push: &WakePush) -> serde_json::Value {
         );
     }
     value
+}
+
+/// The `reason` of an APNs error reply body (`{"reason": "BadDeviceToken"}`), with the
+/// `secrets` (the device's tokens) replaced and clipped to one short line, as it goes
+/// into the log; empty for anything else (no body, not JSON, an HTML page from a proxy).
+pub fn reply_reason(body: &[u8], secrets: &[&str]) -> String {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("reason").and_then(|r| r.as_str()).map(str::to_owned))
+        .map(|reason| super::scrubbed_clip(&reason, secrets))
+        .unwrap_or_default()
 }
 
 /// Maps an APNs error reply to what to do about it.

@@ -24,7 +24,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use super::oauth::{read_token_reply, Invalidation, SharedAccessToken, TokenError};
-use super::{clip, retry_after, scrub, unix_now, window_secs};
+use super::{clip, retry_after, scrub, scrubbed_clip, unix_now, window_secs};
 use super::{payload, Attempt, AttemptFuture, EndReason, Pushkin, WakePush};
 use pushwake_core::directory::{Device, DeviceToken, Platform};
 
@@ -220,12 +220,13 @@ impl FcmError {
     }
 
     /// Like [`FcmError::parse`], with every non-empty secret (the device token, the access
-    /// token) replaced in the texts kept, should the provider ever echo one.
+    /// token) replaced in the texts kept, should the provider ever echo one, and the
+    /// status and code (which go into the log whole) clipped to one short line.
     pub fn parse_scrubbed(body: &str, secrets: &[&str]) -> Self {
         let parsed = Self::parse(body);
         Self {
-            status: scrub(&parsed.status, secrets),
-            error_code: parsed.error_code.map(|c| scrub(&c, secrets)),
+            status: scrubbed_clip(&parsed.status, secrets),
+            error_code: parsed.error_code.map(|c| scrubbed_clip(&c, secrets)),
             message: scrub(&parsed.message, secrets),
             token_field: parsed.token_field,
         }

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use super::oauth::{read_token_reply, Invalidation, SharedAccessToken, TokenError};
 use super::{payload, Attempt, AttemptFuture, EndReason, Pushkin, WakePush};
-use super::{retry_after, scrub, unix_now, window_secs};
+use super::{retry_after, scrubbed_clip, unix_now, window_secs};
 use pushwake_core::directory::{Device, DeviceToken, Platform};
 
 mod section;
@@ -74,6 +74,17 @@ pub fn message(token: &DeviceToken, push: &WakePush, expires_at: u64, ttl_secs: 
             "token": [token.expose()],
         }
     })
+}
+
+/// The `code` and `msg` of a Push Kit reply body, each with every secret (the device
+/// token, the access token) replaced (the message may list the failing tokens), each
+/// clipped to one short line as it goes into the log. Empty for a body that is not Push
+/// Kit's JSON.
+pub fn reply_fields(body: &str, secrets: &[&str]) -> (String, String) {
+    let reply: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    let code = scrubbed_clip(reply["code"].as_str().unwrap_or_default(), secrets);
+    let msg = scrubbed_clip(reply["msg"].as_str().unwrap_or_default(), secrets);
+    (code, msg)
 }
 
 /// Maps Push Kit's answer (HTTP status and the body's `code`) to what to do.
@@ -224,11 +235,7 @@ impl HmsPushkin {
         let status = response.status();
         let after = retry_after(response.headers());
         let text = response.text().await.unwrap_or_default();
-        let reply: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        let secrets = [token.expose(), access.as_str()];
-        let code = scrub(reply["code"].as_str().unwrap_or_default(), &secrets);
-        // The message may list the failing tokens: never keep them.
-        let msg = scrub(reply["msg"].as_str().unwrap_or_default(), &secrets);
+        let (code, msg) = reply_fields(&text, &[token.expose(), access.as_str()]);
         let attempt = classify(status, &code, &msg, after);
         if matches!(&attempt, Attempt::Retry { after: Some(wait), .. } if wait.is_zero()) {
             match self.token.invalidate(&access) {
