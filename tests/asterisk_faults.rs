@@ -9,10 +9,12 @@
 
 use std::time::Duration;
 
-use pushwake_testkit::config::{TestDevice, TestExtension};
+use pushwake_testkit::config::{TestDevice, TestExtension, TestFcm};
+use pushwake_testkit::fcm::{FcmReply, FcmServer};
 use pushwake_testkit::rig::Rig;
-use pushwake_testkit::sipp::{CallerEnd, SippRun};
+use pushwake_testkit::sipp::{CallerEnd, Phone, SippRun};
 use pushwake_testkit::slot::Slot;
+use pushwake_testkit::webhook::generate_secret;
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 
@@ -72,4 +74,193 @@ async fn twenty_callers_waiting_through_a_kill_9_all_come_back_recovered() {
         rig.logs()
     );
     rig.assert_clean().await;
+}
+
+/// The daemon's resident memory now, in KiB (`VmRSS` of /proc/PID/status).
+fn rss_kib(rig: &Rig) -> u64 {
+    let pid = rig.daemon().pid().expect("the daemon runs");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
+}
+
+/// A loopback TCP port nothing listens on: connections to it are refused.
+fn refusing_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// Waits for `run` and says how long it took since `since`.
+async fn finish_timed(rig: &Rig, run: &mut SippRun, since: tokio::time::Instant) -> Duration {
+    rig.finish(run, SECS(40)).await;
+    since.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_refusing_and_late_providers_delay_no_other_push_nor_any_dial() {
+    let mut rig = asleep(11).await;
+    let fcm = TestFcm::generate();
+    let fcm_server = FcmServer::start(fcm.expectations(SECS(20))).await.unwrap();
+    let fcm_token = |k: u8| format!("e{k}Xq3kPTSa2:APA91bHun4MxP5egoKMwt2KZFB-slot11-{k}");
+    let (ext1, ext2, ext3, ext4, ext5) = (
+        rig.phone_number(1),
+        rig.phone_number(2),
+        rig.phone_number(3),
+        rig.phone_number(4),
+        rig.phone_number(5),
+    );
+    let apns = |d: u8| TestDevice::apns(token(rig.slot, d));
+    let config = rig
+        .config()
+        .fcm(&fcm, &fcm_server.endpoint(), &fcm_server.token_uri())
+        // The webhook backend refuses every connection.
+        .webhook(
+            &format!("http://127.0.0.1:{}/wake", refusing_port()),
+            &generate_secret(),
+        )
+        // Every provider at once: APNs hangs, FCM answers, the webhook refuses.
+        .extension(
+            TestExtension::new(&ext1, "20s")
+                .device(apns(1))
+                .device(TestDevice::fcm(fcm_token(1)))
+                .device(TestDevice::webhook("backend-device-1")),
+        )
+        // Nothing but the hung APNs: falls through at its deadline.
+        .extension(TestExtension::new(&ext2, "8s").device(apns(2)))
+        // A phone already registered: rung at once, whatever APNs does.
+        .extension(TestExtension::new(&ext3, "20s").device(apns(3)))
+        // Nothing but the refusing webhook.
+        .extension(TestExtension::new(&ext4, "8s").device(TestDevice::webhook("backend-device-4")))
+        // Nothing but a dead FCM token: FAILED at once.
+        .extension(TestExtension::new(&ext5, "20s").device(TestDevice::fcm(fcm_token(5))));
+    rig.start(config).await;
+    fcm_server.script(&fcm_token(5), FcmReply::unregistered());
+    rig.register(3, 1, 120, &token(rig.slot, 3)).await;
+    let mut phone3 = rig
+        .phone(
+            3,
+            1,
+            Phone::Answer {
+                answer_after_ms: 200,
+            },
+        )
+        .await;
+    let mut phone1 = rig
+        .phone(
+            1,
+            2,
+            Phone::Answer {
+                answer_after_ms: 200,
+            },
+        )
+        .await;
+
+    // APNs accepts the connection and the request, and never answers.
+    rig.apns_server.set_delay(SECS(3600));
+    let started = tokio::time::Instant::now();
+    let port = |n| rig.slot.extra_port(n);
+    let mut call1 = rig.call_from(
+        port(30),
+        &ext1,
+        CallerEnd::AnsweredCallerHangsUp { talk_ms: 500 },
+    );
+    let mut call2 = rig.call_from(port(31), &ext2, CallerEnd::Refused(480));
+    let mut call3 = rig.call_from(
+        port(32),
+        &ext3,
+        CallerEnd::AnsweredCallerHangsUp { talk_ms: 500 },
+    );
+    let mut call4 = rig.call_from(port(33), &ext4, CallerEnd::Refused(503));
+    let mut call5 = rig.call_from(port(34), &ext5, CallerEnd::Refused(503));
+
+    // The FCM device of ext1 is pushed at once, wakes, registers and is dialled.
+    rig.unwrap(fcm_server.wait_for(1, SECS(5)).await);
+    rig.register(1, 2, 120, &fcm_token(1)).await;
+    let answered1 = finish_timed(&rig, &mut call1, started).await;
+    rig.finish(&mut phone1, SECS(10)).await;
+    let answered3 = finish_timed(&rig, &mut call3, started).await;
+    rig.finish(&mut phone3, SECS(10)).await;
+    let failed5 = finish_timed(&rig, &mut call5, started).await;
+    let failed4 = finish_timed(&rig, &mut call4, started).await;
+    let timeout2 = finish_timed(&rig, &mut call2, started).await;
+    let took = format!(
+        "ext1 answered {answered1:?}, ext3 answered {answered3:?}, ext5 FAILED {failed5:?}, \
+         ext4 FAILED {failed4:?}, ext2 TIMEOUT {timeout2:?}"
+    );
+    assert!(answered1 < SECS(8) && answered3 < SECS(5), "{took}");
+    assert!(failed5 < SECS(5), "{took}");
+    assert!(
+        failed4 <= SECS(9) && timeout2 >= SECS(7) && timeout2 < SECS(12),
+        "{took}"
+    );
+
+    // The log says which provider did not answer, and for how long.
+    let logs = rig.logs();
+    let hung = rig
+        .wait_log("push provider has not answered yet", SECS(5))
+        .await;
+    assert!(
+        hung.contains("provider=apns") && hung.contains("waited=2."),
+        "{hung}"
+    );
+    let ended = rig.wait_log("slow push provider", SECS(5)).await;
+    assert!(ended.contains("provider=apns"), "{ended}");
+    assert!(
+        logs.contains("connection refused") || logs.contains("Connection refused"),
+        "the refusing webhook is not named:\n{logs}"
+    );
+
+    // A provider that answers after 5.5 s: delivered late, said so; the call still goes
+    // back at its deadline.
+    rig.apns_server.set_delay(Duration::from_millis(5500));
+    let skip = rig.daemon().log_len();
+    let late = tokio::time::Instant::now();
+    let mut call2 = rig.call_from(port(31), &ext2, CallerEnd::Refused(480));
+    rig.unwrap(rig.apns_server.wait_for(1, SECS(10)).await);
+    let line = rig.unwrap(
+        rig.daemon()
+            .wait_log_after(skip, "answered late: delivered", SECS(5))
+            .await,
+    );
+    assert!(
+        line.contains("provider=apns") && line.contains("waited=5."),
+        "{line}"
+    );
+    let timeout2 = finish_timed(&rig, &mut call2, late).await;
+    assert!(
+        timeout2 >= SECS(7) && timeout2 < SECS(12),
+        "TIMEOUT after {timeout2:?}"
+    );
+
+    // Memory stays flat over many calls to the hung provider.
+    rig.apns_server.set_delay(SECS(3600));
+    let mut rss = Vec::new();
+    for _round in 0..3 {
+        let mut calls = callers(&rig, 15, &ext2, CallerEnd::Refused(480));
+        for call in &mut calls {
+            rig.finish(call, SECS(30)).await;
+        }
+        rss.push(rss_kib(&rig));
+    }
+    assert!(
+        rss[2] <= rss[0] + 4096,
+        "resident memory grew over 45 calls: {rss:?} KiB after each 15"
+    );
+    eprintln!("{took}; late APNs: TIMEOUT after {timeout2:?}; RSS after each 15 calls {rss:?} KiB");
+
+    let logs = rig.logs();
+    for secret in [
+        token(rig.slot, 1),
+        token(rig.slot, 2),
+        fcm_token(1),
+        fcm_token(5),
+    ] {
+        assert!(!logs.contains(&secret), "{secret} in the log:\n{logs}");
+    }
+    rig.assert_clean().await;
+    rig.register(1, 2, 0, &fcm_token(1)).await;
+    rig.register(3, 1, 0, &token(rig.slot, 3)).await;
 }

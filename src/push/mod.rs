@@ -151,10 +151,12 @@ impl PushService {
                 window.max(Duration::from_secs(1)),
                 pushkin.attempt(device, push, window),
             );
-            let outcome = attempt.await.unwrap_or_else(|_| Attempt::Retry {
-                reason: format!("{}: no answer within the ring window", device.platform),
-                after: None,
-            });
+            let outcome = watch_attempt(attempt, device, push)
+                .await
+                .unwrap_or_else(|_| Attempt::Retry {
+                    reason: format!("{}: no answer within the ring window", device.platform),
+                    after: None,
+                });
             match outcome {
                 Attempt::Delivered => return PushVerdict::Delivered,
                 Attempt::Rejected { reason, dead_token } => {
@@ -175,6 +177,60 @@ impl PushService {
             }
         }
     }
+}
+
+/// A provider that has not answered one push for this long is named in the log at warn:
+/// a hung provider is otherwise invisible (the call only ends with "no device answered").
+const SLOW_ANSWER: Duration = Duration::from_secs(2);
+
+/// Awaits one attempt; once it has had no answer for [`SLOW_ANSWER`] says so at warn
+/// (the provider, the device's label, how long: never the token), and again when that
+/// slow attempt ends: answered late, timed out, or abandoned because the call ended.
+async fn watch_attempt(
+    attempt: impl Future<Output = Result<Attempt, tokio::time::error::Elapsed>>,
+    device: &Device,
+    push: &WakePush,
+) -> Result<Attempt, tokio::time::error::Elapsed> {
+    tokio::pin!(attempt);
+    let started = Instant::now();
+    tokio::select! {
+        outcome = &mut attempt => return outcome,
+        () = tokio::time::sleep(SLOW_ANSWER) => {}
+    }
+    tracing::warn!(provider = %device.platform, call = %push.call_id, device = %device.label, waited = %seconds(started.elapsed()), "push provider has not answered yet");
+    let abandoned = SlowAttempt {
+        device,
+        push,
+        started,
+    };
+    let outcome = attempt.await;
+    std::mem::forget(abandoned);
+    let ended = match &outcome {
+        Ok(Attempt::Delivered) => "answered late: delivered".to_owned(),
+        Ok(Attempt::Rejected { reason, .. }) => format!("answered late: rejected ({reason})"),
+        Ok(Attempt::Retry { reason, .. }) => format!("failed: {reason}"),
+        Err(_) => "no answer within the ring window: given up".to_owned(),
+    };
+    tracing::warn!(provider = %device.platform, call = %push.call_id, device = %device.label, waited = %seconds(started.elapsed()), outcome = %ended, "slow push provider: the attempt ended");
+    outcome
+}
+
+/// Logs a slow attempt dropped before its end (the call was answered or ended).
+struct SlowAttempt<'a> {
+    device: &'a Device,
+    push: &'a WakePush,
+    started: Instant,
+}
+
+impl Drop for SlowAttempt<'_> {
+    fn drop(&mut self) {
+        tracing::warn!(provider = %self.device.platform, call = %self.push.call_id, device = %self.device.label, waited = %seconds(self.started.elapsed()), "slow push provider: attempt abandoned without an answer (the call no longer needs it)");
+    }
+}
+
+/// A duration as seconds with one decimal, for log lines (`2.0s`).
+fn seconds(duration: Duration) -> String {
+    format!("{:.1}s", duration.as_secs_f64())
 }
 
 /// The time now as Unix seconds, signed (for the device store).
