@@ -9,7 +9,9 @@
 
 use std::time::Duration;
 
+use pushwake_asterisk::{spawn_event_pump, EventsConfig};
 use pushwake_testkit::config::{TestDevice, TestExtension, TestFcm};
+use pushwake_testkit::daemon::Daemon;
 use pushwake_testkit::fcm::{FcmReply, FcmServer};
 use pushwake_testkit::rig::Rig;
 use pushwake_testkit::sipp::{CallerEnd, Phone, SippRun};
@@ -263,4 +265,100 @@ async fn hung_refusing_and_late_providers_delay_no_other_push_nor_any_dial() {
     rig.assert_clean().await;
     rig.register(1, 2, 0, &fcm_token(1)).await;
     rig.register(3, 1, 0, &token(rig.slot, 3)).await;
+}
+
+/// A call to phone 1 of `rig` whose device 1 is asleep: pushed, wakes, registers,
+/// answers; unregistered again afterwards.
+async fn woken_call(rig: &Rig, port: u16) {
+    let ext = rig.phone_number(1);
+    let pushed = rig.apns_server.accepted().len();
+    let mut phone = rig
+        .phone(
+            1,
+            1,
+            Phone::Answer {
+                answer_after_ms: 200,
+            },
+        )
+        .await;
+    let mut call = rig.call_from(
+        port,
+        &ext,
+        CallerEnd::AnsweredCallerHangsUp { talk_ms: 500 },
+    );
+    rig.unwrap(rig.apns_server.wait_for(pushed + 1, SECS(15)).await);
+    rig.register(1, 1, 120, &token(rig.slot, 1)).await;
+    rig.finish(&mut call, SECS(30)).await;
+    rig.finish(&mut phone, SECS(30)).await;
+    rig.register(1, 1, 0, &token(rig.slot, 1)).await;
+    rig.assert_clean().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_pushwake_on_the_same_application_is_refused_and_the_first_keeps_serving() {
+    let mut rig = asleep(12).await;
+    let ext = rig.phone_number(1);
+    let config = rig
+        .config()
+        .extension(TestExtension::new(&ext, "20s").device(TestDevice::apns(token(rig.slot, 1))));
+    rig.start(config).await;
+    woken_call(&rig, rig.slot.extra_port(0)).await;
+
+    // A second daemon on the same configuration (the same application) refuses to start.
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_pushwake"));
+    let mut second = Daemon::start_until(binary, rig.config_path(), "pushwake starting")
+        .await
+        .unwrap();
+    let status = second.wait_exit(SECS(15)).await.unwrap();
+    assert!(
+        !status.success(),
+        "the second pushwake exited with {status}"
+    );
+    let refusal = format!(
+        "another pushwake (or ARI client) is serving application \"{}\"",
+        rig.app()
+    );
+    assert!(second.logs().contains(&refusal), "{}", second.logs());
+    assert!(
+        !second.logs().contains("ARI events connected"),
+        "{}",
+        second.logs()
+    );
+    rig.wait_log("another client probed application", SECS(5))
+        .await;
+
+    // The first still serves.
+    woken_call(&rig, rig.slot.extra_port(1)).await;
+
+    // Killed with a caller waiting, the application lingers in Asterisk; the next
+    // daemon still starts (nobody answers the probe) and returns the caller.
+    let mut waiting = rig.call_from(rig.slot.extra_port(2), &ext, CallerEnd::Refused(410));
+    rig.unwrap(rig.apns_server.wait_for(3, SECS(15)).await);
+    rig.daemon_mut().kill().await;
+    rig.restart().await;
+    rig.finish(&mut waiting, SECS(30)).await;
+    rig.assert_clean().await;
+
+    // A client that takes the application anyway (connecting without asking) is noticed.
+    let skip = rig.daemon().log_len();
+    let rival = spawn_event_pump(EventsConfig {
+        url: rig.pbx.ari_url.clone(),
+        username: rig.pbx.ari_user.clone(),
+        password: rig.pbx.ari_password.clone(),
+        app: rig.app(),
+    });
+    let line = rig.unwrap(
+        rig.daemon()
+            .wait_log_after(skip, "took over its events (ApplicationReplaced)", SECS(10))
+            .await,
+    );
+    assert!(line.contains("ERROR"), "{line}");
+    // Once it is gone, pushwake takes its application back and serves again.
+    drop(rival);
+    rig.unwrap(
+        rig.daemon()
+            .wait_log_after(skip, "ARI events connected", SECS(45))
+            .await,
+    );
+    woken_call(&rig, rig.slot.extra_port(3)).await;
 }
