@@ -51,8 +51,10 @@ fn start_asterisk_again() {
         .append(true)
         .open(&log_path)
         .unwrap_or_else(|e| panic!("cannot open {log_path}: {e}"));
-    std::process::Command::new("setsid")
+    // `setsid --fork`: Asterisk runs on in its own session; the forking parent exits.
+    let started = std::process::Command::new("setsid")
         .args([
+            "--fork",
             "chroot",
             root().as_str(),
             "/usr/sbin/asterisk",
@@ -62,8 +64,9 @@ fn start_asterisk_again() {
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log)
-        .spawn()
+        .status()
         .unwrap_or_else(|e| panic!("cannot start Asterisk again: {e}"));
+    assert!(started.success(), "setsid chroot asterisk: {started}");
 }
 
 /// Waits until ARI answers again (polled every 50 ms) and says when it did.
