@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use pushwake_asterisk::{spawn_event_pump, EventsConfig};
-use pushwake_testkit::config::{TestDevice, TestExtension, TestFcm};
+use pushwake_testkit::config::{ConfigBuilder, TestDevice, TestExtension, TestFcm};
 use pushwake_testkit::daemon::Daemon;
 use pushwake_testkit::fcm::{FcmReply, FcmServer};
 use pushwake_testkit::rig::Rig;
@@ -268,7 +268,7 @@ async fn hung_refusing_and_late_providers_delay_no_other_push_nor_any_dial() {
 }
 
 /// A call to phone 1 of `rig` whose device 1 is asleep: pushed, wakes, registers,
-/// answers; unregistered again afterwards.
+/// answers; unregistered again afterwards (the caller must check what is left).
 async fn woken_call(rig: &Rig, port: u16) {
     let ext = rig.phone_number(1);
     let pushed = rig.apns_server.accepted().len();
@@ -291,7 +291,6 @@ async fn woken_call(rig: &Rig, port: u16) {
     rig.finish(&mut call, SECS(30)).await;
     rig.finish(&mut phone, SECS(30)).await;
     rig.register(1, 1, 0, &token(rig.slot, 1)).await;
-    rig.assert_clean().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -303,6 +302,7 @@ async fn a_second_pushwake_on_the_same_application_is_refused_and_the_first_keep
         .extension(TestExtension::new(&ext, "20s").device(TestDevice::apns(token(rig.slot, 1))));
     rig.start(config).await;
     woken_call(&rig, rig.slot.extra_port(0)).await;
+    rig.assert_clean().await;
 
     // A second daemon on the same configuration (the same application) refuses to start.
     let binary = std::path::Path::new(env!("CARGO_BIN_EXE_pushwake"));
@@ -329,6 +329,7 @@ async fn a_second_pushwake_on_the_same_application_is_refused_and_the_first_keep
 
     // The first still serves.
     woken_call(&rig, rig.slot.extra_port(1)).await;
+    rig.assert_clean().await;
 
     // Killed with a caller waiting, the application lingers in Asterisk; the next
     // daemon still starts (nobody answers the probe) and returns the caller.
@@ -361,4 +362,91 @@ async fn a_second_pushwake_on_the_same_application_is_refused_and_the_first_keep
             .await,
     );
     woken_call(&rig, rig.slot.extra_port(3)).await;
+    rig.assert_clean().await;
+}
+
+/// Sends `signal` to the rig's daemon.
+fn signal(rig: &Rig, signal: libc::c_int) {
+    let pid = rig.daemon().pid().expect("the daemon runs");
+    // SAFETY: kill(2) on a child process we own; no memory is involved.
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, signal) }, 0);
+}
+
+/// The reload test's configuration: phones 1 and 2 never change; phone 3 comes and goes.
+fn reload_config(rig: &Rig, with_ext3: bool) -> ConfigBuilder {
+    let apns = |d: u8| TestDevice::apns(token(rig.slot, d));
+    let mut config = rig
+        .config()
+        .extension(TestExtension::new(rig.phone_number(1), "20s").device(apns(1)))
+        .extension(TestExtension::new(rig.phone_number(2), "12s").device(apns(2)));
+    if with_ext3 {
+        config = config.extension(TestExtension::new(rig.phone_number(3), "3s").device(apns(3)));
+    }
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_under_a_burst_of_waiting_calls_drop_none_and_a_bad_file_keeps_the_old_config() {
+    let mut rig = asleep(13).await;
+    let (ext2, ext3) = (rig.phone_number(2), rig.phone_number(3));
+    rig.start(reload_config(&rig, false)).await;
+
+    // A burst of callers waiting, nothing wakes: each must come back TIMEOUT (480) at its
+    // deadline, whatever the reloads meanwhile.
+    let started = tokio::time::Instant::now();
+    let mut burst = callers(&rig, 15, &ext2, CallerEnd::Refused(480));
+    rig.unwrap(rig.apns_server.wait_for(15, SECS(15)).await);
+    for round in 0..10 {
+        let skip = rig.daemon().log_len();
+        let written = reload_config(&rig, round % 2 == 1).write();
+        rig.unwrap(written.map_err(|e| e.to_string()));
+        signal(&rig, libc::SIGHUP);
+        rig.unwrap(
+            rig.daemon()
+                .wait_log_after(skip, "configuration reloaded", SECS(10))
+                .await,
+        );
+    }
+    // The last good configuration has ext3; then a broken file.
+    let skip = rig.daemon().log_len();
+    std::fs::write(
+        rig.config_path(),
+        "[[extension]]\nnumber = \"1303\"\nring_timeout = \n",
+    )
+    .unwrap();
+    signal(&rig, libc::SIGHUP);
+    let refused = rig.unwrap(
+        rig.daemon()
+            .wait_log_after(
+                skip,
+                "configuration not reloaded; keeping the running one",
+                SECS(10),
+            )
+            .await,
+    );
+    let file = rig.config_path().display().to_string();
+    assert!(
+        refused.contains("ERROR") && refused.contains(&file),
+        "{refused}"
+    );
+    // A woken call while the burst still waits.
+    woken_call(&rig, rig.slot.extra_port(20)).await;
+    // ext3 is still served as the last good file says: pushed, then TIMEOUT after 3 s.
+    let pushed = rig.apns_server.accepted().len();
+    let mut call3 = rig.call_from(rig.slot.extra_port(21), &ext3, CallerEnd::Refused(480));
+    let pushes = rig.unwrap(rig.apns_server.wait_for(pushed + 1, SECS(15)).await);
+    assert_eq!(pushes[pushed].token, token(rig.slot, 3));
+    rig.finish(&mut call3, SECS(20)).await;
+
+    for call in &mut burst {
+        rig.finish(call, SECS(30)).await;
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= SECS(11),
+        "the burst came back after {took:?}, before its 12 s"
+    );
+    let logs = rig.logs();
+    assert_eq!(logs.matches("configuration reloaded").count(), 10, "{logs}");
+    rig.assert_clean().await;
 }
