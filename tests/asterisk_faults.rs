@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use pushwake_asterisk::{spawn_event_pump, EventsConfig};
-use pushwake_testkit::config::{ConfigBuilder, TestDevice, TestExtension, TestFcm};
+use pushwake_testkit::config::{ConfigBuilder, TestDevice, TestExtension, TestFcm, API_ADMIN};
 use pushwake_testkit::daemon::Daemon;
 use pushwake_testkit::fcm::{FcmReply, FcmServer};
 use pushwake_testkit::rig::Rig;
@@ -449,4 +449,184 @@ async fn reloads_under_a_burst_of_waiting_calls_drop_none_and_a_bad_file_keeps_t
     let logs = rig.logs();
     assert_eq!(logs.matches("configuration reloaded").count(), 10, "{logs}");
     rig.assert_clean().await;
+}
+
+/// A small tmpfs mounted for the test's device store (a disk that can be filled); lazily
+/// unmounted when dropped, even after a failure.
+struct SmallDisk {
+    path: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(path: std::path::PathBuf, size: &str) -> Self {
+        std::fs::create_dir_all(&path).unwrap();
+        let status = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(&path)
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run mount: {e}"));
+        assert!(
+            status.success(),
+            "mount tmpfs on {}: {status} (the test runs as root)",
+            path.display()
+        );
+        Self { path }
+    }
+
+    /// Writes a filler file until the disk is full.
+    fn fill(&self) {
+        use std::io::Write;
+        let mut filler = std::fs::File::create(self.path.join("filler")).unwrap();
+        let chunk = vec![0u8; 16 * 1024];
+        loop {
+            match filler.write(&chunk) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(e) => panic!("filling {}: {e}", self.path.display()),
+            }
+        }
+        let _ = filler.sync_all();
+    }
+
+    /// Makes room again.
+    fn free(&self) {
+        std::fs::remove_file(self.path.join("filler")).unwrap();
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+/// The device API of a daemon on `addr`.
+struct Api {
+    client: reqwest::Client,
+    base: String,
+}
+
+impl Api {
+    async fn put(&self, extension: &str, id: &str, token: &str) -> reqwest::Response {
+        self.client
+            .put(format!(
+                "{}/v1/extensions/{extension}/devices/{id}",
+                self.base
+            ))
+            .bearer_auth(API_ADMIN)
+            .json(&serde_json::json!({"platform": "apns", "token": token}))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn device_ids(&self, extension: &str) -> Vec<String> {
+        let body: serde_json::Value = self
+            .client
+            .get(format!("{}/v1/extensions/{extension}/devices", self.base))
+            .bearer_auth(API_ADMIN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let mut ids: Vec<String> = body["devices"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{body}"))
+            .iter()
+            .map(|d| d["device_id"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        ids
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_store_disk_refuses_api_writes_with_503_serves_calls_and_loses_nothing() {
+    let mut rig = asleep(14).await;
+    let ext1 = rig.phone_number(1);
+    let ext2 = rig.phone_number(2);
+    let disk = SmallDisk::mount(rig.dir().join("state"), "1m");
+    let listen = format!("127.0.0.1:{}", rig.slot.port(1));
+    let config = rig
+        .config()
+        .store(&format!(
+            "sqlite:{}",
+            disk.path.join("devices.db").display()
+        ))
+        .http(&listen, "https://pbx.example.com")
+        .api_tokens(&format!("{API_ADMIN}\n"));
+    rig.start(config).await;
+    let api = Api {
+        client: reqwest::Client::new(),
+        base: format!("http://{listen}"),
+    };
+    let created = api.put(&ext1, "iphone", &token(rig.slot, 1)).await;
+    assert_eq!(created.status(), 201, "{:?}", created.text().await);
+
+    // The disk fills up. The next write must grow SQLite's -wal file (it only shrinks at
+    // a checkpoint, after 1,000 pages): it fails, and the API refuses the device with 503
+    // and Retry-After instead of acknowledging it (or answering 500, "broken").
+    disk.fill();
+    let refused = api.put(&ext1, "ipad", &token(rig.slot, 2)).await;
+    assert_eq!(refused.status(), 503);
+    assert!(
+        refused.headers().contains_key("retry-after"),
+        "{:?}",
+        refused.headers()
+    );
+    let text = refused.text().await.unwrap();
+    assert!(text.contains("device store"), "{text}");
+    assert_eq!(
+        api.device_ids(&ext1).await,
+        ["iphone"],
+        "a refused device is not served"
+    );
+
+    // Calls to the known device still wake it.
+    woken_call(&rig, rig.slot.extra_port(0)).await;
+    rig.assert_clean().await;
+    // A phone that teaches its token meanwhile is served from memory at once. Its write
+    // either found room in what the failed write left allocated, or waits for room.
+    let skip = rig.daemon().log_len();
+    let learned = token(rig.slot, 3);
+    let params = format!(";transport=udp;pn-provider=apns;pn-param=TEAM123456.com.example.phone.voip;pn-prid={learned}");
+    rig.register_contact(2, 1, 0, &params).await;
+    rig.register_contact(2, 1, 120, &params).await;
+    rig.wait_log("learned a device from its registration", SECS(10))
+        .await;
+    assert_eq!(api.device_ids(&ext2).await.len(), 1);
+
+    // Room again: whatever waited goes through, and so do the API's writes.
+    disk.free();
+    let waited = rig
+        .daemon()
+        .logs_after(skip)
+        .contains("the device store is unavailable");
+    if waited {
+        rig.wait_log("device store writes go through again", SECS(15))
+            .await;
+    }
+    let created = api.put(&ext1, "ipad", &token(rig.slot, 2)).await;
+    assert_eq!(created.status(), 201, "{:?}", created.text().await);
+    eprintln!("the learned device's write waited for room: {waited}");
+
+    // Nothing acknowledged is lost: all of it is there after a kill -9.
+    rig.daemon_mut().kill().await;
+    rig.restart().await;
+    assert_eq!(api.device_ids(&ext1).await, ["ipad", "iphone"]);
+    assert_eq!(api.device_ids(&ext2).await.len(), 1, "the learned device");
+    rig.register_contact(2, 1, 0, &params).await;
+    drop(disk);
 }

@@ -245,14 +245,18 @@ async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
 }
 
 /// SQLite's error codes: a damaged file is [`StoreError::Corrupt`], a lock held too long
-/// or a failing disk [`StoreError::Unavailable`].
+/// or a failing disk [`StoreError::Unavailable`]. A full disk and a file system turned
+/// read-only (ext4's `errors=remount-ro`) are failing disks too: the write is refused
+/// with 503 and `Retry-After`, or waits in the writer, until the operator has made room;
+/// answering them as a broken database (500) would tell a client not to try again.
 pub(super) fn classify(code: &str, message: String) -> StoreError {
     let primary = code.parse::<i32>().map(|c| c & 0xff).unwrap_or(-1);
     match primary {
         // SQLITE_CORRUPT, SQLITE_NOTADB
         11 | 26 => StoreError::Corrupt(message),
-        // SQLITE_BUSY, SQLITE_LOCKED, SQLITE_IOERR, SQLITE_CANTOPEN, SQLITE_PROTOCOL
-        5 | 6 | 10 | 14 | 15 => StoreError::Unavailable(message),
+        // SQLITE_BUSY, SQLITE_LOCKED, SQLITE_READONLY, SQLITE_IOERR, SQLITE_FULL,
+        // SQLITE_CANTOPEN, SQLITE_PROTOCOL
+        5 | 6 | 8 | 10 | 13 | 14 | 15 => StoreError::Unavailable(message),
         _ => StoreError::Database(message),
     }
 }
@@ -663,5 +667,30 @@ pub(super) mod feed {
             Ok(done.rows_affected())
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod classify_tests {
+    use super::*;
+
+    #[test]
+    fn a_full_or_read_only_disk_is_unavailable_and_a_damaged_file_corrupt() {
+        // SQLITE_FULL, SQLITE_READONLY, SQLITE_READONLY_DBMOVED (extended), SQLITE_IOERR_WRITE
+        for code in ["13", "8", "1032", "778"] {
+            assert!(
+                matches!(classify(code, String::new()), StoreError::Unavailable(_)),
+                "{code}"
+            );
+        }
+        assert!(matches!(
+            classify("11", String::new()),
+            StoreError::Corrupt(_)
+        ));
+        // SQLITE_CONSTRAINT
+        assert!(matches!(
+            classify("19", String::new()),
+            StoreError::Database(_)
+        ));
     }
 }
