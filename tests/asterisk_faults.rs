@@ -623,10 +623,17 @@ async fn a_full_store_disk_refuses_api_writes_with_503_serves_calls_and_loses_no
     eprintln!("the learned device's write waited for room: {waited}");
 
     // Nothing acknowledged is lost: all of it is there after a kill -9.
+    let before_kill = rig.logs();
     rig.daemon_mut().kill().await;
     rig.restart().await;
     assert_eq!(api.device_ids(&ext1).await, ["ipad", "iphone"]);
-    assert_eq!(api.device_ids(&ext2).await.len(), 1, "the learned device");
+    let learned_ids = api.device_ids(&ext2).await;
+    assert_eq!(
+        learned_ids.len(),
+        1,
+        "the learned device; the log before the kill:\n{before_kill}\nafter:\n{}",
+        rig.logs()
+    );
     rig.register_contact(2, 1, 0, &params).await;
     drop(disk);
 }

@@ -294,8 +294,32 @@ pub(super) async fn get(
 }
 
 pub(super) async fn put(pool: &SqlitePool, device: &StoredDevice) -> Result<(), StoreError> {
+    let mut conn = pool.acquire().await.map_err(err)?;
     // IMMEDIATE: the write lock is taken first, so the check and the write see one state.
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *conn)
+        .await
+        .map_err(err)?;
+    let result = put_in_transaction(&mut conn, device).await;
+    if result.is_err() {
+        // A statement or a COMMIT that failed (a full disk: SQLITE_FULL) leaves the
+        // transaction open. Rolled back here, or if even that fails the connection is
+        // closed: the pool must never hand out a connection stuck in a transaction (with
+        // sqlx's own transactions it did, and every later write on it failed with
+        // "attempted to call begin_with at non-zero transaction depth", so a learned
+        // device waiting for room was dropped as refused).
+        if sqlx::query("ROLLBACK").execute(&mut *conn).await.is_err() {
+            let _ = conn.close().await;
+        }
+    }
+    result
+}
+
+/// [`put`]'s statements and the COMMIT, inside its transaction.
+async fn put_in_transaction(
+    conn: &mut sqlx::SqliteConnection,
+    device: &StoredDevice,
+) -> Result<(), StoreError> {
     let holder: Option<String> = sqlx::query_scalar(
         "SELECT device_id FROM pushwake_devices
          WHERE extension = $1 AND platform = $2 AND token = $3 AND device_id <> $4",
@@ -304,7 +328,7 @@ pub(super) async fn put(pool: &SqlitePool, device: &StoredDevice) -> Result<(), 
     .bind(&device.platform)
     .bind(&device.token)
     .bind(&device.device_id)
-    .fetch_optional(&mut *tx)
+    .fetch_optional(&mut *conn)
     .await
     .map_err(err)?;
     if let Some(holder) = holder {
@@ -329,10 +353,14 @@ pub(super) async fn put(pool: &SqlitePool, device: &StoredDevice) -> Result<(), 
     .bind(params_to_json(&device.params))
     .bind(device.learned)
     .bind(device.updated_at)
-    .execute(&mut *tx)
+    .execute(&mut *conn)
     .await
     .map_err(err)?;
-    tx.commit().await.map_err(err)
+    sqlx::query("COMMIT")
+        .execute(&mut *conn)
+        .await
+        .map(|_| ())
+        .map_err(err)
 }
 
 pub(super) async fn delete(
