@@ -171,7 +171,14 @@ impl PushService {
                             dead_token: false,
                         };
                     }
-                    tracing::info!(call = %push.call_id, device = %device.label, %reason, retry_in = ?wait, "push failed; retrying");
+                    // The first failure of a push is a warning naming the provider (one
+                    // refusing connections is otherwise only seen once the call is over);
+                    // the retries after it are routine.
+                    if attempts == 1 {
+                        tracing::warn!(provider = %device.platform, call = %push.call_id, device = %device.label, %reason, retry_in = ?wait, "push failed; retrying");
+                    } else {
+                        tracing::info!(provider = %device.platform, call = %push.call_id, device = %device.label, %reason, attempts, retry_in = ?wait, "push failed; retrying");
+                    }
                     tokio::time::sleep(wait).await;
                 }
             }
