@@ -464,6 +464,134 @@ mod tests {
         assert_eq!(scripted.attempts.load(Ordering::SeqCst), 0);
     }
 
+    /// A pushkin that answers after `delay` (never, for `None`).
+    struct Slow {
+        delay: Option<Duration>,
+    }
+
+    impl Pushkin for Slow {
+        fn platform(&self) -> Platform {
+            apns::PLATFORM
+        }
+        fn attempt<'a>(&'a self, _: &'a Device, _: &'a WakePush, _: Duration) -> AttemptFuture<'a> {
+            let delay = self.delay;
+            Box::pin(async move {
+                match delay {
+                    Some(delay) => tokio::time::sleep(delay).await,
+                    None => std::future::pending::<()>().await,
+                }
+                Attempt::Delivered
+            })
+        }
+    }
+
+    /// The log lines `run` writes (every level), as text.
+    async fn logged<F: Future>(run: F) -> String {
+        #[derive(Clone, Default)]
+        struct Sink(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Sink {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let sink = Sink::default();
+        let writer = sink.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        run.await;
+        let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        text
+    }
+
+    fn slow_service(delay: Option<Duration>) -> PushService {
+        let mut service = PushService::new();
+        service.add(Arc::new(Slow { delay }));
+        service
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_provider_answering_late_is_named_with_how_long_it_took() {
+        let service = slow_service(Some(Duration::from_millis(5500)));
+        let log = logged(async {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            assert_eq!(
+                service.send(&device(), &push(), deadline).await,
+                PushVerdict::Delivered
+            );
+        })
+        .await;
+        let waiting = log
+            .lines()
+            .find(|l| l.contains("has not answered yet"))
+            .unwrap_or_else(|| panic!("{log}"));
+        assert!(
+            waiting.contains("WARN")
+                && waiting.contains("provider=apns")
+                && waiting.contains("waited=2.0s"),
+            "{waiting}"
+        );
+        let ended = log
+            .lines()
+            .find(|l| l.contains("answered late: delivered"))
+            .unwrap_or_else(|| panic!("{log}"));
+        assert!(
+            ended.contains("WARN") && ended.contains("waited=5.5s"),
+            "{ended}"
+        );
+        assert!(!log.contains("aa"), "the token is never logged: {log}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_provider_is_named_and_so_is_the_attempt_given_up_or_abandoned() {
+        let service = slow_service(None);
+        let log = logged(async {
+            let deadline = Instant::now() + Duration::from_secs(3);
+            let verdict = service.send(&device(), &push(), deadline).await;
+            assert!(matches!(verdict, PushVerdict::Failed { .. }), "{verdict:?}");
+        })
+        .await;
+        assert!(log.contains("has not answered yet"), "{log}");
+        assert!(
+            log.contains("no answer within the ring window: given up"),
+            "{log}"
+        );
+
+        // The call no longer needs the push (answered elsewhere): the task is dropped.
+        let log = logged(async {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let (device, push) = (device(), push());
+            let sending = service.send(&device, &push, deadline);
+            let _ = tokio::time::timeout(Duration::from_secs(4), sending).await;
+        })
+        .await;
+        let abandoned = log
+            .lines()
+            .find(|l| l.contains("abandoned"))
+            .unwrap_or_else(|| panic!("{log}"));
+        assert!(
+            abandoned.contains("provider=apns") && abandoned.contains("waited=4.0s"),
+            "{abandoned}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_prompt_provider_logs_no_warning() {
+        let service = slow_service(Some(Duration::from_millis(100)));
+        let log = logged(async {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            service.send(&device(), &push(), deadline).await;
+        })
+        .await;
+        assert!(!log.contains("WARN"), "{log}");
+    }
+
     #[test]
     fn jitter_stays_between_half_and_whole() {
         for _ in 0..1000 {
