@@ -69,6 +69,7 @@ async fn twenty_callers_waiting_through_a_kill_9_all_come_back_recovered() {
         took < SECS(15),
         "the callers came back {took:?} after the restart"
     );
+    eprintln!("twenty callers RECOVERED {took:?} after the restart began");
     let recovered = rig.logs().matches("RECOVERED").count();
     assert!(
         recovered >= 20,
