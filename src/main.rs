@@ -17,6 +17,7 @@ use pushwake::pbx::PbxConfig;
 use pushwake::push::{PushService, PROVIDERS};
 use pushwake::status::StatusBoard;
 use pushwake::store::DeviceStore;
+use pushwake_asterisk::rival::refuse_if_served;
 use pushwake_asterisk::AsteriskPbx;
 use pushwake_core::pbx::{CallControl, PbxEvent};
 use pushwake_core::wake::EngineSettings;
@@ -276,10 +277,13 @@ async fn run(path: PathBuf, config: Config) -> ExitCode {
         control: control_rx,
     };
     let stats = match &config.pbx {
-        PbxConfig::Asterisk(asterisk) => match AsteriskPbx::start(asterisk) {
+        PbxConfig::Asterisk(asterisk) => match refuse_if_served(asterisk).await.and_then(|()| {
+            AsteriskPbx::start(asterisk).map_err(|e| format!("cannot set up the ARI client: {e}"))
+        }) {
             Ok((pbx, events)) => drive(pbx, events, &config, serving).await,
             Err(error) => {
-                eprintln!("pushwake: cannot set up the ARI client: {error}");
+                tracing::error!(%error, "not starting");
+                eprintln!("pushwake: {error}");
                 return ExitCode::from(EXIT_RUNTIME);
             }
         },

@@ -152,10 +152,12 @@ impl PushService {
                 window.max(Duration::from_secs(1)),
                 pushkin.attempt(device, push, window),
             );
-            let outcome = attempt.await.unwrap_or_else(|_| Attempt::Retry {
-                reason: format!("{}: no answer within the ring window", device.platform),
-                after: None,
-            });
+            let outcome = watch_attempt(attempt, device, push)
+                .await
+                .unwrap_or_else(|_| Attempt::Retry {
+                    reason: format!("{}: no answer within the ring window", device.platform),
+                    after: None,
+                });
             match outcome {
                 Attempt::Delivered => return PushVerdict::Delivered,
                 Attempt::Rejected { reason, dead_token } => {
@@ -170,7 +172,14 @@ impl PushService {
                             dead_token: false,
                         };
                     }
-                    tracing::info!(call = %push.call_id, device = %device.label, %reason, retry_in = ?wait, "push failed; retrying");
+                    // The first failure of a push is a warning naming the provider (one
+                    // refusing connections is otherwise only seen once the call is over);
+                    // the retries after it are routine.
+                    if attempts == 1 {
+                        tracing::warn!(provider = %device.platform, call = %push.call_id, device = %device.label, %reason, retry_in = ?wait, "push failed; retrying");
+                    } else {
+                        tracing::info!(provider = %device.platform, call = %push.call_id, device = %device.label, %reason, attempts, retry_in = ?wait, "push failed; retrying");
+                    }
                     tokio::time::sleep(wait).await;
                 }
             }
@@ -183,6 +192,60 @@ impl PushService {
 /// (adding it would panic).
 fn retry_starts_in_time(now: Instant, wait: Duration, deadline: Instant) -> bool {
     now.checked_add(wait).is_some_and(|at| at < deadline)
+}
+
+/// A provider that has not answered one push for this long is named in the log at warn:
+/// a hung provider is otherwise invisible (the call only ends with "no device answered").
+const SLOW_ANSWER: Duration = Duration::from_secs(2);
+
+/// Awaits one attempt; once it has had no answer for [`SLOW_ANSWER`] says so at warn
+/// (the provider, the device's label, how long: never the token), and again when that
+/// slow attempt ends: answered late, timed out, or abandoned because the call ended.
+async fn watch_attempt(
+    attempt: impl Future<Output = Result<Attempt, tokio::time::error::Elapsed>>,
+    device: &Device,
+    push: &WakePush,
+) -> Result<Attempt, tokio::time::error::Elapsed> {
+    tokio::pin!(attempt);
+    let started = Instant::now();
+    tokio::select! {
+        outcome = &mut attempt => return outcome,
+        () = tokio::time::sleep(SLOW_ANSWER) => {}
+    }
+    tracing::warn!(provider = %device.platform, call = %push.call_id, device = %device.label, waited = %seconds(started.elapsed()), "push provider has not answered yet");
+    let abandoned = SlowAttempt {
+        device,
+        push,
+        started,
+    };
+    let outcome = attempt.await;
+    std::mem::forget(abandoned);
+    let ended = match &outcome {
+        Ok(Attempt::Delivered) => "answered late: delivered".to_owned(),
+        Ok(Attempt::Rejected { reason, .. }) => format!("answered late: rejected ({reason})"),
+        Ok(Attempt::Retry { reason, .. }) => format!("failed: {reason}"),
+        Err(_) => "no answer within the ring window: given up".to_owned(),
+    };
+    tracing::warn!(provider = %device.platform, call = %push.call_id, device = %device.label, waited = %seconds(started.elapsed()), outcome = %ended, "slow push provider: the attempt ended");
+    outcome
+}
+
+/// Logs a slow attempt dropped before its end (the call was answered or ended).
+struct SlowAttempt<'a> {
+    device: &'a Device,
+    push: &'a WakePush,
+    started: Instant,
+}
+
+impl Drop for SlowAttempt<'_> {
+    fn drop(&mut self) {
+        tracing::warn!(provider = %self.device.platform, call = %self.push.call_id, device = %self.device.label, waited = %seconds(self.started.elapsed()), "slow push provider: attempt abandoned without an answer (the call no longer needs it)");
+    }
+}
+
+/// A duration as seconds with one decimal, for log lines (`2.0s`).
+fn seconds(duration: Duration) -> String {
+    format!("{:.1}s", duration.as_secs_f64())
 }
 
 /// The time now as Unix seconds, signed (for the device store).
@@ -410,6 +473,134 @@ mod tests {
             "{verdict:?}"
         );
         assert_eq!(scripted.attempts.load(Ordering::SeqCst), 0);
+    }
+
+    /// A pushkin that answers after `delay` (never, for `None`).
+    struct Slow {
+        delay: Option<Duration>,
+    }
+
+    impl Pushkin for Slow {
+        fn platform(&self) -> Platform {
+            apns::PLATFORM
+        }
+        fn attempt<'a>(&'a self, _: &'a Device, _: &'a WakePush, _: Duration) -> AttemptFuture<'a> {
+            let delay = self.delay;
+            Box::pin(async move {
+                match delay {
+                    Some(delay) => tokio::time::sleep(delay).await,
+                    None => std::future::pending::<()>().await,
+                }
+                Attempt::Delivered
+            })
+        }
+    }
+
+    /// The log lines `run` writes (every level), as text.
+    async fn logged<F: Future>(run: F) -> String {
+        #[derive(Clone, Default)]
+        struct Sink(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Sink {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let sink = Sink::default();
+        let writer = sink.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        run.await;
+        let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        text
+    }
+
+    fn slow_service(delay: Option<Duration>) -> PushService {
+        let mut service = PushService::new();
+        service.add(Arc::new(Slow { delay }));
+        service
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_provider_answering_late_is_named_with_how_long_it_took() {
+        let service = slow_service(Some(Duration::from_millis(5500)));
+        let log = logged(async {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            assert_eq!(
+                service.send(&device(), &push(), deadline).await,
+                PushVerdict::Delivered
+            );
+        })
+        .await;
+        let waiting = log
+            .lines()
+            .find(|l| l.contains("has not answered yet"))
+            .unwrap_or_else(|| panic!("{log}"));
+        assert!(
+            waiting.contains("WARN")
+                && waiting.contains("provider=apns")
+                && waiting.contains("waited=2.0s"),
+            "{waiting}"
+        );
+        let ended = log
+            .lines()
+            .find(|l| l.contains("answered late: delivered"))
+            .unwrap_or_else(|| panic!("{log}"));
+        assert!(
+            ended.contains("WARN") && ended.contains("waited=5.5s"),
+            "{ended}"
+        );
+        assert!(!log.contains("aa"), "the token is never logged: {log}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_provider_is_named_and_so_is_the_attempt_given_up_or_abandoned() {
+        let service = slow_service(None);
+        let log = logged(async {
+            let deadline = Instant::now() + Duration::from_secs(3);
+            let verdict = service.send(&device(), &push(), deadline).await;
+            assert!(matches!(verdict, PushVerdict::Failed { .. }), "{verdict:?}");
+        })
+        .await;
+        assert!(log.contains("has not answered yet"), "{log}");
+        assert!(
+            log.contains("no answer within the ring window: given up"),
+            "{log}"
+        );
+
+        // The call no longer needs the push (answered elsewhere): the task is dropped.
+        let log = logged(async {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let (device, push) = (device(), push());
+            let sending = service.send(&device, &push, deadline);
+            let _ = tokio::time::timeout(Duration::from_secs(4), sending).await;
+        })
+        .await;
+        let abandoned = log
+            .lines()
+            .find(|l| l.contains("abandoned"))
+            .unwrap_or_else(|| panic!("{log}"));
+        assert!(
+            abandoned.contains("provider=apns") && abandoned.contains("waited=4.0s"),
+            "{abandoned}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_prompt_provider_logs_no_warning() {
+        let service = slow_service(Some(Duration::from_millis(100)));
+        let log = logged(async {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            service.send(&device(), &push(), deadline).await;
+        })
+        .await;
+        assert!(!log.contains("WARN"), "{log}");
     }
 
     #[test]

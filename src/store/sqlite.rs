@@ -245,14 +245,18 @@ async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
 }
 
 /// SQLite's error codes: a damaged file is [`StoreError::Corrupt`], a lock held too long
-/// or a failing disk [`StoreError::Unavailable`].
+/// or a failing disk [`StoreError::Unavailable`]. A full disk and a file system turned
+/// read-only (ext4's `errors=remount-ro`) are failing disks too: the write is refused
+/// with 503 and `Retry-After`, or waits in the writer, until the operator has made room;
+/// answering them as a broken database (500) would tell a client not to try again.
 pub(super) fn classify(code: &str, message: String) -> StoreError {
     let primary = code.parse::<i32>().map(|c| c & 0xff).unwrap_or(-1);
     match primary {
         // SQLITE_CORRUPT, SQLITE_NOTADB
         11 | 26 => StoreError::Corrupt(message),
-        // SQLITE_BUSY, SQLITE_LOCKED, SQLITE_IOERR, SQLITE_CANTOPEN, SQLITE_PROTOCOL
-        5 | 6 | 10 | 14 | 15 => StoreError::Unavailable(message),
+        // SQLITE_BUSY, SQLITE_LOCKED, SQLITE_READONLY, SQLITE_IOERR, SQLITE_FULL,
+        // SQLITE_CANTOPEN, SQLITE_PROTOCOL
+        5 | 6 | 8 | 10 | 13 | 14 | 15 => StoreError::Unavailable(message),
         _ => StoreError::Database(message),
     }
 }
@@ -290,8 +294,32 @@ pub(super) async fn get(
 }
 
 pub(super) async fn put(pool: &SqlitePool, device: &StoredDevice) -> Result<(), StoreError> {
+    let mut conn = pool.acquire().await.map_err(err)?;
     // IMMEDIATE: the write lock is taken first, so the check and the write see one state.
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *conn)
+        .await
+        .map_err(err)?;
+    let result = put_in_transaction(&mut conn, device).await;
+    if result.is_err() {
+        // A statement or a COMMIT that failed (a full disk: SQLITE_FULL) leaves the
+        // transaction open. Rolled back here, or if even that fails the connection is
+        // closed: the pool must never hand out a connection stuck in a transaction (with
+        // sqlx's own transactions it did, and every later write on it failed with
+        // "attempted to call begin_with at non-zero transaction depth", so a learned
+        // device waiting for room was dropped as refused).
+        if sqlx::query("ROLLBACK").execute(&mut *conn).await.is_err() {
+            let _ = conn.close().await;
+        }
+    }
+    result
+}
+
+/// [`put`]'s statements and the COMMIT, inside its transaction.
+async fn put_in_transaction(
+    conn: &mut sqlx::SqliteConnection,
+    device: &StoredDevice,
+) -> Result<(), StoreError> {
     let holder: Option<String> = sqlx::query_scalar(
         "SELECT device_id FROM pushwake_devices
          WHERE extension = $1 AND platform = $2 AND token = $3 AND device_id <> $4",
@@ -300,7 +328,7 @@ pub(super) async fn put(pool: &SqlitePool, device: &StoredDevice) -> Result<(), 
     .bind(&device.platform)
     .bind(&device.token)
     .bind(&device.device_id)
-    .fetch_optional(&mut *tx)
+    .fetch_optional(&mut *conn)
     .await
     .map_err(err)?;
     if let Some(holder) = holder {
@@ -325,10 +353,14 @@ pub(super) async fn put(pool: &SqlitePool, device: &StoredDevice) -> Result<(), 
     .bind(params_to_json(&device.params))
     .bind(device.learned)
     .bind(device.updated_at)
-    .execute(&mut *tx)
+    .execute(&mut *conn)
     .await
     .map_err(err)?;
-    tx.commit().await.map_err(err)
+    sqlx::query("COMMIT")
+        .execute(&mut *conn)
+        .await
+        .map(|_| ())
+        .map_err(err)
 }
 
 pub(super) async fn delete(
@@ -663,5 +695,30 @@ pub(super) mod feed {
             Ok(done.rows_affected())
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod classify_tests {
+    use super::*;
+
+    #[test]
+    fn a_full_or_read_only_disk_is_unavailable_and_a_damaged_file_corrupt() {
+        // SQLITE_FULL, SQLITE_READONLY, SQLITE_READONLY_DBMOVED (extended), SQLITE_IOERR_WRITE
+        for code in ["13", "8", "1032", "778"] {
+            assert!(
+                matches!(classify(code, String::new()), StoreError::Unavailable(_)),
+                "{code}"
+            );
+        }
+        assert!(matches!(
+            classify("11", String::new()),
+            StoreError::Corrupt(_)
+        ));
+        // SQLITE_CONSTRAINT
+        assert!(matches!(
+            classify("19", String::new()),
+            StoreError::Database(_)
+        ));
     }
 }

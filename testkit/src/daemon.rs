@@ -14,6 +14,8 @@ pub struct Daemon {
     child: Child,
     log: Arc<Mutex<Vec<String>>>,
     grew: Arc<Notify>,
+    /// Its stderr reached the end (the process exited).
+    closed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Daemon {
@@ -52,7 +54,8 @@ impl Daemon {
         let stderr = child.stderr.take().expect("piped stderr");
         let log = Arc::new(Mutex::new(Vec::new()));
         let grew = Arc::new(Notify::new());
-        let (sink, notify) = (log.clone(), grew.clone());
+        let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (sink, notify, ended) = (log.clone(), grew.clone(), closed.clone());
         tokio::spawn(async move {
             let mut lines = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
@@ -62,9 +65,15 @@ impl Daemon {
                 sink.lock().unwrap().push(line);
                 notify.notify_waiters();
             }
+            ended.store(true, std::sync::atomic::Ordering::SeqCst);
             notify.notify_waiters();
         });
-        let daemon = Self { child, log, grew };
+        let daemon = Self {
+            child,
+            log,
+            grew,
+            closed,
+        };
         daemon.wait_log(ready, Duration::from_secs(30)).await?;
         Ok(daemon)
     }
@@ -131,6 +140,31 @@ impl Daemon {
     /// Kills it with SIGKILL (a crash) and reaps it.
     pub async fn kill(&mut self) {
         let _ = self.child.kill().await;
+    }
+
+    /// Waits for it to exit by itself (a daemon that refuses to start).
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus, String> {
+        let status = tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .map_err(|_| {
+                format!(
+                    "pushwake did not exit within {timeout:?}; its log:\n{}",
+                    self.logs()
+                )
+            })?
+            .map_err(|e| e.to_string())?;
+        // The last lines reach the log once the pipe is closed.
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            loop {
+                let grew = self.grew.notified();
+                if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                grew.await;
+            }
+        })
+        .await;
+        Ok(status)
     }
 
     /// Sends SIGTERM and waits for it to exit.

@@ -179,6 +179,13 @@ impl<P: TestPbx> Rig<P> {
         self.unwrap(run)
     }
 
+    /// The slot's caller dialling `to` from UDP port `local_port` (for many callers at
+    /// once: [`Slot::extra_port`]), expecting the call to end as `end`.
+    pub fn call_from(&self, local_port: u16, to: &str, end: CallerEnd) -> SippRun {
+        let run = SippRun::caller(self.pbx.sip_address(), &self.caller(), to, local_port, end);
+        self.unwrap(run)
+    }
+
     /// Device `device` of phone `k` awake: sipp listening on its contact port, behaving
     /// as `behaviour` when an INVITE comes (it is not registered by this).
     pub async fn phone(&self, k: u8, device: u8, behaviour: Phone) -> SippRun {

@@ -151,6 +151,15 @@ impl SippRun {
             "-s".into(),
             to.to_owned(),
         ];
+        // Its own RTP ports, derived from its SIP port: without -mp every sipp takes its
+        // media ports from one pool of 50 pairs at 6000, and with more callers than that
+        // on the machine the rest fail to start. Four per caller (audio and video, each
+        // with RTCP), above the slots' SIP ports (20000..22200), below the test Asterisk's
+        // RTP range (30000 on) and the kernel's ephemeral ports (32768 on).
+        let media_port = 22_400 + 4 * u32::from(local_port.saturating_sub(20_000));
+        if local_port >= 20_000 && media_port + 3 < 30_000 {
+            args.extend(["-mp".to_owned(), media_port.to_string()]);
+        }
         let mut key = |k: &str, v: String| args.extend(["-key".to_owned(), k.to_owned(), v]);
         key("from_user", from_user.to_owned());
         let file = match end {

@@ -40,6 +40,13 @@ impl Slot {
         20000 + 20 * u16::from(self.0) + n
     }
 
+    /// The slot's `n`th extra UDP port (n < 40), for scenarios that need many callers at
+    /// once: `21000 + 40·(TT − 10) + n`, outside every slot's own 20 ports.
+    pub fn extra_port(&self, n: u16) -> u16 {
+        assert!(n < 40);
+        21000 + 40 * (u16::from(self.0) - 10) + n
+    }
+
     /// Where device `device` (1 or 2) of phone `k` (1..=4) listens once awake: its
     /// registered contact's port.
     pub fn contact_port(&self, k: u8, device: u8) -> u16 {

@@ -369,6 +369,55 @@ impl AriClient {
         self.call_json(Method::GET, "/bridges", &[], None).await
     }
 
+    /// Sends the user event `name` to application `app` with these variables
+    /// (`POST /events/user/{name}?application={app}`); [`AriError::NotFound`] when Asterisk
+    /// has no such application.
+    pub async fn user_event(
+        &self,
+        app: &str,
+        name: &str,
+        variables: &[(&str, &str)],
+    ) -> Result<(), AriError> {
+        let variables: serde_json::Map<String, Value> = variables
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), Value::from(*v)))
+            .collect();
+        let body = serde_json::json!({ "variables": variables });
+        self.call(
+            Method::POST,
+            &format!("/events/user/{}", seg(name)),
+            &[("application", app)],
+            Some(&body),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// A global variable's value (`GET /asterisk/variable`); empty when unset.
+    pub async fn get_global(&self, name: &str) -> Result<String, AriError> {
+        let value: Value = self
+            .call_json(
+                Method::GET,
+                "/asterisk/variable",
+                &[("variable", name)],
+                None,
+            )
+            .await?;
+        Ok(value["value"].as_str().unwrap_or_default().to_owned())
+    }
+
+    /// Sets a global variable (`POST /asterisk/variable`).
+    pub async fn set_global(&self, name: &str, value: &str) -> Result<(), AriError> {
+        self.call(
+            Method::POST,
+            "/asterisk/variable",
+            &[("variable", name), ("value", value)],
+            None,
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// Asterisk's `GET /asterisk/info` (used to check the connection and credentials).
     pub async fn info(&self) -> Result<Value, AriError> {
         self.call_json(Method::GET, "/asterisk/info", &[], None)

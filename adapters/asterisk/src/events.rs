@@ -10,6 +10,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::header::{HeaderValue, AUTHORIZATION};
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::client::AriClient;
 use crate::model::{Channel, ContactInfo, Endpoint};
 
 /// The ARI events pushwake acts on; every other event type parses as [`AriEvent::Other`].
@@ -60,6 +61,17 @@ pub enum AriEvent {
         /// The contact.
         contact_info: ContactInfo,
     },
+    /// A user event sent to the application (`POST /events/user/…`): pushwake's rival
+    /// probe ([`crate::rival`]).
+    ChannelUserevent {
+        /// The event's name.
+        eventname: String,
+        /// Its variables.
+        #[serde(default)]
+        userevent: serde_json::Value,
+    },
+    /// Another WebSocket connected with this application's name and took its events.
+    ApplicationReplaced,
     /// Any other event.
     #[serde(other)]
     Other,
@@ -168,11 +180,36 @@ pub fn spawn_event_pump(config: EventsConfig) -> mpsc::Receiver<EventFeed> {
     rx
 }
 
+/// How long the pump stays away after another client took the application over (or
+/// while a live pushwake answers its probe), before it probes again: taking the
+/// application back at once would only steal the events back and forth.
+const REPLACED_WAIT: Duration = Duration::from_secs(30);
+
 async fn pump(config: EventsConfig, tx: mpsc::Sender<EventFeed>) {
     let url = config.websocket_url();
+    let app = config.app.as_str();
+    // For the rival probe and its answers only; without it (an unusable URL) the
+    // WebSocket cannot connect either.
+    let client = AriClient::new(&config.url, &config.username, &config.password).ok();
     let mut delay = FIRST_RECONNECT_DELAY;
     let mut failures = 0u32;
+    // The daemon probed before it started the pump ([`crate::rival`]); every reconnect
+    // probes again, so a pushwake that started while we were away keeps its calls.
+    let mut reconnecting = false;
     loop {
+        if reconnecting && served_by_another(client.as_ref(), app).await {
+            tracing::error!(
+                app,
+                "{}; not reconnecting while it does (trying again in {}s)",
+                crate::rival::refusal(app),
+                REPLACED_WAIT.as_secs()
+            );
+            if wait_or_closed(&tx, REPLACED_WAIT).await {
+                return;
+            }
+            continue;
+        }
+        reconnecting = true;
         match connect(&config, &url).await {
             Ok(socket) => {
                 tracing::info!(%url, "ARI events connected");
@@ -181,13 +218,23 @@ async fn pump(config: EventsConfig, tx: mpsc::Sender<EventFeed>) {
                 if tx.send(EventFeed::Connected).await.is_err() {
                     return;
                 }
-                let reason = read(socket, &tx).await;
+                let ended = read(socket, &tx, client.as_ref().map(|c| (c, app))).await;
                 if tx.is_closed() {
                     return;
                 }
-                tracing::warn!(%reason, "ARI events lost; reconnecting");
+                if ended.replaced {
+                    tracing::error!(app, "another client connected to Asterisk with this ARI application name and took over its events (ApplicationReplaced): calls for {app:?} no longer reach this pushwake; stop the other client, or give one of them its own application name");
+                } else {
+                    tracing::warn!(reason = %ended.reason, "ARI events lost; reconnecting");
+                }
                 if tx.send(EventFeed::Disconnected).await.is_err() {
                     return;
+                }
+                if ended.replaced {
+                    if wait_or_closed(&tx, REPLACED_WAIT).await {
+                        return;
+                    }
+                    continue;
                 }
             }
             Err(error) => {
@@ -200,12 +247,32 @@ async fn pump(config: EventsConfig, tx: mpsc::Sender<EventFeed>) {
                 }
             }
         }
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            () = tx.closed() => return,
+        if wait_or_closed(&tx, delay).await {
+            return;
         }
         delay = next_delay(delay);
     }
+}
+
+/// Sleeps `wait`; true when the receiver went away meanwhile (the pump should end).
+async fn wait_or_closed(tx: &mpsc::Sender<EventFeed>, wait: Duration) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(wait) => false,
+        () = tx.closed() => true,
+    }
+}
+
+/// Whether a live pushwake answers the probe of `app`. Unreachable Asterisk, or no answer
+/// in time: no (the connection attempt that follows finds out the rest).
+async fn served_by_another(client: Option<&AriClient>, app: &str) -> bool {
+    let Some(client) = client else {
+        return false;
+    };
+    let probing = crate::rival::probe(client, app);
+    matches!(
+        tokio::time::timeout(crate::rival::ANSWER_WAIT + Duration::from_secs(1), probing).await,
+        Ok(Ok(crate::rival::Probe::Served))
+    )
 }
 
 type Socket =
@@ -226,8 +293,30 @@ async fn connect(config: &EventsConfig, url: &str) -> Result<Socket, String> {
     }
 }
 
-/// Reads events until the socket fails; returns why it ended.
-async fn read(mut socket: Socket, tx: &mpsc::Sender<EventFeed>) -> String {
+/// How a read of the WebSocket ended.
+struct Ended {
+    /// Why, for the log.
+    reason: String,
+    /// Another client took the application over (`ApplicationReplaced`).
+    replaced: bool,
+}
+
+impl From<String> for Ended {
+    fn from(reason: String) -> Self {
+        Self {
+            reason,
+            replaced: false,
+        }
+    }
+}
+
+/// Reads events until the socket fails; returns why it ended. A rival's probe is
+/// answered through `prober` (the client and our application name): we serve it.
+async fn read(
+    mut socket: Socket,
+    tx: &mpsc::Sender<EventFeed>,
+    prober: Option<(&AriClient, &str)>,
+) -> Ended {
     let mut last_heard = tokio::time::Instant::now();
     let mut pinged = false;
     loop {
@@ -236,29 +325,47 @@ async fn read(mut socket: Socket, tx: &mpsc::Sender<EventFeed>) -> String {
             frame = socket.next() => frame,
             () = tokio::time::sleep_until(last_heard + wait) => {
                 if pinged {
-                    return format!("nothing received for {}s", DEAD_AFTER.as_secs());
+                    return format!("nothing received for {}s", DEAD_AFTER.as_secs()).into();
                 }
                 pinged = true;
                 if let Err(e) = socket.send(Message::Ping(Vec::new().into())).await {
-                    return e.to_string();
+                    return e.to_string().into();
                 }
                 continue;
             }
-            () = tx.closed() => return "shutting down".to_owned(),
+            () = tx.closed() => return "shutting down".to_owned().into(),
         };
         last_heard = tokio::time::Instant::now();
         pinged = false;
         match frame {
-            None => return "connection closed".to_owned(),
-            Some(Err(e)) => return e.to_string(),
+            None => return "connection closed".to_owned().into(),
+            Some(Err(e)) => return e.to_string().into(),
             Some(Ok(Message::Text(text))) => match AriEvent::parse(text.as_str()) {
                 Ok(AriEvent::Other) => {}
+                Ok(AriEvent::ApplicationReplaced) => {
+                    return Ended {
+                        reason: "application replaced".to_owned(),
+                        replaced: true,
+                    }
+                }
+                Ok(AriEvent::ChannelUserevent {
+                    eventname,
+                    userevent,
+                }) => {
+                    let nonce = crate::rival::probe_nonce(&eventname, &userevent);
+                    if let (Some(nonce), Some((client, app))) = (nonce, prober) {
+                        let (client, app) = (client.clone(), app.to_owned());
+                        tokio::spawn(
+                            async move { crate::rival::answer(&client, &app, &nonce).await },
+                        );
+                    }
+                }
                 Ok(event) => {
                     if let AriEvent::ContactStatusChange { contact_info, .. } = &event {
                         tracing::debug!(aor = %contact_info.aor, status = %contact_info.contact_status, "contact event received");
                     }
                     if tx.send(EventFeed::Event(Box::new(event))).await.is_err() {
-                        return "shutting down".to_owned();
+                        return "shutting down".to_owned().into();
                     }
                 }
                 Err(error) => tracing::warn!(%error, "ignoring an ARI event"),
@@ -267,7 +374,8 @@ async fn read(mut socket: Socket, tx: &mpsc::Sender<EventFeed>) -> String {
                 return format!(
                     "closed by Asterisk: {}",
                     frame.map(|f| f.reason.to_string()).unwrap_or_default()
-                );
+                )
+                .into();
             }
             Some(Ok(_)) => {}
         }

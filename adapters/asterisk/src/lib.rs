@@ -7,6 +7,8 @@
 //! - [`control`]: Asterisk as a PBX for the wake logic ([`AsteriskPbx`]): ARI events
 //!   become the core's PBX-neutral events, the core's commands become ARI requests, and
 //!   the reconnect snapshot is sorted into callers, legs and conversations.
+//! - [`rival`]: making sure no other client serves pushwake's application (one
+//!   application name, one WebSocket).
 //! - [`config`]: the `[asterisk]` section of `pushwake.toml` ([`AsteriskConfig`]).
 
 pub mod client;
@@ -14,6 +16,7 @@ pub mod config;
 pub mod control;
 pub mod events;
 pub mod model;
+pub mod rival;
 
 pub use config::AsteriskConfig;
 pub use control::AsteriskPbx;

@@ -1,6 +1,7 @@
 //! The event pump against a local WebSocket server that speaks ARI's event protocol:
 //! it authenticates by header (no secret in the URL), subscribes to nothing implicitly,
-//! and reconnects by itself whenever the connection drops.
+//! and reconnects by itself whenever the connection drops (asking first whether another
+//! client serves the application: nobody does here).
 
 // The handshake callback's error type is tungstenite's, fixed by its `Callback` trait.
 #![allow(clippy::result_large_err)]
@@ -14,6 +15,29 @@ use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, 
 use tokio_tungstenite::tungstenite::Message;
 
 const EVENT: &str = r#"{"type":"ContactStatusChange","endpoint":{"technology":"PJSIP","resource":"101"},"contact_info":{"uri":"sip:101@127.0.0.1:5070","contact_status":"NonQualified","aor":"101"}}"#;
+
+/// The next connection that asks for the event WebSocket. Anything else (the rival probe
+/// the pump sends before every reconnect, `POST /ari/events/user/…`) is answered as
+/// Asterisk answers it for an application nobody serves: 404.
+async fn accept_events(listener: &TcpListener) -> tokio::net::TcpStream {
+    loop {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut head = [0u8; 16];
+        let n = stream.peek(&mut head).await.unwrap();
+        if head[..n].starts_with(b"GET /ari/events") {
+            return stream;
+        }
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut request = vec![0u8; 4096];
+        let _ = stream.read(&mut request).await;
+        let body = r#"{"message":"Application not found"}"#;
+        let reply = format!(
+            "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = stream.write_all(reply.as_bytes()).await;
+    }
+}
 
 async fn next(feed: &mut tokio::sync::mpsc::Receiver<EventFeed>) -> EventFeed {
     tokio::time::timeout(Duration::from_secs(10), feed.recv())
@@ -30,7 +54,7 @@ async fn reconnects_after_every_drop_and_authenticates_by_header() {
     tokio::spawn(async move {
         // Three connections: each gets one event and is then dropped (the last one stays).
         for round in 0..3 {
-            let (stream, _) = listener.accept().await.unwrap();
+            let stream = accept_events(&listener).await;
             let seen = seen_tx.clone();
             let mut ws = tokio_tungstenite::accept_hdr_async(
                 stream,
@@ -103,7 +127,7 @@ async fn keeps_trying_while_nothing_listens() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
     tokio::spawn(async move {
-        let (stream, _) = listener.accept().await.unwrap();
+        let stream = accept_events(&listener).await;
         let _ws = tokio_tungstenite::accept_async(stream).await.unwrap();
         tokio::time::sleep(Duration::from_secs(30)).await;
     });
