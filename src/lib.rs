@@ -14,6 +14,8 @@
 //!   [`test_push`] the operators' check.
 //! - [`status`]: what each call's status is, for apps woken late; [`http`] serves it.
 //! - [`random`]: the randomness the engine is given.
+//! - [`metrics`]: the Prometheus metrics and their endpoint; [`health`] and
+//!   [`systemd`]: what `/healthz` and systemd's watchdog are told.
 //! - [`store`]: the devices that registered themselves, kept in SQLite or PostgreSQL.
 
 pub mod config;
@@ -21,9 +23,11 @@ pub mod devices;
 pub mod driver;
 pub mod health;
 pub mod http;
+pub mod metrics;
 pub mod pbx;
 pub mod push;
 pub mod random;
 pub mod status;
 pub mod store;
+pub mod systemd;
 pub mod test_push;
