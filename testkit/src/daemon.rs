@@ -25,6 +25,17 @@ impl Daemon {
     /// Starts `binary run --config <config>` and waits for a log line containing
     /// `ready` (for a daemon with no PBX to reach, say `pushwake starting`).
     pub async fn start_until(binary: &Path, config: &Path, ready: &str) -> Result<Self, String> {
+        Self::start_with_env(binary, config, ready, &[]).await
+    }
+
+    /// Like [`Daemon::start_until`], with these environment variables set besides
+    /// (e.g. systemd's `NOTIFY_SOCKET` and `WATCHDOG_USEC`).
+    pub async fn start_with_env(
+        binary: &Path,
+        config: &Path,
+        ready: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Self, String> {
         let mut child = Command::new(binary)
             .arg("run")
             .arg("--config")
@@ -33,6 +44,7 @@ impl Daemon {
                 "PUSHWAKE_LOG",
                 std::env::var("PUSHWAKE_TEST_LOG").unwrap_or_else(|_| "info,pushwake=debug".into()),
             )
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
