@@ -4,7 +4,7 @@
 //! which refuses connections until the test lets it answer, so the test controls when
 //! the first connection comes: `READY=1` must come only after it, `WATCHDOG=1` must
 //! come from the start and keep coming, a SIGHUP is `RELOADING=1` then `READY=1`, and
-//! SIGTERM is `STOPPING=1`. Slot 38's TCP ports.
+//! SIGTERM is `STOPPING=1`. Slot 38's TCP port 10.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -79,7 +79,7 @@ async fn ready_comes_at_the_first_pbx_connection_and_the_watchdog_from_the_event
     let password = dir.path().join("esl.password");
     std::fs::write(&password, "ClueCon\n").unwrap();
     std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let listen = format!("127.0.0.1:{}", Slot::new(SLOT).port(0));
+    let listen = format!("127.0.0.1:{}", Slot::new(SLOT).port(10));
     let stand_in = StandIn {
         section: format!(
             "[freeswitch]\naddress = \"{}\"\npassword_file = \"{}\"\nlisten = \"{listen}\"\ndomain = \"127.0.0.1\"\n",
