@@ -239,9 +239,6 @@ impl<P: CallControl> Driver<P> {
         if let Some(observer) = &self.observer {
             let metrics = observer.metrics();
             metrics.calls_now(self.engine.waiting_calls(), self.engine.active_calls());
-            if let Some(registry) = &self.registry {
-                metrics.devices_now(registry.len());
-            }
         }
     }
 

@@ -310,6 +310,8 @@ async fn run(path: PathBuf, config: Config) -> ExitCode {
     );
     let board = http_task.is_some().then_some(board);
     let registry = devices.registry().clone();
+    let counted = registry.clone();
+    metrics.count_devices_with(move || counted.len());
     let serving = Serving {
         push,
         board,

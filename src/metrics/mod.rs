@@ -70,9 +70,11 @@ fn wake_buckets() -> Histogram {
     Histogram::new(exponential_buckets(0.05, 2.0, 12))
 }
 
+/// Counts the devices known now, at a scrape.
+type DeviceCount = Box<dyn Fn() -> usize + Send + Sync>;
+
 /// Every metric pushwake keeps. Recording is a few atomic operations; nothing here
 /// blocks or allocates per call once a label set has been seen.
-#[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     calls_started: Counter,
@@ -88,6 +90,15 @@ pub struct Metrics {
     waiting_calls: Gauge,
     active_calls: Gauge,
     devices: Gauge,
+    /// Counts the registered devices at each scrape (walking the registry costs more
+    /// than a gauge update, so it is not done on the driver's loop).
+    count_devices: std::sync::OnceLock<DeviceCount>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
 }
 
 impl Default for Metrics {
@@ -177,7 +188,7 @@ impl Metrics {
         let devices = Gauge::default();
         registry.register(
             "registered_devices",
-            "Devices known from registrations, the device API and the store (not the configured ones; refreshed every second)",
+            "Devices known from registrations, the device API and the store (not the configured ones)",
             devices.clone(),
         );
         Self {
@@ -195,7 +206,14 @@ impl Metrics {
             waiting_calls,
             active_calls,
             devices,
+            count_devices: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Counts the registered devices with `count` at every scrape (the first one given
+    /// stays).
+    pub fn count_devices_with(&self, count: impl Fn() -> usize + Send + Sync + 'static) {
+        let _ = self.count_devices.set(Box::new(count));
     }
 
     /// A caller was handed over.
@@ -290,13 +308,11 @@ impl Metrics {
         self.active_calls.set(active as i64);
     }
 
-    /// The registered devices known now.
-    pub fn devices_now(&self, count: usize) {
-        self.devices.set(count as i64);
-    }
-
     /// Everything, in the OpenMetrics text format.
     pub fn encode(&self) -> String {
+        if let Some(count) = self.count_devices.get() {
+            self.devices.set(count() as i64);
+        }
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
@@ -322,6 +338,7 @@ mod tests {
         metrics.pbx_connected(true);
         metrics.pbx_connected(false);
         metrics.calls_now(3, 5);
+        metrics.count_devices_with(|| 7);
         let text = metrics.encode();
         for line in [
             "pushwake_calls_started_total 1",
@@ -336,6 +353,7 @@ mod tests {
             "pushwake_pbx_disconnects_total 1",
             "pushwake_waiting_calls 3",
             "pushwake_active_calls 5",
+            "pushwake_registered_devices 7",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
         }
