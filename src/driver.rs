@@ -45,7 +45,7 @@ const RETRY_DELAYS: [Duration; 3] = [
 ];
 /// How long shutdown waits for the last commands to reach the PBX.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-/// How often the gauges (waiting calls, devices) are refreshed.
+/// How often the gauges of waiting and active calls are refreshed.
 const GAUGE_REFRESH: Duration = Duration::from_secs(1);
 
 /// Drives a [`WakeEngine`] against a PBX and the push providers.
@@ -153,6 +153,7 @@ impl<P: CallControl> Driver<P> {
         // watchdog's is what lets systemd restart a wedged daemon.
         let mut watchdog = self.notifier.watchdog_interval().map(ticker);
         let mut gauges = self.observer.is_some().then(|| ticker(GAUGE_REFRESH));
+        self.notifier.notify("STATUS=connecting to the PBX");
         loop {
             let timeout = self.engine.next_timeout();
             tokio::select! {
@@ -161,10 +162,20 @@ impl<P: CallControl> Driver<P> {
                         if let Some(health) = &self.health {
                             health.observe(&event);
                         }
-                        let connected = matches!(event, PbxEvent::Connected(_));
+                        let connection = match &event {
+                            PbxEvent::Connected(_) => Some(true),
+                            PbxEvent::Disconnected => Some(false),
+                            _ => None,
+                        };
                         self.feed(Input::Event(event));
-                        if connected && !std::mem::replace(&mut self.ready, true) {
-                            self.notifier.notify("READY=1\nSTATUS=connected to the PBX, serving calls");
+                        match connection {
+                            // READY=1 once: systemd's start completes at the first connection.
+                            Some(true) if !std::mem::replace(&mut self.ready, true) => {
+                                self.notifier.notify("READY=1\nSTATUS=connected to the PBX, serving calls");
+                            }
+                            Some(true) => self.notifier.notify("STATUS=connected to the PBX, serving calls"),
+                            Some(false) => self.notifier.notify("STATUS=the PBX connection was lost; reconnecting"),
+                            None => {}
                         }
                     }
                     None => {

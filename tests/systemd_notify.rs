@@ -3,7 +3,8 @@
 //! binds, `$WATCHDOG_USEC` asks for the watchdog. The PBX is the FreeSWITCH stand-in,
 //! which refuses connections until the test lets it answer, so the test controls when
 //! the first connection comes: `READY=1` must come only after it, `WATCHDOG=1` must
-//! come from the start and keep coming, a SIGHUP is `RELOADING=1` then `READY=1`, and
+//! come from the start and keep coming, a lost connection and a new one change only the
+//! `STATUS=`, a SIGHUP is `RELOADING=1` then `READY=1`, and
 //! SIGTERM is `STOPPING=1`. Slot 38's TCP port 10.
 
 use std::os::unix::fs::PermissionsExt;
@@ -110,13 +111,14 @@ async fn ready_comes_at_the_first_pbx_connection_and_the_watchdog_from_the_event
     let first = next(&socket, SECS(10))
         .await
         .unwrap_or_else(|e| panic!("{e}; log:\n{}", daemon.logs()));
-    assert_eq!(first, "WATCHDOG=1");
+    assert_eq!(first, "STATUS=connecting to the PBX");
     daemon
         .wait_log("cannot connect to FreeSWITCH's event socket", SECS(10))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let before = until(&socket, "WATCHDOG=1", SECS(10), &daemon).await;
     let early: Vec<String> = before.into_iter().chain(queued(&socket)).collect();
+    assert!(early.contains(&"WATCHDOG=1".to_owned()), "{early:?}");
     assert!(
         early.iter().all(|m| m == "WATCHDOG=1"),
         "before the PBX answered: {early:?}"
@@ -144,6 +146,32 @@ async fn ready_comes_at_the_first_pbx_connection_and_the_watchdog_from_the_event
         assert_eq!(message, "WATCHDOG=1", "an unexpected notification");
         pets += 1;
     }
+
+    // The connection lost and made again: systemd's status says so each time.
+    server.close_all();
+    let seen = until(
+        &socket,
+        "STATUS=the PBX connection was lost; reconnecting",
+        SECS(10),
+        &daemon,
+    )
+    .await;
+    assert!(
+        seen.iter()
+            .all(|m| m == "WATCHDOG=1" || m.starts_with("STATUS=")),
+        "{seen:?}"
+    );
+    let seen = until(
+        &socket,
+        "STATUS=connected to the PBX, serving calls",
+        SECS(30),
+        &daemon,
+    )
+    .await;
+    assert!(
+        !seen.iter().any(|m| m.contains("READY=1")),
+        "READY=1 again on a reconnect: {seen:?}"
+    );
 
     // SIGHUP: RELOADING=1 (with the monotonic clock), then READY=1 again.
     let pid = daemon.pid().expect("running") as libc::pid_t;
