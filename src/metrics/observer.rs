@@ -5,7 +5,9 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+
+// tokio's clock (the real one in the daemon): the driver's tests pause it.
+use tokio::time::Instant;
 
 use pushwake_core::directory::{DeviceToken, Platform};
 use pushwake_core::pbx::{CallId, PbxCommand, PbxEvent};
@@ -195,7 +197,7 @@ mod tests {
                 status: None,
                 node: None,
             },
-            deadline: Instant::now(),
+            deadline: std::time::Instant::now(),
         })
     }
 
