@@ -12,7 +12,9 @@
 //! `providers` has one entry per configured push provider: `warming` while its
 //! connection is opened at start-up, `warm` once its warm-up or its last request was
 //! answered, `failing` with the `error` of the last warm-up or request that was not (no
-//! connection, a refused credential, no answer). A failing provider does not make the
+//! connection, a refused credential, no answer). The webhook and Web Push open nothing
+//! ahead (Web Push's endpoints are the browsers' own): they are `warm` from the start
+//! until a request fails. A failing provider does not make the
 //! answer a 503: the PBX is served, and pushes are retried; alert on it from the
 //! metrics or from this field.
 
