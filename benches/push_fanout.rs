@@ -354,7 +354,7 @@ async fn round(
         .map_err(|e| e.to_string())?,
     );
     // As the daemon does at start-up: the connection is open before the first call.
-    pushkin.warm_up().await;
+    pushkin.warm_up().await?;
     let mut service = PushService::new();
     service.add(pushkin);
     let service = Arc::new(service);

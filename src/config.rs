@@ -9,8 +9,10 @@
 //! service-account file, …) must not be readable by other users.
 //!
 //! Read here: `[defaults]`, `[[extension]]` (and their devices' common keys) and
-//! `[http]`. The PBX section is read by its adapter ([`crate::pbx`]), each push
-//! provider's section and its devices' tokens by the provider ([`crate::push::provider`]).
+//! `[http]`; `[store]` by [`crate::devices::section`], `[metrics]` by
+//! [`crate::metrics::section`]. The PBX section is read by its adapter ([`crate::pbx`]),
+//! each push provider's section and its devices' tokens by the provider
+//! ([`crate::push::provider`]).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -34,11 +36,12 @@ pub use pushwake_core::directory::DEFAULT_RING_TIMEOUT;
 pub const MAX_RING_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The top-level sections read here.
-const OWN_SECTIONS: [&str; 4] = [
+const OWN_SECTIONS: [&str; 5] = [
     "defaults",
     "extension",
     "http",
     crate::devices::section::SECTION,
+    crate::metrics::section::SECTION,
 ];
 /// The keys every device has, whatever its provider.
 const DEVICE_KEYS: [&str; 3] = ["platform", "token", "name"];
@@ -71,6 +74,8 @@ pub struct Config {
     pub http: Option<HttpConfig>,
     /// `[store]`: where registered devices are kept (its defaults if absent).
     pub store: StoreSection,
+    /// `[metrics]`, if configured: where the Prometheus endpoint listens.
+    pub metrics: Option<crate::metrics::MetricsSection>,
     /// The push-enabled extensions.
     pub directory: Directory,
 }
@@ -122,6 +127,9 @@ impl Config {
         }
         if new.store != self.store {
             changed.push("[store]".to_owned());
+        }
+        if new.metrics != self.metrics {
+            changed.push("[metrics]".to_owned());
         }
         changed
     }
@@ -191,6 +199,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         providers.extend(p.read_section(&file)?);
     }
     let store = StoreSection::from_file(&file)?;
+    let metrics = crate::metrics::MetricsSection::from_file(&file)?;
     let http = match file.section::<RawHttp>("http")? {
         Some(section) => Some(http(section.into_inner()).map_err(|p| file.problem_in(0..0, p))?),
         None => None,
@@ -244,6 +253,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         providers,
         http,
         store,
+        metrics,
         directory: Directory::new(extensions).with_default_ring_timeout(default_ring),
     })
 }
@@ -679,7 +689,7 @@ mod tests {
             "{e}"
         );
         let e = err(&format!("{MINIMAL}\n[mqtt]\nurl = \"x\"\n"));
-        assert!(e.starts_with("pw.toml:10: unknown field `mqtt`, expected one of `defaults`, `extension`, `http`, `store`, `asterisk`, `freeswitch`, `apns`, `fcm`, `hms`, `webhook`, `webpush`"), "{e}");
+        assert!(e.starts_with("pw.toml:10: unknown field `mqtt`, expected one of `defaults`, `extension`, `http`, `store`, `metrics`, `asterisk`, `freeswitch`, `apns`, `fcm`, `hms`, `webhook`, `webpush`"), "{e}");
         let e = err(&format!(
             "{MINIMAL}\n[[extension.device]]\nplatform = \"apns\"\ntokn = \"ab\"\n"
         ));

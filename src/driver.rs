@@ -21,9 +21,12 @@ use pushwake_core::random::Randomness;
 use pushwake_core::wake::{Command, EngineSettings, EngineStats, Input, WakeEngine};
 
 use crate::devices::{Learned, Registry};
+use crate::metrics::observer::Observer;
+use crate::metrics::Metrics;
 use crate::push::{PushKind, PushService, PushVerdict};
 use crate::random::OsRandom;
 use crate::status::SharedBoard;
+use crate::systemd::Notifier;
 
 /// Requests to a running driver.
 #[derive(Debug)]
@@ -42,6 +45,8 @@ const RETRY_DELAYS: [Duration; 3] = [
 ];
 /// How long shutdown waits for the last commands to reach the PBX.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How often the gauges of waiting and active calls are refreshed.
+const GAUGE_REFRESH: Duration = Duration::from_secs(1);
 
 /// Drives a [`WakeEngine`] against a PBX and the push providers.
 pub struct Driver<P: CallControl> {
@@ -58,6 +63,12 @@ pub struct Driver<P: CallControl> {
     registry: Option<Arc<Registry>>,
     /// Where the PBX connection's state goes, for `/healthz`.
     health: Option<crate::health::PbxHealth>,
+    /// What passes through, recorded as metrics.
+    observer: Option<Observer>,
+    /// systemd, told when pushwake is ready, alive, reloading and stopping.
+    notifier: Notifier,
+    /// Whether systemd was told `READY=1` (at the first connection to the PBX).
+    ready: bool,
 }
 
 impl<P: CallControl> Driver<P> {
@@ -90,7 +101,23 @@ impl<P: CallControl> Driver<P> {
             status: None,
             registry: None,
             health: None,
+            observer: None,
+            notifier: Notifier::default(),
+            ready: false,
         }
+    }
+
+    /// Records calls, pushes, latencies and the PBX connection in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.observer = Some(Observer::new(metrics));
+        self
+    }
+
+    /// Tells systemd through `notifier`: `READY=1` at the first connection to the PBX,
+    /// `WATCHDOG=1` from the event loop, `RELOADING=1` around a reload, `STOPPING=1`.
+    pub fn with_notifier(mut self, notifier: Notifier) -> Self {
+        self.notifier = notifier;
+        self
     }
 
     /// Learns devices from the registrations the PBX reports into `registry`, pushes
@@ -122,6 +149,11 @@ impl<P: CallControl> Driver<P> {
         mut events: mpsc::Receiver<PbxEvent>,
         mut control: mpsc::Receiver<Control>,
     ) -> EngineStats {
+        // Both ticks come from this loop, so a loop that stops turning stops them: the
+        // watchdog's is what lets systemd restart a wedged daemon.
+        let mut watchdog = self.notifier.watchdog_interval().map(ticker);
+        let mut gauges = self.observer.is_some().then(|| ticker(GAUGE_REFRESH));
+        self.notifier.notify("STATUS=connecting to the PBX");
         loop {
             let timeout = self.engine.next_timeout();
             tokio::select! {
@@ -130,7 +162,21 @@ impl<P: CallControl> Driver<P> {
                         if let Some(health) = &self.health {
                             health.observe(&event);
                         }
-                        self.feed(Input::Event(event))
+                        let connection = match &event {
+                            PbxEvent::Connected(_) => Some(true),
+                            PbxEvent::Disconnected => Some(false),
+                            _ => None,
+                        };
+                        self.feed(Input::Event(event));
+                        match connection {
+                            // READY=1 once: systemd's start completes at the first connection.
+                            Some(true) if !std::mem::replace(&mut self.ready, true) => {
+                                self.notifier.notify("READY=1\nSTATUS=connected to the PBX, serving calls");
+                            }
+                            Some(true) => self.notifier.notify("STATUS=connected to the PBX, serving calls"),
+                            Some(false) => self.notifier.notify("STATUS=the PBX connection was lost; reconnecting"),
+                            None => {}
+                        }
                     }
                     None => {
                         tracing::error!("the PBX event stream ended");
@@ -147,10 +193,14 @@ impl<P: CallControl> Driver<P> {
                     self.engine.handle_timeout(Instant::now().into_std());
                     self.dispatch();
                 }
+                () = tick(&mut watchdog) => self.notifier.notify("WATCHDOG=1"),
+                () = tick(&mut gauges) => self.refresh_gauges(),
                 request = control.recv() => match request {
                     Some(Control::Reload(directory)) => {
+                        self.notifier.reloading();
                         tracing::info!(extensions = directory.len(), "configuration reloaded");
                         self.engine.set_directory(directory);
+                        self.notifier.notify("READY=1");
                     }
                     Some(Control::Shutdown) | None => break,
                 },
@@ -160,6 +210,8 @@ impl<P: CallControl> Driver<P> {
     }
 
     async fn shut_down(mut self, mut events: mpsc::Receiver<PbxEvent>) -> EngineStats {
+        self.notifier
+            .notify("STOPPING=1\nSTATUS=returning waiting callers to the dialplan");
         let waiting = self.engine.waiting_calls();
         tracing::info!(
             waiting,
@@ -194,7 +246,27 @@ impl<P: CallControl> Driver<P> {
         }
     }
 
+    fn refresh_gauges(&self) {
+        if let Some(observer) = &self.observer {
+            let metrics = observer.metrics();
+            metrics.calls_now(self.engine.waiting_calls(), self.engine.active_calls());
+        }
+    }
+
     fn feed(&mut self, input: Input) {
+        // What the observer needs of the input once the engine has taken it.
+        let registration = match (&mut self.observer, &input) {
+            (Some(observer), input) => {
+                observer.input(input);
+                match input {
+                    Input::Event(PbxEvent::ContactAdded { extension, uri }) => {
+                        Some((extension.clone(), uri.clone()))
+                    }
+                    _ => None,
+                }
+            }
+            (None, _) => None,
+        };
         if let Some(registry) = &self.registry {
             match &input {
                 // Before the engine sees the registration: what it teaches is known when
@@ -219,10 +291,16 @@ impl<P: CallControl> Driver<P> {
         }
         self.engine.handle(Instant::now().into_std(), input);
         self.dispatch();
+        if let Some(observer) = &mut self.observer {
+            observer.handled(registration, self.engine.stats());
+        }
     }
 
     fn dispatch(&mut self) {
         while let Some(command) = self.engine.poll_command() {
+            if let Some(observer) = &mut self.observer {
+                observer.command(&command);
+            }
             match command {
                 Command::Pbx(command) => {
                     let pbx = self.pbx.clone();
@@ -231,6 +309,7 @@ impl<P: CallControl> Driver<P> {
                 Command::Push(job) => {
                     let push = self.push.clone();
                     let registry = self.registry.clone();
+                    let metrics = self.observer.as_ref().map(|o| o.metrics().clone());
                     let wakes = job.push.kind == PushKind::IncomingCall;
                     let call = job.call.clone();
                     let handle = self.push_tasks.spawn(async move {
@@ -240,6 +319,9 @@ impl<P: CallControl> Driver<P> {
                             PushKind::IncomingCall => "incoming call",
                             PushKind::CallEnded(reason) => reason.as_str(),
                         };
+                        if let Some(metrics) = &metrics {
+                            metrics.push_verdict(job.device.platform, &job.push.kind, &verdict);
+                        }
                         match &verdict {
                             PushVerdict::Delivered => {
                                 tracing::info!(call = %job.call, device = %job.device.label, push = what, "push delivered")
@@ -248,7 +330,11 @@ impl<P: CallControl> Driver<P> {
                                 tracing::warn!(call = %job.call, device = %job.device.label, push = what, %reason, dead_token, "push failed");
                                 if let (true, Some(registry)) = (*dead_token, &registry) {
                                     let platform = job.device.platform.as_str();
-                                    for (extension, device) in registry.forget_token(platform, job.device.token.expose()) {
+                                    let forgotten = registry.forget_token(platform, job.device.token.expose());
+                                    if let Some(metrics) = &metrics {
+                                        metrics.dead_tokens_removed(job.device.platform, forgotten.len());
+                                    }
+                                    for (extension, device) in forgotten {
                                         tracing::warn!(%extension, device, token = %job.device.token, "forgot a registered device: the push service says its token is dead");
                                     }
                                 }
@@ -315,6 +401,23 @@ fn learn(registry: &Registry, extension: &str, contact: &str, announced: bool) {
             %reason,
             "a listed contact's push parameters were not taken"
         ),
+    }
+}
+
+/// An interval of `period` that, after a stall, goes on from now instead of catching up.
+fn ticker(period: Duration) -> tokio::time::Interval {
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    interval
+}
+
+/// The next tick of `interval`, or never without one.
+async fn tick(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 

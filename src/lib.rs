@@ -15,6 +15,8 @@
 //! - [`status`]: what each call's status is, for apps woken late; [`http`] serves it.
 //! - [`logging`]: the log filter, which keeps the libraries' secrets out of the log.
 //! - [`random`]: the randomness the engine is given.
+//! - [`metrics`]: the Prometheus metrics and their endpoint; [`health`] and
+//!   [`systemd`]: what `/healthz` and systemd's watchdog are told.
 //! - [`store`]: the devices that registered themselves, kept in SQLite or PostgreSQL.
 
 pub mod config;
@@ -23,9 +25,11 @@ pub mod driver;
 pub mod health;
 pub mod http;
 pub mod logging;
+pub mod metrics;
 pub mod pbx;
 pub mod push;
 pub mod random;
 pub mod status;
 pub mod store;
+pub mod systemd;
 pub mod test_push;

@@ -13,6 +13,7 @@ use pushwake::devices::service::Devices;
 use pushwake::devices::Registry;
 use pushwake::driver::{Control, Driver};
 use pushwake::http::{Listener, Service};
+use pushwake::metrics::listener::MetricsListener;
 use pushwake::pbx::PbxConfig;
 use pushwake::push::{PushService, PROVIDERS};
 use pushwake::status::StatusBoard;
@@ -143,6 +144,10 @@ fn main() -> ExitCode {
                     None => "http not configured".to_owned(),
                 });
                 parts.push(format!("store {}", loaded.store.store.describe()));
+                parts.push(match &loaded.metrics {
+                    Some(metrics) => format!("metrics on {}", metrics.listen),
+                    None => "metrics not configured".to_owned(),
+                });
                 println!("{}: ok ({})", config.display(), parts.join(", "));
                 ExitCode::SUCCESS
             }
@@ -221,6 +226,26 @@ async fn run(path: PathBuf, config: Config) -> ExitCode {
         },
         None => None,
     };
+    // The Prometheus endpoint, when configured: bound now for the same reason.
+    let metrics = Arc::new(pushwake::metrics::Metrics::new());
+    let metrics_listener = match &config.metrics {
+        Some(section) => match MetricsListener::bind(section.listen).await {
+            Ok(listener) => {
+                tracing::info!(listen = %section.listen, "metrics listening (GET /metrics)");
+                push.set_metrics(metrics.clone());
+                Some(listener)
+            }
+            Err(error) => {
+                eprintln!(
+                    "pushwake: {}: metrics.listen: cannot listen on {}: {error}",
+                    path.display(),
+                    section.listen
+                );
+                return ExitCode::from(EXIT_RUNTIME);
+            }
+        },
+        None => None,
+    };
     // The registered devices, before anything can ask for them (calls, the API).
     let devices = match Devices::start(&config.store, config.providers.clone()).await {
         Ok(devices) => devices,
@@ -241,9 +266,16 @@ async fn run(path: PathBuf, config: Config) -> ExitCode {
             devices: Some(devices.clone()),
             api_tokens: config.http.as_ref().and_then(|h| h.api_tokens.clone()),
             pbx: Some(pbx_health.clone()),
+            providers: Some(push.health().clone()),
         };
         tokio::spawn(listener.serve(service, async move {
             let _ = http_stopped.await;
+        }))
+    });
+    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics_task = metrics_listener.map(|listener| {
+        tokio::spawn(listener.serve(metrics.clone(), async move {
+            let _ = metrics_stopped.await;
         }))
     });
     // Connections open (and tokens fetched) before the first call needs them.
@@ -269,11 +301,14 @@ async fn run(path: PathBuf, config: Config) -> ExitCode {
     );
     let board = http_task.is_some().then_some(board);
     let registry = devices.registry().clone();
+    let counted = registry.clone();
+    metrics.count_devices_with(move || counted.len());
     let serving = Serving {
         push,
         board,
         registry,
         health: pbx_health,
+        metrics: metrics_task.is_some().then_some(metrics),
         control: control_rx,
     };
     let stats = match &config.pbx {
@@ -305,6 +340,10 @@ async fn run(path: PathBuf, config: Config) -> ExitCode {
     if let Some(task) = http_task {
         let _ = task.await;
     }
+    let _ = stop_metrics.send(());
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
     // What was learned last reaches the store before the process ends.
     devices.flush(std::time::Duration::from_secs(5)).await;
     tracing::info!(
@@ -322,6 +361,8 @@ struct Serving {
     board: Option<pushwake::status::SharedBoard>,
     registry: Arc<Registry>,
     health: pushwake::health::PbxHealth,
+    /// Where the driver records what it sees, when `[metrics]` serves them.
+    metrics: Option<Arc<pushwake::metrics::Metrics>>,
     control: mpsc::Receiver<Control>,
 }
 
@@ -348,9 +389,13 @@ async fn drive<P: CallControl>(
     if let Some(board) = serving.board {
         driver = driver.with_status_board(board);
     }
+    if let Some(metrics) = serving.metrics {
+        driver = driver.with_metrics(metrics);
+    }
     driver
         .with_registry(serving.registry)
         .with_health(serving.health)
+        .with_notifier(pushwake::systemd::Notifier::from_env())
         .run(events, serving.control)
         .await
 }

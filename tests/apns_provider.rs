@@ -173,12 +173,12 @@ async fn a_token_of_another_app_is_dead_and_tried_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sandbox_connection_is_opened_at_start_up_only_when_a_device_needs_it() {
     let env = env().await;
-    env.pushkin(None, false).warm_up().await;
+    env.pushkin(None, false).warm_up().await.unwrap();
     assert_eq!(
         (env.production.connections(), env.sandbox.connections()),
         (1, 0)
     );
-    env.pushkin(None, true).warm_up().await;
+    env.pushkin(None, true).warm_up().await.unwrap();
     assert_eq!(
         (env.production.connections(), env.sandbox.connections()),
         (2, 1)

@@ -77,6 +77,12 @@ async fn a_woken_app_learns_ringing_then_how_the_call_ended_from_the_status_url(
     assert_eq!(code, 200, "{health}");
     assert_eq!(health["pbx"], "connected", "{health}");
     assert_eq!(health["store"], "ok", "{health}");
+    assert_eq!(health["store_writes"], "ok", "{health}");
+    let apns = health["providers"]["apns"]["state"].as_str();
+    assert!(
+        matches!(apns, Some("warming" | "warm")),
+        "the local APNs server answers: {health}"
+    );
 
     // 1. Nobody registers; the caller gives up after 5 s of ringback (time enough for
     //    the requests below).
@@ -97,6 +103,16 @@ async fn a_woken_app_learns_ringing_then_how_the_call_ended_from_the_status_url(
     rig.finish(&mut call, SECS(30)).await;
     // The board is written in the same step that logs this, on pushwake's one thread.
     rig.wait_log("caller hung up while waiting", SECS(10)).await;
+    // APNs answered a push: /healthz says so (the verdict is recorded before it is
+    // logged).
+    rig.wait_log("push delivered", SECS(5)).await;
+    let (code, health) = status(&client, &format!("{base}/healthz"), None).await;
+    assert_eq!(code, 200, "{health}");
+    assert_eq!(
+        health["providers"]["apns"],
+        json!({"state": "warm"}),
+        "{health}"
+    );
     assert_eq!(
         status(&client, &url, Some(&secret)).await,
         (

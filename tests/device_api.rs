@@ -51,6 +51,7 @@ async fn start(config: &Config, with_tokens: bool) -> Api {
         },
         // No PBX here: /healthz speaks of the store only.
         pbx: None,
+        providers: None,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(listener.serve(service, async move {
@@ -420,6 +421,8 @@ async fn every_answer_of_the_device_api() {
     let health = api.send(api.client.get(api.url("/healthz"))).await;
     assert_eq!(health.status, StatusCode::OK, "{}", health.text);
     assert_eq!(health.body["store"], "ok");
+    assert_eq!(health.body["store_writes"], "ok");
+    assert_eq!(health.body["pending_writes"], 0);
     assert_eq!(health.body["backend"], "sqlite");
     assert_eq!(health.body["devices"], 1);
 }
@@ -672,13 +675,26 @@ async fn with_postgres_down_writes_answer_503_and_calls_use_the_cache() {
         health.text
     );
     assert_eq!(health.body["store"], "unavailable");
+    // A phone registering meanwhile is learned in memory; its write waits, and
+    // /healthz says the store takes no writes.
+    let contact = format!(
+        "sip:101@10.0.0.9:5070;pn-provider=apns;pn-prid={};pn-param=TEAM123456.com.example.phone.voip",
+        apns_token(7)
+    );
+    assert!(matches!(
+        api.devices.registry().learn("101", &contact, 1_796_000_000),
+        pushwake::devices::Learned::New(_)
+    ));
+    let health = wait_health(&api, |body| body["store_writes"] == "failing").await;
+    assert_eq!(health.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(health.body["pending_writes"], 1, "{}", health.text);
     // Reads and the call path: the devices in memory.
     let listed = api.get(ADMIN, "/v1/extensions/101/devices").await;
     assert_eq!(listed.status, StatusCode::OK, "{}", listed.text);
-    assert_eq!(listed.body["devices"].as_array().unwrap().len(), 1);
+    assert_eq!(listed.body["devices"].as_array().unwrap().len(), 2);
     let pushed = api.devices.registry().devices_of("101");
-    assert_eq!(pushed.len(), 1);
-    assert_eq!(pushed[0].token.expose(), apns_token(1));
+    assert_eq!(pushed.len(), 2);
+    assert!(pushed.iter().any(|d| d.token.expose() == apns_token(1)));
 
     server.start_again().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -697,14 +713,36 @@ async fn with_postgres_down_writes_answer_503_and_calls_use_the_cache() {
         assert!(Instant::now() < deadline, "writes never went through again");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(api.devices.registry().devices_of("101").len(), 2);
+    assert_eq!(api.devices.registry().devices_of("101").len(), 3);
+    // The learned device's write went through too.
+    let health = wait_health(&api, |body| body["store_writes"] == "ok").await;
+    assert_eq!(health.status, StatusCode::OK, "{}", health.text);
+    assert_eq!(health.body["pending_writes"], 0, "{}", health.text);
     let stored = DeviceStore::open(&StoreConfig { url })
         .await
         .unwrap()
         .load_all()
         .await
         .unwrap();
-    assert_eq!(stored.len(), 2);
+    assert_eq!(stored.len(), 3);
+}
+
+/// `/healthz` once its body satisfies `ready` (within 30 s: the store's writer tries
+/// again every 3 s).
+async fn wait_health(api: &Api, ready: impl Fn(&serde_json::Value) -> bool) -> Answer {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let health = api.send(api.client.get(api.url("/healthz"))).await;
+        if ready(&health.body) {
+            return health;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/healthz never got there: {}",
+            health.text
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A token a phone registered itself (RFC 8599) and the backend then registers through

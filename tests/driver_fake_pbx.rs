@@ -105,13 +105,19 @@ struct Setup {
 }
 
 fn start() -> Setup {
-    start_with(Arc::new(AlwaysDelivered), EngineSettings::default(), None)
+    start_with(
+        Arc::new(AlwaysDelivered),
+        EngineSettings::default(),
+        None,
+        None,
+    )
 }
 
 fn start_with(
     pushkin: Arc<dyn Pushkin>,
     settings: EngineSettings,
     board: Option<pushwake::status::SharedBoard>,
+    metrics: Option<Arc<pushwake::metrics::Metrics>>,
 ) -> Setup {
     let directory = Directory::new([ExtensionPolicy {
         number: "101".into(),
@@ -125,6 +131,9 @@ fn start_with(
     let pbx = Arc::new(FakePbx::default());
     let mut push = PushService::new();
     push.add(pushkin);
+    if let Some(metrics) = &metrics {
+        push.set_metrics(metrics.clone());
+    }
     let (events, events_rx) = mpsc::channel(64);
     let (control, control_rx) = mpsc::channel(4);
     // As the daemon does: the PBX says whether contacts must be polled.
@@ -135,6 +144,9 @@ fn start_with(
     let mut driver = Driver::new(pbx.clone(), push, Arc::new(directory), settings);
     if let Some(board) = board {
         driver = driver.with_status_board(board);
+    }
+    if let Some(metrics) = metrics {
+        driver = driver.with_metrics(metrics);
     }
     let driver = tokio::spawn(driver.run(events_rx, control_rx));
     Setup {
@@ -325,7 +337,7 @@ async fn the_board_knows_the_call_before_its_push_leaves_and_learns_how_it_ended
         status_base_url: Some("https://pbx.example.com/pw".into()),
         ..EngineSettings::default()
     };
-    let setup = start_with(recording.clone(), settings, Some(board.clone()));
+    let setup = start_with(recording.clone(), settings, Some(board.clone()), None);
     let arrived = recording.arrived.notified();
     caller_enters(&setup, "caller-1").await;
     arrived.await;
@@ -356,6 +368,142 @@ async fn the_board_knows_the_call_before_its_push_leaves_and_learns_how_it_ended
     // Forgotten after the retention: the endpoint then answers 404.
     tokio::time::sleep(pushwake::status::RETENTION).await;
     assert_eq!(ask(&board, link.token.expose()), None);
+    drop(setup.control);
+    setup.driver.await.unwrap();
+}
+
+/// The value of the metric line starting with `series ` in `metrics`' text.
+fn metric(metrics: &pushwake::metrics::Metrics, series: &str) -> f64 {
+    let text = metrics.encode();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_metrics_count_each_outcome_and_time_the_wake_up() {
+    let metrics = Arc::new(pushwake::metrics::Metrics::new());
+    let setup = start_with(
+        Arc::new(AlwaysDelivered),
+        EngineSettings::default(),
+        None,
+        Some(metrics.clone()),
+    );
+    let arrives = |channel: &str, extension: &str| PbxEvent::CallerArrived {
+        channel: ChannelId(channel.into()),
+        extension: extension.into(),
+        caller: Party::default(),
+    };
+    // 1. The phone registers 2 s after its push was accepted, naming its token; it
+    //    answers.
+    caller_enters(&setup, "caller-1").await;
+    setup
+        .pbx
+        .wait_for("ring", |c| matches!(c, PbxCommand::Ring { .. }))
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let contact = format!(
+        "sip:101@127.0.0.1:5070;pn-provider=apns;pn-prid={}",
+        "ab".repeat(32)
+    );
+    setup
+        .events
+        .send(PbxEvent::ContactAdded {
+            extension: "101".into(),
+            uri: contact,
+        })
+        .await
+        .unwrap();
+    let (_, dial) = setup
+        .pbx
+        .wait_for("dial", |c| matches!(c, PbxCommand::Dial(_)))
+        .await;
+    let PbxCommand::Dial(dial) = dial else {
+        unreachable!()
+    };
+    setup
+        .events
+        .send(PbxEvent::LegAnswered { leg: dial.leg })
+        .await
+        .unwrap();
+    setup
+        .pbx
+        .wait_for("connect", |c| matches!(c, PbxCommand::Connect { .. }))
+        .await;
+    // 2. An extension without devices: NOPUSH at once.
+    setup.events.send(arrives("caller-2", "999")).await.unwrap();
+    setup
+        .pbx
+        .wait_for("continue NOPUSH", is_continue(WakeStatus::NoPush))
+        .await;
+    // 3. A caller who hangs up while waiting.
+    setup.events.send(arrives("caller-3", "101")).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    setup
+        .events
+        .send(PbxEvent::ChannelGone {
+            channel: ChannelId("caller-3".into()),
+            cause: "normal".into(),
+        })
+        .await
+        .unwrap();
+    // 4. Nobody answers: TIMEOUT after the ring timeout.
+    setup.events.send(arrives("caller-4", "101")).await.unwrap();
+    setup
+        .pbx
+        .wait_for("continue TIMEOUT", is_continue(WakeStatus::Timeout))
+        .await;
+    // The gauges are refreshed within a second.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    assert_eq!(metric(&metrics, "pushwake_calls_started_total"), 4.0);
+    for (outcome, count) in [
+        ("ANSWERED", 1.0),
+        ("NOPUSH", 1.0),
+        ("CALLER_HUNG_UP", 1.0),
+        ("TIMEOUT", 1.0),
+    ] {
+        let series = format!("pushwake_calls_total{{outcome=\"{outcome}\"}}");
+        assert_eq!(metric(&metrics, &series), count, "{series}");
+    }
+    let pushed = metric(
+        &metrics,
+        "pushwake_pushes_total{provider=\"apns\",kind=\"incoming_call\",verdict=\"delivered\"}",
+    );
+    assert_eq!(pushed, 3.0);
+    assert_eq!(
+        metric(
+            &metrics,
+            "pushwake_provider_attempts_total{provider=\"apns\",result=\"delivered\"}"
+        ),
+        metric(
+            &metrics,
+            "pushwake_provider_request_duration_seconds_count{provider=\"apns\"}"
+        ),
+    );
+    // In the driver's (paused) clock: registered exactly 2 s after the push.
+    assert_eq!(
+        metric(
+            &metrics,
+            "pushwake_wake_latency_seconds_count{platform=\"apns\"}"
+        ),
+        1.0
+    );
+    let woke = metric(
+        &metrics,
+        "pushwake_wake_latency_seconds_sum{platform=\"apns\"}",
+    );
+    assert!((2.0..2.1).contains(&woke), "{woke}");
+    assert_eq!(
+        metric(&metrics, "pushwake_register_to_dial_seconds_count"),
+        1.0
+    );
+    assert_eq!(metric(&metrics, "pushwake_pbx_connected"), 1.0);
+    // Caller 1 still talks; nobody waits.
+    assert_eq!(metric(&metrics, "pushwake_waiting_calls"), 0.0);
+    assert_eq!(metric(&metrics, "pushwake_active_calls"), 1.0);
     drop(setup.control);
     setup.driver.await.unwrap();
 }

@@ -172,7 +172,7 @@ async fn fifty_concurrent_pushes_share_one_access_token_and_one_connection() {
 async fn warm_up_fetches_the_token_and_opens_the_connection_before_the_first_push() {
     let env = env().await;
     let pushkin = env.pushkin();
-    pushkin.warm_up().await;
+    pushkin.warm_up().await.unwrap();
     assert_eq!(env.server.token_requests(), 1);
     assert_eq!(env.server.connections(), 1);
     let (t, p) = (device(1), push(1));

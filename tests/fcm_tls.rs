@@ -43,7 +43,7 @@ async fn over_https_alpn_negotiates_h2_and_one_connection_carries_everything() {
         endpoint: server.endpoint(),
     })
     .unwrap();
-    pushkin.warm_up().await;
+    pushkin.warm_up().await.unwrap();
     assert_eq!(
         server.token_requests(),
         1,

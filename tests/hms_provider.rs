@@ -63,7 +63,7 @@ fn soon() -> Instant {
 async fn fifty_concurrent_pushes_share_one_access_token_and_one_connection() {
     let server = HmsServer::start(APP_ID, SECRET).await.unwrap();
     let (service, pushkin) = service(&server, SECRET).await;
-    pushkin.warm_up().await;
+    pushkin.warm_up().await.unwrap();
     let service = Arc::new(service);
     let sends = (0..50).map(|n| {
         let service = service.clone();

@@ -9,7 +9,7 @@
 //! - Changes made by other nodes (PostgreSQL's change feed) come into the registry.
 //! - Learned devices that have not registered for `learned_ttl` are forgotten.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,6 +34,9 @@ pub struct Devices {
     store: watch::Receiver<Option<DeviceStore>>,
     /// Writes handed to the writer and not done yet.
     pending: Arc<AtomicUsize>,
+    /// Whether the store's last write failed because it is unavailable (the write waits
+    /// and is tried again); cleared by the next write that goes through.
+    writes_failing: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Devices {
@@ -84,6 +87,7 @@ impl Devices {
             registry,
             store,
             pending,
+            writes_failing: Arc::new(AtomicBool::new(false)),
         };
         tokio::spawn(write(devices.clone(), queue));
         tokio::spawn(follow(devices.clone()));
@@ -99,6 +103,17 @@ impl Devices {
     /// The store, once it is open.
     pub fn store(&self) -> Option<DeviceStore> {
         self.store.borrow().clone()
+    }
+
+    /// Whether the store cannot take writes now: the last one failed for an unavailable
+    /// store and waits to be tried again (`/healthz`).
+    pub fn writes_failing(&self) -> bool {
+        self.writes_failing.load(Ordering::Relaxed)
+    }
+
+    /// Writes handed to the store and not done yet.
+    pub fn pending_writes(&self) -> usize {
+        self.pending.load(Ordering::SeqCst)
     }
 
     /// Waits, at most `grace`, for the writes handed to the store so far (at shutdown).
@@ -198,12 +213,14 @@ async fn write(devices: Devices, mut queue: mpsc::UnboundedReceiver<Persist>) {
                         ),
                     }
                     if std::mem::take(&mut down) {
+                        devices.writes_failing.store(false, Ordering::Relaxed);
                         tracing::info!("device store writes go through again");
                     }
                     break;
                 }
                 Err(StoreError::Unavailable(error)) => {
                     if !std::mem::replace(&mut down, true) {
+                        devices.writes_failing.store(true, Ordering::Relaxed);
                         tracing::error!(%error, "the device store is unavailable: its writes wait, and calls use the devices in memory");
                     }
                     tokio::time::sleep(RETRY).await;

@@ -3,10 +3,20 @@
 //!
 //! | answer | when |
 //! |---|---|
-//! | 200 `{"status": "ok", "pbx": "connected", "store": "ok", "backend": "sqlite", "devices": N}` | the PBX's event stream is up and the device store answers |
+//! | 200 `{"status": "ok", "pbx": "connected", "store": "ok", "store_writes": "ok", "pending_writes": 0, "backend": "sqlite", "devices": N, "providers": {"apns": {"state": "warm"}}}` | the PBX's event stream is up and the device store answers and takes writes |
 //! | 503 `{"status": "degraded", "pbx": "disconnected", …}` | the PBX is not connected (`connecting` before the first connection): calls handed over meanwhile take their normal route |
 //! | 503 `{"status": "degraded", "store": "unavailable", …}` | the device store does not answer within a second: calls are still served from the devices in memory, but the device API cannot write |
+//! | 503 `{"status": "degraded", "store_writes": "failing", "pending_writes": N, …}` | the store's last write failed (it is down, its disk full): learned devices wait in memory and are written when it takes writes again |
 //! | 405 with `Allow: GET` | another method |
+//!
+//! `providers` has one entry per configured push provider: `warming` while its
+//! connection is opened at start-up, `warm` once its warm-up or its last request was
+//! answered, `failing` with the `error` of the last warm-up or request that was not (no
+//! connection, a refused credential, no answer). The webhook and Web Push open nothing
+//! ahead (Web Push's endpoints are the browsers' own): they are `warm` from the start
+//! until a request fails. A failing provider does not make the
+//! answer a 503: the PBX is served, and pushes are retried; alert on it from the
+//! metrics or from this field.
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -15,6 +25,7 @@ use serde_json::json;
 
 use super::{method_not_allowed, reply, Service};
 use crate::health::PbxState;
+use crate::push::health::ProviderState;
 
 /// Its path.
 pub const PATH: &str = "/healthz";
@@ -31,8 +42,26 @@ pub async fn answer(service: &Service, method: &Method) -> Response<Full<Bytes>>
         body["pbx"] = json!(state.as_str());
         healthy &= state == PbxState::Connected;
     }
+    if let Some(providers) = &service.providers {
+        let mut states = serde_json::Map::new();
+        for (platform, state) in providers.states() {
+            let mut entry = json!({ "state": state.as_str() });
+            if let ProviderState::Failing(error) = &state {
+                entry["error"] = json!(error);
+            }
+            states.insert(platform.to_owned(), entry);
+        }
+        body["providers"] = serde_json::Value::Object(states);
+    }
     if let Some(devices) = &service.devices {
         body["devices"] = json!(devices.registry().len());
+        body["pending_writes"] = json!(devices.pending_writes());
+        if devices.writes_failing() {
+            body["store_writes"] = json!("failing");
+            healthy = false;
+        } else {
+            body["store_writes"] = json!("ok");
+        }
         match devices.store() {
             None => {
                 body["store"] = json!("unavailable");
@@ -91,5 +120,37 @@ mod tests {
         assert_eq!(body(&down)["pbx"], "disconnected");
         let post = answer(&service, &Method::POST).await;
         assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
+    }
+
+    #[tokio::test]
+    async fn each_provider_shows_its_state_without_failing_the_health() {
+        use crate::push::health::ProviderHealth;
+        use pushwake_core::directory::Platform;
+        let pbx = PbxHealth::default();
+        pbx.observe(&PbxEvent::Connected(Default::default()));
+        let providers = ProviderHealth::default();
+        providers.set(Platform::new("apns"), ProviderState::Warm);
+        providers.set(
+            Platform::new("fcm"),
+            ProviderState::Failing("cannot reach FCM: connection refused".into()),
+        );
+        let mut service = Service::status_only(crate::status::StatusBoard::shared());
+        service.pbx = Some(pbx);
+        service.providers = Some(providers.clone());
+        let up = answer(&service, &Method::GET).await;
+        assert_eq!(up.status(), StatusCode::OK);
+        assert_eq!(
+            body(&up),
+            json!({"status": "ok", "pbx": "connected", "providers": {
+                "apns": {"state": "warm"},
+                "fcm": {"state": "failing", "error": "cannot reach FCM: connection refused"},
+            }})
+        );
+        providers.set(Platform::new("fcm"), ProviderState::Warming);
+        let warming = answer(&service, &Method::GET).await;
+        assert_eq!(
+            body(&warming)["providers"]["fcm"],
+            json!({"state": "warming"})
+        );
     }
 }

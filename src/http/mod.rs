@@ -62,6 +62,8 @@ pub struct Service {
     pub api_tokens: Option<tokens::ApiTokens>,
     /// The PBX connection's state (`/healthz`); `None` leaves it out.
     pub pbx: Option<crate::health::PbxHealth>,
+    /// The push providers' states (`/healthz`); `None` leaves them out.
+    pub providers: Option<crate::push::health::ProviderHealth>,
 }
 
 impl Service {
@@ -72,6 +74,7 @@ impl Service {
             devices: None,
             api_tokens: None,
             pbx: None,
+            providers: None,
         }
     }
 }

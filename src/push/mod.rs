@@ -10,6 +10,7 @@
 pub mod apns;
 pub mod connections;
 pub mod fcm;
+pub mod health;
 pub mod hms;
 pub mod oauth;
 pub mod payload;
@@ -54,15 +55,19 @@ pub enum Attempt {
 /// The boxed future a [`Pushkin`] returns.
 pub type AttemptFuture<'a> = Pin<Box<dyn Future<Output = Attempt> + Send + 'a>>;
 
+/// The boxed future of [`Pushkin::warm_up`]: `Err` says why the provider is not ready.
+pub type WarmUpFuture<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
+
 /// One push provider, for one set of credentials.
 pub trait Pushkin: Send + Sync {
     /// The platform it serves.
     fn platform(&self) -> Platform;
 
     /// Opens the provider's connection (and fetches what it needs to sign in) ahead of
-    /// the first push. Failure is only logged: pushes retry by themselves.
-    fn warm_up(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
-        Box::pin(async {})
+    /// the first push. Failure is logged, and returned for `/healthz`: pushes retry by
+    /// themselves.
+    fn warm_up(&self) -> WarmUpFuture<'_> {
+        Box::pin(async { Ok(()) })
     }
 
     /// Whether this provider carries a [`PushKind::CallEnded`] push with this reason to
@@ -89,6 +94,10 @@ pub trait Pushkin: Send + Sync {
 #[derive(Clone, Default)]
 pub struct PushService {
     pushkins: HashMap<Platform, Arc<dyn Pushkin>>,
+    /// What each provider's last warm-up or request showed (`/healthz`).
+    health: health::ProviderHealth,
+    /// Where each request's result and duration are recorded, if anywhere.
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl std::fmt::Debug for PushService {
@@ -110,14 +119,34 @@ impl PushService {
         Self::default()
     }
 
-    /// Warms every pushkin up, concurrently (see [`Pushkin::warm_up`]).
+    /// Warms every pushkin up, concurrently (see [`Pushkin::warm_up`]), and records
+    /// what each showed (see [`PushService::health`]).
     pub async fn warm_up(&self) {
-        futures_util::future::join_all(self.pushkins.values().map(|p| p.warm_up())).await;
+        futures_util::future::join_all(self.pushkins.values().map(|p| async move {
+            let state = match p.warm_up().await {
+                Ok(()) => health::ProviderState::Warm,
+                Err(reason) => health::ProviderState::Failing(reason),
+            };
+            self.health.set(p.platform(), state);
+        }))
+        .await;
     }
 
     /// Adds (or replaces) the pushkin for its platform.
     pub fn add(&mut self, pushkin: Arc<dyn Pushkin>) {
+        self.health
+            .set(pushkin.platform(), health::ProviderState::Warming);
         self.pushkins.insert(pushkin.platform(), pushkin);
+    }
+
+    /// Records every provider request's result and duration in `metrics`.
+    pub fn set_metrics(&mut self, metrics: Arc<crate::metrics::Metrics>) {
+        self.metrics = Some(metrics);
+    }
+
+    /// Each configured provider's state, as its warm-up and its requests since showed.
+    pub fn health(&self) -> &health::ProviderHealth {
+        &self.health
     }
 
     /// Sends a push to a device, retrying transient failures with jittered exponential
@@ -145,6 +174,7 @@ impl PushService {
                 };
             }
             attempts += 1;
+            let started = Instant::now();
             // No attempt outlives the ring window, whatever it waits on (a connection, a
             // token fetch, a slow reply): the provider's own timeouts need not agree.
             let window = deadline - now;
@@ -158,6 +188,7 @@ impl PushService {
                     reason: format!("{}: no answer within the ring window", device.platform),
                     after: None,
                 });
+            self.observe(device.platform, &outcome, started.elapsed());
             match outcome {
                 Attempt::Delivered => return PushVerdict::Delivered,
                 Attempt::Rejected { reason, dead_token } => {
@@ -246,6 +277,21 @@ impl Drop for SlowAttempt<'_> {
 /// A duration as seconds with one decimal, for log lines (`2.0s`).
 fn seconds(duration: Duration) -> String {
     format!("{:.1}s", duration.as_secs_f64())
+}
+
+impl PushService {
+    /// Records what one request showed of its provider.
+    fn observe(&self, platform: Platform, outcome: &Attempt, took: Duration) {
+        self.health.attempted(platform, outcome);
+        if let Some(metrics) = &self.metrics {
+            let result = match outcome {
+                Attempt::Delivered => "delivered",
+                Attempt::Rejected { .. } => "rejected",
+                Attempt::Retry { .. } => "retry",
+            };
+            metrics.provider_attempt(platform, result, took);
+        }
+    }
 }
 
 /// The time now as Unix seconds, signed (for the device store).

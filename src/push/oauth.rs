@@ -39,6 +39,13 @@ pub enum TokenError {
 }
 
 impl TokenError {
+    /// What went wrong, as logged (no secret in it).
+    pub(crate) fn reason(&self) -> &str {
+        match self {
+            TokenError::Transient(reason) | TokenError::Config(reason) => reason,
+        }
+    }
+
     pub(crate) fn into_attempt(self) -> Attempt {
         match self {
             TokenError::Transient(reason) => Attempt::Retry {

@@ -2,8 +2,8 @@
 //! the local push servers.
 //!
 //! [`ConfigBuilder`] writes the TOML the daemon reads — the PBX section (from a
-//! [`TestPbx`]), then `[apns]`, `[fcm]`, `[webhook]`, `[webpush]`, `[http]` as asked, then
-//! each `[[extension]]` with its `[[extension.device]]`s — and the key and secret files
+//! [`TestPbx`]), then `[apns]`, `[fcm]`, `[webhook]`, `[webpush]`, `[http]`, `[metrics]`
+//! as asked, then each `[[extension]]` with its `[[extension.device]]`s — and the key and secret files
 //! beside it, all with mode 0600 as an operator would.
 
 use std::fmt::Write as _;
@@ -181,6 +181,7 @@ pub struct ConfigBuilder {
     webhook: Option<(String, String)>,
     webpush: Option<(String, String)>,
     http: Option<(String, String)>,
+    metrics: Option<String>,
     store: Option<String>,
     api_tokens: Option<String>,
     extensions: Vec<TestExtension>,
@@ -198,6 +199,7 @@ impl ConfigBuilder {
             webhook: None,
             webpush: None,
             http: None,
+            metrics: None,
             store: None,
             api_tokens: None,
             extensions: Vec::new(),
@@ -259,6 +261,12 @@ impl ConfigBuilder {
     /// `subject`.
     pub fn webpush(mut self, vapid_pem: &str, subject: &str) -> Self {
         self.webpush = Some((vapid_pem.to_owned(), subject.to_owned()));
+        self
+    }
+
+    /// `[metrics]`, the Prometheus endpoint, on `listen`.
+    pub fn metrics(mut self, listen: &str) -> Self {
+        self.metrics = Some(listen.to_owned());
         self
     }
 
@@ -346,6 +354,10 @@ impl ConfigBuilder {
                 let file = write_secret(&dir.join("api-tokens"), lines)?;
                 key_value(&mut text, "api_tokens_file", &file);
             }
+        }
+        if let Some(listen) = &self.metrics {
+            text.push_str("\n[metrics]\n");
+            key_value(&mut text, "listen", listen);
         }
         let store = match &self.store {
             Some(url) => url.clone(),

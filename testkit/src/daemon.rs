@@ -27,13 +27,12 @@ impl Daemon {
     /// Starts `binary run --config <config>` and waits for a log line containing
     /// `ready` (for a daemon with no PBX to reach, say `pushwake starting`).
     pub async fn start_until(binary: &Path, config: &Path, ready: &str) -> Result<Self, String> {
-        let filter =
-            std::env::var("PUSHWAKE_TEST_LOG").unwrap_or_else(|_| "info,pushwake=debug".into());
-        Self::start_with_env(binary, config, ready, &[("PUSHWAKE_LOG", &filter)]).await
+        Self::start_with_env(binary, config, ready, &[]).await
     }
 
-    /// Like [`Daemon::start_until`], with these environment variables set for it (e.g.
-    /// its own `PUSHWAKE_LOG`).
+    /// Like [`Daemon::start_until`], with these environment variables set besides
+    /// (e.g. systemd's `NOTIFY_SOCKET` and `WATCHDOG_USEC`, or a `PUSHWAKE_LOG` of
+    /// their own instead of `PUSHWAKE_TEST_LOG`'s).
     pub async fn start_with_env(
         binary: &Path,
         config: &Path,
@@ -44,6 +43,10 @@ impl Daemon {
             .arg("run")
             .arg("--config")
             .arg(config)
+            .env(
+                "PUSHWAKE_LOG",
+                std::env::var("PUSHWAKE_TEST_LOG").unwrap_or_else(|_| "info,pushwake=debug".into()),
+            )
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -445,23 +445,28 @@ impl ApnsPushkin {
     }
 
     /// Opens the HTTP/2 connection(s) now, so the first push of the first call does not
-    /// pay for TCP and TLS set-up. Failure is only logged: pushes retry by themselves.
-    pub async fn warm_up(&self) {
+    /// pay for TCP and TLS set-up. Failure is logged and returned (for `/healthz`):
+    /// pushes retry by themselves.
+    pub async fn warm_up(&self) -> Result<(), String> {
         let mut hosts = vec![self.production.as_str()];
         if self.warm_sandbox {
             hosts.push(&self.sandbox);
         }
-        futures_util::future::join_all(hosts.into_iter().map(|endpoint| async move {
+        let opened = futures_util::future::join_all(hosts.into_iter().map(|endpoint| async move {
             match self.connections.first().get(endpoint).send().await {
                 Ok(response) => {
-                    tracing::info!(%endpoint, version = ?response.version(), "APNs connection open")
+                    tracing::info!(%endpoint, version = ?response.version(), "APNs connection open");
+                    Ok(())
                 }
                 Err(error) => {
-                    tracing::warn!(%endpoint, error = %super::describe_http_error(&error, "<apns>"), "cannot reach APNs yet; pushes will retry")
+                    let error = super::describe_http_error(&error, "<apns>");
+                    tracing::warn!(%endpoint, %error, "cannot reach APNs yet; pushes will retry");
+                    Err(format!("cannot reach APNs at {endpoint}: {error}"))
                 }
             }
         }))
         .await;
+        opened.into_iter().collect()
     }
 
     async fn send_once(&self, device: &Device, push: &WakePush, ring_window: Duration) -> Attempt {
@@ -666,7 +671,7 @@ impl Pushkin for ApnsPushkin {
         PLATFORM
     }
 
-    fn warm_up(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+    fn warm_up(&self) -> super::WarmUpFuture<'_> {
         Box::pin(ApnsPushkin::warm_up(self))
     }
 

@@ -383,18 +383,21 @@ impl FcmPushkin {
 
     /// Fetches the first access token and opens the connection to the FCM endpoint now,
     /// so the first push of the first call pays for neither. Failure is only logged:
-    /// pushes fetch and retry by themselves.
-    pub async fn warm_up(&self) {
+    /// pushes fetch and retry by themselves. Says why FCM is not ready yet, if it is not.
+    pub async fn warm_up(&self) -> Result<(), String> {
         // A failed fetch is logged where it happens.
-        let _ = self.access_token().await;
+        let token = self.access_token().await;
         match self.client.get(&self.endpoint).send().await {
             Ok(response) => {
                 tracing::info!(endpoint = %self.endpoint, version = ?response.version(), "FCM connection open")
             }
             Err(error) => {
-                tracing::warn!(endpoint = %self.endpoint, error = %super::describe_http_error(&error, "<fcm>"), "cannot reach FCM yet; pushes will retry")
+                let error = super::describe_http_error(&error, "<fcm>");
+                tracing::warn!(endpoint = %self.endpoint, %error, "cannot reach FCM yet; pushes will retry");
+                return Err(format!("cannot reach FCM: {error}"));
             }
         }
+        token.map(|_| ()).map_err(|error| error.reason().to_owned())
     }
 
     /// The access token to send with (see [`SharedAccessToken::get`]).
@@ -510,7 +513,7 @@ impl Pushkin for FcmPushkin {
         PLATFORM
     }
 
-    fn warm_up(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+    fn warm_up(&self) -> super::WarmUpFuture<'_> {
         Box::pin(FcmPushkin::warm_up(self))
     }
 

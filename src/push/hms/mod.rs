@@ -164,13 +164,17 @@ impl HmsPushkin {
         })
     }
 
-    /// Fetches the first access token and opens the connection before the first push.
-    pub async fn warm_up(&self) {
+    /// Fetches the first access token and opens the connection before the first push;
+    /// says why the provider is not ready yet, if it is not.
+    pub async fn warm_up(&self) -> Result<(), String> {
         // A failed fetch is logged where it happens.
-        let _ = self.token.get(|| self.fetch_token()).await;
+        let token = self.token.get(|| self.fetch_token()).await;
         if let Err(error) = self.client.get(&self.endpoint).send().await {
-            tracing::warn!(endpoint = %self.endpoint, error = %super::describe_http_error(&error, "<hms>"), "cannot reach Huawei Push Kit yet; pushes will retry");
+            let error = super::describe_http_error(&error, "<hms>");
+            tracing::warn!(endpoint = %self.endpoint, %error, "cannot reach Huawei Push Kit yet; pushes will retry");
+            return Err(format!("cannot reach Huawei Push Kit: {error}"));
         }
+        token.map(|_| ()).map_err(|error| error.reason().to_owned())
     }
 
     async fn fetch_token(&self) -> Result<(String, u64), TokenError> {
@@ -267,7 +271,7 @@ impl Pushkin for HmsPushkin {
         PLATFORM
     }
 
-    fn warm_up(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+    fn warm_up(&self) -> super::WarmUpFuture<'_> {
         Box::pin(HmsPushkin::warm_up(self))
     }
 
