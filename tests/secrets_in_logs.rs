@@ -14,8 +14,9 @@
 //!
 //! Test slot 19, shared with `asterisk_fcm.rs`: cargo runs test binaries one after
 //! another, and end-to-end runs hold the Asterisk lock; the FreeSWITCH scenario listens
-//! on slot 35's TCP port 19 (`freeswitch_e2e.rs` uses its first dozen). (`/metrics` is
-//! not searched: the daemon has no metrics listener yet.)
+//! on slot 35's TCP port 19 (`freeswitch_e2e.rs` uses its first dozen). The Asterisk
+//! scenario's `/metrics` (on the slot's TCP port 11), scraped after the call, is searched
+//! too.
 
 use std::time::Duration;
 
@@ -109,10 +110,12 @@ async fn at_trace_level_no_secret_reaches_the_log_or_any_answer() {
     .unwrap();
     let http = format!("127.0.0.1:{}", rig.slot.port(10));
     let base = format!("http://{http}");
+    let metrics_listen = format!("127.0.0.1:{}", rig.slot.port(11));
     let config = rig
         .config()
         .fcm(&fcm, &fcm_server.endpoint(), &fcm_server.token_uri())
         .http(&http, &base)
+        .metrics(&metrics_listen)
         .api_tokens(&format!("{API_TOKEN}\n"))
         .extension(
             TestExtension::new(&ext, "20s")
@@ -248,6 +251,13 @@ async fn at_trace_level_no_secret_reaches_the_log_or_any_answer() {
     .await;
     rig.register(1, 1, 0, &woken_token()).await;
     rig.assert_clean().await;
+    let (status, metrics) =
+        answer(reqwest::Client::new().get(format!("http://{metrics_listen}/metrics"))).await;
+    assert_eq!(status, 200, "/metrics: {metrics}");
+    assert!(
+        metrics.contains("pushwake_pushes_total"),
+        "/metrics lists the pushes: {metrics}"
+    );
     let exit = daemon.terminate(SECS(15)).await.unwrap();
     assert!(exit.success(), "{exit:?}");
 
@@ -303,6 +313,9 @@ async fn at_trace_level_no_secret_reaches_the_log_or_any_answer() {
         }
         for body in answers.iter().filter(|b| b.contains(secret.as_str())) {
             leaks.push(format!("{name} is in an HTTP answer: {body}"));
+        }
+        if metrics.contains(secret.as_str()) {
+            leaks.push(format!("{name} is on /metrics"));
         }
     }
     assert!(
