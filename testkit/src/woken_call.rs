@@ -54,6 +54,11 @@ pub struct WokenCall {
     pub register_to_invite: Duration,
     /// When the phone sent its REGISTER (µs since the epoch, sipp's clock).
     pub register_sent_micros: i64,
+    /// The REGISTER's 200 received by the phone → INVITE received by it, per sipp's
+    /// traces: what Asterisk and pushwake take once the registration is stored.
+    pub registered_to_invite: Duration,
+    /// How many INVITEs the phone received (one, unless it was rung twice).
+    pub invites: usize,
 }
 
 /// Runs one woken call; the phone is unregistered again at the end, so the next call
@@ -112,9 +117,17 @@ pub async fn run(
         .into_iter()
         .find(|m| m.sent && m.is_request("REGISTER"))
         .ok_or("no REGISTER in the phone's trace")?;
-    let invite = trace::parse(&phone.messages())
+    let ok = trace::parse(&register.messages())
         .into_iter()
-        .find(|m| !m.sent && m.is_request("INVITE"))
+        .find(|m| !m.sent && m.first_line.starts_with("SIP/2.0 200"))
+        .ok_or("no 200 to the REGISTER in the phone's trace")?;
+    let received: Vec<_> = trace::parse(&phone.messages())
+        .into_iter()
+        .filter(|m| !m.sent && m.is_request("INVITE"))
+        .collect();
+    let invite = received
+        .first()
+        .cloned()
         .ok_or("no INVITE in the phone's trace")?;
     let micros = invite.at_micros - sent.at_micros;
     if micros < 0 {
@@ -132,6 +145,8 @@ pub async fn run(
         invite_call_id,
         register_to_invite: Duration::from_micros(micros as u64),
         register_sent_micros: sent.at_micros,
+        registered_to_invite: Duration::from_micros((invite.at_micros - ok.at_micros).max(0) as u64),
+        invites: received.len(),
     })
 }
 

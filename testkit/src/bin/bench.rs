@@ -112,15 +112,19 @@ async fn bench(calls: usize) -> Result<(), String> {
         }
         samples.push(call.register_to_invite);
         let logs = daemon.logs();
-        let stamp_of = |needle: &str| {
+        let stamp_of = |needles: &[&str]| {
             logs.lines()
-                .find(|l| l.contains(needle) && l.contains(&call.push_call_id))
+                .find(|l| needles.iter().any(|n| l.contains(n)) && l.contains(&call.push_call_id))
                 .and_then(|l| l.split_whitespace().next())
                 .and_then(pushwake_testkit::trace::parse_stamp)
         };
+        // By its URI, or before it is announced as the extension's only contact.
         if let (Some(decided), Some(accepted)) = (
-            stamp_of(" dialling contact call="),
-            stamp_of("dial request accepted"),
+            stamp_of(&[
+                " dialling contact call=",
+                " dialling contact (the extension's only",
+            ]),
+            stamp_of(&["dial request accepted"]),
         ) {
             if std::env::var_os("PUSHWAKE_BENCH_RAW").is_some() {
                 let received = logs
