@@ -37,6 +37,10 @@ use tokio_tungstenite::tungstenite::Message;
 /// The goal: pushwake's p50 over the floor's.
 const GOAL_RATIO: f64 = 0.8;
 
+/// How often the floor client pings its connection, as pushwake does its own
+/// (`pushwake_asterisk::client::KEEP_WARM_INTERVAL`).
+const KEEP_WARM: Duration = pushwake_asterisk::client::KEEP_WARM_INTERVAL;
+
 #[tokio::main]
 async fn main() {
     let rounds: usize = std::env::args()
@@ -156,6 +160,24 @@ impl FloorClient {
             client.user.clone(),
             client.password.clone(),
         );
+        // Kept warm as pushwake keeps its own: Asterisk closes an HTTP connection idle
+        // for 15 s.
+        let (warm, ping) = (
+            client.http.clone(),
+            format!("{}/asterisk/ping", client.base),
+        );
+        let (warm_user, warm_password) = (client.user.clone(), client.password.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(KEEP_WARM);
+            loop {
+                tick.tick().await;
+                let _ = warm
+                    .get(&ping)
+                    .basic_auth(&warm_user, Some(&warm_password))
+                    .send()
+                    .await;
+            }
+        });
         let app = app.to_owned();
         tokio::spawn(async move {
             let (_sink, mut stream) = socket.split();
@@ -217,17 +239,12 @@ impl FloorClient {
         Ok(client)
     }
 
-    /// Warms the kept-alive connection (pushwake keeps its own warm too), then dials
-    /// `extension`'s next registration.
-    async fn arm(&self, extension: &str, call: &str) -> Result<(), String> {
-        self.http
-            .get(format!("{}/asterisk/ping", self.base))
-            .basic_auth(&self.user, Some(&self.password))
-            .send()
-            .await
-            .map_err(|e| format!("floor client: ping: {e}"))?;
+    /// Dials `extension`'s next registration. The connection is not touched first: it
+    /// is kept alive the way pushwake keeps its own (a ping every 5 s), and a request
+    /// made just before the REGISTER would give the floor a connection (and an Asterisk
+    /// HTTP thread) fresher than any real client has when a phone wakes.
+    fn arm(&self, extension: &str, call: &str) {
         *self.armed.lock().unwrap() = Some((extension.to_owned(), call.to_owned()));
-        Ok(())
     }
 
     fn errors(&self) -> Vec<String> {
@@ -252,7 +269,7 @@ async fn floor_round(
     )
     .await?;
     let call = format!("floor-{round}");
-    client.arm(&plan.extension, &call).await?;
+    client.arm(&plan.extension, &call);
     let register = SippRun::register(
         pbx.sip_address(),
         &plan.extension,
