@@ -413,7 +413,11 @@ async fn bench(rounds: usize) -> Result<(), String> {
                 let logs = daemon.logs();
                 let stamp_of = |needle: &str| {
                     logs.lines()
-                        .find(|l| l.contains(needle) && l.contains(&call.push_call_id))
+                        .find(|l| {
+                            l.contains(needle)
+                                && !l.contains("dialling contacts")
+                                && l.contains(&call.push_call_id)
+                        })
                         .and_then(|l| l.split_whitespace().next())
                         .and_then(trace::parse_stamp)
                         .map(|t| t - ok)
@@ -421,7 +425,7 @@ async fn bench(rounds: usize) -> Result<(), String> {
                 eprintln!(
                     "  round {}: 200 at the phone +0, pushwake decides {:?} µs, ARI answers the originate {:?} µs, INVITE at the phone {} µs",
                     round + 1,
-                    stamp_of(" dialling contact ("),
+                    stamp_of(" dialling contact"),
                     stamp_of("dial request accepted"),
                     call.registered_to_invite.as_micros()
                 );
