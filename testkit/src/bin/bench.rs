@@ -118,12 +118,8 @@ async fn bench(calls: usize) -> Result<(), String> {
                 .and_then(|l| l.split_whitespace().next())
                 .and_then(pushwake_testkit::trace::parse_stamp)
         };
-        // By its URI, or before it is announced as the extension's only contact.
         if let (Some(decided), Some(accepted)) = (
-            stamp_of(&[
-                " dialling contact call=",
-                " dialling contact (the extension's only",
-            ]),
+            stamp_of(&[" dialling contact call="]),
             stamp_of(&["dial request accepted"]),
         ) {
             if std::env::var_os("PUSHWAKE_BENCH_RAW").is_some() {
