@@ -7,15 +7,19 @@
 //! - [`control`]: Asterisk as a PBX for the wake logic ([`AsteriskPbx`]): ARI events
 //!   become the core's PBX-neutral events, the core's commands become ARI requests, and
 //!   the reconnect snapshot is sorted into callers, legs and conversations.
+//! - [`contacts`]: waiting calls' contact listings, read for many calls at once
+//!   ([`ContactLister`]).
 //! - [`config`]: the `[asterisk]` section of `pushwake.toml` ([`AsteriskConfig`]).
 
 pub mod client;
 pub mod config;
+pub mod contacts;
 pub mod control;
 pub mod events;
 pub mod model;
 
 pub use config::AsteriskConfig;
+pub use contacts::ContactLister;
 pub use control::AsteriskPbx;
 
 pub use client::{AriClient, AriError, Originate};
