@@ -4,9 +4,9 @@
 //! ARI, so every waiting call re-reads its extension's contacts every second (the core's
 //! contact poll). Read call by call, that is two `GET /channels/{id}/variable` per waiting
 //! call per second: 200 waiting callers cost Asterisk 400 requests a second. The
-//! [`ContactLister`] serves all of them together instead ("group commit"): listings asked
-//! for while a batch is being read, or within [`POLL_SPACING`] of the previous poll
-//! batch, are read by one batch, whose `EVAL`s each read many extensions' contact ids
+//! [`ContactLister`] serves all of them together instead ("group commit"): re-listings
+//! asked for while a batch is being read, or within [`POLL_SPACING`] of the end of the
+//! previous poll batch, are read by one batch, whose `EVAL`s each read many extensions' contact ids
 //! (`PJSIP_AOR(<ext>,contact)`), then many contacts' expiry and URI
 //! (`PJSIP_CONTACT(<id>,expiration_time|uri)`), as many as fit in one request line.
 //! A call's first listing (the call just arrived: reachable phones are rung at once)
@@ -26,14 +26,18 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::client::{AriClient, AriError};
+use crate::control::CONTACT_POLL;
 
-/// Shortest time from the start of one poll batch to the start of the next: each waiting
-/// call is re-read about once a second, whatever the number of calls.
-pub const POLL_SPACING: Duration = Duration::from_secs(1);
+/// Shortest time from the end of one poll batch to the start of the next. A little more
+/// than the poll interval the adapter declares to the core ([`CONTACT_POLL`]): the calls a
+/// batch answered ask again [`CONTACT_POLL`] after their answer, so they are all waiting
+/// when the next batch starts and are served together, about once a second. (Measured
+/// from the batch's start, they would arrive just after the next batch had started and
+/// split into two cohorts each served every other second.)
+pub const POLL_SPACING: Duration = CONTACT_POLL.saturating_add(Duration::from_millis(100));
 
-/// How long a poll batch waits for more requests after the first one. The calls a batch
-/// answered all ask again one poll interval later, within a few milliseconds of each
-/// other; without this they would split into two batches.
+/// How long a poll batch waits for more requests after the first one, so that requests
+/// made in the same moment (calls that arrived together) start one batch, not several.
 const GATHER: Duration = Duration::from_millis(50);
 
 /// The longest `variable` query value (percent-encoded) one request carries. Asterisk 22
@@ -104,7 +108,7 @@ impl ContactLister {
 enum Lane {
     /// First listings of calls that just arrived: start at once.
     Urgent,
-    /// Re-listings: at most one batch start per [`POLL_SPACING`].
+    /// Re-listings: a batch starts [`POLL_SPACING`] after the previous one ended.
     Poll,
 }
 
@@ -113,7 +117,7 @@ async fn batcher(client: AriClient, mut requests: mpsc::UnboundedReceiver<Reques
     let mut urgent: Vec<Request> = Vec::new();
     let mut polls: Vec<Request> = Vec::new();
     let mut first_poll_at: Option<Instant> = None;
-    let mut last_poll_batch: Option<Instant> = None;
+    let mut last_poll_end: Option<Instant> = None;
     let (mut urgent_busy, mut poll_busy) = (false, false);
     let mut seen: HashMap<CallId, Instant> = HashMap::new();
     let mut open = true;
@@ -121,12 +125,7 @@ async fn batcher(client: AriClient, mut requests: mpsc::UnboundedReceiver<Reques
         let now = Instant::now();
         if !urgent_busy && !urgent.is_empty() {
             urgent_busy = true;
-            // Re-listings waiting for their spacing ride along: the answer is as fresh.
-            let mut batch = std::mem::take(&mut urgent);
-            if !poll_busy {
-                batch.append(&mut polls);
-                first_poll_at = None;
-            }
+            let batch = std::mem::take(&mut urgent);
             tokio::spawn(run_batch(
                 client.clone(),
                 batch,
@@ -136,11 +135,10 @@ async fn batcher(client: AriClient, mut requests: mpsc::UnboundedReceiver<Reques
         }
         let poll_due = first_poll_at.map(|first| {
             let gathered = first + GATHER;
-            last_poll_batch.map_or(gathered, |last| gathered.max(last + POLL_SPACING))
+            last_poll_end.map_or(gathered, |end| gathered.max(end + POLL_SPACING))
         });
         if !poll_busy && poll_due.is_some_and(|due| now >= due) {
             poll_busy = true;
-            last_poll_batch = Some(now);
             first_poll_at = None;
             seen.retain(|_, at| now.duration_since(*at) < FORGET_AFTER);
             let batch = std::mem::take(&mut polls);
@@ -170,7 +168,10 @@ async fn batcher(client: AriClient, mut requests: mpsc::UnboundedReceiver<Reques
             },
             Some(lane) = done.recv() => match lane {
                 Lane::Urgent => urgent_busy = false,
-                Lane::Poll => poll_busy = false,
+                Lane::Poll => {
+                    poll_busy = false;
+                    last_poll_end = Some(Instant::now());
+                }
             },
             () = sleep_until(wake) => {}
         }
