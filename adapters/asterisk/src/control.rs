@@ -8,18 +8,19 @@
 //! a leg is a mixing bridge named `pwbridge-<call id>`. None of that leaves this module.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use pushwake_core::pbx::{
     CallControl, CallId, ChannelId, Conversation, HangupReason, HeldCaller, Party, PbxCommand,
     PbxError, PbxEvent, PbxReply, PbxSnapshot, WakeStatus, CALL_ID_HEADER, STATUS_VARIABLE,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use crate::client::{AriClient, AriError, Originate};
 use crate::config::AsteriskConfig;
 use crate::contacts::ContactLister;
-use crate::events::{spawn_event_pump, AriEvent, EventFeed, EventsConfig};
+use crate::events::{spawn_event_pump_checked, AriEvent, EventFeed, EventsConfig};
 use crate::model::{Bridge, Channel};
 
 /// The first `Stasis()` argument that marks a channel as one of pushwake's own
@@ -49,6 +50,9 @@ pub struct AsteriskPbx {
     /// contact listing (a new connection costs a TCP handshake and an Asterisk thread).
     dial_client: AriClient,
     app: String,
+    /// Notified when a REST keep-warm ping cannot reach Asterisk: the event pump then
+    /// checks its WebSocket at once (a cut connection is noticed sooner).
+    unreachable: Arc<Notify>,
     /// Every waiting call's contact listing goes through it, batched with the others'.
     contacts: ContactLister,
 }
@@ -64,6 +68,7 @@ impl AsteriskPbx {
             client,
             dial_client: AriClient::new(&config.url, &config.username, &config.password)?,
             app: config.app.clone(),
+            unreachable: Arc::new(Notify::new()),
         })
     }
 
@@ -81,19 +86,25 @@ impl AsteriskPbx {
 
     /// Keeps both REST connection pools warm, forever. Run it in its own task.
     pub async fn keep_warm(self) {
-        tokio::join!(self.client.keep_warm(), self.dial_client.keep_warm());
+        tokio::join!(
+            self.client.clone().keep_warm(self.unreachable.clone()),
+            self.dial_client.clone().keep_warm(self.unreachable.clone())
+        );
     }
 
     /// Starts the event WebSocket and returns the translated event stream. On every
     /// (re)connect the stream first yields [`PbxEvent::Connected`] with a snapshot of the
     /// application's channels and bridges.
     pub fn events(&self, config: &AsteriskConfig) -> mpsc::Receiver<PbxEvent> {
-        let feed = spawn_event_pump(EventsConfig {
-            url: config.url.clone(),
-            username: config.username.clone(),
-            password: config.password.clone(),
-            app: config.app.clone(),
-        });
+        let feed = spawn_event_pump_checked(
+            EventsConfig {
+                url: config.url.clone(),
+                username: config.username.clone(),
+                password: config.password.clone(),
+                app: config.app.clone(),
+            },
+            self.unreachable.clone(),
+        );
         let (tx, rx) = mpsc::channel(1024);
         tokio::spawn(translate(self.clone(), feed, tx));
         rx

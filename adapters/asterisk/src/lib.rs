@@ -23,5 +23,5 @@ pub use contacts::ContactLister;
 pub use control::AsteriskPbx;
 
 pub use client::{AriClient, AriError, Originate};
-pub use events::{spawn_event_pump, AriEvent, EventFeed, EventsConfig};
+pub use events::{spawn_event_pump, spawn_event_pump_checked, AriEvent, EventFeed, EventsConfig};
 pub use model::{Bridge, CallerId, Channel, ContactInfo, DialplanLocation, Endpoint};
