@@ -13,8 +13,10 @@
 //! never waits for the spacing: it goes into the next urgent batch, which starts as soon
 //! as the previous urgent one is done.
 //!
-//! Each call gets exactly what reading its own extension alone gave: the same contacts
-//! in the same order, parsed by the same [`parse_contact_listing`].
+//! Each call gets exactly what reading its own extension alone gave ([`list_one`]): the
+//! same contacts with the same registration markers, parsed by the same
+//! [`parse_contact_listing`], in the order Asterisk lists them (which varies from one
+//! read to the next anyway; `tests/asterisk_contact_batch.rs` compares the two).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -358,9 +360,9 @@ async fn run_chunks(
         .await
 }
 
-/// Lists one extension's contacts in two requests, the way a batch lists many: its
+/// Lists one extension's contacts on its own in two requests, the way a batch lists many: its
 /// contact ids, then one `EVAL` of every contact's expiry and URI.
-pub(crate) async fn list_one(
+pub async fn list_one(
     client: &AriClient,
     channel: &str,
     extension: &str,
