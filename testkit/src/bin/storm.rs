@@ -50,9 +50,16 @@ async fn main() {
     let number =
         |i: usize, default: u32| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(default);
     let result = match args.first().map(String::as_str) {
-        Some("parked") => parked(number(1, 1000), args.iter().any(|a| a == "--stale")).await,
+        Some("parked") => {
+            let ring = args
+                .iter()
+                .position(|a| a == "--ring")
+                .and_then(|i| args.get(i + 1)?.parse().ok())
+                .unwrap_or(20);
+            parked(number(1, 1000), args.iter().any(|a| a == "--stale"), ring).await
+        }
         Some("storm") => storm(number(1, 200)).await,
-        _ => Err("usage: pushwake-storm parked N [--stale] | storm N".to_owned()),
+        _ => Err("usage: pushwake-storm parked N [--stale] [--ring SECONDS] | storm N".to_owned()),
     };
     match result {
         Ok(true) => {}
@@ -83,7 +90,6 @@ fn token(ext: &str) -> String {
 
 /// The daemon, the APNs server it pushes to and the proxy it reaches ARI through.
 struct Bench {
-    pbx: TestAsterisk,
     apns: ApnsServer,
     proxy: TcpProxy,
     daemon: Daemon,
@@ -119,7 +125,6 @@ impl Bench {
         let pid = daemon.pid().ok_or("the daemon exited")?;
         let cpu_at_start = cpu_seconds(pid).unwrap_or(0.0);
         Ok(Self {
-            pbx,
             apns,
             proxy,
             daemon,
@@ -127,6 +132,13 @@ impl Bench {
             cpu_at_start,
             _dir: dir,
         })
+    }
+
+    /// Stops the daemon (SIGTERM: callers still waiting return with SHUTDOWN).
+    async fn stop(&mut self) {
+        if let Err(e) = self.daemon.terminate(Duration::from_secs(20)).await {
+            eprintln!("pushwake-storm: stopping the daemon: {e}");
+        }
     }
 
     fn peak_rss_mib(&self) -> f64 {
@@ -471,10 +483,26 @@ fn check(ok: &mut bool, what: &str, met: bool) {
     *ok &= met;
 }
 
-async fn parked(n: u32, stale: bool) -> Result<bool, String> {
-    let ring = Duration::from_secs(20);
+async fn parked(n: u32, stale: bool, ring_secs: u64) -> Result<bool, String> {
     let extensions: Vec<String> = (0..n).map(extension).collect();
-    let bench = Bench::start(&extensions, "20s").await?;
+    let mut bench = Bench::start(&extensions, &format!("{ring_secs}s")).await?;
+    let result = parked_run(&bench, &extensions, stale, Duration::from_secs(ring_secs)).await;
+    // Whatever happened: callers still waiting go back to the dialplan (SHUTDOWN), and no
+    // stale contact stays registered for the next run.
+    bench.stop().await;
+    if stale {
+        register_all(&extensions, ASLEEP_PORT, 0, 40090, 42900).await?;
+    }
+    result
+}
+
+async fn parked_run(
+    bench: &Bench,
+    extensions: &[String],
+    stale: bool,
+    ring: Duration,
+) -> Result<bool, String> {
+    let n = extensions.len() as u32;
     println!(
         "parked: {n} callers, nothing wakes{}; ring_timeout {}s",
         if stale {
@@ -485,10 +513,10 @@ async fn parked(n: u32, stale: bool) -> Result<bool, String> {
         ring.as_secs()
     );
     if stale {
-        register_all(&extensions, ASLEEP_PORT, 300, 40090, 42900).await?;
+        register_all(extensions, ASLEEP_PORT, 300, 40090, 42900).await?;
     }
     let placed = Instant::now();
-    let mut callers = start_callers(&extensions, 4, 100, 480, 0, 40000)?;
+    let mut callers = start_callers(extensions, 4, 100, 480, 0, 40000)?;
     // Every caller pushed: all are parked.
     bench
         .apns
@@ -566,7 +594,7 @@ async fn parked(n: u32, stale: bool) -> Result<bool, String> {
         "  daemon peak RSS {rss:.1} MiB, CPU {:.2} s",
         bench.cpu_used()
     );
-    print_warnings(&bench);
+    print_warnings(bench);
     let mut ok = true;
     check(
         &mut ok,
@@ -587,10 +615,6 @@ async fn parked(n: u32, stale: bool) -> Result<bool, String> {
         ),
         rate <= f64::from(n) / 10.0,
     );
-    if stale {
-        register_all(&extensions, ASLEEP_PORT, 0, 40090, 42900).await?;
-    }
-    bench.pbx.client().ping().await.map_err(|e| e.to_string())?;
     Ok(ok)
 }
 
@@ -773,13 +797,21 @@ async fn storm(n: u32) -> Result<bool, String> {
     let single = extension(EXTENSIONS - 1);
     let mut extensions: Vec<String> = (0..n).map(extension).collect();
     extensions.push(single.clone());
-    let bench = Bench::start(&extensions, "20s").await?;
+    let mut bench = Bench::start(&extensions, "20s").await?;
     extensions.pop();
+    let result = storm_run(&bench, &extensions, &single).await;
+    bench.stop().await;
+    result
+}
+
+async fn storm_run(bench: &Bench, extensions: &[String], single: &str) -> Result<bool, String> {
+    let n = extensions.len();
+    let single = single.to_owned();
     println!("storm: {n} calls to {n} sleeping phones within 2 s; each wakes 0.2–3 s after its push, answers after 0.5 s");
     // The baseline: single woken calls, one after the other, in the same run.
-    let mut alone = woken_round(&bench, std::slice::from_ref(&single), 40020).await?;
+    let mut alone = woken_round(bench, std::slice::from_ref(&single), 40020).await?;
     for _ in 1..SINGLE_CALLS {
-        let round = woken_round(&bench, std::slice::from_ref(&single), 40020).await?;
+        let round = woken_round(bench, std::slice::from_ref(&single), 40020).await?;
         alone.answered += round.answered;
         alone.total += round.total;
         alone
@@ -788,7 +820,7 @@ async fn storm(n: u32) -> Result<bool, String> {
         alone.push_ms.extend(round.push_ms);
     }
     let cpu_before = bench.cpu_used();
-    let storm = woken_round(&bench, &extensions, 40021).await?;
+    let storm = woken_round(bench, extensions, 40021).await?;
     let cpu = bench.cpu_used() - cpu_before;
     println!(
         "  answered {}/{} (single calls: {}/{})",
@@ -811,7 +843,7 @@ async fn storm(n: u32) -> Result<bool, String> {
         storm.seconds,
         storm.ari_requests
     );
-    print_warnings(&bench);
+    print_warnings(bench);
     let mut ok = true;
     check(
         &mut ok,
