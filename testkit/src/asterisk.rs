@@ -52,6 +52,15 @@ impl TestAsterisk {
         })
     }
 
+    /// The same PBX, with pushwake's configuration pointing at ARI through `url` (e.g. a
+    /// [`crate::proxy::TcpProxy`]); this process's own inspection client stays direct.
+    pub fn through(&self, url: &str) -> Self {
+        Self {
+            ari_url: url.to_owned(),
+            ..self.clone()
+        }
+    }
+
     /// An ARI client for inspecting the PBX.
     pub fn client(&self) -> &AriClient {
         &self.client

@@ -13,6 +13,8 @@
 //! - [`esl`]: a local FreeSWITCH Event Socket speaking the captured bytes, with the
 //!   captures themselves ([`esl::capture`]).
 //! - [`rig`]: the end-to-end set-up (PBX, slot, APNs server, daemon, callers and phones).
+//! - [`proxy`]: a TCP proxy in front of ARI that counts requests and can cut the
+//!   connections without closing them.
 //! - [`daemon`], [`sipp`], [`slot`], [`asterisk`], [`woken_call`], [`trace`], [`keys`],
 //!   [`tls`]: the parts.
 //! - [`figures`]: the benchmarks' figure lines for `scripts/bench-all`.
@@ -29,6 +31,7 @@ pub mod hms;
 pub mod keys;
 pub mod pbx;
 pub mod postgres;
+pub mod proxy;
 pub mod push_server;
 pub mod rig;
 pub mod sipp;

@@ -4,11 +4,13 @@
 //! path from a phone's REGISTER to its INVITE counts, so connections are reused and a
 //! light `ping` keeps one warm (see [`AriClient::keep_warm`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use tokio::sync::Notify;
 
 use crate::model::{Bridge, Channel};
 
@@ -92,6 +94,10 @@ impl std::fmt::Debug for AriClient {
 /// connections after `session_keep_alive` (15 s by default).
 pub const KEEP_WARM_INTERVAL: Duration = Duration::from_secs(5);
 
+/// How long [`AriClient::ping`] waits for Asterisk's answer (it answers within
+/// milliseconds; a ping still unanswered after this means Asterisk is unreachable).
+pub const PING_TIMEOUT: Duration = Duration::from_secs(4);
+
 impl AriClient {
     /// A client for the ARI at `url` (`http://host:8088`).
     pub fn new(url: &str, username: &str, password: &str) -> Result<Self, AriError> {
@@ -173,22 +179,33 @@ impl AriClient {
         })
     }
 
-    /// `GET /asterisk/ping`: cheap, and keeps a pooled connection open.
+    /// `GET /asterisk/ping`: cheap, and keeps a pooled connection open. Fails after
+    /// [`PING_TIMEOUT`] without an answer.
     pub async fn ping(&self) -> Result<(), AriError> {
-        self.call(Method::GET, "/asterisk/ping", &[], None)
-            .await
-            .map(|_| ())
+        let path = "/asterisk/ping";
+        match tokio::time::timeout(PING_TIMEOUT, self.call(Method::GET, path, &[], None)).await {
+            Ok(done) => done.map(|_| ()),
+            Err(_) => Err(AriError::Transport {
+                method: "GET".into(),
+                path: path.into(),
+                message: format!("no answer within {}s", PING_TIMEOUT.as_secs()),
+            }),
+        }
     }
 
     /// Pings every [`KEEP_WARM_INTERVAL`] forever, so the dial after a REGISTER finds an
-    /// open connection. Run it in its own task.
-    pub async fn keep_warm(self) {
+    /// open connection; each ping that fails to reach Asterisk notifies `unreachable`
+    /// (the event pump then checks its WebSocket at once). Run it in its own task.
+    pub async fn keep_warm(self, unreachable: Arc<Notify>) {
         let mut tick = tokio::time::interval(KEEP_WARM_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
             if let Err(error) = self.ping().await {
                 tracing::debug!(%error, "ARI ping failed");
+                if matches!(error, AriError::Transport { .. }) {
+                    unreachable.notify_one();
+                }
             }
         }
     }

@@ -8,18 +8,19 @@
 //! a leg is a mixing bridge named `pwbridge-<call id>`. None of that leaves this module.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use pushwake_core::pbx::{
-    CallControl, CallId, ChannelId, Contact, Conversation, HangupReason, HeldCaller, Party,
-    PbxCommand, PbxError, PbxEvent, PbxReply, PbxSnapshot, WakeStatus, CALL_ID_HEADER,
-    STATUS_VARIABLE,
+    CallControl, CallId, ChannelId, Conversation, HangupReason, HeldCaller, Party, PbxCommand,
+    PbxError, PbxEvent, PbxReply, PbxSnapshot, WakeStatus, CALL_ID_HEADER, STATUS_VARIABLE,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use crate::client::{AriClient, AriError, Originate};
 use crate::config::AsteriskConfig;
-use crate::events::{spawn_event_pump, AriEvent, EventFeed, EventsConfig};
+use crate::contacts::ContactLister;
+use crate::events::{spawn_event_pump_checked, AriEvent, EventFeed, EventsConfig};
 use crate::model::{Bridge, Channel};
 
 /// The first `Stasis()` argument that marks a channel as one of pushwake's own
@@ -49,16 +50,25 @@ pub struct AsteriskPbx {
     /// contact listing (a new connection costs a TCP handshake and an Asterisk thread).
     dial_client: AriClient,
     app: String,
+    /// Notified when a REST keep-warm ping cannot reach Asterisk: the event pump then
+    /// checks its WebSocket at once (a cut connection is noticed sooner).
+    unreachable: Arc<Notify>,
+    /// Every waiting call's contact listing goes through it, batched with the others'.
+    contacts: ContactLister,
 }
 
 impl AsteriskPbx {
     /// Call control for the application in `config`. Nothing is connected yet: see
-    /// [`AsteriskPbx::start`].
+    /// [`AsteriskPbx::start`]. Call it within a Tokio runtime: the contact listings are
+    /// batched in a task of their own ([`ContactLister`]).
     pub fn new(config: &AsteriskConfig) -> Result<Self, AriError> {
+        let client = AriClient::new(&config.url, &config.username, &config.password)?;
         Ok(Self {
-            client: AriClient::new(&config.url, &config.username, &config.password)?,
+            contacts: ContactLister::spawn(client.clone()),
+            client,
             dial_client: AriClient::new(&config.url, &config.username, &config.password)?,
             app: config.app.clone(),
+            unreachable: Arc::new(Notify::new()),
         })
     }
 
@@ -76,19 +86,25 @@ impl AsteriskPbx {
 
     /// Keeps both REST connection pools warm, forever. Run it in its own task.
     pub async fn keep_warm(self) {
-        tokio::join!(self.client.keep_warm(), self.dial_client.keep_warm());
+        tokio::join!(
+            self.client.clone().keep_warm(self.unreachable.clone()),
+            self.dial_client.clone().keep_warm(self.unreachable.clone())
+        );
     }
 
     /// Starts the event WebSocket and returns the translated event stream. On every
     /// (re)connect the stream first yields [`PbxEvent::Connected`] with a snapshot of the
     /// application's channels and bridges.
     pub fn events(&self, config: &AsteriskConfig) -> mpsc::Receiver<PbxEvent> {
-        let feed = spawn_event_pump(EventsConfig {
-            url: config.url.clone(),
-            username: config.username.clone(),
-            password: config.password.clone(),
-            app: config.app.clone(),
-        });
+        let feed = spawn_event_pump_checked(
+            EventsConfig {
+                url: config.url.clone(),
+                username: config.username.clone(),
+                password: config.password.clone(),
+                app: config.app.clone(),
+            },
+            self.unreachable.clone(),
+        );
         let (tx, rx) = mpsc::channel(1024);
         tokio::spawn(translate(self.clone(), feed, tx));
         rx
@@ -119,42 +135,6 @@ impl AsteriskPbx {
         data.is_empty() || data.split(',').next().map(str::trim) == Some(self.app.as_str())
     }
 
-    /// Lists the extension's contacts in two requests whatever their number: their ids,
-    /// then one `EVAL` reading every contact's expiry and URI. This runs every second
-    /// per waiting call (to notice silent re-registrations), so it must stay cheap for
-    /// Asterisk.
-    async fn list_contacts(
-        &self,
-        channel: &str,
-        extension: &str,
-    ) -> Result<Vec<Contact>, AriError> {
-        // Contact ids, comma separated. Evaluated on the caller's channel: ARI evaluates
-        // dialplan functions only there.
-        let ids = self
-            .client
-            .get_variable(channel, &format!("PJSIP_AOR({extension},contact)"))
-            .await?;
-        let ids: Vec<&str> = ids
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .collect();
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let fields: Vec<String> = ids
-            .iter()
-            .map(|id| {
-                format!("${{PJSIP_CONTACT({id},expiration_time)}} ${{PJSIP_CONTACT({id},uri)}}")
-            })
-            .collect();
-        let listing = self
-            .client
-            .get_variable(channel, &format!("EVAL({})", fields.join(" ")))
-            .await?;
-        Ok(parse_contact_listing(&listing))
-    }
-
     async fn connect(&self, caller: &str, leg: &str, bridge: &str) -> Result<(), AriError> {
         self.client
             .set_variable(caller, STATUS_VARIABLE, WakeStatus::Answered.as_str())
@@ -165,25 +145,6 @@ impl AsteriskPbx {
         )?;
         self.client.add_channels(bridge, &[caller, leg]).await
     }
-}
-
-/// Parses `<expiry> <uri> <expiry> <uri> …` as produced by [`AsteriskPbx::list_contacts`].
-/// A SIP URI holds no white space, so tokens split cleanly; a contact that expired
-/// between the two requests yields empty fields, which simply vanish.
-fn parse_contact_listing(listing: &str) -> Vec<Contact> {
-    let mut contacts = Vec::new();
-    let mut expiry: Option<&str> = None;
-    for token in listing.split_whitespace() {
-        if token.bytes().all(|b| b.is_ascii_digit()) {
-            expiry = Some(token);
-        } else {
-            contacts.push(Contact {
-                uri: token.to_owned(),
-                registration: expiry.take().map(str::to_owned),
-            });
-        }
-    }
-    contacts
 }
 
 /// What a snapshot found, sorted into the wake logic's terms.
@@ -284,10 +245,13 @@ impl CallControl for AsteriskPbx {
         let done = match command {
             PbxCommand::Ring { caller } => c.ring(caller.as_str()).await,
             PbxCommand::ListContacts {
-                caller, extension, ..
+                call,
+                caller,
+                extension,
             } => {
                 return self
-                    .list_contacts(caller.as_str(), &extension)
+                    .contacts
+                    .list(&call, caller.as_str(), &extension)
                     .await
                     .map(PbxReply::Contacts)
                     .map_err(pbx_error)
@@ -575,41 +539,5 @@ mod tests {
             vec![CallId("x".into()), CallId("y".into())]
         );
         assert_eq!(found.snapshot.callers.len(), 2);
-    }
-
-    #[test]
-    fn contact_listings_parse_by_token_whatever_goes_missing() {
-        let linphone = "sip:101@127.0.0.1:5161;transport=udp;pn-provider=apns.dev;pn-prid=AB:remote&CD:voip;pn-param=T.org.linphone.phone.remote&voip";
-        let listing = format!("1795478387 sip:101@10.0.0.1:5060  1795481387 {linphone}");
-        assert_eq!(
-            parse_contact_listing(&listing),
-            vec![
-                Contact {
-                    uri: "sip:101@10.0.0.1:5060".into(),
-                    registration: Some("1795478387".into())
-                },
-                Contact {
-                    uri: linphone.into(),
-                    registration: Some("1795481387".into())
-                },
-            ]
-        );
-        // The first contact expired between the two requests: its fields are empty.
-        assert_eq!(parse_contact_listing("  1795481387 sip:b").len(), 1);
-        assert!(parse_contact_listing("").is_empty());
-        // An expiry without a URI (or the other way round) never pairs with a neighbour's.
-        assert_eq!(
-            parse_contact_listing("sip:a 1795481387 sip:b"),
-            vec![
-                Contact {
-                    uri: "sip:a".into(),
-                    registration: None
-                },
-                Contact {
-                    uri: "sip:b".into(),
-                    registration: Some("1795481387".into())
-                },
-            ]
-        );
     }
 }

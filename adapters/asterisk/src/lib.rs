@@ -9,18 +9,22 @@
 //!   the reconnect snapshot is sorted into callers, legs and conversations.
 //! - [`rival`]: making sure no other client serves pushwake's application (one
 //!   application name, one WebSocket).
+//! - [`contacts`]: waiting calls' contact listings, read for many calls at once
+//!   ([`ContactLister`]).
 //! - [`config`]: the `[asterisk]` section of `pushwake.toml` ([`AsteriskConfig`]).
 
 pub mod client;
 pub mod config;
+pub mod contacts;
 pub mod control;
 pub mod events;
 pub mod model;
 pub mod rival;
 
 pub use config::AsteriskConfig;
+pub use contacts::ContactLister;
 pub use control::AsteriskPbx;
 
 pub use client::{AriClient, AriError, Originate};
-pub use events::{spawn_event_pump, AriEvent, EventFeed, EventsConfig};
+pub use events::{spawn_event_pump, spawn_event_pump_checked, AriEvent, EventFeed, EventsConfig};
 pub use model::{Bridge, CallerId, Channel, ContactInfo, DialplanLocation, Endpoint};
