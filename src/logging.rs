@@ -11,10 +11,9 @@
 //! holds the secrets).
 
 use tracing::{Level, Metadata};
-use tracing_subscriber::filter::{EnvFilter, FilterExt};
+use tracing_subscriber::filter::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::Layer;
 
 /// The environment variable with the log filter (`EnvFilter` syntax; default `info`).
 pub const FILTER_VAR: &str = "PUSHWAKE_LOG";
@@ -45,9 +44,16 @@ pub fn init() {
     });
     let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_filter(filter.and(guard));
-    tracing_subscriber::registry().with(layer).init();
+        .with_ansi(std::io::stderr().is_terminal());
+    // Both filters global, as before this module, not per-layer: with them per-layer, a
+    // daemon on a PostgreSQL store logged nothing of opening it and never wrote to it
+    // under `PUSHWAKE_LOG=info,pushwake=debug` (tests/asterisk_learned.rs found it; the
+    // cause inside sqlx was not traced).
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(guard)
+        .with(layer)
+        .init();
 }
 
 #[cfg(test)]
