@@ -17,3 +17,23 @@ pub fn figure(name: &str, value: &str, target: &str, met: bool) {
 pub fn reported(name: &str, value: &str, beside: &str) {
     figure(name, value, beside, true);
 }
+
+/// The `p`th percentile (0–100) of `sorted` samples, by the nearest-rank rule.
+pub fn percentile(sorted: &[std::time::Duration], p: f64) -> std::time::Duration {
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// A duration in milliseconds, for reports.
+pub fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// A `kB` field of `/proc/<pid>/status` (`field` with its colon, e.g. `"VmRSS:"`).
+pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}

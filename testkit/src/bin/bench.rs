@@ -13,6 +13,7 @@ use pushwake_testkit::apns::ApnsServer;
 use pushwake_testkit::asterisk::TestAsterisk;
 use pushwake_testkit::config::{ConfigBuilder, TestApns, TestDevice, TestExtension};
 use pushwake_testkit::daemon::Daemon;
+use pushwake_testkit::figures::{ms, percentile, proc_status_kib};
 use pushwake_testkit::pbx::TestPbx;
 use pushwake_testkit::slot::Slot;
 use pushwake_testkit::woken_call::{self, WokenCallPlan};
@@ -27,23 +28,6 @@ async fn main() {
         eprintln!("pushwake-bench: FAILED: {e}");
         std::process::exit(1);
     }
-}
-
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 async fn bench(calls: usize) -> Result<(), String> {
@@ -64,7 +48,7 @@ async fn bench(calls: usize) -> Result<(), String> {
     let daemon = Daemon::start(&binary, &config).await?;
     let pid = daemon.pid().ok_or("daemon exited")?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let idle_rss = rss_kib(pid).ok_or("cannot read the daemon's RSS")?;
+    let idle_rss = proc_status_kib(pid, "VmRSS:").ok_or("cannot read the daemon's RSS")?;
 
     let plan = WokenCallPlan {
         caller: slot.caller(),
@@ -155,7 +139,7 @@ async fn bench(calls: usize) -> Result<(), String> {
         }
     }
     pbx.wait_clean(slot, Duration::from_secs(10)).await?;
-    let after_rss = rss_kib(pid).unwrap_or(0);
+    let after_rss = proc_status_kib(pid, "VmRSS:").unwrap_or(0);
     let mut sorted = samples.clone();
     sorted.sort();
     let mean = samples.iter().sum::<Duration>() / samples.len() as u32;

@@ -24,6 +24,7 @@ use pushwake_testkit::apns::ApnsServer;
 use pushwake_testkit::asterisk::TestAsterisk;
 use pushwake_testkit::config::{ConfigBuilder, TestApns, TestDevice, TestExtension};
 use pushwake_testkit::daemon::Daemon;
+use pushwake_testkit::figures::{ms, percentile};
 use pushwake_testkit::pbx::TestPbx;
 use pushwake_testkit::sipp::{Phone, SippRun};
 use pushwake_testkit::slot::Slot;
@@ -51,15 +52,6 @@ async fn main() {
         eprintln!("pushwake-bench-floor: FAILED: {e}");
         std::process::exit(1);
     }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 /// The part of an ARI event the floor client reads.

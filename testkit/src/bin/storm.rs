@@ -27,6 +27,7 @@ use pushwake_testkit::apns::ApnsServer;
 use pushwake_testkit::asterisk::TestAsterisk;
 use pushwake_testkit::config::{ConfigBuilder, TestApns, TestDevice, TestExtension};
 use pushwake_testkit::daemon::Daemon;
+use pushwake_testkit::figures::proc_status_kib;
 use pushwake_testkit::proxy::TcpProxy;
 use pushwake_testkit::sipp::scenario;
 use pushwake_testkit::woken_call;
@@ -202,14 +203,6 @@ fn print_warnings(bench: &Bench) {
     for kind in kinds {
         println!("    {kind}");
     }
-}
-
-fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 /// User + system CPU seconds of `pid` so far.
