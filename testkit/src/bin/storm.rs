@@ -27,7 +27,7 @@ use pushwake_testkit::apns::ApnsServer;
 use pushwake_testkit::asterisk::TestAsterisk;
 use pushwake_testkit::config::{ConfigBuilder, TestApns, TestDevice, TestExtension};
 use pushwake_testkit::daemon::Daemon;
-use pushwake_testkit::figures::proc_status_kib;
+use pushwake_testkit::figures::{figure, proc_status_kib, reported};
 use pushwake_testkit::proxy::TcpProxy;
 use pushwake_testkit::sipp::scenario;
 use pushwake_testkit::woken_call;
@@ -608,6 +608,25 @@ async fn parked_run(
         ),
         rate <= f64::from(n) / 10.0,
     );
+    let case = format!("parked {n}{}", if stale { ", stale contacts" } else { "" });
+    figure(
+        &format!("{case}: back with TIMEOUT within ring_timeout + 1 s"),
+        &format!("{timeouts}/{n}, {late} late"),
+        &format!("{n}/{n}, 0 late"),
+        all_finished && timeouts == n as usize && late == 0,
+    );
+    figure(
+        &format!("{case}: ARI requests/s while they wait"),
+        &format!("{rate:.1}"),
+        &format!("≤ {:.0}", f64::from(n) / 10.0),
+        rate <= f64::from(n) / 10.0,
+    );
+    figure(
+        &format!("{case}: daemon peak RSS / CPU"),
+        &format!("{rss:.1} MiB / {:.2} s", bench.cpu_used()),
+        &format!("≤ {MAX_RSS_MIB} MiB"),
+        rss <= MAX_RSS_MIB,
+    );
     Ok(ok)
 }
 
@@ -847,6 +866,30 @@ async fn storm_run(bench: &Bench, extensions: &[String], single: &str) -> Result
         &mut ok,
         "a REGISTER → INVITE measured for every phone",
         storm.register_to_invite_ms.len() == storm.total,
+    );
+    figure(
+        &format!("storm {n}: calls answered"),
+        &format!("{}/{}", storm.answered, storm.total),
+        "100 %",
+        storm.answered == storm.total,
+    );
+    reported(
+        &format!("storm {n}: REGISTER → INVITE, ms"),
+        &summary(storm.register_to_invite_ms.clone()),
+        &format!(
+            "single calls, same run: {}",
+            summary(alone.register_to_invite_ms.clone())
+        ),
+    );
+    reported(
+        &format!("storm {n}: push dispatch, ms"),
+        &summary(storm.push_ms.clone()),
+        &format!("single calls: {}", summary(alone.push_ms.clone())),
+    );
+    reported(
+        &format!("storm {n}: daemon peak RSS / CPU"),
+        &format!("{:.1} MiB / {cpu:.2} s", bench.peak_rss_mib()),
+        "reported",
     );
     Ok(ok)
 }
