@@ -283,7 +283,11 @@ async fn a_token_learned_from_sofia_register_is_pushed_for_the_next_call() {
         "the token itself is never logged"
     );
     let call = switch.call(CALLER, "103").await;
-    let pushes = switch.apns.wait_for(1, SECS(10)).await.unwrap();
+    let pushes = switch
+        .apns
+        .wait_for(1, SECS(10))
+        .await
+        .unwrap_or_else(|e| panic!("{e}; pushwake's log:\n{}", switch.daemon.logs()));
     assert_eq!(pushes[0].token, token);
     assert_eq!(pushes[0].headers["apns-topic"], "com.example.phone.voip");
     assert_eq!(pushes[0].body["extension"], "103");

@@ -129,6 +129,10 @@ pub struct Registry {
     persist: Option<mpsc::UnboundedSender<Persist>>,
     /// Writes handed to `persist` and not done yet (the writer counts them down).
     pending: Arc<AtomicUsize>,
+    /// The devices whose write is handed to `persist` and not done yet, by (extension,
+    /// device id), with how many: a resynchronisation reads the store without them, so
+    /// it must keep what memory has of them instead of dropping or overwriting it.
+    unsaved: std::sync::Mutex<std::collections::HashMap<(String, String), usize>>,
 }
 
 impl fmt::Debug for Registry {
@@ -137,6 +141,11 @@ impl fmt::Debug for Registry {
             .field("devices", &self.len())
             .finish_non_exhaustive()
     }
+}
+
+/// The key of a device's pending writes.
+fn device_key(device: &StoredDevice) -> (String, String) {
+    (device.extension.clone(), device.device_id.clone())
 }
 
 impl Registry {
@@ -161,6 +170,7 @@ impl Registry {
             providers,
             persist,
             pending,
+            unsaved: std::sync::Mutex::default(),
         }
     }
 
@@ -179,11 +189,49 @@ impl Registry {
     fn persist(&self, op: Persist) {
         if let Some(tx) = &self.persist {
             self.pending.fetch_add(1, Ordering::SeqCst);
+            let key = match &op {
+                Persist::Put(device) => Some(device_key(device)),
+                Persist::DeleteToken { .. } => None,
+            };
+            if let Some(key) = &key {
+                *self.unsaved().entry(key.clone()).or_default() += 1;
+            }
             // Only fails once the writer is gone, at shutdown.
             if tx.send(op).is_err() {
                 self.pending.fetch_sub(1, Ordering::SeqCst);
+                if let Some(key) = &key {
+                    self.unsaved_done(key);
+                }
             }
         }
+    }
+
+    fn unsaved(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<(String, String), usize>> {
+        self.unsaved
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn unsaved_done(&self, key: &(String, String)) {
+        let mut unsaved = self.unsaved();
+        if let Some(count) = unsaved.get_mut(key) {
+            *count -= 1;
+            if *count == 0 {
+                unsaved.remove(key);
+            }
+        }
+    }
+
+    /// The writer is done with a put of `device` (written, or refused for good).
+    pub fn saved(&self, device: &StoredDevice) {
+        self.unsaved_done(&device_key(device));
+    }
+
+    fn is_unsaved(&self, extension: &str, device_id: &str) -> bool {
+        self.unsaved()
+            .contains_key(&(extension.to_owned(), device_id.to_owned()))
     }
 
     /// Replaces every device with `devices` (the store's content, at start or after a
@@ -225,10 +273,17 @@ impl Registry {
         store
             .load_each(|device| {
                 count += 1;
-                self.write().see(device);
+                // A device whose write is still on its way is newer in memory.
+                if !self.is_unsaved(&device.extension, &device.device_id) {
+                    self.write().see(device);
+                }
             })
             .await?;
+        let unsaved: Vec<(String, String)> = self.unsaved().keys().cloned().collect();
         let mut table = self.write();
+        for (extension, device_id) in &unsaved {
+            table.mark_seen(extension, device_id);
+        }
         table.drop_unseen();
         table.shrink();
         Ok(count)

@@ -233,6 +233,9 @@ async fn write(devices: Devices, mut queue: mpsc::UnboundedReceiver<Persist>) {
                 }
             }
         }
+        if let Persist::Put(device) = &op {
+            devices.registry.saved(device);
+        }
         devices.pending.fetch_sub(1, Ordering::SeqCst);
     }
 }

@@ -220,6 +220,16 @@ impl Table {
         self.insert(device);
     }
 
+    /// Keeps a device through a resynchronisation although the store did not show it
+    /// (its write is still on its way).
+    pub fn mark_seen(&mut self, extension: &str, device_id: &str) {
+        if let Some(entries) = self.extensions.get_mut(extension) {
+            if let Ok(at) = entries.binary_search_by(|e| (*e.device_id).cmp(device_id)) {
+                entries[at].seen = true;
+            }
+        }
+    }
+
     /// Ends a resynchronisation: the entries it did not see are removed.
     pub fn drop_unseen(&mut self) -> usize {
         self.remove_where(|e| !e.seen).len()
