@@ -264,3 +264,41 @@ async fn a_resync_leaves_the_registry_holding_exactly_the_store_s_devices() {
     assert_eq!(registry.len(), 3);
     assert_eq!(registry.devices_of("101").len(), 2);
 }
+
+#[tokio::test]
+async fn a_resync_keeps_a_device_whose_write_is_still_queued() {
+    let (registry, mut writes, _dirs) = registry();
+    let dir = tempfile::tempdir().unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    let store = crate::store::DeviceStore::open(&crate::store::StoreConfig {
+        url: format!("sqlite:{}", dir.path().join("devices.db").display()),
+    })
+    .await
+    .unwrap();
+    let kept = api_device("101", "a", &voip(1), NOW);
+    store.put(&kept).await.unwrap();
+    assert_eq!(registry.load_from(&store).await.unwrap(), 1);
+    // A phone registers just before a resync: learned in memory, its write queued.
+    let Learned::New(learned) = registry.learn("102", &generic(5070, &voip(2)), NOW) else {
+        panic!("learned")
+    };
+    assert_eq!(registry.resync_from(&store).await.unwrap(), 1);
+    assert_eq!(
+        registry.get("102", &learned.device_id),
+        Some(learned.clone()),
+        "a device whose write is on its way is not dropped"
+    );
+    assert_eq!(registry.get("101", "a"), Some(kept.clone()));
+    // Once the writer is done with it (here: it never reached the store), the store is
+    // what a resync goes by again.
+    match writes.try_recv().unwrap() {
+        Persist::Put(device) => registry.saved(&device),
+        other => panic!("a put, not {other:?}"),
+    }
+    registry.resync_from(&store).await.unwrap();
+    assert_eq!(registry.get("102", &learned.device_id), None);
+    assert_eq!(registry.get("101", "a"), Some(kept));
+}
