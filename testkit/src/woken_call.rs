@@ -9,6 +9,7 @@ use tokio::time::Instant;
 use crate::apns::ApnsServer;
 use crate::pbx::TestPbx;
 use crate::sipp::{CallerEnd, Phone, SippRun};
+use crate::slot::Slot;
 use crate::trace;
 
 /// Who calls whom, and on which ports.
@@ -32,6 +33,40 @@ pub struct WokenCallPlan {
     pub answer_after: Duration,
     /// How long the call lasts before the caller hangs up.
     pub talk: Duration,
+}
+
+impl WokenCallPlan {
+    /// The benchmarks' call on `slot`: its caller dials phone 1, whose app starts 150 ms
+    /// after the push (the call's set-up, ringback and first contact listing, is over by
+    /// then: what is measured is a registration arriving mid-call), answers at once and
+    /// is hung up at once.
+    pub fn mid_call_wake(slot: Slot, token: &str) -> Self {
+        Self {
+            caller: slot.caller(),
+            extension: slot.phone(1),
+            caller_port: slot.port(0),
+            phone_port: slot.port(1),
+            register_port: slot.port(2),
+            token: token.to_owned(),
+            wake_delay: Duration::from_millis(150),
+            answer_after: Duration::from_millis(0),
+            talk: Duration::from_millis(0),
+        }
+    }
+
+    /// The phone registers its contact (with its token) at `pbx` for `expires` seconds;
+    /// 0 unregisters it.
+    pub async fn register(&self, pbx: &str, expires: u32) -> Result<SippRun, String> {
+        SippRun::register(
+            pbx,
+            &self.extension,
+            self.register_port,
+            self.phone_port,
+            expires,
+            &self.token,
+        )
+        .await
+    }
 }
 
 /// What happened, when. Instants are on this process's clock; the REGISTER→INVITE
@@ -94,28 +129,12 @@ pub async fn run(
     let push = pushes.last().expect("one push").clone();
     let push_call_id = push.body["call_id"].as_str().unwrap_or_default().to_owned();
     tokio::time::sleep(plan.wake_delay).await;
-    let register = SippRun::register(
-        pbx.sip_address(),
-        &plan.extension,
-        plan.register_port,
-        plan.phone_port,
-        120,
-        &plan.token,
-    )
-    .await?;
+    let register = plan.register(pbx.sip_address(), 120).await?;
     let registered = Instant::now();
     caller.finish(Duration::from_secs(30)).await?;
     let ended = Instant::now();
     phone.finish(Duration::from_secs(30)).await?;
-    SippRun::register(
-        pbx.sip_address(),
-        &plan.extension,
-        plan.register_port,
-        plan.phone_port,
-        0,
-        &plan.token,
-    )
-    .await?;
+    plan.register(pbx.sip_address(), 0).await?;
 
     let sent = trace::parse(&register.messages())
         .into_iter()

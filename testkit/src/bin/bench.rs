@@ -50,28 +50,8 @@ async fn bench(calls: usize) -> Result<(), String> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle_rss = proc_status_kib(pid, "VmRSS:").ok_or("cannot read the daemon's RSS")?;
 
-    let plan = WokenCallPlan {
-        caller: slot.caller(),
-        extension: slot.phone(1),
-        caller_port: slot.port(0),
-        phone_port: slot.port(1),
-        register_port: slot.port(2),
-        token: token.clone(),
-        // Long enough for the call's set-up (ringback, first contact listing) to be over:
-        // what is measured is the fork-late path, a registration arriving mid-call.
-        wake_delay: Duration::from_millis(150),
-        answer_after: Duration::from_millis(0),
-        talk: Duration::from_millis(0),
-    };
-    pushwake_testkit::sipp::SippRun::register(
-        &pbx.sip,
-        &plan.extension,
-        plan.register_port,
-        plan.phone_port,
-        0,
-        &token,
-    )
-    .await?;
+    let plan = WokenCallPlan::mid_call_wake(slot, &token);
+    plan.register(&pbx.sip, 0).await?;
     println!(
         "pushwake-bench: {calls} woken calls against {} ({})",
         pbx.ari_url,

@@ -262,26 +262,10 @@ async fn floor_round(
     .await?;
     let call = format!("floor-{round}");
     client.arm(&plan.extension, &call);
-    let register = SippRun::register(
-        pbx.sip_address(),
-        &plan.extension,
-        plan.register_port,
-        plan.phone_port,
-        120,
-        &plan.token,
-    )
-    .await?;
+    let register = plan.register(pbx.sip_address(), 120).await?;
     let finished = phone.finish(Duration::from_secs(15)).await;
     *client.armed.lock().unwrap() = None;
-    SippRun::register(
-        pbx.sip_address(),
-        &plan.extension,
-        plan.register_port,
-        plan.phone_port,
-        0,
-        &plan.token,
-    )
-    .await?;
+    plan.register(pbx.sip_address(), 0).await?;
     finished.map_err(|e| format!("{e}\nfloor client: {:?}", client.errors()))?;
     let ok = trace::parse(&register.messages())
         .into_iter()
@@ -346,29 +330,9 @@ async fn bench(rounds: usize) -> Result<(), String> {
     let daemon = Daemon::start(&binary, &config).await?;
     let floor = FloorClient::start(&pbx, &format!("{}-floor", pbx.app(slot))).await?;
 
-    let plan = WokenCallPlan {
-        caller: slot.caller(),
-        extension: slot.phone(1),
-        caller_port: slot.port(0),
-        phone_port: slot.port(1),
-        register_port: slot.port(2),
-        token: token.clone(),
-        // The call's set-up (ringback, first contact listing) is over by then: what is
-        // measured is a registration arriving mid-call.
-        wake_delay: Duration::from_millis(150),
-        answer_after: Duration::from_millis(0),
-        talk: Duration::from_millis(0),
-    };
+    let plan = WokenCallPlan::mid_call_wake(slot, &token);
     // Asleep to begin with: the endpoint has no contact.
-    SippRun::register(
-        &pbx.sip,
-        &plan.extension,
-        plan.register_port,
-        plan.phone_port,
-        0,
-        &token,
-    )
-    .await?;
+    plan.register(&pbx.sip, 0).await?;
     println!(
         "pushwake-bench-floor: {rounds} alternating rounds on {} against {} ({})",
         plan.extension,

@@ -67,17 +67,7 @@ async fn bench(rounds: usize, per_round: usize) -> Result<(), String> {
         }
         configs.push(config.write().map_err(|e| e.to_string())?);
     }
-    let plan = WokenCallPlan {
-        caller: slot.caller(),
-        extension: slot.phone(1),
-        caller_port: slot.port(0),
-        phone_port: slot.port(1),
-        register_port: slot.port(2),
-        token: token.clone(),
-        wake_delay: Duration::from_millis(150),
-        answer_after: Duration::from_millis(0),
-        talk: Duration::from_millis(0),
-    };
+    let plan = WokenCallPlan::mid_call_wake(slot, &token);
     println!(
         "pushwake-metrics-overhead: {rounds} rounds of {per_round} woken calls each, without and with [metrics], against {} ({})",
         pbx.ari_url,
