@@ -12,6 +12,7 @@ use std::time::Duration;
 use pushwake_asterisk::{spawn_event_pump, EventsConfig};
 use pushwake_testkit::config::{ConfigBuilder, TestDevice, TestExtension, TestFcm, API_ADMIN};
 use pushwake_testkit::daemon::Daemon;
+use pushwake_testkit::disk::SmallDisk;
 use pushwake_testkit::fcm::{FcmReply, FcmServer};
 use pushwake_testkit::rig::Rig;
 use pushwake_testkit::sipp::{CallerEnd, Phone, SippRun};
@@ -458,65 +459,6 @@ async fn reloads_under_a_burst_of_waiting_calls_drop_none_and_a_bad_file_keeps_t
     let logs = rig.logs();
     assert_eq!(logs.matches("configuration reloaded").count(), 10, "{logs}");
     rig.assert_clean().await;
-}
-
-/// A small tmpfs mounted for the test's device store (a disk that can be filled); lazily
-/// unmounted when dropped, even after a failure.
-struct SmallDisk {
-    path: std::path::PathBuf,
-}
-
-impl SmallDisk {
-    fn mount(path: std::path::PathBuf, size: &str) -> Self {
-        std::fs::create_dir_all(&path).unwrap();
-        let status = std::process::Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ])
-            .arg(&path)
-            .status()
-            .unwrap_or_else(|e| panic!("cannot run mount: {e}"));
-        assert!(
-            status.success(),
-            "mount tmpfs on {}: {status} (the test runs as root)",
-            path.display()
-        );
-        Self { path }
-    }
-
-    /// Writes a filler file until the disk is full.
-    fn fill(&self) {
-        use std::io::Write;
-        let mut filler = std::fs::File::create(self.path.join("filler")).unwrap();
-        let chunk = vec![0u8; 16 * 1024];
-        loop {
-            match filler.write(&chunk) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
-                Err(e) => panic!("filling {}: {e}", self.path.display()),
-            }
-        }
-        let _ = filler.sync_all();
-    }
-
-    /// Makes room again.
-    fn free(&self) {
-        std::fs::remove_file(self.path.join("filler")).unwrap();
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.path)
-            .status();
-    }
 }
 
 /// The device API of a daemon on `addr`.

@@ -5,62 +5,11 @@
 //! and once there is room again writes go through, and everything acknowledged is there
 //! after the store is opened again.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use pushwake::store::{DeviceStore, StoreConfig, StoreError, StoredDevice};
 use pushwake_core::directory::DeviceParams;
-
-/// A tmpfs mounted on a temporary directory; lazily unmounted when dropped.
-struct SmallDisk {
-    path: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    fn mount() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("disk");
-        std::fs::create_dir(&path).unwrap();
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs"])
-            .arg(&path)
-            .status()
-            .unwrap_or_else(|e| panic!("cannot run mount: {e}"));
-        assert!(
-            status.success(),
-            "mount tmpfs on {}: {status} (the test needs root)",
-            path.display()
-        );
-        Self { path, _dir: dir }
-    }
-
-    fn fill(&self) {
-        let mut filler = std::fs::File::create(self.path.join("filler")).unwrap();
-        let chunk = vec![0u8; 4096];
-        loop {
-            match filler.write(&chunk) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
-                Err(e) => panic!("filling the disk: {e}"),
-            }
-        }
-    }
-
-    fn free(&self) {
-        std::fs::remove_file(self.path.join("filler")).unwrap();
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.path)
-            .status();
-    }
-}
+use pushwake_testkit::disk::SmallDisk;
 
 fn device(n: usize) -> StoredDevice {
     StoredDevice {
@@ -83,7 +32,8 @@ async fn open(path: &Path) -> DeviceStore {
 
 #[tokio::test]
 async fn a_full_disk_makes_every_write_unavailable_until_there_is_room_and_loses_nothing() {
-    let disk = SmallDisk::mount();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = SmallDisk::mount(dir.path().join("disk"), "1m");
     let store = open(&disk.path).await;
     store.put(&device(0)).await.unwrap();
     disk.fill();

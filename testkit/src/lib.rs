@@ -18,11 +18,13 @@
 //! - [`daemon`], [`sipp`], [`slot`], [`asterisk`], [`woken_call`], [`trace`], [`keys`],
 //!   [`tls`]: the parts.
 //! - [`figures`]: the benchmarks' figure lines for `scripts/bench-all`.
+//! - [`disk`]: a small tmpfs a test can fill.
 
 pub mod apns;
 pub mod asterisk;
 pub mod config;
 pub mod daemon;
+pub mod disk;
 pub mod esl;
 pub mod fcm;
 pub mod figures;
