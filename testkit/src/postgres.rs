@@ -367,7 +367,13 @@ impl TestPostgres {
             if new.contains("database system is ready to accept connections") {
                 return Ok(());
             }
-            if new.contains("FATAL:") || new.contains("PANIC:") {
+            // A client turned away while the server starts (the daemon under test
+            // reconnecting to its store) is logged as a FATAL too; it is not the server's.
+            let failed = new.lines().any(|line| {
+                (line.contains("FATAL:") && !line.contains("the database system is starting up"))
+                    || line.contains("PANIC:")
+            });
+            if failed {
                 self.abandon();
                 return Err(format!("PostgreSQL failed to start: {new}"));
             }
