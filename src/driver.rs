@@ -7,7 +7,7 @@
 //! transient PBX errors: a lost hang-up is a leg left ringing, a lost continue is a caller
 //! left waiting (the reconnect reconciliation is the last safety net for both).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +16,9 @@ use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 
 use pushwake_core::directory::Directory;
-use pushwake_core::pbx::{CallControl, CallId, PbxCommand, PbxError, PbxEvent, PbxReply};
+use pushwake_core::pbx::{
+    CallControl, CallId, ExtensionState, PbxCommand, PbxError, PbxEvent, PbxReply,
+};
 use pushwake_core::random::Randomness;
 use pushwake_core::wake::{Command, EngineSettings, EngineStats, Input, WakeEngine};
 
@@ -69,6 +71,9 @@ pub struct Driver<P: CallControl> {
     notifier: Notifier,
     /// Whether systemd was told `READY=1` (at the first connection to the PBX).
     ready: bool,
+    /// The extension states to show the PBX, in order ([`publish_states`]); started at
+    /// the first.
+    states: Option<mpsc::UnboundedSender<(String, ExtensionState)>>,
 }
 
 impl<P: CallControl> Driver<P> {
@@ -104,6 +109,7 @@ impl<P: CallControl> Driver<P> {
             observer: None,
             notifier: Notifier::default(),
             ready: false,
+            states: None,
         }
     }
 
@@ -192,6 +198,11 @@ impl<P: CallControl> Driver<P> {
                 () = sleep_until(timeout), if timeout.is_some() => {
                     self.engine.handle_timeout(Instant::now().into_std());
                     self.dispatch();
+                }
+                () = devices_changed(self.registry.as_deref()) => {
+                    if let Some(changes) = self.registry.as_ref().and_then(|r| r.take_changes()) {
+                        self.feed(Input::DevicesChanged(changes));
+                    }
                 }
                 () = tick(&mut watchdog) => self.notifier.notify("WATCHDOG=1"),
                 () = tick(&mut gauges) => self.refresh_gauges(),
@@ -302,6 +313,15 @@ impl<P: CallControl> Driver<P> {
                 observer.command(&command);
             }
             match command {
+                Command::Pbx(PbxCommand::PublishState { extension, state }) => {
+                    let pbx = &self.pbx;
+                    let states = self.states.get_or_insert_with(|| {
+                        let (tx, rx) = mpsc::unbounded_channel();
+                        tokio::spawn(publish_states(pbx.clone(), rx));
+                        tx
+                    });
+                    let _ = states.send((extension, state));
+                }
                 Command::Pbx(command) => {
                     let pbx = self.pbx.clone();
                     self.pbx_tasks.spawn(execute(pbx, command));
@@ -421,10 +441,36 @@ async fn tick(interval: &mut Option<tokio::time::Interval>) {
     }
 }
 
+/// Returns once `registry`'s devices changed; never without a registry.
+async fn devices_changed(registry: Option<&Registry>) {
+    match registry {
+        Some(registry) => registry.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn sleep_until(deadline: Option<std::time::Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(Instant::from_std(deadline)).await,
         None => std::future::pending().await,
+    }
+}
+
+/// Shows the PBX the extension states it is sent, one at a time and in order (two
+/// settings of one extension racing would leave the PBX with whichever landed last);
+/// of several queued for one extension only the newest is sent.
+async fn publish_states<P: CallControl>(
+    pbx: Arc<P>,
+    mut queue: mpsc::UnboundedReceiver<(String, ExtensionState)>,
+) {
+    while let Some(first) = queue.recv().await {
+        let mut newest = BTreeMap::from([first]);
+        while let Ok((extension, state)) = queue.try_recv() {
+            newest.insert(extension, state);
+        }
+        for (extension, state) in newest {
+            execute_with_retries(&*pbx, PbxCommand::PublishState { extension, state }).await;
+        }
     }
 }
 
@@ -461,7 +507,8 @@ async fn execute<P: CallControl>(pbx: Arc<P>, command: PbxCommand) -> Option<Inp
         PbxCommand::Ring { .. }
         | PbxCommand::Hangup { .. }
         | PbxCommand::Return { .. }
-        | PbxCommand::Release { .. } => {
+        | PbxCommand::Release { .. }
+        | PbxCommand::PublishState { .. } => {
             execute_with_retries(&*pbx, command).await;
             None
         }

@@ -446,6 +446,7 @@ async fn the_metrics_count_each_outcome_and_time_the_wake_up() {
         .send(PbxEvent::ChannelGone {
             channel: ChannelId("caller-3".into()),
             cause: "normal".into(),
+            answered_elsewhere: false,
         })
         .await
         .unwrap();

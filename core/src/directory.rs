@@ -178,6 +178,11 @@ impl fmt::Debug for DeviceParams {
 pub trait DeviceSource: Send + Sync {
     /// The extension's devices, in a stable order.
     fn devices_of(&self, extension: &str) -> Vec<Device>;
+
+    /// Every extension that has devices here (for the states pushwake shows the PBX).
+    fn extensions(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// How long a caller waits when neither the extension nor `[defaults]` sets it.
@@ -241,6 +246,11 @@ impl Directory {
     /// Every device of every extension.
     pub fn devices(&self) -> impl Iterator<Item = &Device> {
         self.extensions.values().flat_map(|e| &e.devices)
+    }
+
+    /// The configured extensions' numbers.
+    pub fn numbers(&self) -> impl Iterator<Item = &str> {
+        self.extensions.keys().map(String::as_str)
     }
 
     /// Number of configured extensions.

@@ -193,6 +193,54 @@ pub enum PbxCommand {
         /// The call.
         call: CallId,
     },
+    /// Show the extension's state to the PBX's queues and busy lamps (a state the PBX
+    /// lets an application set, which its queues can use as a member's state).
+    PublishState {
+        /// The extension.
+        extension: String,
+        /// Its state now.
+        state: ExtensionState,
+    },
+}
+
+/// A push-enabled extension as pushwake shows it to the PBX: whether a queue may ring
+/// it, and what a busy lamp shows. A sleeping phone is not unavailable: it can be woken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ExtensionState {
+    /// It has a device that can be woken, and no call.
+    Idle,
+    /// A caller waits for it.
+    Ringing,
+    /// One of its devices is in a call pushwake connected.
+    InUse,
+    /// It has no device that can be woken.
+    Unavailable,
+}
+
+impl ExtensionState {
+    /// The state an extension with `devices` push-capable devices, `waiting` callers
+    /// waiting for it and `connected` conversations is in.
+    pub fn of(devices: usize, waiting: usize, connected: usize) -> Self {
+        if connected > 0 {
+            ExtensionState::InUse
+        } else if waiting > 0 {
+            ExtensionState::Ringing
+        } else if devices > 0 {
+            ExtensionState::Idle
+        } else {
+            ExtensionState::Unavailable
+        }
+    }
+
+    /// A short name for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExtensionState::Idle => "idle",
+            ExtensionState::Ringing => "ringing",
+            ExtensionState::InUse => "in use",
+            ExtensionState::Unavailable => "unavailable",
+        }
+    }
 }
 
 impl PbxCommand {
@@ -206,6 +254,7 @@ impl PbxCommand {
             PbxCommand::Hangup { .. } => "hangup",
             PbxCommand::Return { .. } => "return",
             PbxCommand::Release { .. } => "release",
+            PbxCommand::PublishState { .. } => "publish-state",
         }
     }
 }
@@ -305,6 +354,9 @@ pub enum PbxEvent {
         channel: ChannelId,
         /// The PBX's hangup cause, for logs.
         cause: String,
+        /// The PBX hung the channel up because someone else answered the call: the
+        /// caller was one member of a ring group or queue, and another member won.
+        answered_elsewhere: bool,
     },
     /// A contact registered (or re-registered with a new URI) for an extension.
     ContactAdded {

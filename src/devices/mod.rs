@@ -14,6 +14,7 @@ use std::sync::{Arc, RwLock};
 
 use pushwake_core::directory::{Device, DeviceSource, DeviceToken};
 use pushwake_core::rfc8599::PushParams;
+use pushwake_core::wake::DevicesChanged;
 use tokio::sync::mpsc;
 
 use crate::push::provider::{pn_provider, provider, ProviderSettings};
@@ -133,6 +134,10 @@ pub struct Registry {
     /// device id), with how many: a resynchronisation reads the store without them, so
     /// it must keep what memory has of them instead of dropping or overwriting it.
     unsaved: std::sync::Mutex<std::collections::HashMap<(String, String), usize>>,
+    /// Whose devices changed since the driver last asked ([`Registry::take_changes`]).
+    changes: std::sync::Mutex<Option<DevicesChanged>>,
+    /// Woken when `changes` gets something.
+    changed: tokio::sync::Notify,
 }
 
 impl fmt::Debug for Registry {
@@ -171,7 +176,43 @@ impl Registry {
             persist,
             pending,
             unsaved: std::sync::Mutex::default(),
+            changes: std::sync::Mutex::default(),
+            changed: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Notes that `extension`'s devices changed (`None`: anybody's might have).
+    fn note_change(&self, extension: Option<&str>) {
+        let mut changes = self
+            .changes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *changes = match (changes.take(), extension) {
+            (Some(DevicesChanged::All), _) | (_, None) => Some(DevicesChanged::All),
+            (Some(DevicesChanged::Of(mut of)), Some(extension)) => {
+                if !of.iter().any(|e| e == extension) {
+                    of.push(extension.to_owned());
+                }
+                Some(DevicesChanged::Of(of))
+            }
+            (None, Some(extension)) => Some(DevicesChanged::Of(vec![extension.to_owned()])),
+        };
+        drop(changes);
+        self.changed.notify_one();
+    }
+
+    /// Whose devices changed since the last call, if anybody's.
+    pub fn take_changes(&self) -> Option<DevicesChanged> {
+        self.changes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+
+    /// Returns once devices changed (at once if they did since the last
+    /// [`Registry::take_changes`]).
+    pub async fn changed(&self) {
+        self.changed.notified().await;
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Table> {
@@ -240,6 +281,7 @@ impl Registry {
         // Built outside the lock: the call path keeps reading the old table meanwhile.
         let table = Table::from_devices(devices);
         *self.write() = table;
+        self.note_change(None);
     }
 
     /// Replaces every device with the store's, read row by row into a new table (the
@@ -257,6 +299,7 @@ impl Registry {
         table.shrink();
         let count = table.len();
         *self.write() = table;
+        self.note_change(None);
         Ok(count)
     }
 
@@ -286,6 +329,8 @@ impl Registry {
         }
         table.drop_unseen();
         table.shrink();
+        drop(table);
+        self.note_change(None);
         Ok(count)
     }
 
@@ -297,6 +342,8 @@ impl Registry {
             table.insert_new(device);
         }
         table.shrink();
+        drop(table);
+        self.note_change(None);
     }
 
     /// The push providers configured (whose devices it learns and the API takes).
@@ -388,6 +435,9 @@ impl Registry {
             }
         };
         drop(devices);
+        if let Learned::New(_) = &learned {
+            self.note_change(Some(extension));
+        }
         if let Learned::New(device) | Learned::Again(device) = &learned {
             self.persist(Persist::Put(device.clone()));
         }
@@ -397,12 +447,25 @@ impl Registry {
     /// Puts `device` (written to the store already, by the API), replacing the one with
     /// its id.
     pub fn put(&self, device: StoredDevice) {
+        let extension = device.extension.clone();
         self.write().insert(device);
+        self.note_change(Some(&extension));
     }
 
     /// Removes a device; whether it was there.
     pub fn remove(&self, extension: &str, device_id: &str) -> bool {
-        self.write().remove(extension, device_id)
+        let removed = self.write().remove(extension, device_id);
+        if removed {
+            self.note_change(Some(extension));
+        }
+        removed
+    }
+
+    /// Notes that the devices of those `(extension, device id)` went.
+    fn note_removed(&self, removed: &[(String, String)]) {
+        for (extension, _) in removed {
+            self.note_change(Some(extension));
+        }
     }
 
     /// Forgets every device holding `token` (the provider declared it dead), in the
@@ -417,18 +480,26 @@ impl Registry {
                 token: token.to_owned(),
             });
         }
+        self.note_removed(&forgotten);
         forgotten
     }
 
     /// Forgets the learned devices not registered since `before` (Unix seconds);
     /// returns them. (The store expires its own copy.)
     pub fn expire(&self, before: i64) -> Vec<(String, String)> {
-        self.write()
-            .remove_where(|e| e.learned && e.updated_at < before)
+        let expired = self
+            .write()
+            .remove_where(|e| e.learned && e.updated_at < before);
+        self.note_removed(&expired);
+        expired
     }
 }
 
 impl DeviceSource for Registry {
+    fn extensions(&self) -> Vec<String> {
+        self.read().extensions().map(str::to_owned).collect()
+    }
+
     fn devices_of(&self, extension: &str) -> Vec<Device> {
         self.read()
             .entries(extension)

@@ -133,6 +133,14 @@ impl Table {
         self.extensions.values().map(Vec::len).sum()
     }
 
+    /// The extensions that have devices.
+    pub fn extensions(&self) -> impl Iterator<Item = &str> {
+        self.extensions
+            .iter()
+            .filter(|(_, entries)| !entries.is_empty())
+            .map(|(extension, _)| &**extension)
+    }
+
     /// The extension's devices, by id.
     pub fn entries(&self, extension: &str) -> &[Entry] {
         self.extensions.get(extension).map_or(&[], Vec::as_slice)

@@ -120,7 +120,7 @@ impl Metrics {
         let calls = Family::<OutcomeLabel, Counter>::default();
         registry.register(
             "calls",
-            "Calls by outcome: the PUSHWAKE_STATUS a caller returned with (ANSWERED when a device answered and was connected), or CALLER_HUNG_UP while waiting",
+            "Calls by outcome: the PUSHWAKE_STATUS a caller returned with (ANSWERED when a device answered and was connected), or CALLER_HUNG_UP while waiting, or ANSWERED_ELSEWHERE when another member of the caller's ring group or queue answered",
             calls.clone(),
         );
         let pushes = Family::<PushLabels, Counter>::default();
@@ -221,7 +221,8 @@ impl Metrics {
         self.calls_started.inc();
     }
 
-    /// A call reached its outcome (a `PUSHWAKE_STATUS` string, or `CALLER_HUNG_UP`).
+    /// A call reached its outcome (a `PUSHWAKE_STATUS` string, `CALLER_HUNG_UP` or
+    /// `ANSWERED_ELSEWHERE`).
     pub fn call_ended(&self, outcome: &'static str) {
         self.calls.get_or_create(&OutcomeLabel { outcome }).inc();
     }

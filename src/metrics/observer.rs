@@ -40,6 +40,8 @@ pub struct Observer {
     registration: Option<Instant>,
     /// Callers counted as hung up while waiting, from the engine's counters.
     hung_up: u64,
+    /// Member callers counted as answered elsewhere in their group, likewise.
+    answered_elsewhere: u64,
 }
 
 impl Observer {
@@ -51,6 +53,7 @@ impl Observer {
             extension_of: HashMap::new(),
             registration: None,
             hung_up: 0,
+            answered_elsewhere: 0,
         }
     }
 
@@ -126,15 +129,17 @@ impl Observer {
         if let Some((extension, uri)) = registration {
             self.registered(&extension, &uri);
         }
-        let hung_up = stats
-            .outcomes
-            .get(&CallOutcome::CallerHungUp)
-            .copied()
-            .unwrap_or(0);
+        let ended = |outcome| stats.outcomes.get(&outcome).copied().unwrap_or(0);
+        let hung_up = ended(CallOutcome::CallerHungUp);
         for _ in self.hung_up..hung_up {
             self.metrics.call_ended("CALLER_HUNG_UP");
         }
         self.hung_up = hung_up;
+        let answered_elsewhere = ended(CallOutcome::AnsweredElsewhere);
+        for _ in self.answered_elsewhere..answered_elsewhere {
+            self.metrics.call_ended("ANSWERED_ELSEWHERE");
+        }
+        self.answered_elsewhere = answered_elsewhere;
     }
 
     /// A device of `extension` registered with `uri`: the one its RFC 8599 token names,
@@ -291,6 +296,7 @@ mod tests {
         }));
         let mut stats = EngineStats::default();
         stats.outcomes.insert(CallOutcome::CallerHungUp, 2);
+        stats.outcomes.insert(CallOutcome::AnsweredElsewhere, 1);
         observer.handled(None, &stats);
         observer.handled(None, &stats);
         assert_eq!(
@@ -300,6 +306,13 @@ mod tests {
         assert_eq!(
             count(&metrics, "pushwake_calls_total{outcome=\"CALLER_HUNG_UP\"}"),
             "pushwake_calls_total{outcome=\"CALLER_HUNG_UP\"} 2"
+        );
+        assert_eq!(
+            count(
+                &metrics,
+                "pushwake_calls_total{outcome=\"ANSWERED_ELSEWHERE\"}"
+            ),
+            "pushwake_calls_total{outcome=\"ANSWERED_ELSEWHERE\"} 1"
         );
     }
 }

@@ -39,6 +39,14 @@ pub enum Phone {
     Ignore,
     /// Rings, then rejects with 486 Busy Here.
     Reject,
+    /// A desk phone the dialplan's own `Dial()` rings (no `X-Pushwake-Call-Id`
+    /// required): answers after `answer_after_ms`, then waits for the BYE.
+    DeskAnswer {
+        /// Delay before 200 OK.
+        answer_after_ms: u64,
+    },
+    /// A desk phone that rings and never answers; expects a CANCEL.
+    DeskIgnore,
 }
 
 /// How the caller's call must end.
@@ -219,7 +227,16 @@ impl SippRun {
                 args.extend(["-key".into(), "talk_ms".into(), talk_ms.to_string()]);
                 "phone-answer-bye.xml"
             }
+            Phone::DeskAnswer { answer_after_ms } => {
+                args.extend([
+                    "-key".into(),
+                    "answer_after_ms".into(),
+                    answer_after_ms.to_string(),
+                ]);
+                "phone-answer-plain.xml"
+            }
             Phone::Ignore => "phone-ignore.xml",
+            Phone::DeskIgnore => "phone-ignore-plain.xml",
             Phone::Reject => "phone-reject.xml",
         };
         args.extend(["-sf".to_owned(), scenario(file).display().to_string()]);

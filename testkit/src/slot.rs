@@ -59,8 +59,10 @@ impl Slot {
         self.contact_port(k, device) + 10
     }
 
-    /// Whether an Asterisk channel name belongs to this slot's endpoints.
+    /// Whether an Asterisk channel name belongs to this slot's endpoints: their SIP
+    /// channels, and the Local channels that dial them as a group's members.
     pub fn owns_channel(&self, name: &str) -> bool {
         name.starts_with(&format!("PJSIP/{}0", self.0))
+            || name.starts_with(&format!("Local/{}0", self.0))
     }
 }

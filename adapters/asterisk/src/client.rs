@@ -351,6 +351,36 @@ impl AriClient {
         .map(|_| ())
     }
 
+    /// Sets an ARI-controlled device state (`Stasis:…`; created by its first setting) to
+    /// `state` (`NOT_INUSE`, `INUSE`, `RINGING`, `UNAVAILABLE`, …).
+    pub async fn set_device_state(&self, name: &str, state: &str) -> Result<(), AriError> {
+        self.call(
+            Method::PUT,
+            &format!("/deviceStates/{}", seg(name)),
+            &[("deviceState", state)],
+            None,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// An ARI-controlled device state's value (`NOT_INUSE`, `RINGING`, …).
+    pub async fn device_state(&self, name: &str) -> Result<String, AriError> {
+        let value: Value = self
+            .call_json(
+                Method::GET,
+                &format!("/deviceStates/{}", seg(name)),
+                &[],
+                None,
+            )
+            .await?;
+        Ok(value
+            .get("state")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_owned())
+    }
+
     /// Destroys a bridge (its channels stay).
     pub async fn destroy_bridge(&self, bridge: &str) -> Result<(), AriError> {
         self.call(

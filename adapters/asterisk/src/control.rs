@@ -7,13 +7,14 @@
 //! previous daemon process is told from a caller after a restart; joining a caller with
 //! a leg is a mixing bridge named `pwbridge-<call id>`. None of that leaves this module.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use pushwake_core::pbx::{
-    CallControl, CallId, ChannelId, Conversation, HangupReason, HeldCaller, Party, PbxCommand,
-    PbxError, PbxEvent, PbxReply, PbxSnapshot, WakeStatus, CALL_ID_HEADER, STATUS_VARIABLE,
+    CallControl, CallId, ChannelId, Conversation, ExtensionState, HangupReason, HeldCaller, Party,
+    PbxCommand, PbxError, PbxEvent, PbxReply, PbxSnapshot, WakeStatus, CALL_ID_HEADER,
+    STATUS_VARIABLE,
 };
 use tokio::sync::{mpsc, Notify};
 
@@ -130,6 +131,13 @@ impl AsteriskPbx {
 
     /// Whether a channel entering Stasis belongs to this application (a guard: events
     /// of other applications' channels must never be acted on).
+    /// The ARI-controlled device state that shows `extension`'s state:
+    /// `Stasis:<app>-<extension>` (`Stasis:pushwake-101`), usable as a queue member's
+    /// `state_interface` and in hints.
+    pub fn device_state_name(&self, extension: &str) -> String {
+        format!("Stasis:{}-{extension}", self.app)
+    }
+
     fn is_ours(&self, channel: &Channel) -> bool {
         let data = &channel.dialplan.app_data;
         data.is_empty() || data.split(',').next().map(str::trim) == Some(self.app.as_str())
@@ -239,6 +247,16 @@ fn caller_id(party: &Party) -> Option<String> {
     }
 }
 
+/// The Asterisk device state that shows an extension's state.
+fn device_state(state: ExtensionState) -> &'static str {
+    match state {
+        ExtensionState::Idle => "NOT_INUSE",
+        ExtensionState::Ringing => "RINGING",
+        ExtensionState::InUse => "INUSE",
+        ExtensionState::Unavailable => "UNAVAILABLE",
+    }
+}
+
 impl CallControl for AsteriskPbx {
     async fn execute(&self, command: PbxCommand) -> Result<PbxReply, PbxError> {
         let c = &self.client;
@@ -293,6 +311,10 @@ impl CallControl for AsteriskPbx {
                 }
             }
             PbxCommand::Release { call } => c.destroy_bridge(&bridge_of(&call)).await,
+            PbxCommand::PublishState { extension, state } => {
+                c.set_device_state(&self.device_state_name(&extension), device_state(state))
+                    .await
+            }
         };
         done.map(|()| PbxReply::Done).map_err(pbx_error)
     }
@@ -308,9 +330,11 @@ async fn translate(
     mut feed: mpsc::Receiver<EventFeed>,
     tx: mpsc::Sender<PbxEvent>,
 ) {
+    let mut hangups = Hangups::default();
     while let Some(item) = feed.recv().await {
         let event = match item {
             EventFeed::Connected => {
+                hangups.0.clear();
                 let Some((snapshot, early)) = snapshot_while_buffering(&pbx, &mut feed).await
                 else {
                     return;
@@ -318,7 +342,10 @@ async fn translate(
                 if tx.send(PbxEvent::Connected(snapshot)).await.is_err() {
                     return;
                 }
-                for event in early.into_iter().filter_map(|e| pbx_event(&pbx, e)) {
+                for event in early
+                    .into_iter()
+                    .filter_map(|e| pbx_event(&pbx, &mut hangups, e))
+                {
                     if tx.send(event).await.is_err() {
                         return;
                     }
@@ -326,7 +353,7 @@ async fn translate(
                 continue;
             }
             EventFeed::Disconnected => Some(PbxEvent::Disconnected),
-            EventFeed::Event(event) => pbx_event(&pbx, *event),
+            EventFeed::Event(event) => pbx_event(&pbx, &mut hangups, *event),
         };
         if let Some(event) = event {
             if tx.send(event).await.is_err() {
@@ -379,7 +406,63 @@ async fn snapshot_while_buffering(
     Some((snapshot, early))
 }
 
-fn pbx_event(pbx: &AsteriskPbx, event: AriEvent) -> Option<PbxEvent> {
+/// The channels being hung up, with their Q.850 cause, until they are gone.
+///
+/// A channel that leaves the application while being hung up is gone for pushwake, even
+/// where Asterisk never tells the application of its destruction: the application hears
+/// of a `ChannelDestroyed` after `StasisEnd` only through its `endpoint:PJSIP`
+/// subscription, and a Local channel (a ring group's or a queue's member) has no
+/// endpoint. Entries end with the channel's `StasisEnd` or `ChannelDestroyed`, and all of
+/// them on a reconnect.
+#[derive(Debug, Default)]
+struct Hangups(HashMap<String, i64>);
+
+/// Q.850 cause 26, "answered elsewhere": what a ring group or queue hangs its other
+/// members up with when one of them answered.
+const CAUSE_ANSWERED_ELSEWHERE: i64 = 26;
+
+impl Hangups {
+    /// What a hangup-related event (`ChannelHangupRequest`, `StasisEnd`,
+    /// `ChannelDestroyed`) amounts to, if anything: `None` for any other event.
+    fn translate(&mut self, event: &AriEvent) -> Option<Option<PbxEvent>> {
+        Some(match event {
+            AriEvent::ChannelHangupRequest { channel, cause } => {
+                tracing::debug!(channel = %channel.id, cause, "hangup requested");
+                self.0.insert(channel.id.clone(), *cause);
+                None
+            }
+            AriEvent::StasisEnd { channel } => {
+                let Some(cause) = self.0.remove(&channel.id) else {
+                    // Returned to the dialplan by pushwake: not gone.
+                    return Some(None);
+                };
+                Some(PbxEvent::ChannelGone {
+                    channel: ChannelId(channel.id.clone()),
+                    cause: format!("{cause} (left the application while hung up)"),
+                    answered_elsewhere: cause == CAUSE_ANSWERED_ELSEWHERE,
+                })
+            }
+            AriEvent::ChannelDestroyed {
+                channel,
+                cause,
+                cause_txt,
+            } => {
+                self.0.remove(&channel.id);
+                Some(PbxEvent::ChannelGone {
+                    channel: ChannelId(channel.id.clone()),
+                    cause: format!("{cause} {cause_txt}"),
+                    answered_elsewhere: *cause == CAUSE_ANSWERED_ELSEWHERE,
+                })
+            }
+            _ => return None,
+        })
+    }
+}
+
+fn pbx_event(pbx: &AsteriskPbx, hangups: &mut Hangups, event: AriEvent) -> Option<PbxEvent> {
+    if let Some(gone) = hangups.translate(&event) {
+        return gone;
+    }
     match event {
         AriEvent::StasisStart { channel, args } => {
             if !pbx.is_ours(&channel) {
@@ -399,14 +482,6 @@ fn pbx_event(pbx: &AsteriskPbx, event: AriEvent) -> Option<PbxEvent> {
                 extension: args.into_iter().next().unwrap_or_default(),
             })
         }
-        AriEvent::ChannelDestroyed {
-            channel,
-            cause,
-            cause_txt,
-        } => Some(PbxEvent::ChannelGone {
-            channel: ChannelId(channel.id),
-            cause: format!("{cause} {cause_txt}"),
-        }),
         AriEvent::Dial { peer, dialstatus } if dialstatus == "RINGING" => {
             Some(PbxEvent::LegRinging {
                 leg: ChannelId(peer.id),
@@ -539,5 +614,48 @@ mod tests {
             vec![CallId("x".into()), CallId("y".into())]
         );
         assert_eq!(found.snapshot.callers.len(), 2);
+    }
+
+    #[test]
+    fn a_member_leaving_the_application_while_hung_up_is_gone_and_says_why() {
+        let mut hangups = Hangups::default();
+        let member = || channel("pushwake-1.2", "pushwake,101");
+        let request = |cause| AriEvent::ChannelHangupRequest {
+            channel: member(),
+            cause,
+        };
+        let end = || AriEvent::StasisEnd { channel: member() };
+        // A channel pushwake returns to the dialplan leaves without a hangup: not gone.
+        assert_eq!(hangups.translate(&end()), Some(None));
+        // A ring group's other member answered: Asterisk hangs this one up with 26.
+        assert_eq!(hangups.translate(&request(26)), Some(None));
+        let gone = hangups.translate(&end()).flatten();
+        assert!(
+            matches!(&gone, Some(PbxEvent::ChannelGone { channel, answered_elsewhere: true, .. }) if channel.as_str() == "pushwake-1.2"),
+            "{gone:?}"
+        );
+        // The caller left the group: gone, not answered elsewhere.
+        hangups.translate(&request(16));
+        let gone = hangups.translate(&end()).flatten();
+        assert!(
+            matches!(
+                gone,
+                Some(PbxEvent::ChannelGone {
+                    answered_elsewhere: false,
+                    ..
+                })
+            ),
+            "{gone:?}"
+        );
+        // ChannelDestroyed ends the record too; other events are handed back.
+        hangups.translate(&request(16));
+        let destroyed = AriEvent::ChannelDestroyed {
+            channel: member(),
+            cause: 16,
+            cause_txt: "Normal Clearing".into(),
+        };
+        assert!(hangups.translate(&destroyed).flatten().is_some());
+        assert!(hangups.0.is_empty());
+        assert!(hangups.translate(&AriEvent::Other).is_none());
     }
 }

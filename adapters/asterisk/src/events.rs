@@ -31,6 +31,14 @@ pub enum AriEvent {
         /// The channel.
         channel: Channel,
     },
+    /// A channel is being hung up (it is destroyed, or leaves the application, next).
+    ChannelHangupRequest {
+        /// The channel.
+        channel: Channel,
+        /// Q.850 cause code (absent on a soft hangup).
+        #[serde(default)]
+        cause: i64,
+    },
     /// A channel was destroyed.
     ChannelDestroyed {
         /// The channel.

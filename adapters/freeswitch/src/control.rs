@@ -194,6 +194,7 @@ impl FreeSwitchPbx {
                         .send(PbxEvent::ChannelGone {
                             channel: channel.as_str().into(),
                             cause: "the hand-over's socket closed".into(),
+                            answered_elsewhere: false,
                         })
                         .await;
                 }
@@ -390,6 +391,9 @@ impl CallControl for FreeSwitchPbx {
             }
             // No bridge object to free: uuid_bridge joins the channels themselves.
             PbxCommand::Release { .. } => {}
+            // Not shown on FreeSWITCH yet (docs/freeswitch.md): its queues see the
+            // extension as its registrations make it.
+            PbxCommand::PublishState { .. } => {}
         }
         Ok(PbxReply::Done)
     }

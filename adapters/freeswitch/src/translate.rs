@@ -66,10 +66,16 @@ pub fn translate(event: &Event, ours: impl Fn(&str) -> bool) -> Option<PbxEvent>
         (marked || ours(id)).then(|| id.to_owned())
     };
     match (event.name(), event.subclass()) {
-        ("CHANNEL_HANGUP_COMPLETE", _) => Some(PbxEvent::ChannelGone {
-            channel: event.unique_id()?.into(),
-            cause: event.header("Hangup-Cause").unwrap_or("UNKNOWN").to_owned(),
-        }),
+        ("CHANNEL_HANGUP_COMPLETE", _) => {
+            let cause = event.header("Hangup-Cause").unwrap_or("UNKNOWN");
+            Some(PbxEvent::ChannelGone {
+                channel: event.unique_id()?.into(),
+                // FreeSWITCH hangs up the losers of a multi-leg originate (a ring group
+                // of `loopback/` members) with LOSE_RACE.
+                answered_elsewhere: cause == "LOSE_RACE",
+                cause: cause.to_owned(),
+            })
+        }
         ("CHANNEL_ANSWER", _) => leg(event).map(|leg| PbxEvent::LegAnswered {
             leg: ChannelId(leg),
         }),

@@ -189,7 +189,8 @@ async fn a_handed_over_call_is_rung_dialled_bridged_and_another_given_back() {
             gone,
             PbxEvent::ChannelGone {
                 channel: id.into(),
-                cause: "NORMAL_CLEARING".into()
+                cause: "NORMAL_CLEARING".into(),
+                answered_elsewhere: false,
             }
         );
     }

@@ -13,14 +13,14 @@
 //! The rule it never breaks: every caller handed over to pushwake leaves it, either
 //! connected to a device or returned to the dialplan with a [`WakeStatus`].
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::directory::{Device, DeviceSource, DeviceToken, Directory, ExtensionPolicy};
 use crate::pbx::{
-    CallId, ChannelId, Contact, Conversation, DialRequest, HangupReason, Party, PbxCommand,
-    PbxError, PbxEvent, PbxSnapshot, WakeStatus,
+    CallId, ChannelId, Contact, Conversation, DialRequest, ExtensionState, HangupReason, Party,
+    PbxCommand, PbxError, PbxEvent, PbxSnapshot, WakeStatus,
 };
 use crate::push::{EndReason, PushKind, PushVerdict, StatusLink, WakePush};
 use crate::random::{uuid_v4, Randomness};
@@ -85,6 +85,18 @@ pub enum Input {
         /// Delivered or failed for good.
         verdict: PushVerdict,
     },
+    /// Devices were added to or removed from the [`DeviceSource`]: the extensions'
+    /// states may have changed.
+    DevicesChanged(DevicesChanged),
+}
+
+/// Whose devices changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DevicesChanged {
+    /// Any extension's (the whole source was read anew).
+    All,
+    /// These extensions'.
+    Of(Vec<String>),
 }
 
 /// One push the driver must send.
@@ -218,6 +230,9 @@ pub enum CallOutcome {
     Returned(WakeStatus),
     /// The caller hung up while waiting.
     CallerHungUp,
+    /// The caller was one member of a ring group or queue, and the PBX took it away
+    /// while waiting because another member answered.
+    AnsweredElsewhere,
     /// A bridged conversation ended.
     Completed,
 }
@@ -255,6 +270,11 @@ pub struct WakeEngine {
     /// The devices that registered themselves (or were registered through the API),
     /// besides the configuration's.
     registered: Option<Arc<dyn DeviceSource>>,
+    /// The state last shown to the PBX for each extension shown one (`None`: to be shown
+    /// again, whatever it is).
+    published: HashMap<String, Option<ExtensionState>>,
+    /// Extensions whose state may have changed, shown anew at the end of the input.
+    stale_states: BTreeSet<String>,
 }
 
 impl std::fmt::Debug for WakeEngine {
@@ -288,6 +308,8 @@ impl WakeEngine {
             dead_tokens: HashSet::new(),
             random,
             registered: None,
+            published: HashMap::new(),
+            stale_states: BTreeSet::new(),
         }
     }
 
@@ -334,6 +356,51 @@ impl WakeEngine {
     pub fn set_directory(&mut self, directory: Arc<Directory>) {
         self.directory = directory;
         self.dead_tokens.clear();
+        self.all_states_stale();
+        self.publish_states();
+    }
+
+    /// Every extension pushwake shows a state for, or should: those it showed one for,
+    /// the configured ones, and those with devices of their own.
+    fn all_states_stale(&mut self) {
+        let mut all: BTreeSet<String> = self.published.keys().cloned().collect();
+        all.extend(self.directory.numbers().map(str::to_owned));
+        if let Some(source) = &self.registered {
+            all.extend(source.extensions());
+        }
+        self.stale_states.extend(all);
+    }
+
+    /// Shows the PBX the state of every extension whose state may have changed, where it
+    /// did change (or was never shown).
+    fn publish_states(&mut self) {
+        for extension in std::mem::take(&mut self.stale_states) {
+            let (mut waiting, mut connected) = (0, 0);
+            for call in self.calls.values().filter(|c| c.extension == extension) {
+                match call.phase {
+                    Phase::Waiting => waiting += 1,
+                    Phase::Connecting { .. } | Phase::Connected { .. } => connected += 1,
+                }
+            }
+            let devices = self.policy_of(&extension).map_or(0, |p| {
+                p.devices
+                    .iter()
+                    .filter(|d| !self.dead_tokens.contains(&d.token))
+                    .count()
+            });
+            let push_enabled = devices > 0 || self.directory.extension(&extension).is_some();
+            if !push_enabled && !self.published.contains_key(&extension) {
+                continue;
+            }
+            let state = ExtensionState::of(devices, waiting, connected);
+            if self.published.get(&extension) == Some(&Some(state)) {
+                continue;
+            }
+            tracing::debug!(%extension, state = state.as_str(), "extension state");
+            self.published.insert(extension.clone(), Some(state));
+            self.commands
+                .push_back(Command::Pbx(PbxCommand::PublishState { extension, state }));
+        }
     }
 
     /// The next queued command, if any.
@@ -371,6 +438,11 @@ impl WakeEngine {
 
     /// Feeds one input.
     pub fn handle(&mut self, now: Instant, input: Input) {
+        self.handle_input(now, input);
+        self.publish_states();
+    }
+
+    fn handle_input(&mut self, now: Instant, input: Input) {
         match input {
             Input::Event(event) => self.handle_event(now, event),
             Input::ContactsListed { call, result, .. } => self.contacts_listed(now, &call, result),
@@ -381,6 +453,10 @@ impl WakeEngine {
                 device,
                 verdict,
             } => self.push_result(now, &call, device, verdict),
+            Input::DevicesChanged(DevicesChanged::All) => self.all_states_stale(),
+            Input::DevicesChanged(DevicesChanged::Of(extensions)) => {
+                self.stale_states.extend(extensions);
+            }
         }
     }
 
@@ -414,6 +490,7 @@ impl WakeEngine {
                 self.commands.push_back(Command::Pbx(command));
             }
         }
+        self.publish_states();
     }
 
     /// Returns every waiting caller to the dialplan with `SHUTDOWN` and refuses new
@@ -430,6 +507,7 @@ impl WakeEngine {
         for id in waiting {
             self.return_caller(now, &id, WakeStatus::Shutdown);
         }
+        self.publish_states();
     }
 
     fn handle_event(&mut self, now: Instant, event: PbxEvent) {
@@ -466,7 +544,11 @@ impl WakeEngine {
                     }
                 }
             }
-            PbxEvent::ChannelGone { channel, cause } => self.channel_gone(now, &channel, &cause),
+            PbxEvent::ChannelGone {
+                channel,
+                cause,
+                answered_elsewhere,
+            } => self.channel_gone(now, &channel, &cause, answered_elsewhere),
             PbxEvent::ContactAdded { extension, uri } => {
                 let waiting: Vec<CallId> = self
                     .calls
@@ -587,6 +669,7 @@ impl WakeEngine {
             }));
         }
         self.by_caller.insert(channel.clone(), id.clone());
+        self.stale_states.insert(extension.clone());
         self.calls.insert(
             id.clone(),
             Call {
@@ -796,6 +879,7 @@ impl WakeEngine {
         call.phase = Phase::Connecting {
             leg: leg_id.clone(),
         };
+        self.stale_states.insert(call.extension.clone());
         if call.status.is_some() {
             // Answered from the app's point of view: the caller is being connected and
             // every other leg is cancelled now.
@@ -922,19 +1006,29 @@ impl WakeEngine {
         }
     }
 
-    fn channel_gone(&mut self, now: Instant, channel: &ChannelId, cause: &str) {
+    fn channel_gone(
+        &mut self,
+        now: Instant,
+        channel: &ChannelId,
+        cause: &str,
+        answered_elsewhere: bool,
+    ) {
         if let Some(id) = self.by_caller.get(channel).cloned() {
-            self.caller_gone(now, &id, cause);
+            self.caller_gone(now, &id, cause, answered_elsewhere);
         } else if let Some(id) = self.by_leg.get(channel).cloned() {
             self.leg_gone(now, &id, channel, cause);
         }
     }
 
-    fn caller_gone(&mut self, now: Instant, id: &CallId, cause: &str) {
+    fn caller_gone(&mut self, now: Instant, id: &CallId, cause: &str, answered_elsewhere: bool) {
         let Some(call) = self.calls.get(id) else {
             return;
         };
         let outcome = match &call.phase {
+            Phase::Waiting if answered_elsewhere => {
+                tracing::info!(call = %id, cause, after = ?now - call.started, "answered elsewhere in the caller's group while waiting");
+                CallOutcome::AnsweredElsewhere
+            }
             Phase::Waiting => {
                 tracing::info!(call = %id, cause, after = ?now - call.started, "caller hung up while waiting");
                 CallOutcome::CallerHungUp
@@ -1009,6 +1103,7 @@ impl WakeEngine {
     fn end_call(&mut self, now: Instant, id: &CallId, outcome: CallOutcome) {
         let reason = match outcome {
             CallOutcome::CallerHungUp => EndReason::CallerHungUp,
+            CallOutcome::AnsweredElsewhere => EndReason::AnsweredElsewhere,
             CallOutcome::Returned(WakeStatus::Timeout) => EndReason::Timeout,
             CallOutcome::Returned(_) => EndReason::Ended,
             // Answered by a device that could not be told apart from the others.
@@ -1023,6 +1118,7 @@ impl WakeEngine {
         }
         self.tell_devices(now, id, reason);
         if let Some(call) = self.calls.remove(id) {
+            self.stale_states.insert(call.extension.clone());
             self.by_caller.remove(&call.caller);
             for leg in &call.legs {
                 self.by_leg.remove(&leg.id);
@@ -1084,6 +1180,11 @@ impl WakeEngine {
     /// hung up, conversations joined by a previous process are adopted, the ones that
     /// cannot go on are released, and hang-ups missed while disconnected are applied.
     fn reconcile(&mut self, now: Instant, snapshot: PbxSnapshot) {
+        // The PBX may have restarted and forgotten every state shown to it: show all anew.
+        for shown in self.published.values_mut() {
+            *shown = None;
+        }
+        self.all_states_stale();
         for conversation in snapshot.conversations {
             if !self.calls.contains_key(&conversation.call) {
                 self.adopt(now, conversation);
@@ -1130,7 +1231,7 @@ impl WakeEngine {
             .filter(|ch| !snapshot.live.contains(ch))
             .collect();
         for channel in gone {
-            self.channel_gone(now, &channel, "gone while disconnected");
+            self.channel_gone(now, &channel, "gone while disconnected", false);
         }
     }
 
@@ -1146,6 +1247,7 @@ impl WakeEngine {
         tracing::info!(call = %id, "adopting a conversation connected by a previous process");
         self.by_caller.insert(caller.clone(), id.clone());
         self.by_leg.insert(leg.clone(), id.clone());
+        self.stale_states.insert(extension.clone());
         self.calls.insert(
             id.clone(),
             Call {

@@ -226,10 +226,32 @@ fn aborts(commands: &[Command]) -> usize {
         .count()
 }
 
+/// The commands besides the extension states shown to the PBX.
+fn but_states(commands: Vec<Command>) -> Vec<Command> {
+    commands
+        .into_iter()
+        .filter(|c| !matches!(c, Command::Pbx(PbxCommand::PublishState { .. })))
+        .collect()
+}
+
+/// The extension states shown to the PBX.
+fn states(commands: &[Command]) -> Vec<(String, ExtensionState)> {
+    commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::Pbx(PbxCommand::PublishState { extension, state }) => {
+                Some((extension.clone(), *state))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 fn gone(channel: &ChannelId) -> PbxEvent {
     PbxEvent::ChannelGone {
         channel: channel.clone(),
         cause: "16 Normal Clearing".into(),
+        answered_elsewhere: false,
     }
 }
 
@@ -711,7 +733,7 @@ fn our_own_waiting_caller_is_not_recovered_on_reconnect() {
         live: [ch("c1")].into_iter().collect(),
         ..PbxSnapshot::default()
     };
-    assert!(h.event(PbxEvent::Connected(snapshot)).is_empty());
+    assert!(but_states(h.event(PbxEvent::Connected(snapshot))).is_empty());
     assert_eq!(h.engine.waiting_calls(), 1);
 }
 
@@ -749,7 +771,7 @@ fn our_own_conversation_is_neither_adopted_nor_released_on_reconnect() {
             ..PbxSnapshot::default()
         },
     ] {
-        let commands = h.event(PbxEvent::Connected(snapshot));
+        let commands = but_states(h.event(PbxEvent::Connected(snapshot)));
         assert!(commands.is_empty(), "{commands:?}");
         assert_eq!(h.engine.active_calls(), 1);
     }
@@ -868,6 +890,37 @@ fn devices_pushed_for_a_call_the_caller_abandons_are_told_it_ended() {
         .unwrap();
     assert_eq!(job.deadline, h.now + CALL_ENDED_WINDOW);
     assert_eq!(job.push.call_id, call);
+}
+
+#[test]
+fn a_member_caller_taken_away_because_its_group_answered_tells_answered_elsewhere() {
+    let mut h = Harness::new();
+    let (call, _) = h.caller("c1", "102");
+    let call = call.unwrap();
+    h.push_result(&call, 0, true);
+    h.push_result(&call, 1, true);
+    // A ring group's other member answered: the PBX hangs pushwake's member up.
+    let commands = h.event(PbxEvent::ChannelGone {
+        channel: ch("c1"),
+        cause: "26".into(),
+        answered_elsewhere: true,
+    });
+    assert_eq!(
+        told(&commands),
+        vec![
+            (0, EndReason::AnsweredElsewhere),
+            (1, EndReason::AnsweredElsewhere)
+        ]
+    );
+    assert!(continued(&commands).is_empty(), "the caller is gone");
+    assert_eq!(h.engine.waiting_calls(), 0);
+    assert_eq!(
+        h.engine
+            .stats()
+            .outcomes
+            .get(&CallOutcome::AnsweredElsewhere),
+        Some(&1)
+    );
 }
 
 #[test]
@@ -1401,4 +1454,88 @@ fn the_same_seed_and_inputs_give_byte_identical_commands() {
     other_shapes.sort_unstable();
     shapes.sort_unstable();
     assert_eq!(other_shapes, shapes);
+}
+
+#[test]
+fn extension_states_follow_devices_and_calls_and_are_shown_anew_on_reconnect() {
+    let mut h = Harness::new();
+    // Connected: every configured extension is shown; 103 has no device to wake.
+    let shown = h.event(PbxEvent::Connected(PbxSnapshot::default()));
+    assert_eq!(
+        states(&shown),
+        vec![
+            ("101".to_owned(), ExtensionState::Idle),
+            ("102".to_owned(), ExtensionState::Idle),
+            ("103".to_owned(), ExtensionState::Unavailable),
+        ]
+    );
+    // A caller waits for 101: ringing; nothing else changes.
+    let (call, commands) = h.caller("c1", "101");
+    let call = call.unwrap();
+    assert_eq!(
+        states(&commands),
+        vec![("101".to_owned(), ExtensionState::Ringing)]
+    );
+    // A device answers: in use from the moment the caller is being connected.
+    let leg = dials(&h.contacts(&call, &[("sip:a", None)]))[0].leg.clone();
+    assert_eq!(
+        states(&h.event(answered(&leg))),
+        vec![("101".to_owned(), ExtensionState::InUse)]
+    );
+    let connected = h.feed(Input::ConnectResult {
+        call: call.clone(),
+        result: Ok(()),
+    });
+    assert!(states(&connected).is_empty(), "no change: {connected:?}");
+    // The conversation ends: idle again.
+    assert_eq!(
+        states(&h.event(gone(&ch("c1")))),
+        vec![("101".to_owned(), ExtensionState::Idle)]
+    );
+    // A phone of 104 registers itself: 104 becomes push-enabled and idle; devices that
+    // changed without changing a state show nothing.
+    h.engine
+        .set_device_source(Arc::new(Registered(vec![("104", device(9))])));
+    let learned = h.feed(Input::DevicesChanged(DevicesChanged::Of(vec![
+        "104".into(),
+        "101".into(),
+    ])));
+    assert_eq!(
+        states(&learned),
+        vec![("104".to_owned(), ExtensionState::Idle)]
+    );
+    // It is forgotten: unavailable, shown once.
+    h.engine.set_device_source(Arc::new(Registered(vec![])));
+    let forgotten = h.feed(Input::DevicesChanged(DevicesChanged::All));
+    assert_eq!(
+        states(&forgotten),
+        vec![("104".to_owned(), ExtensionState::Unavailable)]
+    );
+    assert!(states(&h.feed(Input::DevicesChanged(DevicesChanged::All))).is_empty());
+    // A reconnect (the PBX may have restarted) shows every state again, 104's too.
+    let again = h.event(PbxEvent::Connected(PbxSnapshot::default()));
+    assert_eq!(states(&again).len(), 4, "{again:?}");
+    assert!(states(&again).contains(&("104".to_owned(), ExtensionState::Unavailable)));
+}
+
+#[test]
+fn an_extension_with_a_waiting_and_a_connected_call_is_in_use_until_both_end() {
+    let mut h = Harness::new();
+    let (first, _) = h.caller("c1", "102");
+    let first = first.unwrap();
+    let leg = dials(&h.contacts(&first, &[("sip:a", None)]))[0]
+        .leg
+        .clone();
+    h.event(answered(&leg));
+    let (second, commands) = h.caller("c2", "102");
+    assert!(second.is_some());
+    assert!(states(&commands).is_empty(), "still in use: {commands:?}");
+    // The first call over, the second still waits: ringing.
+    assert_eq!(
+        states(&h.event(gone(&ch("c1")))),
+        vec![("102".to_owned(), ExtensionState::Ringing)]
+    );
+    assert_eq!(h.engine.waiting_calls(), 1);
+    let end = h.event(gone(&ch("c2")));
+    assert_eq!(states(&end), vec![("102".to_owned(), ExtensionState::Idle)]);
 }

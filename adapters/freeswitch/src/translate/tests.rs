@@ -79,7 +79,8 @@ fn channel_events_become_the_engine_s_for_its_legs_only() {
         translate(&gone, none),
         Some(PbxEvent::ChannelGone {
             channel: CALLER.into(),
-            cause: "ORIGINATOR_CANCEL".into()
+            cause: "ORIGINATOR_CANCEL".into(),
+            answered_elsewhere: false,
         })
     );
     assert_eq!(
