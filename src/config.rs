@@ -20,7 +20,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pushwake_core::config::{check_http_url, check_private, duration, ConfigFile, Spanned};
-use pushwake_core::directory::{Device, DeviceToken, Directory, ExtensionPolicy, Platform};
+use pushwake_core::directory::{
+    Device, DeviceToken, Directory, ExtensionPolicy, Fallback, Platform,
+};
 use serde::Deserialize;
 
 pub use pushwake_core::config::ConfigError;
@@ -156,6 +158,8 @@ struct RawHttp {
 struct RawExtension {
     number: Spanned<String>,
     ring_timeout: Option<Spanned<String>>,
+    fallback: Option<Spanned<String>>,
+    fallback_after: Option<Spanned<String>>,
     #[serde(default)]
     device: Vec<Spanned<DeviceKeys>>,
 }
@@ -231,6 +235,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
                 .map_err(|p| file.problem_in(0..0, p))?,
             None => default_ring,
         };
+        let fallback = fallback(&ext, ring).map_err(|(span, message)| {
+            file.error_at(span, format!("extension {number}: {message}"))
+        })?;
         let mut devices = Vec::new();
         for (index, keys) in ext.device.into_iter().enumerate() {
             let device = device(&providers, &number, index, keys).map_err(|(span, message)| {
@@ -245,6 +252,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             number,
             ring_timeout: ring,
             devices,
+            fallback,
         });
     }
     Ok(Config {
@@ -404,6 +412,66 @@ fn http(raw: RawHttp) -> Result<HttpConfig, (std::ops::Range<usize>, String)> {
     })
 }
 
+/// When no `fallback_after` is given.
+pub const DEFAULT_FALLBACK_AFTER: Duration = Duration::from_secs(10);
+
+/// The longest fallback dial string.
+const MAX_FALLBACK_CHARS: usize = 256;
+
+/// An extension's `fallback` and `fallback_after`: a dial string of one destination, rung
+/// before the ring timeout ends.
+fn fallback(
+    ext: &RawExtension,
+    ring: Duration,
+) -> Result<Option<Fallback>, (std::ops::Range<usize>, String)> {
+    let Some(dial) = &ext.fallback else {
+        return match &ext.fallback_after {
+            Some(after) => Err((
+                after.span(),
+                "extension.fallback_after needs an extension.fallback to ring".into(),
+            )),
+            None => Ok(None),
+        };
+    };
+    let text = dial.get_ref().trim();
+    if text.is_empty()
+        || text.chars().count() > MAX_FALLBACK_CHARS
+        || !text.chars().all(|c| c.is_ascii_graphic())
+        || text.contains('&')
+    {
+        return Err((
+            dial.span(),
+            format!(
+                "extension.fallback: `{text}` is not a dial string of one destination                  (e.g. \"Local/+15551234567@outbound\"; no spaces, no `&`, at most                  {MAX_FALLBACK_CHARS} characters)"
+            ),
+        ));
+    }
+    let after = match &ext.fallback_after {
+        Some(value) => duration(
+            value,
+            "extension.fallback_after",
+            "\"10s\"",
+            MAX_RING_TIMEOUT,
+        )?,
+        None => DEFAULT_FALLBACK_AFTER,
+    };
+    if after >= ring {
+        let span = ext.fallback_after.as_ref().unwrap_or(dial).span();
+        return Err((
+            span,
+            format!(
+                "extension.fallback_after ({}s) must be shorter than the ring timeout ({}s):                  the fallback would never ring",
+                after.as_secs_f64(),
+                ring.as_secs_f64()
+            ),
+        ));
+    }
+    Ok(Some(Fallback {
+        dial: text.to_owned(),
+        after,
+    }))
+}
+
 fn ring_timeout(
     value: &Spanned<String>,
     key: &str,
@@ -546,6 +614,63 @@ mod tests {
         assert!(e.starts_with("pw.toml:6: "), "{e}");
         assert!(e.contains("pasword"), "{e}");
         assert!(!e.contains('\n'));
+    }
+
+    #[test]
+    fn a_fallback_is_read_checked_and_refused_with_its_line() {
+        let with = |lines: &str| {
+            MINIMAL.replace("number = \"101\"", &format!("number = \"101\"\n{lines}"))
+        };
+        let config = parse(
+            Path::new("pw.toml"),
+            &with("ring_timeout = \"25s\"\nfallback = \"Local/+15551234567@outbound\"\nfallback_after = \"8s\""),
+        )
+        .unwrap();
+        let fallback = config.directory.extension("101").unwrap().fallback.clone();
+        assert_eq!(
+            fallback,
+            Some(Fallback {
+                dial: "Local/+15551234567@outbound".into(),
+                after: Duration::from_secs(8),
+            })
+        );
+        let default = parse(
+            Path::new("pw.toml"),
+            &with("fallback = \"PJSIP/+1555@trunk\""),
+        )
+        .unwrap();
+        assert_eq!(
+            default
+                .directory
+                .extension("101")
+                .unwrap()
+                .fallback
+                .as_ref()
+                .unwrap()
+                .after,
+            DEFAULT_FALLBACK_AFTER
+        );
+        for (lines, wanted) in [
+            ("fallback_after = \"5s\"", "needs an extension.fallback"),
+            ("fallback = \"Local/1@a&PJSIP/2\"", "one destination"),
+            ("fallback = \"Local/1 @a\"", "one destination"),
+            ("fallback = \"\"", "one destination"),
+            (
+                "ring_timeout = \"10s\"\nfallback = \"Local/1@a\"\nfallback_after = \"10s\"",
+                "shorter than the ring timeout",
+            ),
+            (
+                "fallback = \"Local/1@a\"\nfallback_after = \"soon\"",
+                "extension.fallback_after",
+            ),
+        ] {
+            let e = err(&with(lines));
+            assert!(e.starts_with("pw.toml:"), "{e}");
+            assert!(
+                e.contains("extension 101") && e.contains(wanted),
+                "{lines}: {e}"
+            );
+        }
     }
 
     #[test]

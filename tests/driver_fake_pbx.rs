@@ -127,6 +127,7 @@ fn start_with(
             DeviceToken::new("ab".repeat(32)),
             "101/apns#0",
         )],
+        fallback: None,
     }]);
     let pbx = Arc::new(FakePbx::default());
     let mut push = PushService::new();
@@ -213,7 +214,10 @@ async fn the_woken_phone_is_dialled_when_it_registers_and_connected_when_it_answ
     let PbxCommand::Dial(dial) = dial else {
         unreachable!()
     };
-    assert_eq!(dial.contact_uri, "sip:101@127.0.0.1:5070;pn-provider=apns");
+    assert_eq!(
+        dial.target.contact(),
+        Some("sip:101@127.0.0.1:5070;pn-provider=apns")
+    );
     assert_eq!(dial.caller.name, "Alice");
 
     setup

@@ -197,6 +197,18 @@ pub struct ExtensionPolicy {
     pub ring_timeout: Duration,
     /// The devices to push.
     pub devices: Vec<Device>,
+    /// A number to ring besides the devices once none answered for a while.
+    pub fallback: Option<Fallback>,
+}
+
+/// An extension's fallback: rung in parallel with the wait once no device answered
+/// within `after` (the first to answer, device or fallback, wins).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fallback {
+    /// What to dial, in the PBX's own syntax (Asterisk: `Local/+15551234567@outbound`).
+    pub dial: String,
+    /// How long after the caller arrived.
+    pub after: Duration,
 }
 
 /// All push-enabled extensions of the configuration file.

@@ -81,6 +81,8 @@ pub struct Contact {
 pub enum WakeStatus {
     /// A device answered and was bridged to the caller.
     Answered,
+    /// The extension's fallback number answered and was bridged to the caller.
+    AnsweredFallback,
     /// No device answered within the extension's ring timeout.
     Timeout,
     /// The extension is not configured for push, or has no devices.
@@ -98,6 +100,7 @@ impl WakeStatus {
     pub fn as_str(self) -> &'static str {
         match self {
             WakeStatus::Answered => "ANSWERED",
+            WakeStatus::AnsweredFallback => "ANSWERED_FALLBACK",
             WakeStatus::Timeout => "TIMEOUT",
             WakeStatus::NoPush => "NOPUSH",
             WakeStatus::Failed => "FAILED",
@@ -133,15 +136,35 @@ pub struct DialRequest {
     pub leg: ChannelId,
     /// The waiting caller's channel (the leg's originator).
     pub caller_channel: ChannelId,
-    /// Extension the contact belongs to.
+    /// Extension the leg rings for.
     pub extension: String,
-    /// The contact URI to ring.
-    pub contact_uri: String,
+    /// What to ring.
+    pub target: DialTarget,
     /// Caller id to present to the phone.
     pub caller: Party,
     /// How long the leg may ring before the PBX gives up on it by itself (a safety net
     /// should the daemon die while it rings).
     pub timeout: Duration,
+}
+
+/// What a leg rings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DialTarget {
+    /// One registered contact of the extension: its URI exactly as the PBX stored it.
+    Contact(String),
+    /// The extension's fallback (a cell number, say): a dial string in the PBX's own
+    /// syntax, from the configuration.
+    Fallback(String),
+}
+
+impl DialTarget {
+    /// The contact URI, if this is a contact.
+    pub fn contact(&self) -> Option<&str> {
+        match self {
+            DialTarget::Contact(uri) => Some(uri),
+            DialTarget::Fallback(_) => None,
+        }
+    }
 }
 
 /// A call-control command for the PBX adapter.
@@ -164,7 +187,8 @@ pub enum PbxCommand {
     /// Ring one contact.
     Dial(DialRequest),
     /// Answer the caller and join it with the leg that answered; the caller's
-    /// [`STATUS_VARIABLE`] becomes `ANSWERED`, for when the conversation ends.
+    /// [`STATUS_VARIABLE`] becomes `status` (`ANSWERED`, or `ANSWERED_FALLBACK`), for
+    /// when the conversation ends.
     Connect {
         /// The call being connected.
         call: CallId,
@@ -172,6 +196,8 @@ pub enum PbxCommand {
         caller: ChannelId,
         /// The leg that answered.
         leg: ChannelId,
+        /// What the caller returns to the dialplan with after the conversation.
+        status: WakeStatus,
     },
     /// Hang a channel up.
     Hangup {

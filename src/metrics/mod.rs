@@ -120,7 +120,7 @@ impl Metrics {
         let calls = Family::<OutcomeLabel, Counter>::default();
         registry.register(
             "calls",
-            "Calls by outcome: the PUSHWAKE_STATUS a caller returned with (ANSWERED when a device answered and was connected), or CALLER_HUNG_UP while waiting, or ANSWERED_ELSEWHERE when another member of the caller's ring group or queue answered",
+            "Calls by outcome: the PUSHWAKE_STATUS a caller returned with (ANSWERED when a device answered and was connected, ANSWERED_FALLBACK when the extension's fallback did), or CALLER_HUNG_UP while waiting, or ANSWERED_ELSEWHERE when another member of the caller's ring group or queue answered",
             calls.clone(),
         );
         let pushes = Family::<PushLabels, Counter>::default();

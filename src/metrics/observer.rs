@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use pushwake_core::directory::{DeviceToken, Platform};
-use pushwake_core::pbx::{CallId, PbxCommand, PbxEvent};
+use pushwake_core::pbx::{CallId, PbxCommand, PbxEvent, WakeStatus};
 use pushwake_core::push::{PushKind, PushVerdict};
 use pushwake_core::rfc8599::contact_names_device;
 use pushwake_core::wake::{CallOutcome, Command, EngineStats, Input};
@@ -42,6 +42,9 @@ pub struct Observer {
     hung_up: u64,
     /// Member callers counted as answered elsewhere in their group, likewise.
     answered_elsewhere: u64,
+    /// The status each call being connected returns with (`ANSWERED`, or
+    /// `ANSWERED_FALLBACK`), counted once it is connected.
+    connecting: HashMap<CallId, WakeStatus>,
 }
 
 impl Observer {
@@ -54,6 +57,7 @@ impl Observer {
             registration: None,
             hung_up: 0,
             answered_elsewhere: 0,
+            connecting: HashMap::new(),
         }
     }
 
@@ -71,7 +75,13 @@ impl Observer {
             Input::Event(PbxEvent::ContactAdded { .. }) => {
                 self.registration = Some(Instant::now());
             }
-            Input::ConnectResult { result: Ok(()), .. } => self.metrics.call_ended("ANSWERED"),
+            Input::ConnectResult { call, result } => {
+                let status = self.connecting.remove(call);
+                if result.is_ok() {
+                    self.metrics
+                        .call_ended(status.unwrap_or(WakeStatus::Answered).as_str());
+                }
+            }
             Input::PushResult {
                 call,
                 device,
@@ -95,6 +105,9 @@ impl Observer {
         match command {
             Command::Pbx(PbxCommand::Return { status, .. }) => {
                 self.metrics.call_ended(status.as_str())
+            }
+            Command::Pbx(PbxCommand::Connect { call, status, .. }) => {
+                self.connecting.insert(call.clone(), *status);
             }
             Command::Pbx(PbxCommand::Dial(_)) => {
                 if let Some(registered) = self.registration.take() {
@@ -185,7 +198,7 @@ impl Observer {
 mod tests {
     use super::*;
     use pushwake_core::directory::Device;
-    use pushwake_core::pbx::{ChannelId, Party};
+    use pushwake_core::pbx::{ChannelId, DialTarget, Party};
     use pushwake_core::push::WakePush;
     use pushwake_core::wake::PushJob;
 
@@ -262,7 +275,7 @@ mod tests {
                 leg: ChannelId("l1".into()),
                 caller_channel: ChannelId("caller".into()),
                 extension: "101".into(),
-                contact_uri: "sip:101@10.0.0.1:5060".into(),
+                target: DialTarget::Contact("sip:101@10.0.0.1:5060".into()),
                 caller: Party::default(),
                 timeout: std::time::Duration::from_secs(30),
             },
@@ -294,6 +307,18 @@ mod tests {
             caller: ChannelId("c".into()),
             status: pushwake_core::pbx::WakeStatus::Timeout,
         }));
+        // The fallback answered: counted once the caller is connected.
+        let call = CallId("f".into());
+        observer.command(&Command::Pbx(PbxCommand::Connect {
+            call: call.clone(),
+            caller: ChannelId("c2".into()),
+            leg: ChannelId("l2".into()),
+            status: WakeStatus::AnsweredFallback,
+        }));
+        observer.input(&Input::ConnectResult {
+            call,
+            result: Ok(()),
+        });
         let mut stats = EngineStats::default();
         stats.outcomes.insert(CallOutcome::CallerHungUp, 2);
         stats.outcomes.insert(CallOutcome::AnsweredElsewhere, 1);
@@ -306,6 +331,13 @@ mod tests {
         assert_eq!(
             count(&metrics, "pushwake_calls_total{outcome=\"CALLER_HUNG_UP\"}"),
             "pushwake_calls_total{outcome=\"CALLER_HUNG_UP\"} 2"
+        );
+        assert_eq!(
+            count(
+                &metrics,
+                "pushwake_calls_total{outcome=\"ANSWERED_FALLBACK\"}"
+            ),
+            "pushwake_calls_total{outcome=\"ANSWERED_FALLBACK\"} 1"
         );
         assert_eq!(
             count(

@@ -141,6 +141,8 @@ pub struct TestExtension {
     pub ring_timeout: String,
     /// Its devices, in order.
     pub devices: Vec<TestDevice>,
+    /// `fallback` and `fallback_after`, if set.
+    pub fallback: Option<(String, String)>,
 }
 
 impl TestExtension {
@@ -150,7 +152,14 @@ impl TestExtension {
             number: number.into(),
             ring_timeout: ring_timeout.to_owned(),
             devices: Vec::new(),
+            fallback: None,
         }
+    }
+
+    /// The same with `fallback` (a dial string) rung after `after` (e.g. `"2s"`).
+    pub fn fallback(mut self, dial: &str, after: &str) -> Self {
+        self.fallback = Some((dial.to_owned(), after.to_owned()));
+        self
     }
 
     /// The same with `device` too.
@@ -374,6 +383,10 @@ impl ConfigBuilder {
             text.push_str("\n[[extension]]\n");
             key_value(&mut text, "number", &extension.number);
             key_value(&mut text, "ring_timeout", &extension.ring_timeout);
+            if let Some((dial, after)) = &extension.fallback {
+                key_value(&mut text, "fallback", dial);
+                key_value(&mut text, "fallback_after", after);
+            }
             for device in &extension.devices {
                 text.push_str("\n[[extension.device]]\n");
                 key_value(&mut text, "platform", device.platform);

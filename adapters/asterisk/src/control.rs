@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pushwake_core::pbx::{
-    CallControl, CallId, ChannelId, Conversation, ExtensionState, HangupReason, HeldCaller, Party,
-    PbxCommand, PbxError, PbxEvent, PbxReply, PbxSnapshot, WakeStatus, CALL_ID_HEADER,
-    STATUS_VARIABLE,
+    CallControl, CallId, ChannelId, Conversation, DialTarget, ExtensionState, HangupReason,
+    HeldCaller, Party, PbxCommand, PbxError, PbxEvent, PbxReply, PbxSnapshot, WakeStatus,
+    CALL_ID_HEADER, STATUS_VARIABLE,
 };
 use tokio::sync::{mpsc, Notify};
 
@@ -143,9 +143,15 @@ impl AsteriskPbx {
         data.is_empty() || data.split(',').next().map(str::trim) == Some(self.app.as_str())
     }
 
-    async fn connect(&self, caller: &str, leg: &str, bridge: &str) -> Result<(), AriError> {
+    async fn connect(
+        &self,
+        caller: &str,
+        leg: &str,
+        bridge: &str,
+        status: WakeStatus,
+    ) -> Result<(), AriError> {
         self.client
-            .set_variable(caller, STATUS_VARIABLE, WakeStatus::Answered.as_str())
+            .set_variable(caller, STATUS_VARIABLE, status.as_str())
             .await?;
         tokio::try_join!(
             self.client.answer(caller),
@@ -275,23 +281,37 @@ impl CallControl for AsteriskPbx {
                     .map_err(pbx_error)
             }
             PbxCommand::Dial(request) => {
+                let (endpoint, variables) = match &request.target {
+                    DialTarget::Contact(uri) => (
+                        format!("PJSIP/{}/{uri}", request.extension),
+                        vec![(
+                            format!("PJSIP_HEADER(add,{CALL_ID_HEADER})"),
+                            request.call.0.clone(),
+                        )],
+                    ),
+                    // A number outside (a Local channel, a trunk): no call id header,
+                    // which a Local channel could not carry and a stranger needs not see.
+                    DialTarget::Fallback(dial) => (dial.clone(), Vec::new()),
+                };
                 let originate = Originate {
-                    endpoint: format!("PJSIP/{}/{}", request.extension, request.contact_uri),
+                    endpoint,
                     app: self.app.clone(),
                     app_args: vec![LEG_MARKER.to_owned(), request.call.0.clone()],
                     channel_id: request.leg.0.clone(),
                     originator: Some(request.caller_channel.0.clone()),
                     caller_id: caller_id(&request.caller),
                     timeout_secs: request.timeout.as_secs().max(1),
-                    variables: vec![(
-                        format!("PJSIP_HEADER(add,{CALL_ID_HEADER})"),
-                        request.call.0.clone(),
-                    )],
+                    variables,
                 };
                 self.dial_client.originate(&originate).await.map(|_| ())
             }
-            PbxCommand::Connect { call, caller, leg } => {
-                self.connect(caller.as_str(), leg.as_str(), &bridge_of(&call))
+            PbxCommand::Connect {
+                call,
+                caller,
+                leg,
+                status,
+            } => {
+                self.connect(caller.as_str(), leg.as_str(), &bridge_of(&call), status)
                     .await
             }
             PbxCommand::Hangup { channel, reason } => {

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use pushwake_core::pbx::{
     CallControl, CallId, ChannelId, Contact, Conversation, HeldCaller, PbxCommand, PbxError,
-    PbxEvent, PbxReply, PbxSnapshot, STATUS_VARIABLE,
+    PbxEvent, PbxReply, PbxSnapshot, WakeStatus, STATUS_VARIABLE,
 };
 use tokio::sync::mpsc;
 
@@ -226,8 +226,10 @@ impl FreeSwitchPbx {
             let caller = variable(esl, channel.as_str(), CALLER_VAR).await?;
             let joined = match &caller {
                 Some(caller) if live.contains(&ChannelId(caller.clone())) => {
-                    variable(esl, caller, STATUS_VAR).await?.as_deref()
-                        == Some(pushwake_core::pbx::WakeStatus::Answered.as_str())
+                    let status = variable(esl, caller, STATUS_VAR).await?;
+                    [WakeStatus::Answered, WakeStatus::AnsweredFallback]
+                        .iter()
+                        .any(|s| status.as_deref() == Some(s.as_str()))
                 }
                 _ => false,
             };
@@ -332,15 +334,17 @@ impl CallControl for FreeSwitchPbx {
                 return Ok(PbxReply::Contacts(contacts));
             }
             PbxCommand::Dial(request) => {
-                if !translate::dialable(&request.contact_uri) || !valid_uuid(request.leg.as_str()) {
+                if !translate::dialable_target(&request.target) || !valid_uuid(request.leg.as_str())
+                {
                     return Err(PbxError::Failed(format!(
                         "leg {}: the contact cannot be dialled safely",
                         request.leg
                     )));
                 }
-                let profile = lock(&self.inner.profiles)
-                    .get(&request.contact_uri)
-                    .cloned()
+                let profile = request
+                    .target
+                    .contact()
+                    .and_then(|uri| lock(&self.inner.profiles).get(uri).cloned())
                     .unwrap_or_else(|| self.inner.profile.clone());
                 lock(&self.inner.legs).insert(request.leg.0.clone());
                 let job = match self
@@ -370,8 +374,13 @@ impl CallControl for FreeSwitchPbx {
                     }
                 });
             }
-            PbxCommand::Connect { caller, leg, .. } => {
-                for command in translate::connect(caller.as_str(), leg.as_str()) {
+            PbxCommand::Connect {
+                caller,
+                leg,
+                status,
+                ..
+            } => {
+                for command in translate::connect(caller.as_str(), leg.as_str(), status) {
                     self.api(command).await?;
                 }
             }

@@ -9,8 +9,8 @@
 //!   events, and a later process after a restart, know whose leg it is.
 
 use pushwake_core::pbx::{
-    ChannelId, Contact, DialRequest, HangupReason, Party, PbxError, PbxEvent, WakeStatus,
-    CALL_ID_HEADER,
+    ChannelId, Contact, DialRequest, DialTarget, HangupReason, Party, PbxError, PbxEvent,
+    WakeStatus, CALL_ID_HEADER,
 };
 
 use crate::frame::{Event, Headers};
@@ -118,10 +118,23 @@ pub fn contact_uri(contact: &str) -> Option<String> {
 /// string). A phone registers its own contact: this is what keeps a crafted one from
 /// adding destinations or variables to pushwake's originate.
 pub fn dialable(uri: &str) -> bool {
-    (uri.starts_with("sip:") || uri.starts_with("sips:"))
-        && uri.len() <= 2048
-        && uri
-            .bytes()
+    (uri.starts_with("sip:") || uri.starts_with("sips:")) && safe_to_dial(uri)
+}
+
+/// Whether a leg's target can be put into an `originate` as it is: a contact as
+/// [`dialable`] says, or a fallback dial string of one endpoint
+/// (`sofia/gateway/gw/+15551234567`, `loopback/+15551234567/default`) with nothing that
+/// could start a second one or a variable block.
+pub fn dialable_target(target: &DialTarget) -> bool {
+    match target {
+        DialTarget::Contact(uri) => dialable(uri),
+        DialTarget::Fallback(dial) => !dial.is_empty() && safe_to_dial(dial),
+    }
+}
+
+fn safe_to_dial(s: &str) -> bool {
+    s.len() <= 2048
+        && s.bytes()
             .all(|b| b.is_ascii_graphic() && !b",|{}[]<>^'\"\\".contains(&b))
 }
 
@@ -190,12 +203,11 @@ pub fn originate(request: &DialRequest, profile: &str) -> String {
             }
         })
         .collect();
-    format!(
-        "originate {{{}}}sofia/{}/{} &park()",
-        vars.join(","),
-        safe(profile),
-        request.contact_uri
-    )
+    let endpoint = match &request.target {
+        DialTarget::Contact(uri) => format!("sofia/{}/{uri}", safe(profile)),
+        DialTarget::Fallback(dial) => dial.clone(),
+    };
+    format!("originate {{{}}}{endpoint} &park()", vars.join(","))
 }
 
 /// A value for an originate variable: only what needs no escaping (letters, digits,
@@ -229,10 +241,10 @@ pub fn hangup(channel: &str, reason: HangupReason) -> String {
 /// status first (for when the conversation ends), the caller answered (FreeSWITCH's
 /// `uuid_bridge` of a parked leg that was never answered replies `+OK` and then fails:
 /// measured), then the bridge.
-pub fn connect(caller: &str, leg: &str) -> [String; 3] {
+pub fn connect(caller: &str, leg: &str, status: WakeStatus) -> [String; 3] {
     let (caller, leg) = (safe(caller), safe(leg));
     [
-        format!("uuid_setvar {caller} {STATUS_VAR} {}", WakeStatus::Answered),
+        format!("uuid_setvar {caller} {STATUS_VAR} {status}"),
         format!("uuid_answer {caller}"),
         format!("uuid_bridge {caller} {leg}"),
     ]

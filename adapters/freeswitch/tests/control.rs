@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use pushwake_core::pbx::{
-    CallControl, DialRequest, HangupReason, Party, PbxCommand, PbxError, PbxEvent, PbxReply,
-    WakeStatus,
+    CallControl, DialRequest, DialTarget, HangupReason, Party, PbxCommand, PbxError, PbxEvent,
+    PbxReply, WakeStatus,
 };
 use pushwake_freeswitch::{FreeSwitchConfig, FreeSwitchPbx};
 use pushwake_testkit::esl::outbound::{Channel, OutboundCall};
@@ -113,7 +113,7 @@ async fn a_handed_over_call_is_rung_dialled_bridged_and_another_given_back() {
         leg: LEG.into(),
         caller_channel: CALLER.into(),
         extension: "101".into(),
-        contact_uri: URI.into(),
+        target: DialTarget::Contact(URI.into()),
         caller: Party {
             number: "200".into(),
             name: "Alice".into(),
@@ -161,6 +161,7 @@ async fn a_handed_over_call_is_rung_dialled_bridged_and_another_given_back() {
         call: CALL.into(),
         caller: CALLER.into(),
         leg: LEG.into(),
+        status: WakeStatus::Answered,
     })
     .await
     .unwrap();
@@ -265,7 +266,7 @@ async fn a_caller_whose_socket_closes_is_gone_and_an_unsafe_contact_is_never_dia
             leg: LEG.into(),
             caller_channel: CALLER.into(),
             extension: "101".into(),
-            contact_uri: "sip:101@h,sofia/internal/sip:666@evil".into(),
+            target: DialTarget::Contact("sip:101@h,sofia/internal/sip:666@evil".into()),
             caller: Party::default(),
             timeout: Duration::from_secs(30),
         }))

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use crate::directory::{Device, DeviceSource, DeviceToken, Directory, ExtensionPolicy};
 use crate::pbx::{
-    CallId, ChannelId, Contact, Conversation, DialRequest, ExtensionState, HangupReason, Party,
-    PbxCommand, PbxError, PbxEvent, PbxSnapshot, WakeStatus,
+    CallId, ChannelId, Contact, Conversation, DialRequest, DialTarget, ExtensionState,
+    HangupReason, Party, PbxCommand, PbxError, PbxEvent, PbxSnapshot, WakeStatus,
 };
 use crate::push::{EndReason, PushKind, PushVerdict, StatusLink, WakePush};
 use crate::random::{uuid_v4, Randomness};
@@ -181,7 +181,10 @@ impl LegState {
 #[derive(Clone, Debug)]
 struct Leg {
     id: ChannelId,
+    /// The contact URI it rings (the dial string, for the fallback).
     uri: String,
+    /// Whether it rings the extension's fallback rather than one of its contacts.
+    fallback: bool,
     registration: Option<String>,
     state: LegState,
 }
@@ -211,6 +214,8 @@ struct Call {
     contacts_listed: bool,
     /// The call's status endpoint, when configured; every push of the call carries it.
     status: Option<StatusLink>,
+    /// The extension's fallback, and when to ring it, until it is rung.
+    fallback: Option<(Instant, String)>,
 }
 
 impl Call {
@@ -336,6 +341,7 @@ impl WakeEngine {
                 number: extension.to_owned(),
                 ring_timeout: self.directory.default_ring_timeout(),
                 devices: Vec::new(),
+                fallback: None,
             },
         };
         for device in registered {
@@ -413,7 +419,13 @@ impl WakeEngine {
         self.calls
             .values()
             .filter(|c| c.phase == Phase::Waiting)
-            .flat_map(|c| [Some(c.deadline), c.next_poll])
+            .flat_map(|c| {
+                [
+                    Some(c.deadline),
+                    c.next_poll,
+                    c.fallback.as_ref().map(|f| f.0),
+                ]
+            })
             .flatten()
             .min()
     }
@@ -462,6 +474,16 @@ impl WakeEngine {
 
     /// Acts on every deadline that has passed by `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        let fallbacks: Vec<CallId> = self
+            .calls
+            .values()
+            .filter(|c| c.phase == Phase::Waiting && now < c.deadline)
+            .filter(|c| c.fallback.as_ref().is_some_and(|(at, _)| now >= *at))
+            .map(|c| c.id.clone())
+            .collect();
+        for id in fallbacks {
+            self.dial_fallback(now, &id);
+        }
         let due: Vec<(CallId, bool)> = self
             .calls
             .values()
@@ -621,6 +643,12 @@ impl WakeEngine {
         };
         let id = CallId(uuid_v4(&mut *self.random));
         let deadline = now + policy.ring_timeout;
+        // A fallback due only when the caller is gone anyway is never rung.
+        let fallback = policy
+            .fallback
+            .as_ref()
+            .filter(|f| f.after < policy.ring_timeout)
+            .map(|f| (now + f.after, f.dial.clone()));
         tracing::info!(
             call = %id, caller = %channel, extension, from = %party.number,
             devices = policy.devices.len(), ring_timeout = ?policy.ring_timeout,
@@ -686,6 +714,7 @@ impl WakeEngine {
                 devices: policy.devices,
                 contacts_listed: false,
                 status,
+                fallback,
             },
         );
     }
@@ -783,7 +812,31 @@ impl WakeEngine {
         self.dial(now, id, contact);
     }
 
+    /// Rings the extension's fallback: no device answered within its `fallback_after`.
+    fn dial_fallback(&mut self, now: Instant, id: &CallId) {
+        let Some((_, dial)) = self.calls.get_mut(id).and_then(|c| c.fallback.take()) else {
+            return;
+        };
+        tracing::info!(call = %id, "no device answered yet: ringing the fallback too");
+        self.dial_target(now, id, DialTarget::Fallback(dial), None);
+    }
+
     fn dial(&mut self, now: Instant, id: &CallId, contact: Contact) {
+        self.dial_target(
+            now,
+            id,
+            DialTarget::Contact(contact.uri),
+            contact.registration,
+        );
+    }
+
+    fn dial_target(
+        &mut self,
+        now: Instant,
+        id: &CallId,
+        target: DialTarget,
+        registration: Option<String>,
+    ) {
         let Some(call) = self.calls.get_mut(id) else {
             return;
         };
@@ -792,20 +845,26 @@ impl WakeEngine {
         // Whole seconds, rounded up: the PBX's own safety timeout for the leg.
         let timeout = Duration::from_secs(left.as_secs() + u64::from(left.subsec_nanos() > 0))
             .max(Duration::from_secs(1));
-        tracing::info!(call = %id, leg = %leg, after = ?now - call.started, "dialling contact");
+        let (uri, fallback) = match &target {
+            DialTarget::Contact(uri) => (uri.clone(), false),
+            DialTarget::Fallback(dial) => (dial.clone(), true),
+        };
+        let what = if fallback { "fallback" } else { "contact" };
+        tracing::info!(call = %id, leg = %leg, after = ?now - call.started, "dialling {what}");
         let request = DialRequest {
             call: call.id.clone(),
             leg: leg.clone(),
             caller_channel: call.caller.clone(),
             extension: call.extension.clone(),
-            contact_uri: contact.uri.clone(),
+            target,
             caller: call.party.clone(),
             timeout,
         };
         call.legs.push(Leg {
             id: leg.clone(),
-            uri: contact.uri,
-            registration: contact.registration,
+            uri,
+            fallback,
+            registration,
             state: LegState::Requested,
         });
         self.by_leg.insert(leg, id.clone());
@@ -910,7 +969,10 @@ impl WakeEngine {
             .filter(|l| &l.id != leg_id)
             .filter_map(|l| named_by(&l.uri))
             .collect();
+        let by_fallback = call.legs.iter().any(|l| &l.id == leg_id && l.fallback);
         let candidates: Vec<usize> = match named_by(winner_uri) {
+            // The fallback is none of the devices: every one of them is told.
+            _ if by_fallback => Vec::new(),
             Some(winner) => vec![winner],
             None => (0..call.devices.len())
                 .filter(|d| !losing.contains(d))
@@ -922,10 +984,18 @@ impl WakeEngine {
         for candidate in candidates {
             call.pushes[candidate] = PushState::Done;
         }
+        if by_fallback {
+            tracing::info!(call = %id, leg = %leg_id, "the fallback answered");
+        }
         self.commands.push_back(Command::Pbx(PbxCommand::Connect {
             call: id.clone(),
             caller: call.caller.clone(),
             leg: leg_id.clone(),
+            status: if by_fallback {
+                WakeStatus::AnsweredFallback
+            } else {
+                WakeStatus::Answered
+            },
         }));
         for loser in losers {
             self.by_leg.remove(&loser);
@@ -1000,7 +1070,10 @@ impl WakeEngine {
             && call.contacts_listed
             && call.live_legs().next().is_none()
             && call.pushes.iter().all(|p| *p == PushState::Failed);
-        if hopeless {
+        if hopeless && call.fallback.is_some() {
+            tracing::warn!(call = %id, "every push failed and no contact could be rung: ringing the fallback now");
+            self.dial_fallback(now, id);
+        } else if hopeless {
             tracing::warn!(call = %id, "every push failed and no contact could be rung");
             self.return_caller(now, id, WakeStatus::Failed);
         }
@@ -1262,6 +1335,7 @@ impl WakeEngine {
                 legs: vec![Leg {
                     id: leg,
                     uri: String::new(),
+                    fallback: false,
                     registration: None,
                     state: LegState::Answered,
                 }],
@@ -1270,6 +1344,7 @@ impl WakeEngine {
                 contacts_listed: true,
                 // Its secret died with the previous process.
                 status: None,
+                fallback: None,
             },
         );
     }

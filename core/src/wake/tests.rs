@@ -2,7 +2,7 @@
 //! commands out.
 
 use super::*;
-use crate::directory::{DeviceToken, ExtensionPolicy, Platform};
+use crate::directory::{DeviceToken, ExtensionPolicy, Fallback, Platform};
 use crate::pbx::HeldCaller;
 use crate::push::{EndReason, PushKind};
 use crate::random::SeededRandom;
@@ -48,16 +48,19 @@ impl Harness {
                 number: "101".into(),
                 ring_timeout: RING,
                 devices: vec![device(1)],
+                fallback: None,
             },
             ExtensionPolicy {
                 number: "102".into(),
                 ring_timeout: RING,
                 devices: vec![device(2), device(3)],
+                fallback: None,
             },
             ExtensionPolicy {
                 number: "103".into(),
                 ring_timeout: RING,
                 devices: vec![],
+                fallback: None,
             },
         ]);
         Self {
@@ -312,7 +315,7 @@ fn registered_contacts_are_dialled_and_new_registrations_fork_late() {
     let commands = h.contacts(&call, &[("sip:101@10.0.0.1:5060", Some("100"))]);
     let first = dials(&commands);
     assert_eq!(first.len(), 1);
-    assert_eq!(first[0].contact_uri, "sip:101@10.0.0.1:5060");
+    assert_eq!(first[0].target.contact().unwrap(), "sip:101@10.0.0.1:5060");
     assert_eq!(first[0].caller_channel, ch("c1"));
     assert_eq!(first[0].call, call);
     assert_eq!(first[0].timeout, RING);
@@ -325,7 +328,10 @@ fn registered_contacts_are_dialled_and_new_registrations_fork_late() {
     });
     let late = dials(&commands);
     assert_eq!(late.len(), 1);
-    assert_eq!(late[0].contact_uri, "sip:101@10.0.0.9:5070;pn-prid=ab");
+    assert_eq!(
+        late[0].target.contact().unwrap(),
+        "sip:101@10.0.0.9:5070;pn-prid=ab"
+    );
     assert_ne!(late[0].leg, first[0].leg);
     // The leg's own safety timeout is what is left of the ring window, rounded up.
     assert_eq!(late[0].timeout, Duration::from_secs(22));
@@ -371,9 +377,9 @@ fn first_answer_wins_and_the_other_legs_are_told_it_was_answered_elsewhere() {
 
     let commands = h.event(answered(&b));
     let connect = commands.iter().find_map(|c| match c {
-        Command::Pbx(PbxCommand::Connect { call, caller, leg }) => {
-            Some((call.clone(), caller.clone(), leg.clone()))
-        }
+        Command::Pbx(PbxCommand::Connect {
+            call, caller, leg, ..
+        }) => Some((call.clone(), caller.clone(), leg.clone())),
         _ => None,
     });
     let (connected, caller, leg) = connect.expect("connect");
@@ -548,7 +554,7 @@ fn a_phone_registering_again_on_the_same_uri_is_rung_anew() {
     );
     let fresh = dials(&commands);
     assert_eq!(fresh.len(), 1);
-    assert_eq!(fresh[0].contact_uri, "sip:101@10.0.0.9:5070");
+    assert_eq!(fresh[0].target.contact().unwrap(), "sip:101@10.0.0.9:5070");
     assert_ne!(fresh[0].leg, stale);
     // The old leg's end does not count as the call failing.
     h.push_result(&call, 0, false);
@@ -1073,7 +1079,7 @@ fn a_phone_registered_at_two_addresses_gets_one_invite() {
             ("sip:101@10.0.0.1", None),
         ],
     ));
-    let uris: Vec<&str> = first.iter().map(|d| d.contact_uri.as_str()).collect();
+    let uris: Vec<&str> = first.iter().map(|d| d.target.contact().unwrap()).collect();
     assert_eq!(uris, [new.as_str(), "sip:101@10.0.0.1"]);
     // It registers again from yet another port while its leg rings: the old leg goes.
     h.feed(Input::DialResult {
@@ -1094,7 +1100,7 @@ fn a_phone_registered_at_two_addresses_gets_one_invite() {
     );
     let again = dials(&commands);
     assert_eq!(again.len(), 1);
-    assert_eq!(again[0].contact_uri, newest);
+    assert_eq!(again[0].target.contact().unwrap(), newest);
     // The next listing still shows the older contacts: nothing more is rung.
     let listed = h.contacts(
         &call,
@@ -1538,4 +1544,120 @@ fn an_extension_with_a_waiting_and_a_connected_call_is_in_use_until_both_end() {
     assert_eq!(h.engine.waiting_calls(), 1);
     let end = h.event(gone(&ch("c2")));
     assert_eq!(states(&end), vec![("102".to_owned(), ExtensionState::Idle)]);
+}
+
+const FALLBACK_AFTER: Duration = Duration::from_secs(10);
+const FALLBACK: &str = "Local/+15551234567@outbound";
+
+/// A harness where 101 (one device, RING) rings its fallback after FALLBACK_AFTER.
+fn with_fallback() -> Harness {
+    let mut h = Harness::new();
+    h.engine
+        .set_directory(Arc::new(Directory::new([ExtensionPolicy {
+            number: "101".into(),
+            ring_timeout: RING,
+            devices: vec![device(1)],
+            fallback: Some(Fallback {
+                dial: FALLBACK.into(),
+                after: FALLBACK_AFTER,
+            }),
+        }])));
+    h
+}
+
+fn fallback_dials(commands: &[Command]) -> Vec<DialRequest> {
+    dials(commands)
+        .into_iter()
+        .filter(|d| d.target == DialTarget::Fallback(FALLBACK.into()))
+        .collect()
+}
+
+fn connect_status(commands: &[Command]) -> Option<WakeStatus> {
+    pbx(commands, |c| match c {
+        PbxCommand::Connect { status, .. } => Some(*status),
+        _ => None,
+    })
+    .first()
+    .copied()
+}
+
+#[test]
+fn the_fallback_rings_alongside_once_no_device_answered_in_time_and_can_win() {
+    let mut h = with_fallback();
+    let (call, _) = h.caller("c1", "101");
+    let call = call.unwrap();
+    h.push_result(&call, 0, true);
+    // A registered contact rings from the start; the fallback only after FALLBACK_AFTER.
+    let contact = dials(&h.contacts(&call, &[("sip:a", None)]))[0].leg.clone();
+    assert_eq!(
+        h.engine.next_timeout(),
+        Some(h.now + Duration::from_secs(1))
+    );
+    let early = h.advance(FALLBACK_AFTER - Duration::from_millis(1));
+    assert!(fallback_dials(&early).is_empty(), "{early:?}");
+    let due = h.advance(Duration::from_millis(1));
+    let fallback = fallback_dials(&due);
+    assert_eq!(fallback.len(), 1, "{due:?}");
+    assert_eq!(fallback[0].caller.number, "200", "the caller's own id");
+    assert_eq!(fallback[0].timeout, RING - FALLBACK_AFTER);
+    // Rung once only.
+    assert!(fallback_dials(&h.advance(Duration::from_secs(1))).is_empty());
+    // The cell phone answers first: connected as ANSWERED_FALLBACK, the rest cancelled.
+    let leg = fallback[0].leg.clone();
+    let won = h.event(answered(&leg));
+    assert_eq!(connect_status(&won), Some(WakeStatus::AnsweredFallback));
+    assert!(hangups(&won).contains(&(contact, HangupReason::AnsweredElsewhere)));
+    assert_eq!(told(&won), vec![(0, EndReason::AnsweredElsewhere)]);
+}
+
+#[test]
+fn a_device_answering_first_keeps_the_fallback_from_ringing_or_cancels_it() {
+    // Before FALLBACK_AFTER: the fallback never rings.
+    let mut h = with_fallback();
+    let (call, _) = h.caller("c1", "101");
+    let call = call.unwrap();
+    let leg = dials(&h.contacts(&call, &[("sip:a", None)]))[0].leg.clone();
+    let first = h.event(answered(&leg));
+    assert_eq!(connect_status(&first), Some(WakeStatus::Answered));
+    assert!(fallback_dials(&h.advance(FALLBACK_AFTER * 2)).is_empty());
+    // After it: the ringing fallback is cancelled as answered elsewhere.
+    let mut h = with_fallback();
+    let (call, _) = h.caller("c1", "101");
+    let call = call.unwrap();
+    h.contacts(&call, &[]);
+    let fallback = fallback_dials(&h.advance(FALLBACK_AFTER))[0].leg.clone();
+    let woken = h.event(PbxEvent::ContactAdded {
+        extension: "101".into(),
+        uri: "sip:101@10.0.0.9:5070".into(),
+    });
+    let leg = dials(&woken)[0].leg.clone();
+    let later = h.event(answered(&leg));
+    assert_eq!(connect_status(&later), Some(WakeStatus::Answered));
+    assert!(hangups(&later).contains(&(fallback, HangupReason::AnsweredElsewhere)));
+}
+
+#[test]
+fn the_fallback_never_rings_for_a_call_that_is_over() {
+    let mut h = with_fallback();
+    let (call, _) = h.caller("c1", "101");
+    let call = call.unwrap();
+    h.contacts(&call, &[]);
+    h.event(gone(&ch("c1")));
+    assert_eq!(h.engine.next_timeout(), None);
+    assert!(fallback_dials(&h.advance(FALLBACK_AFTER * 2)).is_empty());
+}
+
+#[test]
+fn with_every_push_failed_and_nothing_registered_the_fallback_rings_at_once() {
+    let mut h = with_fallback();
+    let (call, _) = h.caller("c1", "101");
+    let call = call.unwrap();
+    h.contacts(&call, &[]);
+    let failed = h.push_result(&call, 0, false);
+    assert_eq!(fallback_dials(&failed).len(), 1, "{failed:?}");
+    assert!(continued(&failed).is_empty(), "not FAILED: {failed:?}");
+    // If the fallback fails too, the call is hopeless.
+    let leg = fallback_dials(&failed)[0].leg.clone();
+    let gone = h.event(gone(&leg));
+    assert_eq!(continued(&gone), vec![(ch("c1"), WakeStatus::Failed)]);
 }

@@ -181,7 +181,7 @@ fn an_originate_carries_the_call_and_nothing_a_caller_can_smuggle() {
         leg: LEG.into(),
         caller_channel: CALLER.into(),
         extension: "101".into(),
-        contact_uri: "sip:101@127.0.0.1:5091;transport=UDP".into(),
+        target: DialTarget::Contact("sip:101@127.0.0.1:5091;transport=UDP".into()),
         caller: Party {
             number: "200".into(),
             name: "Alice O'Hara, {ignore_early_media=true}".into(),
@@ -212,7 +212,7 @@ fn hangups_connects_and_api_answers() {
         format!("uuid_kill {LEG} NORMAL_CLEARING")
     );
     assert_eq!(
-        connect(CALLER, LEG),
+        connect(CALLER, LEG, WakeStatus::Answered),
         [
             format!("uuid_setvar {CALLER} pushwake_status ANSWERED"),
             format!("uuid_answer {CALLER}"),
