@@ -204,3 +204,81 @@ async fn a_ringall_queue_rings_the_sleeping_agent_by_its_state_and_the_woken_pho
     the_woken_phone_wins(&rig, &format!("{}92", rig.slot.0)).await;
     wait_state(&rig, 1, "NOT_INUSE").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_skips_the_agent_while_its_state_shows_it_in_a_call() {
+    let (rig, _fcm) = setup(34).await;
+    // The agent's phone is awake and takes a call of its own: in use.
+    let mut agent = rig
+        .phone(
+            1,
+            1,
+            Phone::Answer {
+                answer_after_ms: 200,
+            },
+        )
+        .await;
+    rig.register(1, 1, 120, &apns_token(&rig)).await;
+    let mut first = rig.call(
+        &rig.phone_number(1),
+        CallerEnd::AnsweredCallerHangsUp { talk_ms: 8000 },
+    );
+    wait_state(&rig, 1, "INUSE").await;
+    // A queue caller meanwhile: queue q34 (queues.conf) rings only the desk phone.
+    let mut desk = rig
+        .phone(
+            2,
+            1,
+            Phone::DeskAnswer {
+                answer_after_ms: 500,
+            },
+        )
+        .await;
+    rig.register_contact(2, 1, 120, "").await;
+    let mut queued = rig.call_from(
+        rig.slot.extra_port(0),
+        &format!("{}92", rig.slot.0),
+        CallerEnd::AnsweredCallerHangsUp { talk_ms: 1000 },
+    );
+    rig.finish(&mut queued, SECS(30)).await;
+    rig.finish(&mut desk, SECS(30)).await;
+    // pushwake was never handed the queue's call: one caller only, the first.
+    let waiting = rig.logs().matches("caller waiting").count();
+    assert_eq!(waiting, 1, "{}", rig.logs());
+    rig.finish(&mut first, SECS(30)).await;
+    rig.finish(&mut agent, SECS(30)).await;
+    rig.assert_clean().await;
+    wait_state(&rig, 1, "NOT_INUSE").await;
+    rig.register(1, 1, 0, &apns_token(&rig)).await;
+    rig.register_contact(2, 1, 0, "").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_rrmemory_queue_gives_the_sleeping_agent_its_turn_and_the_woken_phone_answers() {
+    let (rig, _fcm) = setup(33).await;
+    wait_state(&rig, 1, "NOT_INUSE").await;
+    let mut woken = rig
+        .phone(
+            1,
+            1,
+            Phone::Answer {
+                answer_after_ms: 200,
+            },
+        )
+        .await;
+    // Queue q33 (queues.conf): the agent's turn first; the desk phone is not rung.
+    let mut call = rig.call(
+        &format!("{}92", rig.slot.0),
+        CallerEnd::AnsweredCallerHangsUp { talk_ms: 1500 },
+    );
+    let push = rig.unwrap(rig.apns_server.wait_for(1, SECS(15)).await);
+    rig.register(1, 1, 120, &apns_token(&rig)).await;
+    rig.finish(&mut call, SECS(30)).await;
+    rig.finish(&mut woken, SECS(30)).await;
+    assert_eq!(
+        call_id_seen_by(&woken),
+        push[0].body["call_id"].as_str().unwrap()
+    );
+    rig.assert_clean().await;
+    rig.register(1, 1, 0, &apns_token(&rig)).await;
+}

@@ -1,7 +1,8 @@
 //! The shared test Asterisk 22 restarted while calls wait, with the real `pushwake`
 //! binary: pushwake is back within 3 s of Asterisk answering again, after a quick
 //! `core restart now` and after an outage of a minute; nothing is left in the
-//! application; woken calls work again. Asterisk is left running, healthy and on the
+//! application; woken calls work again; the extension states pushwake shows are shown
+//! anew. Asterisk is left running, healthy and on the
 //! configuration it had, for the tests that follow.
 //!
 //! One test: it restarts the Asterisk every other test of this binary would use. Test
@@ -190,7 +191,16 @@ async fn pushwake_is_back_within_3_s_of_asterisk_after_a_restart_and_after_a_min
     wait_for_sip().await;
     woken_call(&rig).await;
 
-    // 2. Away for more than a minute.
+    // 2. Away for more than a minute. Just before, something else sets phone 1's device
+    // state (pushwake shows NOT_INUSE): the reconnected pushwake must show it anew.
+    let state = format!("Stasis:{}-{}", rig.app(), rig.phone_number(1));
+    rig.unwrap(
+        rig.pbx
+            .client()
+            .set_device_state(&state, "UNAVAILABLE")
+            .await
+            .map_err(|e| e.to_string()),
+    );
     let skip = rig.daemon().log_len();
     let stop = asterisk_rx("core stop now").await;
     assert!(stop.status.success(), "core stop now: {stop:?}");
@@ -205,6 +215,13 @@ async fn pushwake_is_back_within_3_s_of_asterisk_after_a_restart_and_after_a_min
     );
     wait_for_sip().await;
     rig.assert_clean().await;
+    let shown =
+        pushwake_testkit::wait_until("phone 1's device state shown anew", SECS(10), || async {
+            let now = rig.pbx.client().device_state(&state).await.ok()?;
+            (now == "NOT_INUSE").then_some(())
+        })
+        .await;
+    rig.unwrap(shown);
     woken_call(&rig).await;
     eprintln!("back after core restart: {quick:?}; after {LONG_OUTAGE:?} away: {long:?}");
 }
