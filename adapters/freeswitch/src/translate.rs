@@ -173,18 +173,21 @@ pub fn contacts(answer: &str) -> Result<Vec<(Contact, String)>, PbxError> {
 }
 
 /// The `originate` of a leg: `bgapi` it. The leg gets the engine's id as its UUID, the
-/// call's id as [`CALL_VAR`] and `X-Pushwake-Call-Id`, the caller's channel as
+/// call's id as [`CALL_VAR`] and (towards a contact) `X-Pushwake-Call-Id`, the caller's
+/// channel as
 /// [`CALLER_VAR`], the caller's id, a ring timeout; once answered it parks, until
 /// pushwake bridges it to the caller.
 pub fn originate(request: &DialRequest, profile: &str) -> String {
+    // A fallback number is a stranger's phone: it is not told pushwake's call id.
+    let header = match request.target {
+        DialTarget::Contact(_) => safe(request.call.as_str()),
+        DialTarget::Fallback(_) => String::new(),
+    };
     let vars = [
         ("origination_uuid", safe(request.leg.as_str())),
         (CALL_VAR, safe(request.call.as_str())),
         (CALLER_VAR, safe(request.caller_channel.as_str())),
-        (
-            &format!("sip_h_{CALL_ID_HEADER}") as &str,
-            safe(request.call.as_str()),
-        ),
+        (&format!("sip_h_{CALL_ID_HEADER}") as &str, header),
         ("origination_caller_id_number", safe(&request.caller.number)),
         ("origination_caller_id_name", safe(&request.caller.name)),
         (

@@ -202,6 +202,41 @@ fn an_originate_carries_the_call_and_nothing_a_caller_can_smuggle() {
 }
 
 #[test]
+fn a_fallback_is_originated_as_its_dial_string_without_the_call_id_header() {
+    let request = DialRequest {
+        call: "3a45e20c-31c2-49fb-afe2-7a37178af4f7".into(),
+        leg: LEG.into(),
+        caller_channel: CALLER.into(),
+        extension: "101".into(),
+        target: DialTarget::Fallback("sofia/gateway/trunk/+15551234567".into()),
+        caller: Party {
+            number: "200".into(),
+            name: String::new(),
+        },
+        timeout: Duration::from_secs(20),
+    };
+    assert!(dialable_target(&request.target));
+    assert_eq!(
+        originate(&request, "internal"),
+        "originate {origination_uuid=5d7d1c1e-0000-4000-8000-000000000001,\
+         pushwake_call=3a45e20c-31c2-49fb-afe2-7a37178af4f7,\
+         pushwake_caller=e48d5ed0-81cd-4bb8-b8fa-afe5b70856cd,\
+         origination_caller_id_number=200,\
+         originate_timeout=20}sofia/gateway/trunk/+15551234567 &park()"
+    );
+    // One destination only: nothing that adds a second one or a variable block.
+    for bad in [
+        "sofia/gateway/trunk/+1555,user/102",
+        "sofia/gateway/trunk/+1555|user/102",
+        "{origination_uuid=x}sofia/gateway/trunk/+1555",
+        "sofia/gateway/trunk/+1555 &bridge(user/102)",
+        "",
+    ] {
+        assert!(!dialable_target(&DialTarget::Fallback(bad.into())), "{bad}");
+    }
+}
+
+#[test]
 fn hangups_connects_and_api_answers() {
     assert_eq!(
         hangup(LEG, HangupReason::AnsweredElsewhere),
@@ -218,6 +253,10 @@ fn hangups_connects_and_api_answers() {
             format!("uuid_answer {CALLER}"),
             format!("uuid_bridge {CALLER} {LEG}"),
         ]
+    );
+    assert_eq!(
+        connect(CALLER, LEG, WakeStatus::AnsweredFallback)[0],
+        format!("uuid_setvar {CALLER} pushwake_status ANSWERED_FALLBACK")
     );
     // The answers as the captures have them.
     assert_eq!(api_result("uuid_answer", "+OK\n"), Ok(()));
