@@ -19,8 +19,10 @@
 //! only); and the whole woken call through a stand-in that judges every channel command
 //! as FreeSWITCH does (`EslServer::judge`: a leg that answers by itself, a bridge that
 //! fails unless the caller was answered, hang-ups reported); late and duplicated events
-//! (a stale unregister, an answer and a hang-up twice) changing nothing; and pushwake
-//! stopped, the `socket` refused at once. Slot 35's TCP ports.
+//! (a stale unregister, an answer and a hang-up twice) changing nothing; pushwake
+//! stopped, the `socket` refused at once; and the extension's fallback dial string
+//! originated once no device answered, winning with ANSWERED_FALLBACK. Slot 35's TCP
+//! ports.
 
 use std::path::Path;
 use std::time::Duration;
@@ -633,4 +635,81 @@ async fn with_pushwake_stopped_the_socket_application_is_refused_at_once() {
         refused.unwrap_err().kind(),
         std::io::ErrorKind::ConnectionRefused
     );
+}
+
+/// The phone never wakes: once `fallback_after` passed, pushwake originates the
+/// extension's fallback dial string as it is (no call id header for a stranger's phone),
+/// and when it answers bridges it with `pushwake_status=ANSWERED_FALLBACK`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fallback_dial_string_is_originated_once_no_device_answered_and_can_win() {
+    const FALLBACK: &str = "sofia/gateway/trunk/+15551234567";
+    let switch = rig(
+        12,
+        vec![TestExtension::new("101", "10s")
+            .device(TestDevice::apns(voip_token()))
+            .fallback(FALLBACK, "1s")],
+    )
+    .await;
+    let (server, daemon) = (&switch.server, &switch.daemon);
+    server.hold_jobs(None);
+    let started = tokio::time::Instant::now();
+    let _call = switch.call(CALLER, "101").await;
+    let pushes = switch
+        .apns
+        .wait_for(1, SECS(15))
+        .await
+        .unwrap_or_else(|e| panic!("{e}; log:\n{}", daemon.logs()));
+    let call_id = pushes[0].body["call_id"].as_str().unwrap().to_owned();
+    let originate = server
+        .wait_command(SECS(10), |r| r.command.starts_with("bgapi originate"))
+        .await
+        .unwrap_or_else(|| panic!("no originate; log:\n{}", daemon.logs()));
+    assert!(started.elapsed() >= SECS(1), "before fallback_after");
+    let command = originate.command;
+    assert!(
+        command.ends_with(&format!("}}{FALLBACK} &park()"))
+            && command.contains(&format!("pushwake_call={call_id}"))
+            && !command.contains("X-Pushwake-Call-Id"),
+        "{command}"
+    );
+    let leg = leg_of(&command);
+    for command in [
+        format!("uuid_setvar {CALLER} pushwake_status ANSWERED_FALLBACK"),
+        format!("uuid_answer {CALLER}"),
+        format!("uuid_bridge {CALLER} {leg}"),
+    ] {
+        server.answer(&command, Answer::body("+OK\n"));
+    }
+    server.push_event(&channel_event(
+        "CHANNEL_ANSWER",
+        &[
+            ("Unique-ID", &leg),
+            ("Call-Direction", "outbound"),
+            ("variable_pushwake_call", &call_id),
+        ],
+    ));
+    switch
+        .sent(&format!("api uuid_bridge {CALLER} {leg}"))
+        .await;
+    let sent = server.commands();
+    assert!(
+        sent.contains(&format!(
+            "api uuid_setvar {CALLER} pushwake_status ANSWERED_FALLBACK"
+        )),
+        "{sent:?}"
+    );
+    daemon
+        .wait_log("the fallback answered", SECS(10))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    for id in [CALLER, leg.as_str()] {
+        server.push_event(&channel_event(
+            "CHANNEL_HANGUP_COMPLETE",
+            &[("Hangup-Cause", "NORMAL_CLEARING"), ("Unique-ID", id)],
+        ));
+    }
+    daemon
+        .wait_log(&format!("caller hung up call={call_id}"), SECS(10))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
 }
