@@ -1,7 +1,8 @@
 //! The cell-number fallback on the real Asterisk: slot TT's phone 1 is push-enabled with
 //! `fallback = "Local/TT03@pushwake-outbound"` (the test dialplan's stand-in for a trunk
 //! to a cell phone: it dials phone 3, a plain SIP phone). pushwake rings it alongside
-//! the wait once no device answered within `fallback_after`; the first to answer wins.
+//! the wait once no device answered within `fallback_after`; the first to answer wins;
+//! a caller gone before then never starts it.
 
 use std::time::Duration;
 
@@ -114,5 +115,37 @@ async fn the_app_wakes_and_answers_first_and_the_ringing_fallback_is_cancelled()
     );
     rig.assert_clean().await;
     rig.register(1, 1, 0, &token(&rig)).await;
+    rig.register_contact(3, 1, 0, "").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_who_hangs_up_before_fallback_after_never_starts_the_fallback() {
+    let rig = setup(38, "5s").await;
+    let cell = rig
+        .phone(3, 1, Phone::DeskAnswer { answer_after_ms: 0 })
+        .await;
+    rig.register_contact(3, 1, 120, "").await;
+    let started = tokio::time::Instant::now();
+    let mut call = rig.call(&rig.phone_number(1), CallerEnd::Cancels { after_ms: 500 });
+    rig.unwrap(rig.apns_server.wait_for(1, SECS(15)).await);
+    rig.finish(&mut call, SECS(30)).await;
+    rig.wait_log("caller hung up while waiting", SECS(10)).await;
+    assert!(
+        started.elapsed() < SECS(3),
+        "the caller left too late to tell"
+    );
+    // Past the moment the fallback would have rung, and 3 s more: nothing rang it.
+    tokio::time::sleep_until(started + SECS(8)).await;
+    assert!(
+        !rig.logs().contains("ringing the fallback"),
+        "{}",
+        rig.logs()
+    );
+    assert!(
+        !cell.messages().contains("INVITE sip:"),
+        "the cell phone got an INVITE:\n{}",
+        cell.messages()
+    );
+    rig.assert_clean().await;
     rig.register_contact(3, 1, 0, "").await;
 }
