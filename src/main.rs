@@ -377,6 +377,7 @@ async fn drive<P: CallControl>(
     let settings = EngineSettings {
         // The adapter says whether its PBX announces every registration.
         contact_poll: pbx.contact_poll(),
+        extension_states: pbx.extension_states(),
         status_base_url: config.http.as_ref().map(|http| http.public_url.clone()),
         node: config.store.node.clone(),
     };

@@ -37,6 +37,7 @@ async fn setup(slot: u8) -> (Rig, FcmServer) {
     let fcm_server = FcmServer::start(fcm.expectations(SECS(20))).await.unwrap();
     let config = rig
         .config()
+        .pbx_option("device_states = true")
         .fcm(&fcm, &fcm_server.endpoint(), &fcm_server.token_uri())
         .extension(
             TestExtension::new(rig.phone_number(1), "20s")

@@ -145,6 +145,7 @@ async fn pushwake_is_back_within_3_s_of_asterisk_after_a_restart_and_after_a_min
     rig.register(1, 1, 0, &token(&rig)).await;
     let config = rig
         .config()
+        .pbx_option("device_states = true")
         .extension(
             TestExtension::new(rig.phone_number(1), "20s").device(TestDevice::apns(token(&rig))),
         )

@@ -419,4 +419,11 @@ pub trait CallControl: Send + Sync + 'static {
     fn contact_poll(&self) -> Option<Duration> {
         None
     }
+
+    /// Whether to show the PBX each push-enabled extension's state
+    /// ([`PbxCommand::PublishState`]): where the PBX can take them and the operator asked
+    /// for them. `false`: no state is shown.
+    fn extension_states(&self) -> bool {
+        false
+    }
 }

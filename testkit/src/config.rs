@@ -216,6 +216,13 @@ impl ConfigBuilder {
         }
     }
 
+    /// One more `key = value` line in the PBX's section (e.g. `device_states = true`).
+    pub fn pbx_option(mut self, line: &str) -> Self {
+        self.pbx.push_str(line);
+        self.pbx.push('\n');
+        self
+    }
+
     /// `[store] url`: where the daemon keeps the devices that registered themselves.
     /// Without it the configuration gets a SQLite file of its own in `state/` beside it
     /// (a directory only its owner may read, as the store requires).

@@ -19,6 +19,10 @@ pub struct AsteriskConfig {
     pub password: String,
     /// Stasis application name used in the dialplan.
     pub app: String,
+    /// Whether pushwake keeps a device state `Stasis:<app>-<extension>` per push-enabled
+    /// extension (for queues and hints). Off unless asked for: on, pushwake sets one for
+    /// every such extension on each connect.
+    pub device_states: bool,
 }
 
 impl fmt::Debug for AsteriskConfig {
@@ -28,6 +32,7 @@ impl fmt::Debug for AsteriskConfig {
             .field("username", &self.username)
             .field("password", &"<redacted>")
             .field("app", &self.app)
+            .field("device_states", &self.device_states)
             .finish()
     }
 }
@@ -40,6 +45,8 @@ struct RawAsterisk {
     password: String,
     #[serde(default = "default_app")]
     app: Spanned<String>,
+    #[serde(default)]
+    device_states: bool,
 }
 
 fn default_app() -> Spanned<String> {
@@ -72,6 +79,7 @@ impl AsteriskConfig {
             username: raw.username,
             password: raw.password,
             app,
+            device_states: raw.device_states,
         }))
     }
 }
@@ -94,8 +102,15 @@ mod tests {
         let config = read(SECTION_TEXT).unwrap().unwrap();
         assert_eq!(config.url, "http://127.0.0.1:8088");
         assert_eq!(config.app, "pushwake");
+        assert!(!config.device_states, "off unless asked for");
         assert!(!format!("{config:?}").contains("secret"));
         assert_eq!(read("[http]\nx = 1\n").unwrap(), None);
+        let on = read(&format!("{SECTION_TEXT}device_states = true\n"))
+            .unwrap()
+            .unwrap();
+        assert!(on.device_states);
+        let e = read(&format!("{SECTION_TEXT}device_states = \"yes\"\n")).unwrap_err();
+        assert!(e.starts_with("pw.toml:5: ") && e.contains("boolean"), "{e}");
     }
 
     #[test]

@@ -56,6 +56,8 @@ pub struct AsteriskPbx {
     unreachable: Arc<Notify>,
     /// Every waiting call's contact listing goes through it, batched with the others'.
     contacts: ContactLister,
+    /// Whether to keep the extensions' device states (`[asterisk] device_states`).
+    device_states: bool,
 }
 
 impl AsteriskPbx {
@@ -70,6 +72,7 @@ impl AsteriskPbx {
             dial_client: AriClient::new(&config.url, &config.username, &config.password)?,
             app: config.app.clone(),
             unreachable: Arc::new(Notify::new()),
+            device_states: config.device_states,
         })
     }
 
@@ -341,6 +344,10 @@ impl CallControl for AsteriskPbx {
 
     fn contact_poll(&self) -> Option<Duration> {
         Some(CONTACT_POLL)
+    }
+
+    fn extension_states(&self) -> bool {
+        self.device_states
     }
 }
 

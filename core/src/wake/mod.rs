@@ -46,6 +46,9 @@ pub struct EngineSettings {
     /// This node's name as its pushes carry it (`node`), on a site of several nodes
     /// sharing one device store; `None` on a single node.
     pub node: Option<String>,
+    /// Whether to show the PBX each push-enabled extension's state
+    /// ([`crate::pbx::CallControl::extension_states`]).
+    pub extension_states: bool,
 }
 
 /// Something the engine must react to.
@@ -369,6 +372,9 @@ impl WakeEngine {
     /// Every extension pushwake shows a state for, or should: those it showed one for,
     /// the configured ones, and those with devices of their own.
     fn all_states_stale(&mut self) {
+        if !self.settings.extension_states {
+            return;
+        }
         let mut all: BTreeSet<String> = self.published.keys().cloned().collect();
         all.extend(self.directory.numbers().map(str::to_owned));
         if let Some(source) = &self.registered {
@@ -380,6 +386,10 @@ impl WakeEngine {
     /// Shows the PBX the state of every extension whose state may have changed, where it
     /// did change (or was never shown).
     fn publish_states(&mut self) {
+        if !self.settings.extension_states {
+            self.stale_states.clear();
+            return;
+        }
         for extension in std::mem::take(&mut self.stale_states) {
             let (mut waiting, mut connected) = (0, 0);
             for call in self.calls.values().filter(|c| c.extension == extension) {

@@ -1462,9 +1462,29 @@ fn the_same_seed_and_inputs_give_byte_identical_commands() {
     assert_eq!(other_shapes, shapes);
 }
 
+/// A harness whose PBX takes extension states.
+fn with_states() -> Harness {
+    Harness::with_settings(EngineSettings {
+        extension_states: true,
+        ..polling()
+    })
+}
+
+#[test]
+fn without_extension_states_asked_for_none_is_shown() {
+    let mut h = Harness::new();
+    let mut commands = h.event(PbxEvent::Connected(PbxSnapshot::default()));
+    let (call, arrived) = h.caller("c1", "101");
+    commands.extend(arrived);
+    commands.extend(h.contacts(&call.unwrap(), &[]));
+    commands.extend(h.event(gone(&ch("c1"))));
+    commands.extend(h.feed(Input::DevicesChanged(DevicesChanged::All)));
+    assert!(states(&commands).is_empty(), "{commands:?}");
+}
+
 #[test]
 fn extension_states_follow_devices_and_calls_and_are_shown_anew_on_reconnect() {
-    let mut h = Harness::new();
+    let mut h = with_states();
     // Connected: every configured extension is shown; 103 has no device to wake.
     let shown = h.event(PbxEvent::Connected(PbxSnapshot::default()));
     assert_eq!(
@@ -1526,7 +1546,7 @@ fn extension_states_follow_devices_and_calls_and_are_shown_anew_on_reconnect() {
 
 #[test]
 fn an_extension_with_a_waiting_and_a_connected_call_is_in_use_until_both_end() {
-    let mut h = Harness::new();
+    let mut h = with_states();
     let (first, _) = h.caller("c1", "102");
     let first = first.unwrap();
     let leg = dials(&h.contacts(&first, &[("sip:a", None)]))[0]
