@@ -283,3 +283,61 @@ async fn an_rrmemory_queue_gives_the_sleeping_agent_its_turn_and_the_woken_phone
     rig.assert_clean().await;
     rig.register(1, 1, 0, &apns_token(&rig)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hint_of_the_phone_and_pushwakes_state_keeps_a_queue_off_a_call_that_bypassed_pushwake() {
+    let (rig, _fcm) = setup(32).await;
+    wait_state(&rig, 1, "NOT_INUSE").await;
+    // The agent's phone is awake and takes a call dialled to it directly (TT93): pushwake
+    // never sees it, its own state stays NOT_INUSE; the phone's PJSIP state is INUSE.
+    let mut agent = rig
+        .phone(
+            1,
+            1,
+            Phone::DeskAnswer {
+                answer_after_ms: 200,
+            },
+        )
+        .await;
+    rig.register_contact(1, 1, 120, "").await;
+    let mut direct = rig.call(
+        &format!("{}93", rig.slot.0),
+        CallerEnd::AnsweredCallerHangsUp { talk_ms: 8000 },
+    );
+    let phone = format!("PJSIP/{}-", rig.phone_number(1));
+    let up = pushwake_testkit::wait_until("the direct call to be answered", SECS(15), || async {
+        let channels = rig.pbx.channels_of(rig.slot).await.ok()?;
+        channels
+            .iter()
+            .any(|c| c.name.starts_with(&phone) && c.state == "Up")
+            .then_some(())
+    })
+    .await;
+    rig.unwrap(up);
+    assert_eq!(device_state(&rig, 1).await, "NOT_INUSE");
+    // A queue caller meanwhile: q32's agent state is the hint of both, INUSE: only the
+    // desk phone rings, and pushwake is never handed the call.
+    let mut desk = rig
+        .phone(
+            2,
+            1,
+            Phone::DeskAnswer {
+                answer_after_ms: 500,
+            },
+        )
+        .await;
+    rig.register_contact(2, 1, 120, "").await;
+    let mut queued = rig.call_from(
+        rig.slot.extra_port(0),
+        &format!("{}92", rig.slot.0),
+        CallerEnd::AnsweredCallerHangsUp { talk_ms: 1000 },
+    );
+    rig.finish(&mut queued, SECS(30)).await;
+    rig.finish(&mut desk, SECS(30)).await;
+    assert!(!rig.logs().contains("caller waiting"), "{}", rig.logs());
+    rig.finish(&mut direct, SECS(30)).await;
+    rig.finish(&mut agent, SECS(30)).await;
+    rig.assert_clean().await;
+    rig.register_contact(1, 1, 0, "").await;
+    rig.register_contact(2, 1, 0, "").await;
+}
