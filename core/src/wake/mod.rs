@@ -383,21 +383,31 @@ impl WakeEngine {
         self.stale_states.extend(all);
     }
 
+    /// Notes that `extension`'s state may have changed (if states are shown at all).
+    fn state_may_change(&mut self, extension: &str) {
+        if self.settings.extension_states {
+            self.stale_states.insert(extension.to_owned());
+        }
+    }
+
     /// Shows the PBX the state of every extension whose state may have changed, where it
     /// did change (or was never shown).
     fn publish_states(&mut self) {
-        if !self.settings.extension_states {
-            self.stale_states.clear();
+        if self.stale_states.is_empty() {
             return;
         }
-        for extension in std::mem::take(&mut self.stale_states) {
-            let (mut waiting, mut connected) = (0, 0);
-            for call in self.calls.values().filter(|c| c.extension == extension) {
-                match call.phase {
-                    Phase::Waiting => waiting += 1,
-                    Phase::Connecting { .. } | Phase::Connected { .. } => connected += 1,
-                }
+        let stale = std::mem::take(&mut self.stale_states);
+        // Each stale extension's (waiting, connected) calls, in one pass over the calls.
+        let mut calls: HashMap<&str, (usize, usize)> = HashMap::new();
+        for call in self.calls.values().filter(|c| stale.contains(&c.extension)) {
+            let tally = calls.entry(call.extension.as_str()).or_default();
+            match call.phase {
+                Phase::Waiting => tally.0 += 1,
+                Phase::Connecting { .. } | Phase::Connected { .. } => tally.1 += 1,
             }
+        }
+        for extension in stale {
+            let (waiting, connected) = calls.get(extension.as_str()).copied().unwrap_or_default();
             let devices = self.policy_of(&extension).map_or(0, |p| {
                 p.devices
                     .iter()
@@ -477,7 +487,9 @@ impl WakeEngine {
             } => self.push_result(now, &call, device, verdict),
             Input::DevicesChanged(DevicesChanged::All) => self.all_states_stale(),
             Input::DevicesChanged(DevicesChanged::Of(extensions)) => {
-                self.stale_states.extend(extensions);
+                for extension in extensions {
+                    self.state_may_change(&extension);
+                }
             }
         }
     }
@@ -707,7 +719,7 @@ impl WakeEngine {
             }));
         }
         self.by_caller.insert(channel.clone(), id.clone());
-        self.stale_states.insert(extension.clone());
+        self.state_may_change(&extension);
         self.calls.insert(
             id.clone(),
             Call {
@@ -948,7 +960,10 @@ impl WakeEngine {
         call.phase = Phase::Connecting {
             leg: leg_id.clone(),
         };
-        self.stale_states.insert(call.extension.clone());
+        // (`state_may_change`, written out: `call` borrows the calls.)
+        if self.settings.extension_states {
+            self.stale_states.insert(call.extension.clone());
+        }
         if call.status.is_some() {
             // Answered from the app's point of view: the caller is being connected and
             // every other leg is cancelled now.
@@ -1201,7 +1216,7 @@ impl WakeEngine {
         }
         self.tell_devices(now, id, reason);
         if let Some(call) = self.calls.remove(id) {
-            self.stale_states.insert(call.extension.clone());
+            self.state_may_change(&call.extension);
             self.by_caller.remove(&call.caller);
             for leg in &call.legs {
                 self.by_leg.remove(&leg.id);
@@ -1330,7 +1345,7 @@ impl WakeEngine {
         tracing::info!(call = %id, "adopting a conversation connected by a previous process");
         self.by_caller.insert(caller.clone(), id.clone());
         self.by_leg.insert(leg.clone(), id.clone());
-        self.stale_states.insert(extension.clone());
+        self.state_may_change(&extension);
         self.calls.insert(
             id.clone(),
             Call {
