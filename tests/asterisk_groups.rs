@@ -27,6 +27,33 @@ fn group(rig: &Rig) -> String {
     format!("{}91", rig.slot.0)
 }
 
+/// The slot's queue number (test dialplan: TT92 joins queue qTT of queues.conf).
+fn queue(rig: &Rig) -> String {
+    format!("{}92", rig.slot.0)
+}
+
+/// A second caller joins the slot's queue while phone 1 is busy: phone 2, a desk phone,
+/// answers it; the caller talks 1 s and hangs up.
+async fn the_desk_phone_takes_a_queue_call(rig: &Rig) {
+    let mut desk = rig
+        .phone(
+            2,
+            1,
+            Phone::DeskAnswer {
+                answer_after_ms: 500,
+            },
+        )
+        .await;
+    rig.register_contact(2, 1, 120, "").await;
+    let mut queued = rig.call_from(
+        rig.slot.extra_port(0),
+        &queue(rig),
+        CallerEnd::AnsweredCallerHangsUp { talk_ms: 1000 },
+    );
+    rig.finish(&mut queued, SECS(30)).await;
+    rig.finish(&mut desk, SECS(30)).await;
+}
+
 /// A daemon for the slot where TT01 (ring timeout 20 s) has an iOS and an Android
 /// device; nothing of TT01 or TT02 is registered.
 async fn setup(slot: u8) -> (Rig, FcmServer) {
@@ -202,7 +229,7 @@ async fn a_ringall_queue_rings_the_sleeping_agent_by_its_state_and_the_woken_pho
     // The queue's member state is the one pushwake shows: available, though asleep.
     wait_state(&rig, 1, "NOT_INUSE").await;
     // Queue q35 (queues.conf), reached as 3592.
-    the_woken_phone_wins(&rig, &format!("{}92", rig.slot.0)).await;
+    the_woken_phone_wins(&rig, &queue(&rig)).await;
     wait_state(&rig, 1, "NOT_INUSE").await;
 }
 
@@ -226,23 +253,7 @@ async fn a_queue_skips_the_agent_while_its_state_shows_it_in_a_call() {
     );
     wait_state(&rig, 1, "INUSE").await;
     // A queue caller meanwhile: queue q34 (queues.conf) rings only the desk phone.
-    let mut desk = rig
-        .phone(
-            2,
-            1,
-            Phone::DeskAnswer {
-                answer_after_ms: 500,
-            },
-        )
-        .await;
-    rig.register_contact(2, 1, 120, "").await;
-    let mut queued = rig.call_from(
-        rig.slot.extra_port(0),
-        &format!("{}92", rig.slot.0),
-        CallerEnd::AnsweredCallerHangsUp { talk_ms: 1000 },
-    );
-    rig.finish(&mut queued, SECS(30)).await;
-    rig.finish(&mut desk, SECS(30)).await;
+    the_desk_phone_takes_a_queue_call(&rig).await;
     // pushwake was never handed the queue's call: one caller only, the first.
     let waiting = rig.logs().matches("caller waiting").count();
     assert_eq!(waiting, 1, "{}", rig.logs());
@@ -269,7 +280,7 @@ async fn an_rrmemory_queue_gives_the_sleeping_agent_its_turn_and_the_woken_phone
         .await;
     // Queue q33 (queues.conf): the agent's turn first; the desk phone is not rung.
     let mut call = rig.call(
-        &format!("{}92", rig.slot.0),
+        &queue(&rig),
         CallerEnd::AnsweredCallerHangsUp { talk_ms: 1500 },
     );
     let push = rig.unwrap(rig.apns_server.wait_for(1, SECS(15)).await);
@@ -317,23 +328,7 @@ async fn a_hint_of_the_phone_and_pushwakes_state_keeps_a_queue_off_a_call_that_b
     assert_eq!(device_state(&rig, 1).await, "NOT_INUSE");
     // A queue caller meanwhile: q32's agent state is the hint of both, INUSE: only the
     // desk phone rings, and pushwake is never handed the call.
-    let mut desk = rig
-        .phone(
-            2,
-            1,
-            Phone::DeskAnswer {
-                answer_after_ms: 500,
-            },
-        )
-        .await;
-    rig.register_contact(2, 1, 120, "").await;
-    let mut queued = rig.call_from(
-        rig.slot.extra_port(0),
-        &format!("{}92", rig.slot.0),
-        CallerEnd::AnsweredCallerHangsUp { talk_ms: 1000 },
-    );
-    rig.finish(&mut queued, SECS(30)).await;
-    rig.finish(&mut desk, SECS(30)).await;
+    the_desk_phone_takes_a_queue_call(&rig).await;
     assert!(!rig.logs().contains("caller waiting"), "{}", rig.logs());
     rig.finish(&mut direct, SECS(30)).await;
     rig.finish(&mut agent, SECS(30)).await;

@@ -100,13 +100,7 @@ async fn a_call_from_freeswitch_pushes_dials_the_woken_phone_and_bridges_it() {
     let leg = leg_of(&command);
 
     // It answers: pushwake bridges it to the caller.
-    for command in [
-        format!("uuid_setvar {CALLER} pushwake_status ANSWERED"),
-        format!("uuid_answer {CALLER}"),
-        format!("uuid_bridge {CALLER} {leg}"),
-    ] {
-        server.answer(&command, Answer::body("+OK\n"));
-    }
+    connect_answers(&switch, CALLER, &leg, "ANSWERED");
     server.push_event(&channel_event(
         "CHANNEL_ANSWER",
         &[
@@ -202,13 +196,7 @@ async fn an_already_registered_phone_is_rung_at_once() {
         command.ends_with(&format!("}}sofia/internal/{CONTACT} &park()")),
         "{command}"
     );
-    for command in [
-        format!("uuid_setvar {CALLER} pushwake_status ANSWERED"),
-        format!("uuid_answer {CALLER}"),
-        format!("uuid_bridge {CALLER} {leg}"),
-    ] {
-        switch.server.answer(&command, Answer::body("+OK\n"));
-    }
+    connect_answers(&switch, CALLER, &leg, "ANSWERED");
     switch.server.push_event(&channel_event(
         "CHANNEL_ANSWER",
         &[("Unique-ID", &leg), ("Call-Direction", "outbound")],
@@ -296,10 +284,11 @@ async fn a_token_learned_from_sofia_register_is_pushed_for_the_next_call() {
     call.hang_up();
 }
 
-/// Answers the three commands of a connect of `caller` and `leg` with `+OK`.
-fn connect_answers(switch: &FreeSwitchRig, caller: &str, leg: &str) {
+/// Answers the three commands of a connect of `caller` and `leg`, the caller returning
+/// with `status`, with `+OK`.
+fn connect_answers(switch: &FreeSwitchRig, caller: &str, leg: &str, status: &str) {
     for command in [
-        format!("uuid_setvar {caller} pushwake_status ANSWERED"),
+        format!("uuid_setvar {caller} pushwake_status {status}"),
         format!("uuid_answer {caller}"),
         format!("uuid_bridge {caller} {leg}"),
     ] {
@@ -345,7 +334,7 @@ async fn of_two_devices_the_first_to_answer_wins() {
         "{}",
         originates[1].command
     );
-    connect_answers(&switch, CALLER, &second);
+    connect_answers(&switch, CALLER, &second, "ANSWERED");
     switch.server.answer(
         &format!("uuid_kill {first} LOSE_RACE"),
         Answer::body("+OK\n"),
@@ -379,7 +368,7 @@ async fn a_bridged_call_survives_a_crash_and_is_still_torn_down() {
     let call_id = pushes[0].body["call_id"].as_str().unwrap().to_owned();
     switch.server.push_event(&sofia_register());
     let (_, leg) = switch.originate().await;
-    connect_answers(&switch, CALLER, &leg);
+    connect_answers(&switch, CALLER, &leg, "ANSWERED");
     switch.server.push_event(&channel_event(
         "CHANNEL_ANSWER",
         &[("Unique-ID", &leg), ("Call-Direction", "outbound")],
@@ -660,26 +649,15 @@ async fn the_fallback_dial_string_is_originated_once_no_device_answered_and_can_
         .await
         .unwrap_or_else(|e| panic!("{e}; log:\n{}", daemon.logs()));
     let call_id = pushes[0].body["call_id"].as_str().unwrap().to_owned();
-    let originate = server
-        .wait_command(SECS(10), |r| r.command.starts_with("bgapi originate"))
-        .await
-        .unwrap_or_else(|| panic!("no originate; log:\n{}", daemon.logs()));
+    let (command, leg) = switch.originate().await;
     assert!(started.elapsed() >= SECS(1), "before fallback_after");
-    let command = originate.command;
     assert!(
         command.ends_with(&format!("}}{FALLBACK} &park()"))
             && command.contains(&format!("pushwake_call={call_id}"))
             && !command.contains("X-Pushwake-Call-Id"),
         "{command}"
     );
-    let leg = leg_of(&command);
-    for command in [
-        format!("uuid_setvar {CALLER} pushwake_status ANSWERED_FALLBACK"),
-        format!("uuid_answer {CALLER}"),
-        format!("uuid_bridge {CALLER} {leg}"),
-    ] {
-        server.answer(&command, Answer::body("+OK\n"));
-    }
+    connect_answers(&switch, CALLER, &leg, "ANSWERED_FALLBACK");
     server.push_event(&channel_event(
         "CHANNEL_ANSWER",
         &[
