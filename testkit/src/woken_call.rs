@@ -178,6 +178,54 @@ pub async fn run(
     })
 }
 
+/// What a benchmark of woken calls runs on: the test Asterisk, a local APNs server, and
+/// a daemon serving the slot's phone 1 (ring timeout 20 s) with one iOS device, `token`.
+pub struct WokenCallBench {
+    /// The running test Asterisk.
+    pub pbx: crate::asterisk::TestAsterisk,
+    /// The APNs server the daemon pushes to.
+    pub server: ApnsServer,
+    /// Phone 1's device token.
+    pub token: String,
+    /// The daemon.
+    pub daemon: crate::daemon::Daemon,
+    /// The binary the daemon runs.
+    pub binary: std::path::PathBuf,
+    /// Holds the daemon's configuration.
+    pub dir: tempfile::TempDir,
+}
+
+impl WokenCallBench {
+    /// Starts the APNs server and the daemon ([`pushwake_binary`]) for `slot`.
+    pub async fn start(slot: Slot) -> Result<Self, String> {
+        use crate::config::{ConfigBuilder, TestApns, TestDevice, TestExtension};
+        let pbx = crate::asterisk::TestAsterisk::connect().await?;
+        let apns = TestApns::generate();
+        let server = ApnsServer::start(apns.expectations())
+            .await
+            .map_err(|e| e.to_string())?;
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let token = format!("{:02}", slot.0).repeat(32);
+        let config = ConfigBuilder::new(dir.path(), &pbx, &pbx.app(slot))
+            .apns(&apns, &server.endpoint())
+            .extension(
+                TestExtension::new(pbx.phone(slot, 1), "20s").device(TestDevice::apns(&token)),
+            )
+            .write()
+            .map_err(|e| e.to_string())?;
+        let binary = pushwake_binary()?;
+        let daemon = crate::daemon::Daemon::start(&binary, &config).await?;
+        Ok(Self {
+            pbx,
+            server,
+            token,
+            daemon,
+            binary,
+            dir,
+        })
+    }
+}
+
 /// The `pushwake` binary next to the running one (`target/<profile>/`), or `$PUSHWAKE_BIN`.
 pub fn pushwake_binary() -> Result<std::path::PathBuf, String> {
     if let Some(path) = std::env::var_os("PUSHWAKE_BIN") {

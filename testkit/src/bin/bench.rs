@@ -9,14 +9,9 @@
 
 use std::time::Duration;
 
-use pushwake_testkit::apns::ApnsServer;
-use pushwake_testkit::asterisk::TestAsterisk;
-use pushwake_testkit::config::{ConfigBuilder, TestApns, TestDevice, TestExtension};
-use pushwake_testkit::daemon::Daemon;
 use pushwake_testkit::figures::{ms, percentile, proc_status_kib};
-use pushwake_testkit::pbx::TestPbx;
 use pushwake_testkit::slot::Slot;
-use pushwake_testkit::woken_call::{self, WokenCallPlan};
+use pushwake_testkit::woken_call::{self, WokenCallBench, WokenCallPlan};
 
 #[tokio::main]
 async fn main() {
@@ -32,20 +27,14 @@ async fn main() {
 
 async fn bench(calls: usize) -> Result<(), String> {
     let slot = Slot::new(39);
-    let pbx = TestAsterisk::connect().await?;
-    let apns = TestApns::generate();
-    let server = ApnsServer::start(apns.expectations())
-        .await
-        .map_err(|e| e.to_string())?;
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let token = "39".repeat(32);
-    let config = ConfigBuilder::new(dir.path(), &pbx, &pbx.app(slot))
-        .apns(&apns, &server.endpoint())
-        .extension(TestExtension::new(pbx.phone(slot, 1), "20s").device(TestDevice::apns(&token)))
-        .write()
-        .map_err(|e| e.to_string())?;
-    let binary = woken_call::pushwake_binary()?;
-    let daemon = Daemon::start(&binary, &config).await?;
+    let WokenCallBench {
+        pbx,
+        server,
+        token,
+        daemon,
+        binary,
+        dir: _dir,
+    } = WokenCallBench::start(slot).await?;
     let pid = daemon.pid().ok_or("daemon exited")?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle_rss = proc_status_kib(pid, "VmRSS:").ok_or("cannot read the daemon's RSS")?;

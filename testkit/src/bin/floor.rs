@@ -20,16 +20,13 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use futures_util::StreamExt;
-use pushwake_testkit::apns::ApnsServer;
 use pushwake_testkit::asterisk::TestAsterisk;
-use pushwake_testkit::config::{ConfigBuilder, TestApns, TestDevice, TestExtension};
-use pushwake_testkit::daemon::Daemon;
 use pushwake_testkit::figures::{ms, percentile};
 use pushwake_testkit::pbx::TestPbx;
 use pushwake_testkit::sipp::{Phone, SippRun};
 use pushwake_testkit::slot::Slot;
 use pushwake_testkit::trace;
-use pushwake_testkit::woken_call::{self, WokenCallPlan};
+use pushwake_testkit::woken_call::{self, WokenCallBench, WokenCallPlan};
 use serde::Deserialize;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::header::{HeaderValue, AUTHORIZATION};
@@ -314,20 +311,14 @@ fn summary(name: &str, samples: &[Duration]) -> (Duration, Duration) {
 
 async fn bench(rounds: usize) -> Result<(), String> {
     let slot = Slot::new(39);
-    let pbx = TestAsterisk::connect().await?;
-    let apns = TestApns::generate();
-    let server = ApnsServer::start(apns.expectations())
-        .await
-        .map_err(|e| e.to_string())?;
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let token = "39".repeat(32);
-    let config = ConfigBuilder::new(dir.path(), &pbx, &pbx.app(slot))
-        .apns(&apns, &server.endpoint())
-        .extension(TestExtension::new(pbx.phone(slot, 1), "20s").device(TestDevice::apns(&token)))
-        .write()
-        .map_err(|e| e.to_string())?;
-    let binary = woken_call::pushwake_binary()?;
-    let daemon = Daemon::start(&binary, &config).await?;
+    let WokenCallBench {
+        pbx,
+        server,
+        token,
+        daemon,
+        binary,
+        dir: _dir,
+    } = WokenCallBench::start(slot).await?;
     let floor = FloorClient::start(&pbx, &format!("{}-floor", pbx.app(slot))).await?;
 
     let plan = WokenCallPlan::mid_call_wake(slot, &token);
