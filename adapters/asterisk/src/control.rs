@@ -439,10 +439,15 @@ async fn snapshot_while_buffering(
 /// where Asterisk never tells the application of its destruction: the application hears
 /// of a `ChannelDestroyed` after `StasisEnd` only through its `endpoint:PJSIP`
 /// subscription, and a Local channel (a ring group's or a queue's member) has no
-/// endpoint. Entries end with the channel's `StasisEnd` or `ChannelDestroyed`, and all of
-/// them on a reconnect.
+/// endpoint. A PJSIP channel's own `ChannelDestroyed` (with the final cause and its text)
+/// always comes, so only other channels are gone at their `StasisEnd`. Entries end with
+/// the channel's `StasisEnd` or `ChannelDestroyed`, and all of them on a reconnect.
 #[derive(Debug, Default)]
 struct Hangups(HashMap<String, i64>);
+
+/// The channels whose every event reaches the application through the `endpoint:PJSIP`
+/// subscription it makes on each connect, by name prefix.
+const SUBSCRIBED_TECHNOLOGY: &str = "PJSIP/";
 
 /// Q.850 cause 26, "answered elsewhere": what a ring group or queue hangs its other
 /// members up with when one of them answered.
@@ -463,6 +468,10 @@ impl Hangups {
                     // Returned to the dialplan by pushwake: not gone.
                     return Some(None);
                 };
+                if channel.name.starts_with(SUBSCRIBED_TECHNOLOGY) {
+                    // Its ChannelDestroyed says it, through the endpoint subscription.
+                    return Some(None);
+                }
                 Some(PbxEvent::ChannelGone {
                     channel: ChannelId(channel.id.clone()),
                     cause: format!("{cause} (left the application while hung up)"),
@@ -646,7 +655,10 @@ mod tests {
     #[test]
     fn a_member_leaving_the_application_while_hung_up_is_gone_and_says_why() {
         let mut hangups = Hangups::default();
-        let member = || channel("pushwake-1.2", "pushwake,101");
+        let member = || Channel {
+            name: "Local/101@pushwake-member-00000001;2".into(),
+            ..channel("pushwake-1.2", "pushwake,101")
+        };
         let request = |cause| AriEvent::ChannelHangupRequest {
             channel: member(),
             cause,
@@ -683,6 +695,17 @@ mod tests {
         };
         assert!(hangups.translate(&destroyed).flatten().is_some());
         assert!(hangups.0.is_empty());
+        // A PJSIP caller is gone at its ChannelDestroyed (which says the final cause), not
+        // when it leaves the application.
+        let caller = || channel("pushwake-1.3", "pushwake,101");
+        hangups.translate(&AriEvent::ChannelHangupRequest {
+            channel: caller(),
+            cause: 0,
+        });
+        assert_eq!(
+            hangups.translate(&AriEvent::StasisEnd { channel: caller() }),
+            Some(None)
+        );
         assert!(hangups.translate(&AriEvent::Other).is_none());
     }
 }
