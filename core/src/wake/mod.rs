@@ -1136,7 +1136,13 @@ impl WakeEngine {
                 CallOutcome::Completed
             }
         };
-        self.tear_down(id, HangupReason::Normal, None);
+        // A group's other member answered: the phones still ringing here say so too.
+        let reason = if outcome == CallOutcome::AnsweredElsewhere {
+            HangupReason::AnsweredElsewhere
+        } else {
+            HangupReason::Normal
+        };
+        self.tear_down(id, reason, None);
         self.end_call(now, id, outcome);
     }
 

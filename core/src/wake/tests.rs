@@ -905,12 +905,23 @@ fn a_member_caller_taken_away_because_its_group_answered_tells_answered_elsewher
     let call = call.unwrap();
     h.push_result(&call, 0, true);
     h.push_result(&call, 1, true);
+    // One phone was awake and rings.
+    let leg = dials(&h.contacts(&call, &[("sip:a", None)]))[0].leg.clone();
+    h.feed(Input::DialResult {
+        leg: leg.clone(),
+        result: Ok(()),
+    });
     // A ring group's other member answered: the PBX hangs pushwake's member up.
     let commands = h.event(PbxEvent::ChannelGone {
         channel: ch("c1"),
         cause: "26".into(),
         answered_elsewhere: true,
     });
+    // The ringing phone shows "answered elsewhere", not a missed call.
+    assert_eq!(
+        hangups(&commands),
+        vec![(leg, HangupReason::AnsweredElsewhere)]
+    );
     assert_eq!(
         told(&commands),
         vec![
