@@ -20,9 +20,11 @@
 //! as FreeSWITCH does (`EslServer::judge`: a leg that answers by itself, a bridge that
 //! fails unless the caller was answered, hang-ups reported); late and duplicated events
 //! (a stale unregister, an answer and a hang-up twice) changing nothing; pushwake
-//! stopped, the `socket` refused at once; and the extension's fallback dial string
-//! originated once no device answered, winning with ANSWERED_FALLBACK. Slot 35's TCP
-//! ports.
+//! stopped, the `socket` refused at once; the extension's fallback dial string
+//! originated once no device answered, winning with ANSWERED_FALLBACK; and a ring
+//! group's loopback member (`dialplan/freeswitch/pushwake-member.xml`) ended by its
+//! group, because another member answered (LOSE_RACE, its socket closed before the
+//! hang-up event) or because the caller left (ORIGINATOR_CANCEL). Slot 35's TCP ports.
 
 use std::path::Path;
 use std::time::Duration;
@@ -690,4 +692,112 @@ async fn the_fallback_dial_string_is_originated_once_no_device_answered_and_can_
         .wait_log(&format!("caller hung up call={call_id}"), SECS(10))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// A ring group's loopback member (`dialplan/freeswitch/pushwake-member.xml`): the
+/// "b" leg of `loopback/101/pushwake-member` is handed over like a caller and rung
+/// (ring_ready, which mod_loopback passes on to the group), 101's phone is woken and
+/// dialled; then the group ends the member with `group_cause` (mod_loopback gives the
+/// "b" leg the "a" leg's cause), the socket closing `close_first` or after the hang-up
+/// event (two threads of FreeSWITCH's: either comes first). The ringing phone's leg is
+/// hung up with `kill_cause`, and the call ends as `ended` says (the engine's log line).
+async fn a_member_ended_by_its_group(
+    port: u16,
+    group_cause: &str,
+    close_first: bool,
+    kill_cause: &str,
+    ended: &str,
+) -> FreeSwitchRig {
+    let switch = rig(
+        port,
+        vec![TestExtension::new("101", "20s")
+            .device(TestDevice::apns(voip_token()).with("alert_token", &"cd".repeat(32)))],
+    )
+    .await;
+    switch
+        .apns
+        .bind_token(&"cd".repeat(32), "com.example.phone");
+    switch.server.hold_jobs(None);
+    let member = switch.member_call(CALLER, "101").await;
+    member
+        .wait_command(SECS(10), |c| {
+            c.execute() == Some(("ring_ready".to_owned(), None))
+        })
+        .await
+        .unwrap_or_else(|| panic!("the member is not rung; log:\n{}", switch.daemon.logs()));
+    switch.apns.wait_for(1, SECS(10)).await.unwrap();
+    switch.server.push_event(&sofia_register());
+    let (_, leg) = switch.originate().await;
+    switch.server.answer(
+        &format!("uuid_kill {leg} {kill_cause}"),
+        Answer::body("+OK\n"),
+    );
+    let hang_up = channel_event(
+        "CHANNEL_HANGUP_COMPLETE",
+        &[("Hangup-Cause", group_cause), ("Unique-ID", CALLER)],
+    );
+    if close_first {
+        member.hang_up();
+        switch
+            .daemon
+            .wait_log("waiting for the channel's hang-up cause", SECS(10))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        switch.server.push_event(&hang_up);
+    } else {
+        switch.server.push_event(&hang_up);
+        member.hang_up();
+    }
+    switch
+        .sent(&format!("api uuid_kill {leg} {kill_cause}"))
+        .await;
+    switch
+        .daemon
+        .wait_log(ended, SECS(10))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    switch
+}
+
+/// Another member of the group answered: FreeSWITCH hangs the loopback member up with
+/// LOSE_RACE, and the socket's close comes before that event: the woken phone's leg is
+/// still hung up as answered elsewhere (LOSE_RACE: "call completed elsewhere"), and there
+/// is no missed-call alert (iOS gets none for a call answered on another device).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ring_group_member_whose_group_answered_elsewhere_tells_the_woken_phone() {
+    let switch = a_member_ended_by_its_group(
+        13,
+        "LOSE_RACE",
+        true,
+        "LOSE_RACE",
+        "answered elsewhere in the caller's group while waiting",
+    )
+    .await;
+    switch
+        .daemon
+        .wait_log(
+            "no missed-call alert for a call answered on another device",
+            SECS(10),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(switch.apns.accepted().len(), 1, "only the wake-up push");
+}
+
+/// The group's caller gave up: the member ends with ORIGINATOR_CANCEL; the woken phone
+/// gets the missed-call alert.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ring_group_member_whose_caller_left_tells_the_woken_phone() {
+    let switch = a_member_ended_by_its_group(
+        14,
+        "ORIGINATOR_CANCEL",
+        false,
+        "NORMAL_CLEARING",
+        "caller hung up while waiting",
+    )
+    .await;
+    let pushes = switch.apns.wait_for(2, SECS(10)).await.unwrap();
+    assert_eq!(pushes[1].token, "cd".repeat(32));
+    assert_eq!(pushes[1].body["type"], "call_cancelled");
+    assert_eq!(pushes[1].body["reason"], "caller_hung_up");
 }

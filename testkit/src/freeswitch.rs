@@ -151,6 +151,14 @@ impl FreeSwitchRig {
             .unwrap()
     }
 
+    /// The `pushwake-member` context hands over the "b" leg of a ring group's (or a
+    /// queue's) loopback member for `extension` ([`Channel::loopback_member`]).
+    pub async fn member_call(&self, channel: &str, extension: &str) -> OutboundCall {
+        OutboundCall::connect_to(self.listen, Channel::loopback_member(channel, extension))
+            .await
+            .unwrap()
+    }
+
     /// Waits until pushwake gives `call` back with `status` (set, then exit).
     pub async fn given_back(&self, call: &OutboundCall, status: &str, within: Duration) {
         let set = Some(("set".to_owned(), Some(format!("pushwake_status={status}"))));

@@ -42,6 +42,11 @@ pub const EVENTS: [&str; 7] = [
     "sofia::expire",
 ];
 
+/// How long a caller whose hand-over socket closed waits for its CHANNEL_HANGUP_COMPLETE
+/// (the cause) before it is taken as gone without one. That event comes 6–43 ms after
+/// the hang-up (measured); this only matters when the Event Socket is down or late.
+const CAUSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// What `uuid_getvar` answers for a variable that is not set.
 const UNDEFINED: &str = "_undef_";
 
@@ -185,10 +190,18 @@ impl FreeSwitchPbx {
             let order = self.inner.order.lock().await;
             lock(&self.inner.sockets).insert(channel.clone(), handed.socket.clone());
             // A caller whose socket closes is gone for pushwake (hung up, or FreeSWITCH
-            // went on without it), even while the Event Socket is down.
+            // went on without it), even while the Event Socket is down. Its
+            // CHANNEL_HANGUP_COMPLETE on the Event Socket says why (LOSE_RACE: a ring
+            // group's other member answered), and comes from another thread of
+            // FreeSWITCH's, before or after the close: it is given
+            // CAUSE_GRACE to come first (the pump then takes the socket out).
             let (pbx, gone) = (self.clone(), tx.clone());
             tokio::spawn(async move {
                 handed.socket.closed().await;
+                if lock(&pbx.inner.sockets).contains_key(&channel) {
+                    tracing::debug!(%channel, "FreeSWITCH closed a hand-over's socket; waiting for the channel's hang-up cause");
+                    tokio::time::sleep(CAUSE_GRACE).await;
+                }
                 if lock(&pbx.inner.sockets).remove(&channel).is_some() {
                     let _ = gone
                         .send(PbxEvent::ChannelGone {
@@ -350,7 +363,11 @@ impl CallControl for FreeSwitchPbx {
                 let job = match self
                     .inner
                     .esl
-                    .bgapi(&translate::originate(&request, &profile))
+                    .bgapi(&translate::originate(
+                        &request,
+                        &profile,
+                        &self.inner.domain,
+                    ))
                     .await
                 {
                     Ok(job) => job,
@@ -400,8 +417,9 @@ impl CallControl for FreeSwitchPbx {
             }
             // No bridge object to free: uuid_bridge joins the channels themselves.
             PbxCommand::Release { .. } => {}
-            // Not shown on FreeSWITCH yet (docs/freeswitch.md): its queues see the
-            // extension as its registrations make it.
+            // Nothing on FreeSWITCH reads such a state (docs/freeswitch.md): mod_callcenter
+            // rings an agent by its own status, whatever its registration, and the lamps
+            // follow pushwake's legs through their presence_id.
             PbxCommand::PublishState { .. } => {}
         }
         Ok(PbxReply::Done)

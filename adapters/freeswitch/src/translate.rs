@@ -173,21 +173,28 @@ pub fn contacts(answer: &str) -> Result<Vec<(Contact, String)>, PbxError> {
 }
 
 /// The `originate` of a leg: `bgapi` it. The leg gets the engine's id as its UUID, the
-/// call's id as [`CALL_VAR`] and (towards a contact) `X-Pushwake-Call-Id`, the caller's
-/// channel as
-/// [`CALLER_VAR`], the caller's id, a ring timeout; once answered it parks, until
-/// pushwake bridges it to the caller.
-pub fn originate(request: &DialRequest, profile: &str) -> String {
-    // A fallback number is a stranger's phone: it is not told pushwake's call id.
-    let header = match request.target {
-        DialTarget::Contact(_) => safe(request.call.as_str()),
-        DialTarget::Fallback(_) => String::new(),
+/// call's id as [`CALL_VAR`], the caller's channel as [`CALLER_VAR`], the caller's id, a
+/// ring timeout, and, towards a contact, `X-Pushwake-Call-Id` and the extension's
+/// `presence_id` in `domain`; once answered it parks, until pushwake bridges it to the
+/// caller.
+pub fn originate(request: &DialRequest, profile: &str, domain: &str) -> String {
+    // A fallback number is a stranger's phone: it is not told pushwake's call id, and its
+    // leg is not the extension's for the lamps.
+    let (header, presence) = match request.target {
+        DialTarget::Contact(_) => (
+            safe(request.call.as_str()),
+            format!("{}@{}", safe(&request.extension), safe(domain)),
+        ),
+        DialTarget::Fallback(_) => (String::new(), String::new()),
     };
     let vars = [
         ("origination_uuid", safe(request.leg.as_str())),
         (CALL_VAR, safe(request.call.as_str())),
         (CALLER_VAR, safe(request.caller_channel.as_str())),
         (&format!("sip_h_{CALL_ID_HEADER}") as &str, header),
+        // What `user/<extension>` sets by itself: the leg shows on the extension's BLF
+        // lamps (ringing, in use) as a call dialled to the user would.
+        ("presence_id", presence),
         ("origination_caller_id_number", safe(&request.caller.number)),
         ("origination_caller_id_name", safe(&request.caller.name)),
         (

@@ -54,6 +54,11 @@ pub struct Channel {
     pub unique_id: String,
     /// Its `variable_pushwake_extension` (written URL-encoded, as FreeSWITCH does).
     pub extension: String,
+    /// Whether it is the "b" leg of a `loopback/<extension>/pushwake-member` (a ring
+    /// group's or a queue's member, `dialplan/freeswitch/pushwake-member.xml`) rather than
+    /// the captured SIP caller: named `loopback/<extension>-b`, in context
+    /// `pushwake-member`, with mod_loopback's `loopback_leg: B`.
+    pub loopback_member: bool,
 }
 
 impl Channel {
@@ -62,6 +67,16 @@ impl Channel {
         Self {
             unique_id: unique_id.to_owned(),
             extension: extension.to_owned(),
+            loopback_member: false,
+        }
+    }
+
+    /// The "b" leg of a loopback member with this id, for `extension` (see
+    /// [`Channel::loopback_member`]).
+    pub fn loopback_member(unique_id: &str, extension: &str) -> Self {
+        Self {
+            loopback_member: true,
+            ..Self::new(unique_id, extension)
         }
     }
 
@@ -138,10 +153,29 @@ impl Channel {
 
     fn rewrite(&self, text: &str) -> String {
         let line = |extension: &str| format!("\nvariable_pushwake_extension: {extension}\n");
-        text.replace(CAPTURED_UNIQUE_ID, &url_encode(&self.unique_id))
+        let text = text
+            .replace(CAPTURED_UNIQUE_ID, &url_encode(&self.unique_id))
             .replace(
                 &line(CAPTURED_EXTENSION),
                 &line(&url_encode(&self.extension)),
+            );
+        if !self.loopback_member {
+            return text;
+        }
+        // The names mod_loopback gives (mod_loopback.c: `loopback/%s-b`, the caller
+        // profile of the "a" leg cloned, `loopback_leg` set on each leg).
+        let name = url_encode(&format!("loopback/{}-b", self.extension));
+        text.replace("sofia/internal/200%40127.0.0.1", &name)
+            .replace(
+                "Caller-Context: default\n",
+                "Caller-Context: pushwake-member\n",
+            )
+            .replace(
+                &line(&url_encode(&self.extension)),
+                &format!(
+                    "{}variable_loopback_leg: B\n",
+                    line(&url_encode(&self.extension))
+                ),
             )
     }
 }

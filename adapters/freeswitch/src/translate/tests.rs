@@ -188,13 +188,14 @@ fn an_originate_carries_the_call_and_nothing_a_caller_can_smuggle() {
         },
         timeout: Duration::from_secs(30),
     };
-    let command = originate(&request, "internal");
+    let command = originate(&request, "internal", "pbx.example.com");
     assert_eq!(
         command,
         "originate {origination_uuid=5d7d1c1e-0000-4000-8000-000000000001,\
          pushwake_call=3a45e20c-31c2-49fb-afe2-7a37178af4f7,\
          pushwake_caller=e48d5ed0-81cd-4bb8-b8fa-afe5b70856cd,\
          sip_h_X-Pushwake-Call-Id=3a45e20c-31c2-49fb-afe2-7a37178af4f7,\
+         presence_id=101@pbx.example.com,\
          origination_caller_id_number=200,\
          origination_caller_id_name='Alice OHara ignore_early_mediatrue',\
          originate_timeout=30}sofia/internal/sip:101@127.0.0.1:5091;transport=UDP &park()"
@@ -217,7 +218,7 @@ fn a_fallback_is_originated_as_its_dial_string_without_the_call_id_header() {
     };
     assert!(dialable_target(&request.target));
     assert_eq!(
-        originate(&request, "internal"),
+        originate(&request, "internal", "pbx.example.com"),
         "originate {origination_uuid=5d7d1c1e-0000-4000-8000-000000000001,\
          pushwake_call=3a45e20c-31c2-49fb-afe2-7a37178af4f7,\
          pushwake_caller=e48d5ed0-81cd-4bb8-b8fa-afe5b70856cd,\
