@@ -22,8 +22,9 @@
 //! (a stale unregister, an answer and a hang-up twice) changing nothing; pushwake
 //! stopped, the `socket` refused at once; the extension's fallback dial string
 //! originated once no device answered, winning with ANSWERED_FALLBACK; and a ring
-//! group's loopback member (`dialplan/freeswitch/pushwake-member.xml`) ended by its
-//! group, because another member answered (LOSE_RACE, its socket closed before the
+//! group's loopback member (`dialplan/freeswitch/pushwake-member.xml`) answered and
+//! bridged when its woken phone answers first, and ended by its group, because another
+//! member answered (LOSE_RACE, its socket closed before the
 //! hang-up event) or because the caller left (ORIGINATOR_CANCEL). Slot 35's TCP ports.
 
 use std::path::Path;
@@ -800,4 +801,39 @@ async fn a_ring_group_member_whose_caller_left_tells_the_woken_phone() {
     assert_eq!(pushes[1].token, "cd".repeat(32));
     assert_eq!(pushes[1].body["type"], "call_cancelled");
     assert_eq!(pushes[1].body["reason"], "caller_hung_up");
+}
+
+/// The woken phone answers first: pushwake answers the loopback member (which answers
+/// the group's "a" leg, so the group stops ringing its other members) and bridges it to
+/// the phone, with ANSWERED for the member context.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ring_group_member_whose_woken_phone_answers_first_is_answered_and_bridged() {
+    let switch = rig(
+        15,
+        vec![TestExtension::new("101", "20s").device(TestDevice::apns(voip_token()))],
+    )
+    .await;
+    switch.server.hold_jobs(None);
+    let _member = switch.member_call(CALLER, "101").await;
+    switch.apns.wait_for(1, SECS(10)).await.unwrap();
+    switch.server.push_event(&sofia_register());
+    let (_, leg) = switch.originate().await;
+    connect_answers(&switch, CALLER, &leg, "ANSWERED");
+    switch.server.push_event(&channel_event(
+        "CHANNEL_ANSWER",
+        &[("Unique-ID", &leg), ("Call-Direction", "outbound")],
+    ));
+    for command in [
+        format!("api uuid_setvar {CALLER} pushwake_status ANSWERED"),
+        format!("api uuid_answer {CALLER}"),
+        format!("api uuid_bridge {CALLER} {leg}"),
+    ] {
+        switch.sent(&command).await;
+    }
+    let sent = switch.server.commands();
+    let at = |c: &str| sent.iter().position(|s| s.starts_with(c)).unwrap();
+    assert!(
+        at("api uuid_answer") < at("api uuid_bridge"),
+        "answered before bridged: {sent:?}"
+    );
 }
