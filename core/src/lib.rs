@@ -11,6 +11,7 @@
 //!   ([`pbx::PbxCommand`]), in words no particular PBX uses. The adapters live in the
 //!   workspace's `adapters/` folder, one crate per PBX.
 //! - [`directory`]: the push-enabled extensions and their devices.
+//! - [`messages`]: the outbox keeping SIP MESSAGEs for sleeping phones.
 //! - [`push`]: what a push says about a call and what became of it.
 //! - [`status`]: a call's status as the call status endpoint reports it.
 //! - [`rfc8599`]: the push parameters phones put in their SIP contacts.
@@ -22,6 +23,7 @@
 
 pub mod config;
 pub mod directory;
+pub mod messages;
 pub mod pbx;
 pub mod push;
 pub mod random;
