@@ -551,6 +551,9 @@ fn pbx_event(pbx: &AsteriskPbx, hangups: &mut Hangups, event: AriEvent) -> Optio
                 _ => None,
             }
         }
+        // Read and typed for the messages issue; nothing keeps or delivers messages yet,
+        // so Asterisk's own message handling stays in charge of them.
+        AriEvent::TextMessageReceived { .. } => None,
         _ => None,
     }
 }

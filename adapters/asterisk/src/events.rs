@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::http::header::{HeaderValue, AUTHORIZATION};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::AriClient;
-use crate::model::{Channel, ContactInfo, Endpoint};
+use crate::model::{Channel, ContactInfo, Endpoint, TextMessage};
 
 /// The ARI events pushwake acts on; every other event type parses as [`AriEvent::Other`].
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -78,6 +78,16 @@ pub enum AriEvent {
         /// Its variables.
         #[serde(default)]
         userevent: serde_json::Value,
+    },
+    /// A SIP MESSAGE arrived from a subscribed endpoint (the **sender**: pushwake's
+    /// `endpoint:PJSIP` subscription covers them all). Asterisk has answered the sender
+    /// `202 Accepted` already; the dialplan's message context sees it too.
+    TextMessageReceived {
+        /// The endpoint that sent it.
+        #[serde(default)]
+        endpoint: Endpoint,
+        /// The message.
+        message: TextMessage,
     },
     /// Another WebSocket connected with this application's name and took its events.
     ApplicationReplaced,
@@ -461,6 +471,64 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// As the test Asterisk 22 sent it for a sipp MESSAGE from 3900 to 3901
+    /// (2026-12-01, `res_pjsip_messaging` loaded, an application subscribed to
+    /// `endpoint:PJSIP`), byte for byte.
+    const TEXT_MESSAGE_RECEIVED: &str = r#"{"type":"TextMessageReceived","timestamp":"2026-12-01T21:05:57.460+0000","endpoint":{"technology":"PJSIP","resource":"3900","state":"offline","channel_ids":[]},"message":{"from":"\"Alice Example\" <sip:3900@127.0.0.1>","to":"pjsip:3901@127.0.0.1","body":"Hello from 3900, are you awake?","variables":{"PJSIP_RECVADDR":"127.0.0.1:21999","PJSIP_TRANSPORT":"udp","Via":"SIP/2.0/UDP 127.0.0.1:21999;received=127.0.0.1;branch=z9hG4bK-14876-1-0","From":"\"Alice Example\" <sip:3900@127.0.0.1>;tag=14876SIPpTag001","To":"<sip:3901@127.0.0.1>","Call-ID":"1-14876@127.0.0.1","CSeq":"7 MESSAGE","Max-Forwards":"70","Content-Type":"text/plain;charset=UTF-8","Content-Length":"33"}},"asterisk_id":"02:fc:00:00:00:01","application":"msgcapture"}"#;
+
+    #[test]
+    fn parses_a_text_message_as_asterisk_sends_it() {
+        let AriEvent::TextMessageReceived { endpoint, message } =
+            AriEvent::parse(TEXT_MESSAGE_RECEIVED).unwrap()
+        else {
+            panic!("not a TextMessageReceived");
+        };
+        assert_eq!(endpoint.resource, "3900", "the sender");
+        assert_eq!(message.recipient(), Some("3901"));
+        assert_eq!(message.from, "\"Alice Example\" <sip:3900@127.0.0.1>");
+        assert_eq!(message.body, "Hello from 3900, are you awake?");
+        assert_eq!(message.dedup_key(), Some(("1-14876@127.0.0.1", 7)));
+        assert_eq!(message.content_type(), "text/plain;charset=UTF-8");
+        let shown = format!("{message:?}");
+        assert!(
+            !shown.contains("awake"),
+            "the body is not in Debug: {shown}"
+        );
+    }
+
+    #[test]
+    fn a_text_message_names_its_recipient_and_key_only_when_it_has_them() {
+        let message = |to: &str, vars: &[(&str, &str)]| TextMessage {
+            to: to.into(),
+            variables: vars
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            ..TextMessage::default()
+        };
+        for (to, user) in [
+            ("pjsip:101@pbx.example.com", Some("101")),
+            ("pjsip:101", Some("101")),
+            ("sip:101@pbx;transport=udp", Some("101")),
+            ("pjsip:+15551234567@pbx", Some("+15551234567")),
+            ("pjsip:@pbx", None),
+            ("", None),
+            ("pjsip:<sip:101@pbx>", None),
+        ] {
+            assert_eq!(message(to, &[]).recipient(), user, "{to:?}");
+        }
+        assert_eq!(message("", &[]).dedup_key(), None);
+        assert_eq!(
+            message("", &[("Call-ID", "a"), ("CSeq", "MESSAGE 7")]).dedup_key(),
+            None
+        );
+        assert_eq!(
+            message("", &[("Call-ID", " "), ("CSeq", "7 MESSAGE")]).dedup_key(),
+            None
+        );
+        assert_eq!(message("", &[]).content_type(), "text/plain");
     }
 
     #[test]

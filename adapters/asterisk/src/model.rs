@@ -88,6 +88,68 @@ pub struct Endpoint {
     pub resource: String,
 }
 
+/// A SIP MESSAGE as a `TextMessageReceived` carries it (with `res_pjsip_messaging`
+/// loaded, to every application subscribed to the sending endpoint). The body is what
+/// people wrote to each other: `Debug` shows its length only.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+pub struct TextMessage {
+    /// The sender, as in its From header without the tag (`"Alice" <sip:200@pbx>`).
+    #[serde(default)]
+    pub from: String,
+    /// The destination, Asterisk's way: `pjsip:101@pbx`.
+    #[serde(default)]
+    pub to: String,
+    /// The body. Asterisk 22 hands over an **empty** body for a MESSAGE of 1,024 bytes
+    /// or more (measured: its sender still got `202 Accepted`).
+    #[serde(default)]
+    pub body: String,
+    /// The request's headers (`Call-ID`, `CSeq`, `Content-Type`, …) and
+    /// `PJSIP_RECVADDR`, `PJSIP_TRANSPORT`.
+    #[serde(default)]
+    pub variables: std::collections::BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for TextMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextMessage")
+            .field("from", &self.from)
+            .field("to", &self.to)
+            .field("body_len", &self.body.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TextMessage {
+    /// The extension it is for: the user part of [`TextMessage::to`] (`pjsip:101@pbx`,
+    /// `sip:101@pbx`, `pjsip:101`), if there is one.
+    pub fn recipient(&self) -> Option<&str> {
+        let to = self.to.trim();
+        let rest = to
+            .strip_prefix("pjsip:")
+            .unwrap_or(to)
+            .trim_start_matches("sip:");
+        let user = rest.split(['@', ';', '>']).next().unwrap_or_default();
+        (!user.is_empty() && !user.contains([':', '<', ' '])).then_some(user)
+    }
+
+    /// The request's Call-ID and CSeq number, which a retransmission repeats.
+    pub fn dedup_key(&self) -> Option<(&str, u32)> {
+        let call_id = self.variables.get("Call-ID")?.trim();
+        let cseq = self.variables.get("CSeq")?.split_whitespace().next()?;
+        Some((call_id, cseq.parse().ok()?)).filter(|(id, _)| !id.is_empty())
+    }
+
+    /// The body's content type (`text/plain;charset=UTF-8`); `text/plain` when the
+    /// request named none (RFC 3428's default).
+    pub fn content_type(&self) -> &str {
+        self.variables
+            .get("Content-Type")
+            .map(|t| t.trim())
+            .filter(|t| !t.is_empty())
+            .unwrap_or("text/plain")
+    }
+}
+
 /// A contact in a `ContactStatusChange`.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 pub struct ContactInfo {

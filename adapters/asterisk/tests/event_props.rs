@@ -43,6 +43,13 @@ fn real_events() -> Vec<Value> {
                                 "contact_status": "NonQualified", "aor": "101", "roundtrip_usec": "0"},
                "endpoint": {"technology": "PJSIP", "resource": "101", "state": "online", "channel_ids": []},
                "asterisk_id": "x", "application": "pwt10"}),
+        json!({"type": "TextMessageReceived", "timestamp": "2026-12-01T21:05:57.460+0000",
+               "endpoint": {"technology": "PJSIP", "resource": "3900", "state": "offline", "channel_ids": []},
+               "message": {"from": "\"Alice\" <sip:3900@127.0.0.1>", "to": "pjsip:3901@127.0.0.1",
+                           "body": format!("my token is {TOKEN}"),
+                           "variables": {"Call-ID": "1-14876@127.0.0.1", "CSeq": "7 MESSAGE",
+                                         "Content-Type": "text/plain;charset=UTF-8"}},
+               "asterisk_id": "x", "application": "pwt10"}),
         json!({"type": "ChannelVarset", "variable": "X", "value": TOKEN}),
     ]
 }
@@ -120,7 +127,7 @@ proptest! {
     fn any_json_of_a_known_type_gives_an_event_or_an_error(
         kind in proptest::sample::select(vec![
             "StasisStart", "StasisEnd", "ChannelDestroyed", "ChannelStateChange", "Dial",
-            "ContactStatusChange", "Other",
+            "ContactStatusChange", "TextMessageReceived", "Other",
         ]),
         mut value in any_json(),
     ) {
