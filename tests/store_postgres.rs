@@ -10,7 +10,8 @@ use std::time::Duration;
 use pushwake::store::{DeviceStore, StoreChange, StoreConfig, StoreError, POSTGRES_SCHEMA_VERSION};
 use pushwake_testkit::postgres::TestPostgres;
 use store_common::{
-    check_semantics, check_weird_tokens, device, device_with_params, next_change, timed,
+    check_messages, check_semantics, check_weird_tokens, device, device_with_params, next_change,
+    timed,
 };
 
 /// Generous for a noisy CI machine; the measured figures are printed.
@@ -40,6 +41,12 @@ async fn keeps_replaces_refuses_and_deletes_devices() {
     let store = open(&fresh_database("semantics").await).await;
     assert_eq!(store.backend(), "postgres");
     check_semantics(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keeps_messages_until_deleted_once_each() {
+    let store = open(&fresh_database("messages").await).await;
+    check_messages(&store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,8 +18,8 @@ use pushwake::store::{
     DeviceStore, StoreChange, StoreConfig, StoreError, StoredDevice, SQLITE_SCHEMA_VERSION,
 };
 use store_common::{
-    check_semantics, check_weird_tokens, device, device_with_params, next_change, timed,
-    WEIRD_TOKENS,
+    check_messages, check_semantics, check_weird_tokens, device, device_with_params, next_change,
+    timed, WEIRD_TOKENS,
 };
 use tokio::sync::mpsc::Receiver;
 
@@ -59,6 +59,13 @@ async fn keeps_replaces_refuses_and_deletes_devices() {
     let store = open(&path).await;
     assert_eq!(store.backend(), "sqlite");
     check_semantics(&store).await;
+}
+
+#[tokio::test]
+async fn keeps_messages_until_deleted_once_each() {
+    let dir = private_dir();
+    let store = open(&dir.path().join("devices.db")).await;
+    check_messages(&store).await;
 }
 
 #[tokio::test]
@@ -742,8 +749,8 @@ async fn a_version_1_file_is_upgraded_keeping_its_devices() {
         .fetch_all(&db)
         .await
         .unwrap();
-    assert_eq!(versions, vec![2]);
-    assert_eq!(SQLITE_SCHEMA_VERSION, 2);
+    assert_eq!(versions, vec![3]);
+    assert_eq!(SQLITE_SCHEMA_VERSION, 3);
     let triggers: Vec<String> =
         sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'trigger' ORDER BY name")
             .fetch_all(&db)
@@ -770,12 +777,16 @@ async fn a_version_1_file_is_upgraded_keeping_its_devices() {
         next_change(&mut feed, WITHIN).await,
         deleted("102", "learned-fcm-00")
     );
+    // And it keeps messages.
+    let kept = store_common::message("m1", "101", 1_700_000_200, Some(1));
+    assert!(store.put_message(&kept).await.unwrap());
+    assert_eq!(store.load_messages().await.unwrap(), vec![kept]);
     // Opening it again changes nothing.
     drop(open(&path).await);
     let versions: Vec<i64> = sqlx::query_scalar("SELECT version FROM pushwake_schema")
         .fetch_all(&db)
         .await
         .unwrap();
-    assert_eq!(versions, vec![2]);
+    assert_eq!(versions, vec![3]);
     db.close().await;
 }

@@ -1,5 +1,7 @@
 //! The persistent store of the devices that registered themselves: learned from a
-//! phone's REGISTER, or registered by an app backend through the device API.
+//! phone's REGISTER, or registered by an app backend through the device API. It also
+//! keeps the SIP MESSAGEs held for sleeping phones ([`DeviceStore::put_message`]), so
+//! that none is lost across a restart.
 //!
 //! Two backends behind one [`DeviceStore`]:
 //! - **SQLite** (the default, `sqlite:/var/lib/pushwake/devices.db`): one file in the
@@ -33,6 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pushwake_core::directory::{DeviceParams, DeviceToken};
+use pushwake_core::messages::{DedupKey, Message, MessageId};
 use tokio::sync::mpsc;
 
 mod postgres;
@@ -50,11 +53,13 @@ mod tests;
 /// harmless: a PostgreSQL database is shared by nodes upgraded one at a time, and once
 /// the first upgraded node had recorded the new number, every node not yet upgraded would
 /// refuse to start ("newer schema") although nothing it relies on had changed.
-pub const SQLITE_SCHEMA_VERSION: i64 = 2;
+pub const SQLITE_SCHEMA_VERSION: i64 = 3;
 
 /// The schema version this build writes to a PostgreSQL database (see
-/// [`SQLITE_SCHEMA_VERSION`] for why each backend has its own).
-pub const POSTGRES_SCHEMA_VERSION: i64 = 1;
+/// [`SQLITE_SCHEMA_VERSION`] for why each backend has its own). Version 2 (SQLite's 3)
+/// added the messages table: a node still on version 1 refuses a database another node
+/// upgraded, so upgrade every node sharing one PostgreSQL together.
+pub const POSTGRES_SCHEMA_VERSION: i64 = 2;
 
 /// The store's location when the configuration names none: the package's state directory.
 pub const DEFAULT_URL: &str = "sqlite:/var/lib/pushwake/devices.db";
@@ -521,6 +526,49 @@ impl DeviceStore {
         }
     }
 
+    /// Keeps `message` (a SIP MESSAGE for a sleeping phone) until
+    /// [`DeviceStore::delete_message`]. `false`, and nothing written, when the store has
+    /// it already: the same id, or the same Call-ID and CSeq (a retransmission). When this
+    /// returns `Ok` the write is committed and durable.
+    pub async fn put_message(&self, message: &Message) -> Result<bool, StoreError> {
+        if message.id.0.len() > MAX_KEY_LEN || message.extension.len() > MAX_KEY_LEN {
+            return Err(StoreError::Invalid(format!(
+                "a message id or extension is longer than {MAX_KEY_LEN} bytes"
+            )));
+        }
+        bounded(OP_TIMEOUT, "storing a message", async {
+            match &self.inner.pool {
+                Pool::Sqlite(pool) => sqlite::put_message(pool, message).await,
+                Pool::Postgres(pg) => pg.put_message(message).await,
+            }
+        })
+        .await
+    }
+
+    /// Forgets message `id` (delivered, dropped or expired); `false` if the store did not
+    /// have it.
+    pub async fn delete_message(&self, id: &MessageId) -> Result<bool, StoreError> {
+        bounded(OP_TIMEOUT, "deleting a message", async {
+            match &self.inner.pool {
+                Pool::Sqlite(pool) => sqlite::delete_message(pool, &id.0).await,
+                Pool::Postgres(pg) => pg.delete_message(&id.0).await,
+            }
+        })
+        .await
+    }
+
+    /// Every message kept, ordered by extension, then arrival, then id: what
+    /// [`pushwake_core::messages::Outbox::restore`] takes at start.
+    pub async fn load_messages(&self) -> Result<Vec<Message>, StoreError> {
+        bounded(LOAD_TIMEOUT, "loading the messages", async {
+            match &self.inner.pool {
+                Pool::Sqlite(pool) => sqlite::load_messages(pool).await,
+                Pool::Postgres(pg) => pg.load_messages().await,
+            }
+        })
+        .await
+    }
+
     /// Checks that the database answers, for `/healthz`: fails within a second when it
     /// does not.
     pub async fn ping(&self) -> Result<(), StoreError> {
@@ -596,6 +644,74 @@ where
 
 /// The columns [`device_from_row`] reads, in its order.
 const DEVICE_COLUMNS: &str = "extension, device_id, platform, token, params, learned, updated_at";
+
+/// Inserts a message, or nothing when its id or its Call-ID and CSeq are there already.
+const INSERT_MESSAGE: &str = "INSERT INTO pushwake_messages
+    (id, extension, sender, content_type, body, received_at, call_id, cseq)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING";
+
+/// Every message, each extension's in arrival order (ties by id).
+const SELECT_MESSAGES: &str = "SELECT id, extension, sender, content_type, body, received_at,
+    call_id, cseq FROM pushwake_messages ORDER BY extension, received_at, id";
+
+/// [`INSERT_MESSAGE`]'s parameters, from `message`.
+fn bind_message<'q, DB>(
+    query: sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>,
+    message: &'q Message,
+) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
+where
+    DB: sqlx::Database,
+    &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<&'q str>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<i64>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    let dedup = message.dedup.as_ref();
+    query
+        .bind(message.id.0.as_str())
+        .bind(message.extension.as_str())
+        .bind(message.from.as_str())
+        .bind(message.content_type.as_str())
+        .bind(message.body.as_str())
+        .bind(i64::try_from(message.received_at).unwrap_or(i64::MAX))
+        .bind(dedup.map(|k| k.call_id.as_str()))
+        .bind(dedup.map(|k| i64::from(k.cseq)))
+}
+
+/// Reads one message from a row of [`SELECT_MESSAGES`].
+fn message_from_row<R>(row: &R) -> Result<Message, StoreError>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let corrupt = |e: sqlx::Error| StoreError::Corrupt(format!("a message row: {e}"));
+    let text = |i: usize| row.try_get::<String, usize>(i).map_err(corrupt);
+    let call_id = row.try_get::<Option<String>, usize>(6).map_err(corrupt)?;
+    let cseq = row.try_get::<Option<i64>, usize>(7).map_err(corrupt)?;
+    let id = text(0)?;
+    let dedup = match (call_id, cseq) {
+        (Some(call_id), Some(cseq)) => Some(DedupKey {
+            call_id,
+            cseq: u32::try_from(cseq)
+                .map_err(|_| StoreError::Corrupt(format!("message {id}: CSeq {cseq}")))?,
+        }),
+        _ => None,
+    };
+    let received_at = row.try_get::<i64, usize>(5).map_err(corrupt)?;
+    Ok(Message {
+        extension: text(1)?,
+        from: text(2)?,
+        content_type: text(3)?,
+        body: text(4)?,
+        received_at: u64::try_from(received_at).unwrap_or_default(),
+        dedup,
+        id: MessageId(id),
+    })
+}
 
 /// Turns a database error into a [`StoreError`]: connection trouble is
 /// [`StoreError::Unavailable`]. Only the server's primary message is kept, never its

@@ -11,6 +11,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use pushwake_core::messages::Message;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Executor, Row};
 use tokio::sync::mpsc;
@@ -85,6 +86,19 @@ const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER pushwake_devices_truncated
         AFTER TRUNCATE ON pushwake_devices
         FOR EACH STATEMENT EXECUTE FUNCTION pushwake_devices_truncated();"#,
+    // 2: the messages kept for sleeping phones (see sqlite.rs's migration 3).
+    r#"CREATE TABLE pushwake_messages (
+        id           TEXT COLLATE "C" PRIMARY KEY,
+        extension    TEXT COLLATE "C" NOT NULL,
+        sender       TEXT NOT NULL,
+        content_type TEXT NOT NULL,
+        body         TEXT NOT NULL,
+        received_at  BIGINT NOT NULL,
+        call_id      TEXT,
+        cseq         BIGINT
+    );
+    CREATE UNIQUE INDEX pushwake_messages_dedup ON pushwake_messages (md5(call_id), cseq);
+    CREATE INDEX pushwake_messages_extension ON pushwake_messages (extension, received_at);"#,
 ];
 
 const _: () = assert!(MIGRATIONS.len() as i64 == POSTGRES_SCHEMA_VERSION);
@@ -332,6 +346,31 @@ impl Postgres {
             .map(key)
             .collect::<Result<_, _>>()
             .map_err(|e| self.err(e))
+    }
+
+    pub(super) async fn put_message(&self, message: &Message) -> Result<bool, StoreError> {
+        let done = super::bind_message(sqlx::query(super::INSERT_MESSAGE), message)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub(super) async fn delete_message(&self, id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM pushwake_messages WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub(super) async fn load_messages(&self) -> Result<Vec<Message>, StoreError> {
+        let rows = sqlx::query(super::SELECT_MESSAGES)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        rows.iter().map(super::message_from_row).collect()
     }
 
     pub(super) async fn expire_learned(

@@ -16,6 +16,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::time::Duration;
 
+use pushwake_core::messages::Message;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Executor, Row, SqlitePool};
 use tokio::sync::mpsc;
@@ -93,6 +94,21 @@ const MIGRATIONS: &[&str] = &[
               AND token = NEW.token
               AND NOT (extension = OLD.extension AND device_id = OLD.device_id);
     END;",
+    // 3: the messages kept for sleeping phones (`pushwake_core::messages`). A sender's
+    // retransmission repeats its Call-ID and CSeq: unique together (NULLs, a message
+    // without them, never collide).
+    "CREATE TABLE pushwake_messages (
+        id           TEXT PRIMARY KEY,
+        extension    TEXT NOT NULL,
+        sender       TEXT NOT NULL,
+        content_type TEXT NOT NULL,
+        body         TEXT NOT NULL,
+        received_at  INTEGER NOT NULL,
+        call_id      TEXT,
+        cseq         INTEGER
+    );
+    CREATE UNIQUE INDEX pushwake_messages_dedup ON pushwake_messages (call_id, cseq);
+    CREATE INDEX pushwake_messages_extension ON pushwake_messages (extension, received_at);",
 ];
 
 const _: () = assert!(MIGRATIONS.len() as i64 == SQLITE_SCHEMA_VERSION);
@@ -696,6 +712,31 @@ pub(super) mod feed {
         })
         .await
     }
+}
+
+pub(super) async fn put_message(pool: &SqlitePool, message: &Message) -> Result<bool, StoreError> {
+    let done = super::bind_message(sqlx::query(super::INSERT_MESSAGE), message)
+        .execute(pool)
+        .await
+        .map_err(err)?;
+    Ok(done.rows_affected() > 0)
+}
+
+pub(super) async fn delete_message(pool: &SqlitePool, id: &str) -> Result<bool, StoreError> {
+    let done = sqlx::query("DELETE FROM pushwake_messages WHERE id = $1")
+        .bind(id)
+        .execute(pool)
+        .await
+        .map_err(err)?;
+    Ok(done.rows_affected() > 0)
+}
+
+pub(super) async fn load_messages(pool: &SqlitePool) -> Result<Vec<Message>, StoreError> {
+    let rows = sqlx::query(super::SELECT_MESSAGES)
+        .fetch_all(pool)
+        .await
+        .map_err(err)?;
+    rows.iter().map(super::message_from_row).collect()
 }
 
 #[cfg(test)]

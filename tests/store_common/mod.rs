@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use pushwake::store::{DeviceStore, StoreChange, StoreError, StoredDevice};
 use pushwake_core::directory::DeviceParams;
+use pushwake_core::messages::{DedupKey, Message, MessageId};
 
 /// Tokens that string-built SQL or a careless encoding would mangle.
 pub const WEIRD_TOKENS: &[&str] = &[
@@ -280,4 +281,68 @@ pub async fn timed<T>(f: impl std::future::Future<Output = T>) -> (T, Duration) 
     let start = Instant::now();
     let value = f.await;
     (value, start.elapsed())
+}
+
+/// A message for `extension`, with a dedup key unless `cseq` is `None`.
+pub fn message(id: &str, extension: &str, at: u64, cseq: Option<u32>) -> Message {
+    Message {
+        id: MessageId(id.into()),
+        extension: extension.into(),
+        from: "\"Alice O'Hara\" <sip:200@pbx.example.com>".into(),
+        content_type: "text/plain;charset=UTF-8".into(),
+        body: format!("hello {id}"),
+        received_at: at,
+        dedup: cseq.map(|cseq| DedupKey {
+            call_id: format!("call-of-{id}@127.0.0.1"),
+            cseq,
+        }),
+    }
+}
+
+/// put_message (duplicates by id and by Call-ID and CSeq refused, no key never
+/// colliding), load_messages in order, bodies byte for byte, delete_message.
+pub async fn check_messages(store: &DeviceStore) {
+    assert!(store.load_messages().await.unwrap().is_empty());
+    let m1 = message("m1", "101", 300, Some(7));
+    let m2 = message("m2", "101", 100, Some(7));
+    let m3 = message("m3", "100", 500, None);
+    let m4 = message("m4", "100", 500, None);
+    for m in [&m1, &m2, &m3, &m4] {
+        assert!(store.put_message(m).await.unwrap(), "{m:?}");
+    }
+    // The same id again, or another id with m1's Call-ID and CSeq: kept once.
+    assert!(!store.put_message(&m1).await.unwrap());
+    let mut retransmitted = message("m1-again", "101", 301, Some(7));
+    retransmitted.dedup = m1.dedup.clone();
+    assert!(!store.put_message(&retransmitted).await.unwrap());
+    // Bodies and senders that string-built SQL or an encoding would mangle.
+    let mut weird = Vec::new();
+    for (n, text) in WEIRD_TOKENS.iter().enumerate() {
+        let mut m = message(&format!("w{n:02}"), "102", 1_000, Some(n as u32));
+        m.body = (*text).to_owned();
+        m.from = format!("\"{text}\" <sip:200@pbx>");
+        assert!(store.put_message(&m).await.unwrap(), "{text:?}");
+        weird.push(m);
+    }
+    let mut expected = vec![m3.clone(), m4.clone(), m2.clone(), m1.clone()];
+    expected.extend(weird.iter().cloned());
+    assert_eq!(store.load_messages().await.unwrap(), expected);
+    assert!(store.delete_message(&m1.id).await.unwrap());
+    assert!(!store.delete_message(&m1.id).await.unwrap());
+    // Its key is free again: a new message may reuse it.
+    assert!(store.put_message(&retransmitted).await.unwrap());
+    let too_long = message(&"x".repeat(300), "101", 1, None);
+    assert!(matches!(
+        store.put_message(&too_long).await,
+        Err(StoreError::Invalid(_))
+    ));
+    let ids: Vec<String> = store
+        .load_messages()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.id.0)
+        .filter(|id| !id.starts_with('w'))
+        .collect();
+    assert_eq!(ids, ["m3", "m4", "m2", "m1-again"]);
 }
