@@ -47,6 +47,13 @@ pub enum Phone {
     },
     /// A desk phone that rings and never answers; expects a CANCEL.
     DeskIgnore,
+    /// Takes one SIP MESSAGE and answers it with this status code (200, or 500);
+    /// logs its From, Content-Type, `X-Pushwake-Message-Id` and body
+    /// ([`SippRun::logged`]).
+    TakesMessage {
+        /// The status of its answer: 500, or else 200.
+        answer: u16,
+    },
 }
 
 /// How the caller's call must end.
@@ -238,6 +245,10 @@ impl SippRun {
             Phone::Ignore => "phone-ignore.xml",
             Phone::DeskIgnore => "phone-ignore-plain.xml",
             Phone::Reject => "phone-reject.xml",
+            Phone::TakesMessage { answer } => {
+                args.extend(["-key".into(), "answer".into(), answer.to_string()]);
+                "phone-message.xml"
+            }
         };
         args.extend(["-sf".to_owned(), scenario(file).display().to_string()]);
         let run = Self::spawn(&format!("phone on {port}"), &args)?;
@@ -349,6 +360,15 @@ impl SippRun {
             l.strip_prefix("X-Pushwake-Call-Id: ")
                 .map(|v| v.trim().to_owned())
         })
+    }
+
+    /// The value of the scenario's `<log>` line `<name>: <value>`, if it logged one
+    /// (`logged("Body")`).
+    pub fn logged(&self, name: &str) -> Option<String> {
+        let prefix = format!("{name}: ");
+        self.log()
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix).map(|v| v.trim().to_owned()))
     }
 
     /// The SIP message trace (`-trace_msg`), with sipp's timestamps.

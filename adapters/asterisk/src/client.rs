@@ -364,6 +364,30 @@ impl AriClient {
         .map(|_| ())
     }
 
+    /// Sends a SIP MESSAGE to PJSIP endpoint `endpoint` from `from` (a URI or
+    /// `"Name" <sip:…>`), with `body` and `headers` (`X-…: value`, added to the request).
+    /// Needs `res_pjsip_messaging`. `Ok` once Asterisk queued it for the endpoint's
+    /// contacts: **the phone's answer is never known** (Asterisk sends it without a
+    /// response callback; tests/asterisk_messages.rs shows a 500 reported as `Ok`).
+    /// [`AriError::NotFound`] for an endpoint without a contact.
+    pub async fn send_message(
+        &self,
+        endpoint: &str,
+        from: &str,
+        body: &str,
+        headers: &std::collections::BTreeMap<String, String>,
+    ) -> Result<(), AriError> {
+        let variables = serde_json::json!({ "variables": headers });
+        self.call(
+            Method::PUT,
+            &format!("/endpoints/PJSIP/{}/sendMessage", seg(endpoint)),
+            &[("from", from), ("body", body)],
+            Some(&variables),
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// An ARI-controlled device state's value (`NOT_INUSE`, `RINGING`, …).
     pub async fn device_state(&self, name: &str) -> Result<String, AriError> {
         let value: Value = self
