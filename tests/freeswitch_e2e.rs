@@ -58,6 +58,24 @@ fn voip_token() -> String {
     "35".repeat(32)
 }
 
+/// The alert token of [`rig_with_alert_token`]'s device, for its missed-call alert.
+fn alert_token() -> String {
+    "cd".repeat(32)
+}
+
+/// The rig on `port` with extension 101's one iOS device, which has an alert token: the
+/// app's own topic's, as Apple binds it.
+async fn rig_with_alert_token(port: u16) -> FreeSwitchRig {
+    let switch = rig(
+        port,
+        vec![TestExtension::new("101", "20s")
+            .device(TestDevice::apns(voip_token()).with("alert_token", &alert_token()))],
+    )
+    .await;
+    switch.apns.bind_token(&alert_token(), "com.example.phone");
+    switch
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_from_freeswitch_pushes_dials_the_woken_phone_and_bridges_it() {
     let switch = rig(
@@ -217,16 +235,7 @@ async fn an_already_registered_phone_is_rung_at_once() {
 /// caller_hung_up: a VoIP push that reports no call is not allowed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_who_hangs_up_while_waiting_ends_the_ringing_leg_and_tells_the_device() {
-    let switch = rig(
-        3,
-        vec![TestExtension::new("101", "20s")
-            .device(TestDevice::apns(voip_token()).with("alert_token", &"cd".repeat(32)))],
-    )
-    .await;
-    // As Apple does: the alert token is the app's own topic's.
-    switch
-        .apns
-        .bind_token(&"cd".repeat(32), "com.example.phone");
+    let switch = rig_with_alert_token(3).await;
     switch.server.hold_jobs(None);
     let call = switch.call(CALLER, "101").await;
     switch.apns.wait_for(1, SECS(10)).await.unwrap();
@@ -246,7 +255,7 @@ async fn a_caller_who_hangs_up_while_waiting_ends_the_ringing_leg_and_tells_the_
         .sent(&format!("api uuid_kill {leg} NORMAL_CLEARING"))
         .await;
     let pushes = switch.apns.wait_for(2, SECS(10)).await.unwrap();
-    assert_eq!(pushes[1].token, "cd".repeat(32));
+    assert_eq!(pushes[1].token, alert_token());
     assert_eq!(pushes[1].headers["apns-push-type"], "alert");
     assert_eq!(pushes[1].body["type"], "call_cancelled");
     assert_eq!(pushes[1].body["reason"], "caller_hung_up");
@@ -709,15 +718,7 @@ async fn a_member_ended_by_its_group(
     kill_cause: &str,
     ended: &str,
 ) -> FreeSwitchRig {
-    let switch = rig(
-        port,
-        vec![TestExtension::new("101", "20s")
-            .device(TestDevice::apns(voip_token()).with("alert_token", &"cd".repeat(32)))],
-    )
-    .await;
-    switch
-        .apns
-        .bind_token(&"cd".repeat(32), "com.example.phone");
+    let switch = rig_with_alert_token(port).await;
     switch.server.hold_jobs(None);
     let member = switch.member_call(CALLER, "101").await;
     member
@@ -798,7 +799,7 @@ async fn a_ring_group_member_whose_caller_left_tells_the_woken_phone() {
     )
     .await;
     let pushes = switch.apns.wait_for(2, SECS(10)).await.unwrap();
-    assert_eq!(pushes[1].token, "cd".repeat(32));
+    assert_eq!(pushes[1].token, alert_token());
     assert_eq!(pushes[1].body["type"], "call_cancelled");
     assert_eq!(pushes[1].body["reason"], "caller_hung_up");
 }
