@@ -38,12 +38,13 @@ pub use pushwake_core::directory::DEFAULT_RING_TIMEOUT;
 pub const MAX_RING_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The top-level sections read here.
-const OWN_SECTIONS: [&str; 5] = [
+const OWN_SECTIONS: [&str; 6] = [
     "defaults",
     "extension",
     "http",
     crate::devices::section::SECTION,
     crate::metrics::section::SECTION,
+    crate::messages::section::SECTION,
 ];
 /// The keys every device has, whatever its provider.
 const DEVICE_KEYS: [&str; 3] = ["platform", "token", "name"];
@@ -78,6 +79,8 @@ pub struct Config {
     pub store: StoreSection,
     /// `[metrics]`, if configured: where the Prometheus endpoint listens.
     pub metrics: Option<crate::metrics::MetricsSection>,
+    /// `[messages]`, if configured: SIP MESSAGEs kept for sleeping phones.
+    pub messages: Option<crate::messages::section::MessagesSection>,
     /// The push-enabled extensions.
     pub directory: Directory,
 }
@@ -132,6 +135,9 @@ impl Config {
         }
         if new.metrics != self.metrics {
             changed.push("[metrics]".to_owned());
+        }
+        if new.messages != self.messages {
+            changed.push("[messages]".to_owned());
         }
         changed
     }
@@ -204,6 +210,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     }
     let store = StoreSection::from_file(&file)?;
     let metrics = crate::metrics::MetricsSection::from_file(&file)?;
+    let messages = crate::messages::section::MessagesSection::from_file(&file)?;
     let http = match file.section::<RawHttp>("http")? {
         Some(section) => Some(http(section.into_inner()).map_err(|p| file.problem_in(0..0, p))?),
         None => None,
@@ -262,6 +269,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         http,
         store,
         metrics,
+        messages,
         directory: Directory::new(extensions).with_default_ring_timeout(default_ring),
     })
 }
@@ -814,7 +822,7 @@ mod tests {
             "{e}"
         );
         let e = err(&format!("{MINIMAL}\n[mqtt]\nurl = \"x\"\n"));
-        assert!(e.starts_with("pw.toml:10: unknown field `mqtt`, expected one of `defaults`, `extension`, `http`, `store`, `metrics`, `asterisk`, `freeswitch`, `apns`, `fcm`, `hms`, `webhook`, `webpush`"), "{e}");
+        assert!(e.starts_with("pw.toml:10: unknown field `mqtt`, expected one of `defaults`, `extension`, `http`, `store`, `metrics`, `messages`, `asterisk`, `freeswitch`, `apns`, `fcm`, `hms`, `webhook`, `webpush`"), "{e}");
         let e = err(&format!(
             "{MINIMAL}\n[[extension.device]]\nplatform = \"apns\"\ntokn = \"ab\"\n"
         ));

@@ -11,11 +11,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 
-use pushwake_core::directory::Directory;
+use pushwake_core::directory::{Device, Directory};
+use pushwake_core::messages::courier::{Courier, CourierCommand, CourierSettings, Delivery};
+use pushwake_core::messages::{Message, MessageId};
 use pushwake_core::pbx::{
     CallControl, CallId, ExtensionState, PbxCommand, PbxError, PbxEvent, PbxReply,
 };
@@ -23,6 +25,7 @@ use pushwake_core::random::Randomness;
 use pushwake_core::wake::{Command, EngineSettings, EngineStats, Input, WakeEngine};
 
 use crate::devices::{Learned, Registry};
+use crate::messages::StoreOp;
 use crate::metrics::observer::Observer;
 use crate::metrics::Metrics;
 use crate::push::{PushKind, PushService, PushVerdict};
@@ -49,6 +52,39 @@ const RETRY_DELAYS: [Duration; 3] = [
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// How often the gauges of waiting and active calls are refreshed.
 const GAUGE_REFRESH: Duration = Duration::from_secs(1);
+/// How often messages past their age are looked for.
+const MESSAGE_EXPIRY: Duration = Duration::from_secs(60);
+/// How long a message push is tried: a message waits for days, but a provider that
+/// does not take a push within a minute is retried at the next message, not forever.
+const MESSAGE_PUSH_WINDOW: Duration = Duration::from_secs(60);
+
+/// The app's confirmation that its phone has a message (the device API), with where
+/// to say whether that message was known.
+#[derive(Debug)]
+pub struct MessageConfirmation {
+    /// The extension whose app confirms.
+    pub extension: String,
+    /// The message.
+    pub id: MessageId,
+    /// `true` if the message was kept for this extension and is now removed.
+    pub reply: oneshot::Sender<bool>,
+}
+
+/// What a message command's task reports.
+enum MessageOutcome {
+    /// What became of a send.
+    Sent(MessageId, Delivery),
+    /// A push's verdict was logged; nothing else to do.
+    Pushed,
+}
+
+/// The messages side of the driver, when `[messages]` is configured.
+struct Messages {
+    courier: Courier,
+    /// Where the messages are kept across restarts; `None`: in memory only.
+    store: Option<mpsc::UnboundedSender<StoreOp>>,
+    random: Box<dyn Randomness>,
+}
 
 /// Drives a [`WakeEngine`] against a PBX and the push providers.
 pub struct Driver<P: CallControl> {
@@ -74,6 +110,16 @@ pub struct Driver<P: CallControl> {
     /// The extension states to show the PBX, in order ([`publish_states`]); started at
     /// the first.
     states: Option<mpsc::UnboundedSender<(String, ExtensionState)>>,
+    /// Messages for sleeping phones, when configured.
+    messages: Option<Messages>,
+    /// The sends and pushes of messages under way.
+    message_tasks: JoinSet<MessageOutcome>,
+    /// The store's messages, until they are read back.
+    restored_messages: Option<oneshot::Receiver<Vec<Message>>>,
+    /// Confirmations from the apps (the device API).
+    confirmations: Option<mpsc::Receiver<MessageConfirmation>>,
+    /// Whether the PBX connection is up now.
+    connected: bool,
 }
 
 impl<P: CallControl> Driver<P> {
@@ -110,7 +156,37 @@ impl<P: CallControl> Driver<P> {
             notifier: Notifier::default(),
             ready: false,
             states: None,
+            messages: None,
+            message_tasks: JoinSet::new(),
+            restored_messages: None,
+            confirmations: None,
+            connected: false,
         }
+    }
+
+    /// Keeps the SIP MESSAGEs of push-enabled extensions for their sleeping phones
+    /// (`[messages]`), in the store through `keeper` (see
+    /// [`crate::messages::start_keeper`]) or, without one, in memory only; the apps'
+    /// confirmations come in on `confirmations`. Only for a PBX that
+    /// [carries messages](CallControl::carries_messages).
+    pub fn with_messages(
+        mut self,
+        settings: CourierSettings,
+        keeper: Option<(
+            mpsc::UnboundedSender<StoreOp>,
+            oneshot::Receiver<Vec<Message>>,
+        )>,
+        confirmations: Option<mpsc::Receiver<MessageConfirmation>>,
+    ) -> Self {
+        let (store, restored) = keeper.unzip();
+        self.messages = Some(Messages {
+            courier: Courier::new(settings),
+            store,
+            random: Box::new(OsRandom),
+        });
+        self.restored_messages = restored;
+        self.confirmations = confirmations;
+        self
     }
 
     /// Records calls, pushes, latencies and the PBX connection in `metrics`.
@@ -159,9 +235,14 @@ impl<P: CallControl> Driver<P> {
         // watchdog's is what lets systemd restart a wedged daemon.
         let mut watchdog = self.notifier.watchdog_interval().map(ticker);
         let mut gauges = self.observer.is_some().then(|| ticker(GAUGE_REFRESH));
+        let mut expiry = self.messages.is_some().then(|| ticker(MESSAGE_EXPIRY));
         self.notifier.notify("STATUS=connecting to the PBX");
         loop {
             let timeout = self.engine.next_timeout();
+            let message_timeout = self
+                .messages
+                .as_ref()
+                .and_then(|m| m.courier.next_timeout());
             tokio::select! {
                 event = events.recv() => match event {
                     Some(event) => {
@@ -203,6 +284,36 @@ impl<P: CallControl> Driver<P> {
                     if let Some(changes) = self.registry.as_ref().and_then(|r| r.take_changes()) {
                         self.feed(Input::DevicesChanged(changes));
                     }
+                }
+                Some(done) = self.message_tasks.join_next(), if !self.message_tasks.is_empty() => {
+                    match done {
+                        Ok(MessageOutcome::Sent(id, delivery)) => self.message_sent(&id, delivery),
+                        Ok(MessageOutcome::Pushed) => {}
+                        Err(error) if error.is_cancelled() => {}
+                        Err(error) => tracing::error!(%error, "a message task failed"),
+                    }
+                }
+                kept = restored(&mut self.restored_messages) => {
+                    self.restored_messages = None;
+                    self.messages_restored(kept);
+                }
+                Some(confirmation) = confirmation(&mut self.confirmations) => {
+                    let known = self.messages.as_mut().is_some_and(|m| m.courier.confirmed(&confirmation.extension, &confirmation.id));
+                    tracing::info!(extension = %confirmation.extension, message_id = %confirmation.id, known, "the app confirmed a message");
+                    let _ = confirmation.reply.send(known);
+                    self.dispatch_messages();
+                }
+                () = sleep_until(message_timeout), if message_timeout.is_some() => {
+                    if let Some(messages) = &mut self.messages {
+                        messages.courier.handle_timeout(Instant::now().into_std());
+                    }
+                    self.dispatch_messages();
+                }
+                () = tick(&mut expiry) => {
+                    if let Some(messages) = &mut self.messages {
+                        messages.courier.expire(crate::push::unix_now());
+                    }
+                    self.dispatch_messages();
                 }
                 () = tick(&mut watchdog) => self.notifier.notify("WATCHDOG=1"),
                 () = tick(&mut gauges) => self.refresh_gauges(),
@@ -265,6 +376,9 @@ impl<P: CallControl> Driver<P> {
     }
 
     fn feed(&mut self, input: Input) {
+        if let Input::Event(event) = &input {
+            self.message_event(event);
+        }
         // What the observer needs of the input once the engine has taken it.
         let registration = match (&mut self.observer, &input) {
             (Some(observer), input) => {
@@ -307,6 +421,151 @@ impl<P: CallControl> Driver<P> {
         }
     }
 
+    /// What an event means for the messages: one to keep, a phone that registered, a
+    /// connection (re)established.
+    fn message_event(&mut self, event: &PbxEvent) {
+        match event {
+            PbxEvent::Connected(_) => self.connected = true,
+            PbxEvent::Disconnected => self.connected = false,
+            _ => {}
+        }
+        let Some(messages) = &mut self.messages else {
+            return;
+        };
+        match event {
+            PbxEvent::Connected(_) => messages.courier.reconnected(),
+            PbxEvent::ContactAdded { extension, .. } => messages.courier.registered(extension),
+            PbxEvent::MessageReceived(incoming) => {
+                if self.engine.message_devices(&incoming.extension).is_none() {
+                    tracing::debug!(extension = %incoming.extension, "a message for an extension that is not push-enabled: left to the PBX");
+                    return;
+                }
+                let id = MessageId(pushwake_core::random::uuid_v4(&mut *messages.random));
+                let (extension, from) = (incoming.extension.clone(), incoming.from.clone());
+                match messages.courier.receive(
+                    id.clone(),
+                    crate::push::unix_now(),
+                    incoming.clone(),
+                ) {
+                    Ok(()) => {
+                        tracing::info!(%extension, %from, message_id = %id, bytes = incoming.body.len(), "message kept for the phone");
+                    }
+                    Err(pushwake_core::messages::Refused::Duplicate(first)) => {
+                        tracing::debug!(%extension, message_id = %first, "a retransmitted message: kept once");
+                    }
+                    Err(refused) => {
+                        tracing::warn!(%extension, %from, reason = %refused, "a message was refused: it is not delivered (the PBX has answered its sender already)");
+                    }
+                }
+            }
+            _ => return,
+        }
+        self.dispatch_messages();
+    }
+
+    fn message_sent(&mut self, id: &MessageId, delivery: Delivery) {
+        if let Some(messages) = &mut self.messages {
+            match &delivery {
+                Delivery::Accepted => {
+                    tracing::debug!(message_id = %id, "the PBX took the message for the phone")
+                }
+                Delivery::NoContact => {
+                    tracing::info!(message_id = %id, "no phone registered for the message: it waits")
+                }
+                Delivery::Failed(error) => {
+                    tracing::warn!(message_id = %id, %error, "the PBX could not send the message: it waits for the next registration")
+                }
+            }
+            messages
+                .courier
+                .sent(Instant::now().into_std(), id, delivery);
+        }
+        self.dispatch_messages();
+    }
+
+    fn messages_restored(&mut self, kept: Vec<Message>) {
+        if let Some(messages) = &mut self.messages {
+            messages.courier.restore(kept);
+            if self.connected {
+                messages.courier.reconnected();
+            }
+        }
+        self.dispatch_messages();
+    }
+
+    /// Carries out what the courier asks.
+    fn dispatch_messages(&mut self) {
+        let Some(messages) = &mut self.messages else {
+            return;
+        };
+        while let Some(command) = messages.courier.poll_command() {
+            match command {
+                CourierCommand::Store(message) => {
+                    if let Some(store) = &messages.store {
+                        let _ = store.send(StoreOp::Put(message));
+                    }
+                }
+                CourierCommand::Forget { message, why } => {
+                    match why {
+                        pushwake_core::messages::courier::Forgotten::Delivered => {
+                            tracing::info!(extension = %message.extension, message_id = %message.id, "message delivered")
+                        }
+                        other => {
+                            tracing::warn!(extension = %message.extension, message_id = %message.id, from = %message.from, why = other.as_str(), "a message was given up before its phone took it")
+                        }
+                    }
+                    if let Some(store) = &messages.store {
+                        let _ = store.send(StoreOp::Delete(message.id));
+                    }
+                }
+                CourierCommand::Send(message) => {
+                    let pbx = self.pbx.clone();
+                    self.message_tasks.spawn(async move {
+                        let id = message.id.clone();
+                        let delivery = match pbx.execute(PbxCommand::SendMessage(message)).await {
+                            Ok(_) => Delivery::Accepted,
+                            Err(PbxError::Gone(_)) => Delivery::NoContact,
+                            Err(PbxError::Failed(error)) => Delivery::Failed(error),
+                        };
+                        MessageOutcome::Sent(id, delivery)
+                    });
+                }
+                CourierCommand::Push(push) => {
+                    let devices = self
+                        .engine
+                        .message_devices(&push.extension)
+                        .unwrap_or_default();
+                    if devices.is_empty() {
+                        tracing::info!(extension = %push.extension, message_id = %push.message_id, "no device to tell about the message");
+                    }
+                    for device in devices {
+                        let service = self.push.clone();
+                        let registry = self.registry.clone();
+                        let metrics = self.observer.as_ref().map(|o| o.metrics().clone());
+                        let push = push.clone();
+                        self.message_tasks.spawn(async move {
+                            let deadline = Instant::now() + MESSAGE_PUSH_WINDOW;
+                            let verdict = service.send_message(&device, &push, deadline).await;
+                            if let Some(metrics) = &metrics {
+                                metrics.message_push_verdict(device.platform, &verdict);
+                            }
+                            let about = format!("message {}", push.message_id);
+                            report_verdict(
+                                &device,
+                                &about,
+                                "message",
+                                &verdict,
+                                registry.as_deref(),
+                                metrics.as_deref(),
+                            );
+                            MessageOutcome::Pushed
+                        });
+                    }
+                }
+            }
+        }
+    }
+
     fn dispatch(&mut self) {
         while let Some(command) = self.engine.poll_command() {
             if let Some(observer) = &mut self.observer {
@@ -342,27 +601,15 @@ impl<P: CallControl> Driver<P> {
                         if let Some(metrics) = &metrics {
                             metrics.push_verdict(job.device.platform, &job.push.kind, &verdict);
                         }
-                        match &verdict {
-                            PushVerdict::Delivered => {
-                                tracing::info!(call = %job.call, device = %job.device.label, push = what, "push delivered")
-                            }
-                            PushVerdict::Failed { reason, dead_token } => {
-                                tracing::warn!(call = %job.call, device = %job.device.label, push = what, %reason, dead_token, "push failed");
-                                if let (true, Some(registry)) = (*dead_token, &registry) {
-                                    let platform = job.device.platform.as_str();
-                                    let forgotten = registry.forget_token(platform, job.device.token.expose());
-                                    if let Some(metrics) = &metrics {
-                                        metrics.dead_tokens_removed(job.device.platform, forgotten.len());
-                                    }
-                                    for (extension, device) in forgotten {
-                                        tracing::warn!(%extension, device, token = %job.device.token, "forgot a registered device: the push service says its token is dead");
-                                    }
-                                }
-                            }
-                            PushVerdict::NotSent { reason } => {
-                                tracing::debug!(call = %job.call, device = %job.device.label, push = what, %reason, "push not sent")
-                            }
-                        }
+                        let about = format!("call {}", job.call);
+                        report_verdict(
+                            &job.device,
+                            &about,
+                            what,
+                            &verdict,
+                            registry.as_deref(),
+                            metrics.as_deref(),
+                        );
                         // Only the wake-up's verdict matters to the call; the end of a
                         // call is told once and forgotten.
                         wakes.then_some(Input::PushResult {
@@ -392,6 +639,58 @@ impl<P: CallControl> Driver<P> {
                 }
             }
         }
+    }
+}
+
+/// Logs a push's verdict; forgets the registered devices of a token the provider
+/// declares dead.
+fn report_verdict(
+    device: &Device,
+    about: &str,
+    what: &str,
+    verdict: &PushVerdict,
+    registry: Option<&Registry>,
+    metrics: Option<&Metrics>,
+) {
+    match verdict {
+        PushVerdict::Delivered => {
+            tracing::info!(about, device = %device.label, push = what, "push delivered")
+        }
+        PushVerdict::Failed { reason, dead_token } => {
+            tracing::warn!(about, device = %device.label, push = what, %reason, dead_token, "push failed");
+            if let (true, Some(registry)) = (*dead_token, registry) {
+                let forgotten =
+                    registry.forget_token(device.platform.as_str(), device.token.expose());
+                if let Some(metrics) = metrics {
+                    metrics.dead_tokens_removed(device.platform, forgotten.len());
+                }
+                for (extension, id) in forgotten {
+                    tracing::warn!(%extension, device = id, token = %device.token, "forgot a registered device: the push service says its token is dead");
+                }
+            }
+        }
+        PushVerdict::NotSent { reason } => {
+            tracing::debug!(about, device = %device.label, push = what, %reason, "push not sent")
+        }
+    }
+}
+
+/// The store's messages once read back (once: the caller drops the receiver then),
+/// or never.
+async fn restored(receiver: &mut Option<oneshot::Receiver<Vec<Message>>>) -> Vec<Message> {
+    match receiver {
+        Some(receiver) => receiver.await.unwrap_or_default(),
+        None => std::future::pending().await,
+    }
+}
+
+/// The next confirmation from an app, or never.
+async fn confirmation(
+    confirmations: &mut Option<mpsc::Receiver<MessageConfirmation>>,
+) -> Option<MessageConfirmation> {
+    match confirmations {
+        Some(confirmations) => confirmations.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -503,6 +802,11 @@ async fn execute<P: CallControl>(pbx: Arc<P>, command: PbxCommand) -> Option<Inp
             let call = call.clone();
             let result = pbx.execute(command).await.map(|_| ());
             Some(Input::ConnectResult { call, result })
+        }
+        // Sent by the messages' own tasks (Driver::dispatch_messages), never queued here.
+        PbxCommand::SendMessage(_) => {
+            let _ = pbx.execute(command).await;
+            None
         }
         PbxCommand::Ring { .. }
         | PbxCommand::Hangup { .. }

@@ -25,6 +25,7 @@ pub mod driver;
 pub mod health;
 pub mod http;
 pub mod logging;
+pub mod messages;
 pub mod metrics;
 pub mod pbx;
 pub mod push;

@@ -259,6 +259,17 @@ async fn run(path: PathBuf, config: Config) -> ExitCode {
         }
     };
     let pbx_health = pushwake::health::PbxHealth::default();
+    // The apps' confirmations of messages, from the device API to the driver.
+    let app_confirms = config.messages.as_ref().is_some_and(|m| {
+        m.settings.confirmation == pushwake_core::messages::courier::Confirmation::AppConfirms
+    });
+    let (confirm_tx, confirm_rx) = match app_confirms {
+        true => {
+            let (tx, rx) = mpsc::channel(64);
+            (Some(tx), Some(rx))
+        }
+        false => (None, None),
+    };
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let http_task = status_listener.map(|listener| {
         let service = Service {
@@ -267,6 +278,7 @@ async fn run(path: PathBuf, config: Config) -> ExitCode {
             api_tokens: config.http.as_ref().and_then(|h| h.api_tokens.clone()),
             pbx: Some(pbx_health.clone()),
             providers: Some(push.health().clone()),
+            messages: confirm_tx,
         };
         tokio::spawn(listener.serve(service, async move {
             let _ = http_stopped.await;
@@ -307,6 +319,8 @@ async fn run(path: PathBuf, config: Config) -> ExitCode {
         push,
         board,
         registry,
+        devices: devices.clone(),
+        confirmations: confirm_rx,
         health: pbx_health,
         metrics: metrics_task.is_some().then_some(metrics),
         control: control_rx,
@@ -360,6 +374,10 @@ struct Serving {
     push: PushService,
     board: Option<pushwake::status::SharedBoard>,
     registry: Arc<Registry>,
+    /// The devices and their store (where messages are kept too).
+    devices: Devices,
+    /// The apps' confirmations of messages (the device API), when they confirm.
+    confirmations: Option<mpsc::Receiver<pushwake::driver::MessageConfirmation>>,
     health: pushwake::health::PbxHealth,
     /// Where the driver records what it sees, when `[metrics]` serves them.
     metrics: Option<Arc<pushwake::metrics::Metrics>>,
@@ -374,6 +392,7 @@ async fn drive<P: CallControl>(
     config: &Config,
     serving: Serving,
 ) -> pushwake_core::wake::EngineStats {
+    let carries_messages = pbx.carries_messages();
     let settings = EngineSettings {
         // The adapter says whether its PBX announces every registration.
         contact_poll: pbx.contact_poll(),
@@ -392,6 +411,27 @@ async fn drive<P: CallControl>(
     }
     if let Some(metrics) = serving.metrics {
         driver = driver.with_metrics(metrics);
+    }
+    match &config.messages {
+        Some(section) if carries_messages => {
+            let settings = pushwake_core::messages::courier::CourierSettings {
+                node: config.store.node.clone(),
+                ..section.settings.clone()
+            };
+            tracing::info!(
+                confirmation = ?settings.confirmation,
+                max_per_extension = settings.limits.per_extension,
+                max_age_secs = settings.limits.max_age.as_secs(),
+                "keeping messages for sleeping phones"
+            );
+            let keeper = pushwake::messages::start_keeper(serving.devices.clone());
+            driver = driver.with_messages(settings, Some(keeper), serving.confirmations);
+        }
+        Some(_) => tracing::warn!(
+            pbx = %config.pbx.describe(),
+            "[messages] is configured, but this PBX's adapter does not carry messages yet: they are left to the PBX"
+        ),
+        None => {}
     }
     driver
         .with_registry(serving.registry)

@@ -52,6 +52,7 @@ async fn start(config: &Config, with_tokens: bool) -> Api {
         // No PBX here: /healthz speaks of the store only.
         pbx: None,
         providers: None,
+        messages: None,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(listener.serve(service, async move {

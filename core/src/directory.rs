@@ -176,8 +176,14 @@ impl fmt::Debug for DeviceParams {
 /// registrations or registered through the device API, and kept by the daemon. The
 /// engine asks at the start of each call, so the answer must come from memory.
 pub trait DeviceSource: Send + Sync {
-    /// The extension's devices, in a stable order.
+    /// The extension's devices to wake for calls, in a stable order.
     fn devices_of(&self, extension: &str) -> Vec<Device>;
+
+    /// The extension's devices to tell about a message (also those that asked not to
+    /// be woken for calls); the calls' devices unless the source knows better.
+    fn message_devices_of(&self, extension: &str) -> Vec<Device> {
+        self.devices_of(extension)
+    }
 
     /// Every extension that has devices here (for the states pushwake shows the PBX).
     fn extensions(&self) -> Vec<String> {

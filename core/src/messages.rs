@@ -113,6 +113,12 @@ pub enum Refused {
     /// The same Call-ID and CSeq as a message already kept: a retransmission (the
     /// sender is answered as the first time).
     Duplicate(MessageId),
+    /// The PBX passed the message on with an empty body although the sender declared
+    /// one: a body too large for the PBX itself (Asterisk keeps at most 1,023 bytes).
+    DroppedByPbx {
+        /// The length the sender declared.
+        declared: usize,
+    },
 }
 
 impl fmt::Display for Refused {
@@ -125,6 +131,10 @@ impl fmt::Display for Refused {
                 write!(f, "the body is {content_type:?}, not text")
             }
             Self::Duplicate(id) => write!(f, "a retransmission of message {id}"),
+            Self::DroppedByPbx { declared } => write!(
+                f,
+                "the PBX passed on an empty body for the {declared} bytes the sender declared (too large for the PBX)"
+            ),
         }
     }
 }
@@ -187,6 +197,16 @@ impl Outbox {
     /// Whether no message is kept.
     pub fn is_empty(&self) -> bool {
         self.by_id.is_empty()
+    }
+
+    /// The extensions that have messages kept.
+    pub fn extensions(&self) -> impl Iterator<Item = &str> {
+        self.queues.keys().map(String::as_str)
+    }
+
+    /// The extension holding message `id`, if it is kept.
+    pub fn extension_of(&self, id: &MessageId) -> Option<&str> {
+        self.by_id.get(id).map(String::as_str)
     }
 
     /// The messages kept for `extension`, oldest first.
@@ -279,9 +299,11 @@ impl Outbox {
         Self::hand_out(queue)
     }
 
-    /// The phone acknowledged message `id` (a 2xx): it is removed. Returns it (to
-    /// remove from the store) and the extension's next message to deliver; both `None`
-    /// for an id not in flight (a late or repeated answer).
+    /// The phone acknowledged message `id` (a 2xx, or the app's confirmation): it is
+    /// removed, also when its answer comes late (after [`Outbox::not_delivered`]: the
+    /// phone has it all the same). Returns it (to remove from the store) and the
+    /// extension's next message to deliver; both `None` for an id not kept (a repeated
+    /// answer).
     pub fn delivered(&mut self, id: &MessageId) -> (Option<Message>, Option<Message>) {
         let Some(extension) = self.by_id.get(id).cloned() else {
             return (None, None);
@@ -289,11 +311,7 @@ impl Outbox {
         let Some(queue) = self.queues.get_mut(&extension) else {
             return (None, None);
         };
-        let Some(at) = queue
-            .messages
-            .iter()
-            .position(|(m, stage)| &m.id == id && *stage == Stage::InFlight)
-        else {
+        let Some(at) = queue.messages.iter().position(|(m, _)| &m.id == id) else {
             return (None, None);
         };
         let (done, _) = queue.messages.remove(at).expect("found above");
@@ -367,6 +385,8 @@ fn is_text(content_type: &str) -> bool {
         .split_once('/')
         .is_some_and(|(kind, sub)| kind.eq_ignore_ascii_case("text") && !sub.is_empty())
 }
+
+pub mod courier;
 
 #[cfg(test)]
 mod tests;

@@ -12,6 +12,8 @@ use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
+use crate::messages::{DedupKey, MessageId};
+
 /// Generates a string newtype used as an identifier.
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {
@@ -56,6 +58,10 @@ pub const STATUS_VARIABLE: &str = "PUSHWAKE_STATUS";
 
 /// The SIP header that carries the [`CallId`] in the INVITE to a woken phone.
 pub const CALL_ID_HEADER: &str = "X-Pushwake-Call-Id";
+
+/// The SIP header that carries a stored message's [`MessageId`] in the MESSAGE to the
+/// phone, so that an app can confirm it through the device API.
+pub const MESSAGE_ID_HEADER: &str = "X-Pushwake-Message-Id";
 
 /// Who is calling, as the PBX presents the caller.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -227,6 +233,69 @@ pub enum PbxCommand {
         /// Its state now.
         state: ExtensionState,
     },
+    /// Hand a stored message to the extension's registered phone. Fails with
+    /// [`PbxError::Gone`] when the extension has no contact to send it to.
+    SendMessage(OutgoingMessage),
+}
+
+/// A SIP MESSAGE that pushwake has kept for an extension, to send to its phone.
+#[derive(Clone, PartialEq, Eq)]
+pub struct OutgoingMessage {
+    /// The message's id, sent in the [`MESSAGE_ID_HEADER`].
+    pub id: MessageId,
+    /// The extension to send it to.
+    pub extension: String,
+    /// The original sender, as the PBX named it (the MESSAGE's `From`).
+    pub from: String,
+    /// Its content type.
+    pub content_type: String,
+    /// Its body.
+    pub body: String,
+}
+
+impl fmt::Debug for OutgoingMessage {
+    /// Without the body: a `Debug` that ends up in a log line must not carry it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OutgoingMessage")
+            .field("id", &self.id)
+            .field("extension", &self.extension)
+            .field("from", &self.from)
+            .field("body_len", &self.body.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A SIP MESSAGE the PBX received for an extension (a chat message, not a call).
+#[derive(Clone, PartialEq, Eq)]
+pub struct IncomingMessage {
+    /// The extension it is for.
+    pub extension: String,
+    /// Who sent it, as the PBX names the sender (`"Alice" <sip:200@pbx>`).
+    pub from: String,
+    /// Its content type (`text/plain;charset=UTF-8`).
+    pub content_type: String,
+    /// Its body.
+    pub body: String,
+    /// The sender's Call-ID and CSeq, when the PBX gives them: what makes a
+    /// retransmission the same message.
+    pub dedup: Option<DedupKey>,
+    /// The body's length as the sender declared it (`Content-Length`), when the PBX
+    /// gives it: a PBX that drops a body too large for it leaves an empty body with a
+    /// declared length.
+    pub declared_len: Option<usize>,
+}
+
+impl fmt::Debug for IncomingMessage {
+    /// Without the body (see [`OutgoingMessage`]'s).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IncomingMessage")
+            .field("extension", &self.extension)
+            .field("from", &self.from)
+            .field("content_type", &self.content_type)
+            .field("body_len", &self.body.len())
+            .field("declared_len", &self.declared_len)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A push-enabled extension as pushwake shows it to the PBX: whether a queue may ring
@@ -281,6 +350,7 @@ impl PbxCommand {
             PbxCommand::Return { .. } => "return",
             PbxCommand::Release { .. } => "release",
             PbxCommand::PublishState { .. } => "publish-state",
+            PbxCommand::SendMessage(_) => "send-message",
         }
     }
 }
@@ -398,6 +468,8 @@ pub enum PbxEvent {
         /// The contact URI.
         uri: String,
     },
+    /// The PBX received a SIP MESSAGE for an extension.
+    MessageReceived(IncomingMessage),
 }
 
 /// Call control on one PBX: carries out [`PbxCommand`]s.
@@ -424,6 +496,13 @@ pub trait CallControl: Send + Sync + 'static {
     /// ([`PbxCommand::PublishState`]): where the PBX can take them and the operator asked
     /// for them. `false`: no state is shown.
     fn extension_states(&self) -> bool {
+        false
+    }
+
+    /// Whether this PBX hands pushwake the messages for its extensions
+    /// ([`PbxEvent::MessageReceived`]) and can send them on
+    /// ([`PbxCommand::SendMessage`]).
+    fn carries_messages(&self) -> bool {
         false
     }
 }

@@ -99,3 +99,37 @@ pub enum PushVerdict {
         reason: String,
     },
 }
+
+/// What a push about a message says, independent of the provider: a SIP MESSAGE is
+/// waiting for the device's app, which should register to receive it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct MessagePush {
+    /// The message's id, also sent in the `X-Pushwake-Message-Id` header of the MESSAGE.
+    pub message_id: crate::messages::MessageId,
+    /// The extension it is for.
+    pub extension: String,
+    /// Who sent it.
+    pub sender: Party,
+    /// The beginning of its body, when the operator lets pushes carry one
+    /// (`[messages] preview`); `None` otherwise. Never in `Debug`.
+    pub preview: Option<String>,
+    /// When it arrived, in seconds since the Unix epoch.
+    pub received_at: u64,
+    /// Until when it is kept for the phone (seconds since the Unix epoch): the push is
+    /// of no use after it.
+    pub expires_at: u64,
+    /// The node holding it, on a site of several nodes (see [`WakePush::node`]).
+    pub node: Option<String>,
+}
+
+impl std::fmt::Debug for MessagePush {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MessagePush")
+            .field("message_id", &self.message_id)
+            .field("extension", &self.extension)
+            .field("sender", &self.sender)
+            .field("preview", &self.preview.as_ref().map(|_| "<hidden>"))
+            .field("received_at", &self.received_at)
+            .finish_non_exhaustive()
+    }
+}

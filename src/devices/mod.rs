@@ -501,6 +501,23 @@ impl DeviceSource for Registry {
     }
 
     fn devices_of(&self, extension: &str) -> Vec<Device> {
+        self.devices_where(extension, |params| !refuses_calls_in(params))
+    }
+
+    /// All of them: one that asked for no message push (`allow-message-push=false`)
+    /// is left out by the push service, which says so.
+    fn message_devices_of(&self, extension: &str) -> Vec<Device> {
+        self.devices_where(extension, |_| true)
+    }
+}
+
+impl Registry {
+    /// The extension's devices whose settings pass `keep`.
+    fn devices_where(
+        &self,
+        extension: &str,
+        keep: impl Fn(&pushwake_core::directory::DeviceParams) -> bool,
+    ) -> Vec<Device> {
         self.read()
             .entries(extension)
             .iter()
@@ -508,7 +525,7 @@ impl DeviceSource for Registry {
                 // A platform this build does not know (a newer node wrote it): skipped.
                 let platform = provider(&e.platform)?.platform();
                 let params = e.params();
-                if refuses_calls_in(&params) {
+                if !keep(&params) {
                     return None;
                 }
                 Some(Device {

@@ -132,7 +132,7 @@ impl Devices {
     }
 
     /// The store, waiting until it is open.
-    async fn open_store(&self) -> DeviceStore {
+    pub async fn open_store(&self) -> DeviceStore {
         let mut store = self.store.clone();
         loop {
             if let Some(opened) = store.borrow_and_update().clone() {

@@ -36,6 +36,7 @@ use crate::status::SharedBoard;
 pub mod devices;
 pub mod health;
 pub mod limits;
+pub mod messages;
 pub mod status;
 pub mod tokens;
 
@@ -64,6 +65,9 @@ pub struct Service {
     pub pbx: Option<crate::health::PbxHealth>,
     /// The push providers' states (`/healthz`); `None` leaves them out.
     pub providers: Option<crate::push::health::ProviderHealth>,
+    /// Where the apps' confirmations of messages go (`[messages] confirmation =
+    /// "app"`); `None` turns the confirmation off.
+    pub messages: Option<tokio::sync::mpsc::Sender<crate::driver::MessageConfirmation>>,
 }
 
 impl Service {
@@ -75,6 +79,7 @@ impl Service {
             api_tokens: None,
             pbx: None,
             providers: None,
+            messages: None,
         }
     }
 }
@@ -188,6 +193,8 @@ where
         )
     } else if path == health::PATH {
         health::answer(service, &method).await
+    } else if messages::is_messages_path(&path) {
+        messages::answer(service, request).await
     } else if path.starts_with(devices::PATH) {
         devices::answer(service, request).await
     } else {

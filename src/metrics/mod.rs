@@ -245,20 +245,21 @@ impl Metrics {
         kind: &pushwake_core::push::PushKind,
         verdict: &pushwake_core::push::PushVerdict,
     ) {
-        use pushwake_core::push::{PushKind, PushVerdict};
+        use pushwake_core::push::PushKind;
         let kind = match kind {
             PushKind::IncomingCall => "incoming_call",
             PushKind::CallEnded(_) => "call_ended",
         };
-        let verdict = match verdict {
-            PushVerdict::Delivered => "delivered",
-            PushVerdict::Failed {
-                dead_token: true, ..
-            } => "dead_token",
-            PushVerdict::Failed { .. } => "failed",
-            PushVerdict::NotSent { .. } => "not_sent",
-        };
-        self.push(provider, kind, verdict);
+        self.push(provider, kind, verdict_label(verdict));
+    }
+
+    /// A message push's final verdict (kind `message`).
+    pub fn message_push_verdict(
+        &self,
+        provider: Platform,
+        verdict: &pushwake_core::push::PushVerdict,
+    ) {
+        self.push(provider, "message", verdict_label(verdict));
     }
 
     /// `count` registered devices were forgotten for a dead token of `provider`.
@@ -318,6 +319,19 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
         text
+    }
+}
+
+/// The `verdict` label of a push's final verdict.
+fn verdict_label(verdict: &pushwake_core::push::PushVerdict) -> &'static str {
+    use pushwake_core::push::PushVerdict;
+    match verdict {
+        PushVerdict::Delivered => "delivered",
+        PushVerdict::Failed {
+            dead_token: true, ..
+        } => "dead_token",
+        PushVerdict::Failed { .. } => "failed",
+        PushVerdict::NotSent { .. } => "not_sent",
     }
 }
 

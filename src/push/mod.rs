@@ -29,7 +29,9 @@ use tokio::time::Instant;
 use pushwake_core::directory::{Device, Platform};
 
 pub use provider::{Provider, ProviderSettings, PROVIDERS};
-pub use pushwake_core::push::{EndReason, PushKind, PushVerdict, StatusLink, WakePush};
+pub use pushwake_core::push::{
+    EndReason, MessagePush, PushKind, PushVerdict, StatusLink, WakePush,
+};
 
 /// What one attempt at a provider produced.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,6 +90,29 @@ pub trait Pushkin: Send + Sync {
         push: &'a WakePush,
         ring_window: Duration,
     ) -> AttemptFuture<'a>;
+
+    /// Whether this provider carries a message push ([`MessagePush`]) to this device,
+    /// or why not.
+    fn carries_message(&self, _device: &Device) -> Result<(), String> {
+        Err(format!("{} carries no message push", self.platform()))
+    }
+
+    /// Sends one message push to one device, once; `window` is how long this attempt
+    /// may take. Only asked where [`Pushkin::carries_message`] says yes.
+    fn attempt_message<'a>(
+        &'a self,
+        _device: &'a Device,
+        _push: &'a MessagePush,
+        _window: Duration,
+    ) -> AttemptFuture<'a> {
+        let reason = format!("{} carries no message push", self.platform());
+        Box::pin(async move {
+            Attempt::Rejected {
+                reason,
+                dead_token: false,
+            }
+        })
+    }
 }
 
 /// Every configured pushkin, by platform, with the retry policy around them.
@@ -153,16 +178,56 @@ impl PushService {
     /// backoff until `deadline`; no attempt starts after it.
     pub async fn send(&self, device: &Device, push: &WakePush, deadline: Instant) -> PushVerdict {
         let Some(pushkin) = self.pushkins.get(&device.platform) else {
-            return PushVerdict::Failed {
-                reason: format!("no [{}] section configured", device.platform),
-                dead_token: false,
-            };
+            return not_configured(device);
         };
         if let PushKind::CallEnded(reason) = push.kind {
             if let Err(reason) = pushkin.carries_call_ended(device, reason) {
                 return PushVerdict::NotSent { reason };
             }
         }
+        self.retrying(device, Subject::Call(&push.call_id), deadline, |window| {
+            pushkin.attempt(device, push, window)
+        })
+        .await
+    }
+
+    /// Sends a message push to a device, retrying like [`PushService::send`] until
+    /// `deadline`; [`PushVerdict::NotSent`] where the provider or the device carries
+    /// no message push.
+    pub async fn send_message(
+        &self,
+        device: &Device,
+        push: &MessagePush,
+        deadline: Instant,
+    ) -> PushVerdict {
+        let Some(pushkin) = self.pushkins.get(&device.platform) else {
+            return not_configured(device);
+        };
+        if refuses_messages(device) {
+            return PushVerdict::NotSent {
+                reason: "the device asked for no message push (allow-message-push=false)".into(),
+            };
+        }
+        if let Err(reason) = pushkin.carries_message(device) {
+            return PushVerdict::NotSent { reason };
+        }
+        self.retrying(
+            device,
+            Subject::Message(&push.message_id),
+            deadline,
+            |window| pushkin.attempt_message(device, push, window),
+        )
+        .await
+    }
+
+    /// Makes attempts (`attempt(time left)`) until one is final or `deadline` passes.
+    async fn retrying<'a>(
+        &self,
+        device: &Device,
+        subject: Subject<'_>,
+        deadline: Instant,
+        attempt: impl Fn(Duration) -> AttemptFuture<'a>,
+    ) -> PushVerdict {
         let mut backoff = FIRST_BACKOFF;
         let mut attempts = 0u32;
         loop {
@@ -178,11 +243,8 @@ impl PushService {
             // No attempt outlives the ring window, whatever it waits on (a connection, a
             // token fetch, a slow reply): the provider's own timeouts need not agree.
             let window = deadline - now;
-            let attempt = tokio::time::timeout(
-                window.max(Duration::from_secs(1)),
-                pushkin.attempt(device, push, window),
-            );
-            let outcome = watch_attempt(attempt, device, push)
+            let one = tokio::time::timeout(window.max(Duration::from_secs(1)), attempt(window));
+            let outcome = watch_attempt(one, device, subject)
                 .await
                 .unwrap_or_else(|_| Attempt::Retry {
                     reason: format!("{}: no answer within the ring window", device.platform),
@@ -207,13 +269,49 @@ impl PushService {
                     // refusing connections is otherwise only seen once the call is over);
                     // the retries after it are routine.
                     if attempts == 1 {
-                        tracing::warn!(provider = %device.platform, call = %push.call_id, device = %device.label, %reason, retry_in = ?wait, "push failed; retrying");
+                        tracing::warn!(provider = %device.platform, about = %subject, device = %device.label, %reason, retry_in = ?wait, "push failed; retrying");
                     } else {
-                        tracing::info!(provider = %device.platform, call = %push.call_id, device = %device.label, %reason, attempts, retry_in = ?wait, "push failed; retrying");
+                        tracing::info!(provider = %device.platform, about = %subject, device = %device.label, %reason, attempts, retry_in = ?wait, "push failed; retrying");
                     }
                     tokio::time::sleep(wait).await;
                 }
             }
+        }
+    }
+}
+
+/// Whether the device asked for no message push (PortSIP's `allow-message-push=false`).
+fn refuses_messages(device: &Device) -> bool {
+    matches!(
+        device
+            .params
+            .get(crate::devices::fields::ALLOW_MESSAGE_PUSH)
+            .map(str::to_ascii_lowercase)
+            .as_deref(),
+        Some("false" | "no" | "0")
+    )
+}
+
+/// The verdict for a device whose platform has no section in the configuration.
+fn not_configured(device: &Device) -> PushVerdict {
+    PushVerdict::Failed {
+        reason: format!("no [{}] section configured", device.platform),
+        dead_token: false,
+    }
+}
+
+/// What a push is about, for log lines: `call <id>` or `message <id>`.
+#[derive(Clone, Copy, Debug)]
+enum Subject<'a> {
+    Call(&'a pushwake_core::pbx::CallId),
+    Message(&'a pushwake_core::messages::MessageId),
+}
+
+impl std::fmt::Display for Subject<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Subject::Call(id) => write!(f, "call {id}"),
+            Subject::Message(id) => write!(f, "message {id}"),
         }
     }
 }
@@ -235,7 +333,7 @@ const SLOW_ANSWER: Duration = Duration::from_secs(2);
 async fn watch_attempt(
     attempt: impl Future<Output = Result<Attempt, tokio::time::error::Elapsed>>,
     device: &Device,
-    push: &WakePush,
+    subject: Subject<'_>,
 ) -> Result<Attempt, tokio::time::error::Elapsed> {
     tokio::pin!(attempt);
     let started = Instant::now();
@@ -243,10 +341,10 @@ async fn watch_attempt(
         outcome = &mut attempt => return outcome,
         () = tokio::time::sleep(SLOW_ANSWER) => {}
     }
-    tracing::warn!(provider = %device.platform, call = %push.call_id, device = %device.label, waited = %seconds(started.elapsed()), "push provider has not answered yet");
+    tracing::warn!(provider = %device.platform, about = %subject, device = %device.label, waited = %seconds(started.elapsed()), "push provider has not answered yet");
     let abandoned = SlowAttempt {
         device,
-        push,
+        subject,
         started,
     };
     let outcome = attempt.await;
@@ -257,20 +355,20 @@ async fn watch_attempt(
         Ok(Attempt::Retry { reason, .. }) => format!("failed: {reason}"),
         Err(_) => "no answer within the ring window: given up".to_owned(),
     };
-    tracing::warn!(provider = %device.platform, call = %push.call_id, device = %device.label, waited = %seconds(started.elapsed()), outcome = %ended, "slow push provider: the attempt ended");
+    tracing::warn!(provider = %device.platform, about = %subject, device = %device.label, waited = %seconds(started.elapsed()), outcome = %ended, "slow push provider: the attempt ended");
     outcome
 }
 
 /// Logs a slow attempt dropped before its end (the call was answered or ended).
 struct SlowAttempt<'a> {
     device: &'a Device,
-    push: &'a WakePush,
+    subject: Subject<'a>,
     started: Instant,
 }
 
 impl Drop for SlowAttempt<'_> {
     fn drop(&mut self) {
-        tracing::warn!(provider = %self.device.platform, call = %self.push.call_id, device = %self.device.label, waited = %seconds(self.started.elapsed()), "slow push provider: attempt abandoned without an answer (the call no longer needs it)");
+        tracing::warn!(provider = %self.device.platform, about = %self.subject, device = %self.device.label, waited = %seconds(self.started.elapsed()), "slow push provider: attempt abandoned without an answer (no longer needed)");
     }
 }
 

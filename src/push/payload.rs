@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
-use super::{PushKind, WakePush};
+use super::{MessagePush, PushKind, WakePush};
 
 /// Version of the payload contract; bumped only for an incompatible change.
 pub const PAYLOAD_VERSION: u32 = 1;
@@ -57,8 +57,43 @@ pub fn for_push(push: &WakePush, expires_at: u64) -> Value {
 /// similar services accept only string values). Numbers are written in decimal
 /// (`"version": "1"`, `"expires_at": "1800000000"`).
 pub fn data(push: &WakePush, expires_at: u64) -> BTreeMap<String, String> {
-    let Value::Object(fields) = for_push(push, expires_at) else {
-        unreachable!("for_push builds an object")
+    strings(for_push(push, expires_at))
+}
+
+/// The JSON object announcing a message kept for the device's app: register to receive
+/// it. `preview` (the body's beginning) is there only when the operator lets pushes
+/// carry it (`[messages] preview`); `expires_at` is when pushwake stops keeping it.
+pub fn message_received(push: &MessagePush) -> Value {
+    let mut value = json!({
+        "type": "message_received",
+        "version": PAYLOAD_VERSION,
+        "message_id": push.message_id.0,
+        "extension": push.extension,
+        "sender_number": push.sender.number,
+        "sender_name": push.sender.name,
+        "received_at": push.received_at,
+        "expires_at": push.expires_at,
+    });
+    if let Value::Object(fields) = &mut value {
+        if let Some(preview) = &push.preview {
+            fields.insert("preview".into(), json!(preview));
+        }
+        if let Some(node) = &push.node {
+            fields.insert("node".into(), json!(node));
+        }
+    }
+    value
+}
+
+/// [`message_received`] as a map of strings (the form of a data message).
+pub fn message_data(push: &MessagePush) -> BTreeMap<String, String> {
+    strings(message_received(push))
+}
+
+/// A JSON object's fields as strings: strings as they are, anything else in JSON.
+fn strings(value: Value) -> BTreeMap<String, String> {
+    let Value::Object(fields) = value else {
+        unreachable!("the payloads are objects")
     };
     fields
         .into_iter()
@@ -256,5 +291,44 @@ mod tests {
             ..push
         };
         assert!(for_push(&incoming, 1).get("reason").is_none());
+    }
+
+    fn a_message_push(preview: Option<&str>) -> MessagePush {
+        MessagePush {
+            message_id: pushwake_core::messages::MessageId("m-1".into()),
+            extension: "101".into(),
+            sender: Party {
+                number: "3900".into(),
+                name: "Alice".into(),
+            },
+            preview: preview.map(str::to_owned),
+            received_at: 1_800_000_000,
+            expires_at: 1_800_604_800,
+            node: None,
+        }
+    }
+
+    #[test]
+    fn a_message_push_carries_the_documented_fields_and_the_preview_only_when_on() {
+        assert_eq!(
+            message_received(&a_message_push(Some("Hi there"))),
+            json!({
+                "type": "message_received",
+                "version": 1,
+                "message_id": "m-1",
+                "extension": "101",
+                "sender_number": "3900",
+                "sender_name": "Alice",
+                "received_at": 1_800_000_000u64,
+                "expires_at": 1_800_604_800u64,
+                "preview": "Hi there",
+            })
+        );
+        let quiet = message_received(&a_message_push(None));
+        assert!(quiet.get("preview").is_none(), "{quiet}");
+        let data = message_data(&a_message_push(None));
+        assert_eq!(data["type"], "message_received");
+        assert_eq!(data["received_at"], "1800000000");
+        assert!(!data.contains_key("preview"));
     }
 }

@@ -325,10 +325,12 @@ fn handle(state: &State, expect: &ApnsExpectations, request: Request) -> Reply {
         );
     }
     let push_type = header("apns-push-type");
-    // A VoIP push lives for the ring window; a missed-call alert may wait a day.
+    // A VoIP push lives for the ring window; a missed-call alert may wait a day, a
+    // message alert as long as its message is kept ([messages] max_age, 28 days at
+    // most).
     let longest_expiration = match push_type.as_str() {
         "voip" => 330,
-        "alert" => 2 * 86_400,
+        "alert" => 28 * 86_400 + 60,
         _ => {
             return refuse(
                 400,
@@ -365,14 +367,29 @@ fn handle(state: &State, expect: &ApnsExpectations, request: Request) -> Reply {
         Ok(Value::Object(map)) => Value::Object(map),
         _ => return refuse(400, "PayloadEmpty", "body is not a JSON object".to_owned()),
     };
-    for field in [
-        "type",
-        "call_id",
-        "extension",
-        "caller_number",
-        "caller_name",
-        "expires_at",
-    ] {
+    // pushwake's payload contract (docs/app-developers.md): a call's fields, or a
+    // message's.
+    let fields: &[&str] = if body["type"] == "message_received" {
+        &[
+            "type",
+            "message_id",
+            "extension",
+            "sender_number",
+            "sender_name",
+            "received_at",
+            "expires_at",
+        ]
+    } else {
+        &[
+            "type",
+            "call_id",
+            "extension",
+            "caller_number",
+            "caller_name",
+            "expires_at",
+        ]
+    };
+    for field in fields {
         if body.get(field).is_none() {
             return refuse(400, "BadPayload", format!("body lacks {field}: {body}"));
         }

@@ -115,6 +115,35 @@ impl Daemon {
         }
     }
 
+    /// Waits until `count` log lines hold `needle`.
+    pub async fn wait_log_count(
+        &self,
+        needle: &str,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let grew = self.grew.notified();
+            let seen = self
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| l.contains(needle))
+                .count();
+            if seen >= count {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, grew).await.is_err() {
+                return Err(format!(
+                    "pushwake logged {needle:?} {seen} time(s) within {timeout:?}, not {count}; its log:\n{}",
+                    self.logs()
+                ));
+            }
+        }
+    }
+
     /// The process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.id()

@@ -6,7 +6,9 @@
 //!   issues random access tokens and counts requests;
 //! - `POST /v1/projects/{project}/messages:send`: the bearer token must be one it issued
 //!   (and not revoked), the project the expected one, the body a data-only message with
-//!   string values, `android.priority = "HIGH"` and a `ttl` within the ring timeout.
+//!   string values, `android.priority = "HIGH"` and a `ttl` within the ring timeout; a
+//!   message push (`data.type = "message_received"`) with `"NORMAL"` priority, a `ttl`
+//!   of at most FCM's 28 days and an optional `collapse_key`.
 //!
 //! Accepted messages are recorded and can be awaited; error replies in FCM's own JSON
 //! format (with an optional `Retry-After`) can be scripted per device token, and the token
@@ -43,6 +45,20 @@ pub const DATA_FIELDS: [&str; 7] = [
     "caller_name",
     "expires_at",
 ];
+
+/// The data fields every message push carries.
+pub const MESSAGE_FIELDS: [&str; 8] = [
+    "type",
+    "version",
+    "message_id",
+    "extension",
+    "sender_number",
+    "sender_name",
+    "received_at",
+    "expires_at",
+];
+/// The longest `ttl` FCM takes.
+const FCM_MAX_TTL: Duration = Duration::from_secs(28 * 24 * 3600);
 
 /// What the server expects.
 #[derive(Clone)]
@@ -720,8 +736,16 @@ fn check_message(body: &Value, max_ttl: Duration) -> Result<(), String> {
     if size > 4096 {
         return Err(format!("data of {size} bytes exceeds 4096"));
     }
-    for field in DATA_FIELDS {
-        if !data.contains_key(field) {
+    // A chat message waits for a dozing phone (normal priority, kept for days); a call
+    // must wake it now (high priority, kept for the ring window).
+    let is_message = data.get("type").and_then(Value::as_str) == Some("message_received");
+    let (fields, priority, max_ttl): (&[&str], &str, Duration) = if is_message {
+        (&MESSAGE_FIELDS, "NORMAL", FCM_MAX_TTL)
+    } else {
+        (&DATA_FIELDS, "HIGH", max_ttl)
+    };
+    for field in fields {
+        if !data.contains_key(*field) {
             return Err(format!("message.data lacks {field}"));
         }
     }
@@ -732,13 +756,14 @@ fn check_message(body: &Value, max_ttl: Duration) -> Result<(), String> {
     for key in android.keys() {
         match key.as_str() {
             "priority" | "ttl" => {}
+            "collapse_key" if is_message => {}
             "notification" => return Err("android.notification in a data-only message".into()),
             other => return Err(format!("android.{other} is not expected")),
         }
     }
-    if android.get("priority").and_then(Value::as_str) != Some("HIGH") {
+    if android.get("priority").and_then(Value::as_str) != Some(priority) {
         return Err(format!(
-            "android.priority is {:?}, not HIGH",
+            "android.priority is {:?}, not {priority}",
             android.get("priority")
         ));
     }

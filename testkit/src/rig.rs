@@ -179,6 +179,20 @@ impl<P: TestPbx> Rig<P> {
         self.unwrap(run)
     }
 
+    /// The slot's caller sending `message` to extension `to` (from the caller's port:
+    /// not while that caller is in a call); waits for the expected final response.
+    pub async fn send_message(&self, to: &str, message: &crate::sipp::OutgoingMessage) {
+        let run = SippRun::sender(
+            self.pbx.sip_address(),
+            &self.caller(),
+            to,
+            self.slot.port(0),
+            message,
+        );
+        let mut run = self.unwrap(run);
+        self.finish(&mut run, Duration::from_secs(15)).await;
+    }
+
     /// The slot's caller dialling `to` from UDP port `local_port` (for many callers at
     /// once: [`Slot::extra_port`]), expecting the call to end as `end`.
     pub fn call_from(&self, local_port: u16, to: &str, end: CallerEnd) -> SippRun {

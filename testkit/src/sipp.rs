@@ -75,6 +75,37 @@ pub enum CallerEnd {
     },
 }
 
+/// One SIP MESSAGE for [`SippRun::sender`] to send.
+#[derive(Clone, Debug)]
+pub struct OutgoingMessage {
+    /// Its Content-Type.
+    pub content_type: String,
+    /// Its body (one line).
+    pub body: String,
+    /// Its Call-ID: the same with the same `cseq` makes a retransmission.
+    pub call_id: String,
+    /// Its CSeq number.
+    pub cseq: u32,
+    /// The final response it must get.
+    pub expect: u16,
+}
+
+impl OutgoingMessage {
+    /// A `text/plain` message with `body` and a Call-ID of its own, which must be
+    /// answered 202.
+    pub fn text(body: &str) -> Self {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self {
+            content_type: "text/plain;charset=UTF-8".into(),
+            body: body.into(),
+            call_id: format!("pwmsg-{}-{n}@127.0.0.1", std::process::id()),
+            cseq: 1,
+            expect: 202,
+        }
+    }
+}
+
 /// The command line of a REGISTER scenario (`scenario` given last).
 fn register_args<'a>(
     pbx: &'a str,
@@ -203,6 +234,42 @@ impl SippRun {
         };
         args.extend(["-sf".to_owned(), scenario(file).display().to_string()]);
         Self::spawn(&format!("caller {from_user}→{to}"), &args)
+    }
+
+    /// A sender of one SIP MESSAGE from `from_user` (bound to `local_port`) to `to` at
+    /// the PBX (`sender-message.xml`); the run fails unless the final response is
+    /// `message.expect`.
+    pub fn sender(
+        pbx: &str,
+        from_user: &str,
+        to: &str,
+        local_port: u16,
+        message: &OutgoingMessage,
+    ) -> Result<Self, String> {
+        let mut args = vec![
+            pbx.to_owned(),
+            "-i".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            local_port.to_string(),
+            "-s".into(),
+            to.to_owned(),
+        ];
+        for (k, v) in [
+            ("from_user", from_user.to_owned()),
+            ("expect", message.expect.to_string()),
+            ("ctype", message.content_type.clone()),
+            ("body", message.body.clone()),
+            ("cseq", message.cseq.to_string()),
+        ] {
+            args.extend(["-key".to_owned(), k.to_owned(), v]);
+        }
+        args.extend(["-cid_str".to_owned(), message.call_id.replace('%', "")]);
+        args.extend([
+            "-sf".to_owned(),
+            scenario("sender-message.xml").display().to_string(),
+        ]);
+        Self::spawn(&format!("message {from_user}→{to}"), &args)
     }
 
     /// A phone listening on `port` (it is not registered by this: see [`SippRun::register`]).

@@ -11,10 +11,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use pushwake_core::messages::DedupKey;
 use pushwake_core::pbx::{
     CallControl, CallId, ChannelId, Conversation, DialTarget, ExtensionState, HangupReason,
-    HeldCaller, Party, PbxCommand, PbxError, PbxEvent, PbxReply, PbxSnapshot, WakeStatus,
-    CALL_ID_HEADER, STATUS_VARIABLE,
+    HeldCaller, IncomingMessage, Party, PbxCommand, PbxError, PbxEvent, PbxReply, PbxSnapshot,
+    WakeStatus, CALL_ID_HEADER, MESSAGE_ID_HEADER, STATUS_VARIABLE,
 };
 use tokio::sync::{mpsc, Notify};
 
@@ -338,6 +339,14 @@ impl CallControl for AsteriskPbx {
                 c.set_device_state(&self.device_state_name(&extension), device_state(state))
                     .await
             }
+            PbxCommand::SendMessage(message) => {
+                let headers = std::collections::BTreeMap::from([(
+                    MESSAGE_ID_HEADER.to_owned(),
+                    message.id.0,
+                )]);
+                c.send_message(&message.extension, &message.from, &message.body, &headers)
+                    .await
+            }
         };
         done.map(|()| PbxReply::Done).map_err(pbx_error)
     }
@@ -348,6 +357,11 @@ impl CallControl for AsteriskPbx {
 
     fn extension_states(&self) -> bool {
         self.device_states
+    }
+
+    /// ARI's `TextMessageReceived` and `sendMessage` (res_pjsip_messaging).
+    fn carries_messages(&self) -> bool {
+        true
     }
 }
 
@@ -551,9 +565,32 @@ fn pbx_event(pbx: &AsteriskPbx, hangups: &mut Hangups, event: AriEvent) -> Optio
                 _ => None,
             }
         }
-        // Read and typed for the messages issue; nothing keeps or delivers messages yet,
-        // so Asterisk's own message handling stays in charge of them.
-        AriEvent::TextMessageReceived { .. } => None,
+        // Every MESSAGE from a PJSIP endpoint comes here (pushwake subscribes to them
+        // all); the driver keeps those for push-enabled extensions and leaves the rest
+        // to the dialplan's message context.
+        AriEvent::TextMessageReceived { message, .. } => {
+            let Some(extension) = message.recipient().map(str::to_owned) else {
+                tracing::warn!(to = %message.to, "a MESSAGE whose recipient cannot be read: left to the dialplan");
+                return None;
+            };
+            let dedup = message.dedup_key().map(|(call_id, cseq)| DedupKey {
+                call_id: call_id.to_owned(),
+                cseq,
+            });
+            let declared_len = message
+                .variables
+                .get("Content-Length")
+                .and_then(|l| l.trim().parse().ok());
+            let content_type = message.content_type().to_owned();
+            Some(PbxEvent::MessageReceived(IncomingMessage {
+                extension,
+                from: message.from,
+                content_type,
+                body: message.body,
+                dedup,
+                declared_len,
+            }))
+        }
         _ => None,
     }
 }

@@ -421,6 +421,13 @@ impl CallControl for FreeSwitchPbx {
             // rings an agent by its own status, whatever its registration, and the lamps
             // follow pushwake's legs through their presence_id.
             PbxCommand::PublishState { .. } => {}
+            // Never asked: this adapter does not carry messages (carries_messages is
+            // false), so the driver keeps none for it.
+            PbxCommand::SendMessage(_) => {
+                return Err(PbxError::Failed(
+                    "messages are not carried on FreeSWITCH yet".into(),
+                ))
+            }
         }
         Ok(PbxReply::Done)
     }

@@ -328,6 +328,31 @@ impl WakeEngine {
         self.registered = Some(source);
     }
 
+    /// The devices to tell about a message for `extension` (the directory's and the
+    /// registered ones, a device in both once); `None` if it is not push-enabled (its
+    /// messages are the PBX's business).
+    pub fn message_devices(&self, extension: &str) -> Option<Vec<Device>> {
+        let registered = self
+            .registered
+            .as_ref()
+            .map(|source| source.message_devices_of(extension))
+            .unwrap_or_default();
+        let mut devices = match self.directory.extension(extension) {
+            Some(configured) => configured.devices.clone(),
+            None if registered.is_empty() => return None,
+            None => Vec::new(),
+        };
+        for device in registered {
+            if !devices
+                .iter()
+                .any(|d| d.platform == device.platform && d.token == device.token)
+            {
+                devices.push(device);
+            }
+        }
+        Some(devices)
+    }
+
     /// The extension's settings and its live devices: the directory's and the
     /// registered ones (a device in both counts once), without dead tokens. `None` if
     /// the extension is neither configured nor has registered devices.
@@ -610,6 +635,9 @@ impl WakeEngine {
             }
             PbxEvent::ContactRemoved { .. } => {
                 // A leg already ringing that contact fails by itself; nothing to do.
+            }
+            PbxEvent::MessageReceived(_) => {
+                // Messages are the courier's (crate::messages::courier), not calls.
             }
         }
     }

@@ -16,7 +16,7 @@ use reqwest::StatusCode;
 
 use pushwake_core::directory::{Device, Platform};
 
-use super::{payload, Attempt, AttemptFuture, EndReason, PushKind, Pushkin, WakePush};
+use super::{payload, Attempt, AttemptFuture, EndReason, MessagePush, PushKind, Pushkin, WakePush};
 use super::{retry_after, unix_now};
 use crate::push::connections::ConnectionSet;
 
@@ -401,6 +401,16 @@ enum ApnsPush<'a> {
     Voip,
     /// The "missed call" alert, on the app's own topic, to its regular token.
     MissedCall { topic: &'a str, token: &'a str },
+    /// The "new message" alert, the same way: never a VoIP push, which iOS answers
+    /// by ending an app that reports no call.
+    Message { topic: &'a str, token: &'a str },
+}
+
+/// What one attempt is about.
+#[derive(Clone, Copy)]
+enum Content<'a> {
+    Call(&'a WakePush),
+    Message(&'a MessagePush),
 }
 
 impl ApnsPushkin {
@@ -469,20 +479,30 @@ impl ApnsPushkin {
         opened.into_iter().collect()
     }
 
-    async fn send_once(&self, device: &Device, push: &WakePush, ring_window: Duration) -> Attempt {
-        let kind = match push.kind {
-            PushKind::IncomingCall => ApnsPush::Voip,
-            PushKind::CallEnded(reason) => match self.missed_call_route(device, reason) {
-                Ok(kind) => kind,
-                // PushService asks first (carries_call_ended); this makes sure. Apple
-                // forbids VoIP pushes that report no call (iOS 13+ ends such apps).
-                Err(reason) => {
-                    return Attempt::Rejected {
-                        reason,
-                        dead_token: false,
-                    }
-                }
+    async fn send_once(
+        &self,
+        device: &Device,
+        content: Content<'_>,
+        ring_window: Duration,
+    ) -> Attempt {
+        let route = match content {
+            Content::Call(push) => match push.kind {
+                PushKind::IncomingCall => Ok(ApnsPush::Voip),
+                PushKind::CallEnded(reason) => self.missed_call_route(device, reason),
             },
+            Content::Message(_) => self.message_route(device),
+        };
+        let kind = match route {
+            Ok(kind) => kind,
+            // PushService asks first (carries_call_ended, carries_message); this makes
+            // sure. Apple forbids VoIP pushes that report no call (iOS 13+ ends such
+            // apps).
+            Err(reason) => {
+                return Attempt::Rejected {
+                    reason,
+                    dead_token: false,
+                }
+            }
         };
         let endpoint = if uses_sandbox(device) {
             &self.sandbox
@@ -493,8 +513,8 @@ impl ApnsPushkin {
         // Held until the answer is read: the stream is busy until then.
         let lease = self.connections.lease();
         let client = lease.client();
-        let (mut request, push_type, expires_at) = match &kind {
-            ApnsPush::Voip => {
+        let (mut request, push_type, expires_at) = match (&kind, content) {
+            (ApnsPush::Voip, Content::Call(push)) => {
                 let expires_at =
                     now + ring_window.as_secs() + u64::from(ring_window.subsec_nanos() > 0);
                 let topic = device.params.get(TOPIC).unwrap_or(&self.topic);
@@ -505,7 +525,7 @@ impl ApnsPushkin {
                     .json(&payload::incoming_call(push, expires_at));
                 (request, "voip", expires_at)
             }
-            ApnsPush::MissedCall { topic, token } => {
+            (ApnsPush::MissedCall { topic, token }, Content::Call(push)) => {
                 let expires_at = now + ALERT_LIFETIME.as_secs();
                 let request = client
                     .post(format!("{endpoint}/3/device/{token}"))
@@ -516,6 +536,17 @@ impl ApnsPushkin {
                     .json(&missed_call_alert(push));
                 (request, "alert", expires_at)
             }
+            (ApnsPush::Message { topic, token }, Content::Message(push)) => {
+                let request = client
+                    .post(format!("{endpoint}/3/device/{token}"))
+                    .header("apns-push-type", "alert")
+                    .header("apns-topic", *topic)
+                    // One notice per message, even if it is sent twice.
+                    .header("apns-collapse-id", push.message_id.0.as_str())
+                    .json(&message_alert(push));
+                (request, "alert", push.expires_at)
+            }
+            _ => unreachable!("the route is chosen from the content above"),
         };
         if let Some(token) = &self.token {
             let jwt = match token.lock().expect("token lock").get(now) {
@@ -570,6 +601,10 @@ impl ApnsPushkin {
                 reason: format!("{reason} (missed-call alert to the alert_token)"),
                 dead_token: false,
             },
+            (ApnsPush::Message { .. }, Attempt::Rejected { reason, .. }) => Attempt::Rejected {
+                reason: format!("{reason} (message alert to the alert_token)"),
+                dead_token: false,
+            },
             (_, attempt) => attempt,
         };
         if let Attempt::Rejected {
@@ -580,6 +615,18 @@ impl ApnsPushkin {
             tracing::error!(%reason, push_type, "APNs rejected the push: check the [apns] settings and the device's topic, environment and tokens");
         }
         attempt
+    }
+
+    /// Where a "new message" alert goes (the app's own topic and regular token), or
+    /// why there is none.
+    fn message_route<'a>(&'a self, device: &'a Device) -> Result<ApnsPush<'a>, String> {
+        let Some(topic) = &self.alert_topic else {
+            return Err("apns carries no message push without apns.alert_topic (a message alert goes to the app's own topic)".into());
+        };
+        match device.params.get(ALERT_TOKEN) {
+            Some(token) => Ok(ApnsPush::Message { topic, token }),
+            None => Err("apns carries no message push to a device without an alert_token".into()),
+        }
     }
 
     /// Where the "missed call" alert for a call that ended with `reason` goes, or why
@@ -600,6 +647,33 @@ impl ApnsPushkin {
             None => Err("apns carries no push for an ended call (the device has no alert_token for a missed-call alert)".into()),
         }
     }
+}
+
+/// The "new message" alert: the sender as its title, the preview (or "New message")
+/// as its body, plus the `message_received` fields of the payload contract.
+pub fn message_alert(push: &MessagePush) -> serde_json::Value {
+    let sender = &push.sender;
+    let title = match (sender.name.trim(), sender.number.trim()) {
+        ("", "") => "Unknown sender".to_owned(),
+        ("", number) => number.to_owned(),
+        (name, _) => name.to_owned(),
+    };
+    let body = push
+        .preview
+        .clone()
+        .unwrap_or_else(|| "New message".to_owned());
+    let mut value = payload::message_received(push);
+    if let serde_json::Value::Object(fields) = &mut value {
+        fields.insert(
+            "aps".into(),
+            serde_json::json!({
+                "alert": { "title": title, "body": body },
+                "sound": "default",
+                "thread-id": format!("pushwake-messages-{}", sender.number),
+            }),
+        );
+    }
+    value
 }
 
 /// The "missed call" alert: what the phone shows, plus the `call_cancelled` fields of the
@@ -685,7 +759,20 @@ impl Pushkin for ApnsPushkin {
         push: &'a WakePush,
         ring_window: Duration,
     ) -> AttemptFuture<'a> {
-        Box::pin(self.send_once(device, push, ring_window))
+        Box::pin(self.send_once(device, Content::Call(push), ring_window))
+    }
+
+    fn carries_message(&self, device: &Device) -> Result<(), String> {
+        self.message_route(device).map(|_| ())
+    }
+
+    fn attempt_message<'a>(
+        &'a self,
+        device: &'a Device,
+        push: &'a MessagePush,
+        window: Duration,
+    ) -> AttemptFuture<'a> {
+        Box::pin(self.send_once(device, Content::Message(push), window))
     }
 }
 

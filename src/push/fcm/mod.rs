@@ -25,7 +25,7 @@ use serde_json::{json, Value};
 
 use super::oauth::{read_token_reply, Invalidation, SharedAccessToken, TokenError};
 use super::{clip, retry_after, scrub, scrubbed_clip, unix_now, window_secs};
-use super::{payload, Attempt, AttemptFuture, EndReason, Pushkin, WakePush};
+use super::{payload, Attempt, AttemptFuture, EndReason, MessagePush, Pushkin, WakePush};
 use pushwake_core::directory::{Device, DeviceToken, Platform};
 
 mod section;
@@ -314,6 +314,24 @@ pub fn message(token: &DeviceToken, push: &WakePush, expires_at: u64, ttl_secs: 
     })
 }
 
+/// The request body of a message push: a data-only message with **normal** Android
+/// priority (a chat message does not get to wake a dozing phone at once, the way a
+/// call does), kept by FCM until the message expires (at most FCM's 28 days).
+pub fn message_push(token: &DeviceToken, push: &MessagePush, now: u64) -> Value {
+    let ttl = push.expires_at.saturating_sub(now).clamp(1, 28 * 24 * 3600);
+    json!({
+        "message": {
+            "token": token.expose(),
+            "data": payload::message_data(push),
+            "android": {
+                "priority": "NORMAL",
+                "ttl": format!("{ttl}s"),
+                "collapse_key": push.message_id.0,
+            },
+        }
+    })
+}
+
 // ---- the pushkin -----------------------------------------------------------------------------
 
 /// Everything needed to send FCM messages.
@@ -445,18 +463,12 @@ impl FcmPushkin {
         read_token_reply("FCM", status, &text, &[&assertion])
     }
 
-    async fn send_once(
-        &self,
-        token: &DeviceToken,
-        push: &WakePush,
-        ring_window: Duration,
-    ) -> Attempt {
+    /// Sends one request `body` (to `token`), within `ring_window`.
+    async fn send_once(&self, token: &DeviceToken, body: Value, ring_window: Duration) -> Attempt {
         let access = match self.access_token().await {
             Ok(access) => access,
             Err(error) => return error.into_attempt(),
         };
-        let ttl = window_secs(ring_window);
-        let body = message(token, push, unix_now() + ttl, ttl);
         let response = self
             .client
             .post(&self.send_url)
@@ -528,7 +540,23 @@ impl Pushkin for FcmPushkin {
         push: &'a WakePush,
         ring_window: Duration,
     ) -> AttemptFuture<'a> {
-        Box::pin(self.send_once(&device.token, push, ring_window))
+        let ttl = window_secs(ring_window);
+        let body = message(&device.token, push, unix_now() + ttl, ttl);
+        Box::pin(self.send_once(&device.token, body, ring_window))
+    }
+
+    fn carries_message(&self, _: &Device) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn attempt_message<'a>(
+        &'a self,
+        device: &'a Device,
+        push: &'a MessagePush,
+        window: Duration,
+    ) -> AttemptFuture<'a> {
+        let body = message_push(&device.token, push, unix_now());
+        Box::pin(self.send_once(&device.token, body, window))
     }
 }
 

@@ -13,7 +13,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use super::oauth::{read_token_reply, Invalidation, SharedAccessToken, TokenError};
-use super::{payload, Attempt, AttemptFuture, EndReason, Pushkin, WakePush};
+use super::{payload, Attempt, AttemptFuture, EndReason, MessagePush, Pushkin, WakePush};
 use super::{retry_after, scrubbed_clip, unix_now, window_secs};
 use pushwake_core::directory::{Device, DeviceToken, Platform};
 
@@ -70,6 +70,24 @@ pub fn message(token: &DeviceToken, push: &WakePush, expires_at: u64, ttl_secs: 
             "android": {
                 "urgency": "HIGH",
                 "ttl": format!("{ttl_secs}s"),
+            },
+            "token": [token.expose()],
+        }
+    })
+}
+
+/// The body of a message push: a data message with **normal** urgency, kept by Push
+/// Kit until the message expires (at most its 15 days).
+pub fn message_push(token: &DeviceToken, push: &MessagePush, now: u64) -> Value {
+    let ttl = push.expires_at.saturating_sub(now).clamp(1, 15 * 24 * 3600);
+    json!({
+        "validate_only": false,
+        "message": {
+            "data": payload::message_received(push).to_string(),
+            "android": {
+                "urgency": "NORMAL",
+                "ttl": format!("{ttl}s"),
+                "collapse_key": -1,
             },
             "token": [token.expose()],
         }
@@ -207,18 +225,12 @@ impl HmsPushkin {
         read_token_reply("HMS", status, &text, &[secret])
     }
 
-    async fn send_once(
-        &self,
-        token: &DeviceToken,
-        push: &WakePush,
-        ring_window: Duration,
-    ) -> Attempt {
+    /// Sends one request `body` (to `token`), within `ring_window`.
+    async fn send_once(&self, token: &DeviceToken, body: Value, ring_window: Duration) -> Attempt {
         let access = match self.token.get(|| self.fetch_token()).await {
             Ok(access) => access,
             Err(error) => return error.into_attempt(),
         };
-        let ttl = window_secs(ring_window);
-        let body = message(token, push, unix_now() + ttl, ttl);
         let response = self
             .client
             .post(&self.send_url)
@@ -286,7 +298,23 @@ impl Pushkin for HmsPushkin {
         push: &'a WakePush,
         ring_window: Duration,
     ) -> AttemptFuture<'a> {
-        Box::pin(self.send_once(&device.token, push, ring_window))
+        let ttl = window_secs(ring_window);
+        let body = message(&device.token, push, unix_now() + ttl, ttl);
+        Box::pin(self.send_once(&device.token, body, ring_window))
+    }
+
+    fn carries_message(&self, _: &Device) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn attempt_message<'a>(
+        &'a self,
+        device: &'a Device,
+        push: &'a MessagePush,
+        window: Duration,
+    ) -> AttemptFuture<'a> {
+        let body = message_push(&device.token, push, unix_now());
+        Box::pin(self.send_once(&device.token, body, window))
     }
 }
 

@@ -7,7 +7,9 @@
 //!  "call": { …payload::for_push… }}
 //! ```
 //!
-//! (`"event": "call.cancelled"` for a call that ended without the device), with the
+//! (`"event": "call.cancelled"` for a call that ended without the device;
+//! `"event": "message.received"` with a `"message"` object for a message kept for the
+//! device's app, see [`message_body`]), with the
 //! headers `X-Pushwake-Event`, `X-Pushwake-Timestamp` (Unix seconds, the same as
 //! `sent_at`) and `X-Pushwake-Signature: v1=<hex>`, the lowercase hex HMAC-SHA256 with
 //! the shared secret over `"<timestamp>.<body>"` (the exact body bytes sent).
@@ -25,7 +27,7 @@ use aws_lc_rs::hmac;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use super::{payload, Attempt, AttemptFuture, EndReason, PushKind, Pushkin, WakePush};
+use super::{payload, Attempt, AttemptFuture, EndReason, MessagePush, PushKind, Pushkin, WakePush};
 use super::{retry_after, scrubbed_clip, unix_now, window_secs};
 use pushwake_core::directory::{Device, DeviceToken, Platform};
 
@@ -46,6 +48,8 @@ pub const MAX_DEVICE_ID_LEN: usize = 512;
 pub const EVENT_WAKEUP: &str = "call.push_wakeup";
 /// The `event` of a call that ended without the device.
 pub const EVENT_CANCELLED: &str = "call.cancelled";
+/// The event of a message kept for the device's app (`[messages]`).
+pub const EVENT_MESSAGE: &str = "message.received";
 
 /// The shared HMAC secret. Its `Debug` shows nothing of it.
 #[derive(Clone, PartialEq, Eq)]
@@ -122,6 +126,17 @@ pub fn body(token: &DeviceToken, push: &WakePush, sent_at: u64, expires_at: u64)
         "device": token.expose(),
         "sent_at": sent_at,
         "call": payload::for_push(push, expires_at),
+    })
+}
+
+/// The request body of a message push: `{"event": "message.received", "device": …,
+/// "sent_at": …, "message": { …payload::message_received… }}`.
+pub fn message_body(token: &DeviceToken, push: &MessagePush, sent_at: u64) -> Value {
+    json!({
+        "event": EVENT_MESSAGE,
+        "device": token.expose(),
+        "sent_at": sent_at,
+        "message": payload::message_received(push),
     })
 }
 
@@ -217,20 +232,21 @@ impl WebhookPushkin {
         })
     }
 
+    /// Posts one signed event: `bytes` (the body, sent at `now`), within `ring_window`.
     async fn send_once(
         &self,
         token: &DeviceToken,
-        push: &WakePush,
+        event: &'static str,
+        now: u64,
+        bytes: String,
         ring_window: Duration,
     ) -> Attempt {
-        let now = unix_now();
-        let bytes = body(token, push, now, now + window_secs(ring_window)).to_string();
         let signature = sign(self.secret.expose(), now, bytes.as_bytes());
         let response = self
             .client
             .post(&self.url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header("X-Pushwake-Event", event(push))
+            .header("X-Pushwake-Event", event)
             .header("X-Pushwake-Timestamp", now.to_string())
             .header("X-Pushwake-Signature", signature)
             .timeout(self.timeout.min(ring_window.max(Duration::from_secs(1))))
@@ -291,7 +307,24 @@ impl Pushkin for WebhookPushkin {
         push: &'a WakePush,
         ring_window: Duration,
     ) -> AttemptFuture<'a> {
-        Box::pin(self.send_once(&device.token, push, ring_window))
+        let now = unix_now();
+        let bytes = body(&device.token, push, now, now + window_secs(ring_window)).to_string();
+        Box::pin(self.send_once(&device.token, event(push), now, bytes, ring_window))
+    }
+
+    fn carries_message(&self, _: &Device) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn attempt_message<'a>(
+        &'a self,
+        device: &'a Device,
+        push: &'a MessagePush,
+        window: Duration,
+    ) -> AttemptFuture<'a> {
+        let now = unix_now();
+        let bytes = message_body(&device.token, push, now).to_string();
+        Box::pin(self.send_once(&device.token, EVENT_MESSAGE, now, bytes, window))
     }
 }
 

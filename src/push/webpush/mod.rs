@@ -21,7 +21,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use super::{payload, Attempt, AttemptFuture, EndReason, Pushkin, WakePush};
+use super::{payload, Attempt, AttemptFuture, EndReason, MessagePush, Pushkin, WakePush};
 use super::{retry_after, scrubbed_clip, unix_now, window_secs};
 use pushwake_core::directory::{Device, DeviceToken, Platform};
 
@@ -437,10 +437,14 @@ impl WebPushPushkin {
         Ok(header)
     }
 
+    /// Sends one encrypted push of `plaintext`, kept by the push service for `ttl`
+    /// seconds, with `urgency`, within `ring_window`.
     async fn send_once(
         &self,
         token: &DeviceToken,
-        push: &WakePush,
+        plaintext: String,
+        ttl: u64,
+        urgency: &'static str,
         ring_window: Duration,
     ) -> Attempt {
         let subscription = match Subscription::parse(token.expose()) {
@@ -453,8 +457,6 @@ impl WebPushPushkin {
             }
         };
         let now = unix_now();
-        let ttl = window_secs(ring_window);
-        let plaintext = payload::for_push(push, now + ttl).to_string();
         let body = match encrypt_for(&subscription, plaintext.as_bytes()) {
             Ok(body) => body,
             Err(e) => {
@@ -480,7 +482,7 @@ impl WebPushPushkin {
             .header(reqwest::header::CONTENT_ENCODING, "aes128gcm")
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .header("TTL", ttl.to_string())
-            .header("Urgency", "high")
+            .header("Urgency", urgency)
             .timeout(
                 self.settings
                     .timeout
@@ -542,7 +544,25 @@ impl Pushkin for WebPushPushkin {
         push: &'a WakePush,
         ring_window: Duration,
     ) -> AttemptFuture<'a> {
-        Box::pin(self.send_once(&device.token, push, ring_window))
+        let ttl = window_secs(ring_window);
+        let plaintext = payload::for_push(push, unix_now() + ttl).to_string();
+        Box::pin(self.send_once(&device.token, plaintext, ttl, "high", ring_window))
+    }
+
+    fn carries_message(&self, _: &Device) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// `Urgency: normal`, kept by the push service until the message expires.
+    fn attempt_message<'a>(
+        &'a self,
+        device: &'a Device,
+        push: &'a MessagePush,
+        window: Duration,
+    ) -> AttemptFuture<'a> {
+        let ttl = push.expires_at.saturating_sub(unix_now()).max(1);
+        let plaintext = payload::message_received(push).to_string();
+        Box::pin(self.send_once(&device.token, plaintext, ttl, "normal", window))
     }
 }
 
