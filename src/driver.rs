@@ -372,6 +372,9 @@ impl<P: CallControl> Driver<P> {
         if let Some(observer) = &self.observer {
             let metrics = observer.metrics();
             metrics.calls_now(self.engine.waiting_calls(), self.engine.active_calls());
+            if let Some(messages) = &self.messages {
+                metrics.messages_waiting(messages.courier.len());
+            }
         }
     }
 
@@ -442,11 +445,18 @@ impl<P: CallControl> Driver<P> {
                 }
                 let id = MessageId(pushwake_core::random::uuid_v4(&mut *messages.random));
                 let (extension, from) = (incoming.extension.clone(), incoming.from.clone());
-                match messages.courier.receive(
-                    id.clone(),
-                    crate::push::unix_now(),
-                    incoming.clone(),
-                ) {
+                let received =
+                    messages
+                        .courier
+                        .receive(id.clone(), crate::push::unix_now(), incoming.clone());
+                if let Some(observer) = &self.observer {
+                    observer.metrics().message(match &received {
+                        Ok(()) => "kept",
+                        Err(pushwake_core::messages::Refused::Duplicate(_)) => "duplicate",
+                        Err(_) => "refused",
+                    });
+                }
+                match received {
                     Ok(()) => {
                         tracing::info!(%extension, %from, message_id = %id, bytes = incoming.body.len(), "message kept for the phone");
                     }
@@ -506,6 +516,9 @@ impl<P: CallControl> Driver<P> {
                     }
                 }
                 CourierCommand::Forget { message, why } => {
+                    if let Some(observer) = &self.observer {
+                        observer.metrics().message(why.as_str());
+                    }
                     match why {
                         pushwake_core::messages::courier::Forgotten::Delivered => {
                             tracing::info!(extension = %message.extension, message_id = %message.id, "message delivered")

@@ -37,6 +37,17 @@ async fn rig(
     fcm: Option<(&TestFcm, &FcmServer)>,
     http: Option<&str>,
 ) -> (Rig, String) {
+    rig_with_metrics(slot, messages, fcm, http, None).await
+}
+
+/// [`rig`], with `[metrics]` on `metrics` where given.
+async fn rig_with_metrics(
+    slot: u8,
+    messages: &str,
+    fcm: Option<(&TestFcm, &FcmServer)>,
+    http: Option<&str>,
+    metrics: Option<&str>,
+) -> (Rig, String) {
     let mut rig = Rig::asterisk(slot, env!("CARGO_BIN_EXE_pushwake")).await;
     let ext = rig.phone_number(1);
     let alert = alert_token(slot);
@@ -52,6 +63,9 @@ async fn rig(
         config = config
             .http(listen, "https://pbx.example.com")
             .api_tokens(&format!("{API_ADMIN}\n"));
+    }
+    if let Some(listen) = metrics {
+        config = config.metrics(listen);
     }
     let config = config
         .raw(&format!("[messages]\n{messages}"))
@@ -234,7 +248,12 @@ async fn a_message_the_phone_refuses_is_sent_again_at_its_next_registration_unti
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_messages_are_refused_and_a_retransmission_is_kept_once() {
     const SLOT: u8 = 33;
-    let (rig, ext) = rig(SLOT, "max_body_bytes = 64\n", None, None).await;
+    let metrics = format!(
+        "127.0.0.1:{}",
+        pushwake_testkit::slot::Slot::new(SLOT).port(2)
+    );
+    let (rig, ext) =
+        rig_with_metrics(SLOT, "max_body_bytes = 64\n", None, None, Some(&metrics)).await;
     // Not text: Asterisk answers 415 itself, and pushwake never sees it.
     rig.send_message(
         &ext,
@@ -283,5 +302,35 @@ async fn bad_messages_are_refused_and_a_retransmission_is_kept_once() {
         rig.apns_server.accepted().len(),
         1,
         "only the good one is pushed"
+    );
+    // The metrics count them, by outcome, and name no extension or sender. (The gauge
+    // is refreshed every second and the push counted once its answer is read: scrape
+    // until they show.)
+    let wanted = [
+        "pushwake_messages_total{outcome=\"kept\"} 1",
+        "pushwake_messages_total{outcome=\"refused\"} 2",
+        "pushwake_messages_total{outcome=\"duplicate\"} 1",
+        "pushwake_messages_waiting 1",
+        "pushwake_pushes_total{provider=\"apns\",kind=\"message\",verdict=\"delivered\"} 1",
+    ];
+    let url = format!("http://{metrics}/metrics");
+    let text = pushwake_testkit::wait_until("the message metrics", SECS(10), || async {
+        let text = reqwest::get(&url).await.ok()?.text().await.ok()?;
+        wanted
+            .iter()
+            .all(|line| text.lines().any(|l| l == *line))
+            .then_some(text)
+    })
+    .await;
+    let text = match text {
+        Ok(text) => text,
+        Err(_) => reqwest::get(&url).await.unwrap().text().await.unwrap(),
+    };
+    for line in wanted {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+    }
+    assert!(
+        !text.contains(&format!("\"{ext}\"")) && !text.contains(&rig.caller()),
+        "{text}"
     );
 }

@@ -90,6 +90,8 @@ pub struct Metrics {
     waiting_calls: Gauge,
     active_calls: Gauge,
     devices: Gauge,
+    messages: Family<OutcomeLabel, Counter>,
+    messages_waiting: Gauge,
     /// Counts the registered devices at each scrape (walking the registry costs more
     /// than a gauge update, so it is not done on the driver's loop).
     count_devices: std::sync::OnceLock<DeviceCount>,
@@ -126,7 +128,7 @@ impl Metrics {
         let pushes = Family::<PushLabels, Counter>::default();
         registry.register(
             "pushes",
-            "Pushes by provider, kind (incoming_call, call_ended) and final verdict (delivered, failed, dead_token, not_sent), after retries",
+            "Pushes by provider, kind (incoming_call, call_ended, message) and final verdict (delivered, failed, dead_token, not_sent), after retries",
             pushes.clone(),
         );
         let dead_tokens = Family::<ProviderLabel, Counter>::default();
@@ -191,6 +193,18 @@ impl Metrics {
             "Devices known from registrations, the device API and the store (not the configured ones)",
             devices.clone(),
         );
+        let messages = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "messages",
+            "SIP MESSAGEs for push-enabled extensions ([messages]) by outcome: kept (taken for the phone), refused (not kept: too large, not text, emptied by the PBX), duplicate (a retransmission), delivered, dropped (the extension had too many waiting), expired (max_age passed)",
+            messages.clone(),
+        );
+        let messages_waiting = Gauge::default();
+        registry.register(
+            "messages_waiting",
+            "Messages kept for phones that have not taken them yet (refreshed every second)",
+            messages_waiting.clone(),
+        );
         Self {
             registry,
             calls_started,
@@ -206,6 +220,8 @@ impl Metrics {
             waiting_calls,
             active_calls,
             devices,
+            messages,
+            messages_waiting,
             count_devices: std::sync::OnceLock::new(),
         }
     }
@@ -225,6 +241,18 @@ impl Metrics {
     /// `ANSWERED_ELSEWHERE`).
     pub fn call_ended(&self, outcome: &'static str) {
         self.calls.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
+    /// A message reached `outcome` (`kept`, `refused`, `duplicate`, `delivered`,
+    /// `dropped`, `expired`).
+    pub fn message(&self, outcome: &'static str) {
+        self.messages.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
+    /// The messages waiting now.
+    pub fn messages_waiting(&self, count: usize) {
+        self.messages_waiting
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
     /// A push's final verdict.
