@@ -200,6 +200,20 @@ pub struct Received {
     pub command: String,
     /// Header lines after it, if any (`Job-UUID: …`).
     pub headers: Vec<String>,
+    /// What followed the blank line, for a command with a `Content-Length`
+    /// (`sendevent`'s body).
+    pub body: Option<String>,
+}
+
+impl Received {
+    /// The value of header `name` (`dest_proto: sip` → `sip`), if the command has it.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find_map(|h| {
+            h.split_once(':')
+                .filter(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.trim())
+        })
+    }
 }
 
 enum Control {
@@ -260,6 +274,9 @@ struct State {
     received: Vec<Received>,
     piece: Option<usize>,
     reject: bool,
+    /// The delivery reports to give the next `SMS::SEND_MESSAGE`s: success, and sofia's
+    /// `Delivery-Result-Code`.
+    reports: VecDeque<(bool, u16)>,
 }
 
 impl State {
@@ -531,6 +548,18 @@ impl EslServer {
         self.shared.state.lock().unwrap().reject = reject;
     }
 
+    /// The next `SMS::SEND_MESSAGE`s get these delivery reports, in order: whether the
+    /// phone took the message, and its answer's code (0: nobody registered, or no
+    /// answer). A send beyond them gets none (as without mod_sms).
+    pub fn report_messages(&self, reports: &[(bool, u16)]) {
+        self.shared
+            .state
+            .lock()
+            .unwrap()
+            .reports
+            .extend(reports.iter().copied());
+    }
+
     /// Every command received so far, in order.
     pub fn received(&self) -> Vec<Received> {
         self.shared.state.lock().unwrap().received.clone()
@@ -723,7 +752,13 @@ async fn run(
                 };
                 input.extend_from_slice(&chunk[..n]);
                 while let Some(end) = find(&input, b"\n\n") {
-                    let block: Vec<u8> = input.drain(..end + 2).collect();
+                    // A command with a Content-Length (sendevent) has its body after the
+                    // blank line, as mod_event_socket reads it.
+                    let whole = end + 2 + body_length(&input[..end]);
+                    if input.len() < whole {
+                        break;
+                    }
+                    let block: Vec<u8> = input.drain(..whole).collect();
                     match command(shared, id, stream, &block).await {
                         Flow::Go => {}
                         Flow::Freeze => {
@@ -758,6 +793,19 @@ async fn run(
     }
 }
 
+/// The `Content-Length` of a command's head, 0 without one.
+fn body_length(head: &[u8]) -> usize {
+    String::from_utf8_lossy(head)
+        .lines()
+        .skip(1)
+        .find_map(|l| {
+            l.split_once(':')
+                .filter(|(n, _)| n.trim().eq_ignore_ascii_case("content-length"))
+                .and_then(|(_, v)| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
@@ -779,7 +827,11 @@ async fn write(shared: &Shared, stream: &mut TcpStream, bytes: &[u8]) -> std::io
 /// Answers one command block (its line, header lines, the blank line).
 async fn command(shared: &Shared, id: usize, stream: &mut TcpStream, block: &[u8]) -> Flow {
     let text = String::from_utf8_lossy(block);
-    let mut lines = text.lines().map(|l| l.trim_end_matches('\r'));
+    let (head, body) = match text.split_once("\n\n") {
+        Some((head, body)) if !body.is_empty() => (head, Some(body.to_owned())),
+        _ => (text.as_ref(), None),
+    };
+    let mut lines = head.lines().map(|l| l.trim_end_matches('\r'));
     let line = lines.next().unwrap_or_default().to_owned();
     let headers: Vec<String> = lines.filter(|l| !l.is_empty()).map(str::to_owned).collect();
     let authed = {
@@ -788,6 +840,7 @@ async fn command(shared: &Shared, id: usize, stream: &mut TcpStream, block: &[u8
             connection: id,
             command: line.clone(),
             headers: headers.clone(),
+            body: body.clone(),
         });
         state.connections[id].authed
     };
@@ -835,12 +888,100 @@ async fn command(shared: &Shared, id: usize, stream: &mut TcpStream, block: &[u8
     if let Some(command) = line.strip_prefix("bgapi ") {
         return bgapi(shared, id, stream, command, &headers).await;
     }
+    if lower.starts_with("sendevent") {
+        return sendevent(shared, stream, &headers).await;
+    }
     if lower.starts_with("event") {
         let reply = subscribe(shared, id, &line);
         shared.changed();
         return reply_flow(write(shared, stream, &command_reply(&reply)).await);
     }
     reply_flow(write(shared, stream, &command_reply("-ERR command not found")).await)
+}
+
+/// `sendevent`: `+OK <Event-UUID>`, then, for mod_sms's `SMS::SEND_MESSAGE` with a
+/// report scripted ([`EslServer::report_messages`]), its `SMS::DELIVERY_REPORT`: every
+/// header of the request copied (its Content-Length too, not its body: mod_sms.c,
+/// `send_report`), `Status`, `Delivery-Failure` and sofia's `Delivery-Result-Code`.
+async fn sendevent(shared: &Shared, stream: &mut TcpStream, headers: &[String]) -> Flow {
+    let (uuid, report) = {
+        let mut state = shared.state.lock().unwrap();
+        state.jobs += 1;
+        let uuid = format!("5e4d0000-0000-4000-8000-{:012x}", state.jobs);
+        let sms = headers.iter().any(|h| {
+            h.replace(' ', "")
+                .eq_ignore_ascii_case("Event-Subclass:SMS::SEND_MESSAGE")
+        });
+        let report = if sms { state.reports.pop_front() } else { None };
+        (uuid, report)
+    };
+    if write(shared, stream, &command_reply(&format!("+OK {uuid}")))
+        .await
+        .is_err()
+    {
+        return Flow::Close;
+    }
+    if let Some((success, code)) = report {
+        let mut event =
+            String::from("Event-Name: CUSTOM\nEvent-Subclass: SMS%3A%3ADELIVERY_REPORT\n");
+        for header in headers {
+            let Some((name, value)) = header.split_once(':') else {
+                continue;
+            };
+            let name = name.trim();
+            if name.eq_ignore_ascii_case("Event-Name")
+                || name.eq_ignore_ascii_case("Event-Subclass")
+            {
+                continue;
+            }
+            event.push_str(&format!("{name}: {}\n", url_encode(value.trim())));
+        }
+        event.push_str(&format!(
+            "Event-UUID: {uuid}\nDelivery-Result-Code: {code}\n"
+        ));
+        event.push_str(&format!("Delivery-Failure: {}\n", !success));
+        event.push_str(&format!(
+            "Status: {}\n\n",
+            if success { "Success" } else { "Failure" }
+        ));
+        broadcast(shared, &event_frame(&event));
+    }
+    Flow::Go
+}
+
+/// A `MESSAGE` event as sofia fires it for a SIP MESSAGE to `to_user` (sofia_presence.c,
+/// `sofia_presence_handle_sip_i_message`; the header names are the source's, no
+/// capture), from `from_full`, with `body`.
+pub fn message_event(to_user: &str, from_full: &str, content_type: &str, body: &str) -> Vec<u8> {
+    let from = from_full
+        .split_once("sip:")
+        .and_then(|(_, rest)| rest.split(['>', ';']).next())
+        .unwrap_or_default();
+    let mut event = String::from("Event-Name: MESSAGE\n");
+    for (name, value) in [
+        ("login", "sip:mod_sofia@127.0.0.1:5060"),
+        ("proto", "sip"),
+        ("to_proto", "sip"),
+        ("from", from),
+        ("from_user", from.split('@').next().unwrap_or_default()),
+        ("from_host", "127.0.0.1"),
+        ("to_user", to_user),
+        ("to_host", "127.0.0.1"),
+        ("from_sip_ip", "127.0.0.1"),
+        ("from_sip_port", "5062"),
+        ("to", &format!("{to_user}@127.0.0.1")),
+        ("subject", "SIMPLE MESSAGE"),
+        ("context", "public"),
+        ("type", content_type),
+        ("from_full", from_full),
+        ("sip_profile", "internal"),
+        ("dest_proto", "sip"),
+        ("Nonblocking-Delivery", "true"),
+    ] {
+        event.push_str(&format!("{name}: {}\n", url_encode(value)));
+    }
+    event.push_str(&format!("Content-Length: {}\n\n{body}", body.len()));
+    event_frame(&event)
 }
 
 fn reply_flow(written: std::io::Result<()>) -> Flow {

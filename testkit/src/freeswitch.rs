@@ -82,6 +82,19 @@ impl FreeSwitchRig {
         extensions: Vec<TestExtension>,
         env: &[(&str, &str)],
     ) -> Self {
+        Self::start_configured(binary, slot, port, extensions, "", env).await
+    }
+
+    /// Like [`FreeSwitchRig::start_with_env`], with `raw` (whole sections, `[messages]`
+    /// say) added to the configuration.
+    pub async fn start_configured(
+        binary: &Path,
+        slot: u8,
+        port: u16,
+        extensions: Vec<TestExtension>,
+        raw: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
         let listen = std::net::SocketAddr::from(([127, 0, 0, 1], Slot::new(slot).port(port)));
         let server = EslServer::start().await;
         server.answer(
@@ -114,6 +127,9 @@ impl FreeSwitchRig {
             .apns_option("alert_topic", "com.example.phone");
         for extension in extensions {
             config = config.extension(extension);
+        }
+        if !raw.is_empty() {
+            config = config.raw(raw);
         }
         let config = config.write().unwrap();
         let daemon =

@@ -249,6 +249,9 @@ enum Request {
         name: String,
         /// The command, without the blank line that ends it.
         line: String,
+        /// What follows that blank line (`sendevent`'s body, its length in the line's
+        /// `Content-Length`).
+        body: Option<String>,
         pending: Pending,
     },
     /// End the connection from this side once every command asked for before is written;
@@ -439,6 +442,40 @@ impl EslConnection {
         self.send_request(Request::Command {
             name,
             line,
+            body: None,
+            pending: Pending::Command(tx),
+        })
+        .await?;
+        self.answer(rx).await
+    }
+
+    /// Fires an event into FreeSWITCH (`sendevent <name>`, with `headers` and `body`),
+    /// and returns the `Reply-Text` of its `+OK` (`+OK <Event-UUID>`). A header name or
+    /// value with a line break is refused: it would end the command early.
+    pub async fn sendevent(
+        &self,
+        name: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Result<String, EslError> {
+        let mut line = line("sendevent", name)?;
+        for (header, value) in headers {
+            if format!("{header}{value}").contains(['\n', '\r']) || header.contains(':') {
+                return Err(EslError::Invalid(format!(
+                    "`sendevent {name}`: header {header:?} has a line break or a colon"
+                )));
+            }
+            line.push('\n');
+            line.push_str(header);
+            line.push_str(": ");
+            line.push_str(value);
+        }
+        line.push_str(&format!("\nContent-Length: {}", body.len()));
+        let (tx, rx) = oneshot::channel();
+        self.send_request(Request::Command {
+            name: format!("sendevent {name}"),
+            line,
+            body: Some(body.to_owned()),
             pending: Pending::Command(tx),
         })
         .await?;
@@ -477,6 +514,7 @@ impl EslConnection {
         self.send_request(Request::Command {
             name: name(&line),
             line,
+            body: None,
             pending,
         })
         .await
@@ -708,9 +746,9 @@ impl Link {
                 request = requests.recv() => match request {
                     None => return "closed: no handle on the connection is left".to_owned(),
                     Some(Request::Close(reason)) => return reason,
-                    Some(Request::Command { name, line, pending }) => {
+                    Some(Request::Command { name, line, body, pending }) => {
                         self.waiting.push_back(Waiting { name, pending, sent: Instant::now() });
-                        if let Err(reason) = self.send(&line).await {
+                        if let Err(reason) = self.send_with_body(&line, body.as_deref()).await {
                             return reason;
                         }
                     }
@@ -746,9 +784,15 @@ impl Link {
     /// Writes a command. A peer that stops reading fills the socket's buffers and the
     /// write would wait forever, so it gets as long as FreeSWITCH has to answer.
     async fn send(&mut self, line: &str) -> Result<(), String> {
-        let mut bytes = Vec::with_capacity(line.len() + 2);
+        self.send_with_body(line, None).await
+    }
+
+    /// Writes a command, and the body after its blank line if it has one.
+    async fn send_with_body(&mut self, line: &str, body: Option<&str>) -> Result<(), String> {
+        let mut bytes = Vec::with_capacity(line.len() + 2 + body.map_or(0, str::len));
         bytes.extend_from_slice(line.as_bytes());
         bytes.extend_from_slice(b"\n\n");
+        bytes.extend_from_slice(body.unwrap_or_default().as_bytes());
         let timeout = self.liveness.write_timeout();
         match tokio::time::timeout(timeout, self.stream.write_all(&bytes)).await {
             Ok(Ok(())) => Ok(()),
@@ -941,6 +985,16 @@ impl EslClient {
     /// the job may still run in FreeSWITCH (resynchronise after [`EslFeed::Connected`]).
     pub async fn bgapi(&self, command: &str) -> Result<BackgroundJob, EslError> {
         self.connection()?.bgapi(command).await
+    }
+
+    /// [`EslConnection::sendevent`] on the connection up now.
+    pub async fn sendevent(
+        &self,
+        name: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Result<String, EslError> {
+        self.connection()?.sendevent(name, headers, body).await
     }
 }
 

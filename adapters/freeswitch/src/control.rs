@@ -19,8 +19,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use pushwake_core::pbx::{
-    CallControl, CallId, ChannelId, Contact, Conversation, HeldCaller, PbxCommand, PbxError,
-    PbxEvent, PbxReply, PbxSnapshot, WakeStatus, STATUS_VARIABLE,
+    CallControl, CallId, ChannelId, Contact, Conversation, HeldCaller, OutgoingMessage, PbxCommand,
+    PbxError, PbxEvent, PbxReply, PbxSnapshot, WakeStatus, MESSAGE_ID_HEADER, STATUS_VARIABLE,
 };
 use tokio::sync::mpsc;
 
@@ -32,15 +32,21 @@ use crate::translate::{
 };
 
 /// The events the inbound connection subscribes to (`BACKGROUND_JOB` is always added).
-pub const EVENTS: [&str; 7] = [
+pub const EVENTS: [&str; 9] = [
     "CHANNEL_ANSWER",
     "CHANNEL_PROGRESS",
     "CHANNEL_PROGRESS_MEDIA",
     "CHANNEL_HANGUP_COMPLETE",
+    "MESSAGE",
     "sofia::register",
     "sofia::unregister",
     "sofia::expire",
+    "SMS::DELIVERY_REPORT",
 ];
+
+/// How long a message sent waits for its `SMS::DELIVERY_REPORT`: sofia waits up to 20 s
+/// for the phone's answer (sofia_presence.c, `sofia_presence_chat_send`).
+const DELIVERY_REPORT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How long a caller whose hand-over socket closed waits for its CHANNEL_HANGUP_COMPLETE
 /// (the cause) before it is taken as gone without one. That event comes 6–43 ms after
@@ -67,6 +73,8 @@ struct Inner {
     legs: Mutex<HashSet<String>>,
     /// The sofia profile each contact was listed with, to dial it through the same one.
     profiles: Mutex<HashMap<String, String>>,
+    /// The messages sent and not reported on yet, by message id.
+    reports: Mutex<HashMap<String, tokio::sync::oneshot::Sender<Result<(), PbxError>>>>,
     /// Held while a hand-over is recorded and announced, and while a snapshot's callers
     /// are completed and announced: the two come from different connections, and a
     /// caller announced before a snapshot that did not list it would look gone.
@@ -104,6 +112,7 @@ impl FreeSwitchPbx {
                 sockets: Mutex::new(HashMap::new()),
                 legs: Mutex::new(HashSet::new()),
                 profiles: Mutex::new(HashMap::new()),
+                reports: Mutex::new(HashMap::new()),
                 order: tokio::sync::Mutex::new(()),
             }),
         };
@@ -148,6 +157,12 @@ impl FreeSwitchPbx {
                     PbxEvent::Disconnected
                 }
                 EslFeed::Event(event) => {
+                    if let Some((id, result)) = translate::delivery_report(&event) {
+                        if let Some(waiting) = lock(&self.inner.reports).remove(&id) {
+                            let _ = waiting.send(result);
+                        }
+                        continue;
+                    }
                     let legs = lock(&self.inner.legs);
                     let Some(translated) = translate::translate(&event, |id| legs.contains(id))
                     else {
@@ -263,6 +278,51 @@ impl FreeSwitchPbx {
         }
         snapshot.live = live;
         Ok(snapshot)
+    }
+
+    /// Sends a kept message through mod_sms (`SMS::SEND_MESSAGE`, blocking, so that
+    /// sofia waits for the phone's answer) and waits for its `SMS::DELIVERY_REPORT`:
+    /// done for the phone's 2xx, [`PbxError::Gone`] when no registered phone took it,
+    /// [`PbxError::Failed`] for the phone's refusal or no report at all.
+    async fn send_message(&self, message: OutgoingMessage) -> Result<PbxReply, PbxError> {
+        let from = translate::sender_address(&message.from)
+            .unwrap_or_else(|| format!("pushwake@{}", self.inner.domain));
+        let to = format!("{}@{}", message.extension, self.inner.domain);
+        let id = message.id.0.clone();
+        let id_header = format!("sip_h_{MESSAGE_ID_HEADER}");
+        let headers = [
+            ("Event-Subclass", "SMS::SEND_MESSAGE"),
+            ("dest_proto", "sip"),
+            ("sip_profile", self.inner.profile.as_str()),
+            ("to", to.as_str()),
+            ("from", from.as_str()),
+            ("type", message.content_type.as_str()),
+            ("blocking", "true"),
+            (id_header.as_str(), id.as_str()),
+            (translate::MESSAGE_ID_VAR, id.as_str()),
+        ];
+        let (report, reported) = tokio::sync::oneshot::channel();
+        lock(&self.inner.reports).insert(id.clone(), report);
+        let sent = self
+            .inner
+            .esl
+            .sendevent("CUSTOM", &headers, &message.body)
+            .await;
+        if let Err(error) = sent {
+            lock(&self.inner.reports).remove(&id);
+            return Err(failed("sendevent SMS::SEND_MESSAGE", error));
+        }
+        let result = match tokio::time::timeout(DELIVERY_REPORT_WAIT, reported).await {
+            Ok(Ok(result)) => result,
+            _ => {
+                lock(&self.inner.reports).remove(&id);
+                Err(PbxError::Failed(format!(
+                    "no SMS::DELIVERY_REPORT within {}s: is mod_sms loaded?",
+                    DELIVERY_REPORT_WAIT.as_secs()
+                )))
+            }
+        };
+        result.map(|()| PbxReply::Done)
     }
 
     /// The socket of a caller pushwake holds.
@@ -421,15 +481,15 @@ impl CallControl for FreeSwitchPbx {
             // rings an agent by its own status, whatever its registration, and the lamps
             // follow pushwake's legs through their presence_id.
             PbxCommand::PublishState { .. } => {}
-            // Never asked: this adapter does not carry messages (carries_messages is
-            // false), so the driver keeps none for it.
-            PbxCommand::SendMessage(_) => {
-                return Err(PbxError::Failed(
-                    "messages are not carried on FreeSWITCH yet".into(),
-                ))
-            }
+            PbxCommand::SendMessage(message) => return self.send_message(message).await,
         }
         Ok(PbxReply::Done)
+    }
+
+    /// `MESSAGE` events in, mod_sms's `SMS::SEND_MESSAGE` and `SMS::DELIVERY_REPORT`
+    /// out (docs/messages.md: mod_sms and the shipped chatplan).
+    fn carries_messages(&self) -> bool {
+        true
     }
 }
 

@@ -559,6 +559,16 @@ pub fn parse_event(body: &[u8]) -> Result<Event, FrameError> {
         }
         Some(_) => {
             let length = content_length(&headers, MAX_BODY).map_err(|e| bad(e.to_string()))?;
+            // mod_sms's SMS::DELIVERY_REPORT copies every header of the message it
+            // reports on, its Content-Length too, but not the body (mod_sms.c,
+            // send_report): a Content-Length with nothing at all after the headers is
+            // such a copy, not a body.
+            if rest.is_empty() && length > 0 {
+                return Ok(Event {
+                    headers,
+                    body: None,
+                });
+            }
             if rest.len() != length {
                 return Err(bad(format!(
                     "inner Content-Length {length}, but {} bytes follow",
@@ -653,6 +663,23 @@ mod tests {
         assert_eq!(event.body.as_deref(), Some("-ERR USER_NOT_REGISTERED\n"));
         // The inner Content-Length is a header of the event like any other.
         assert_eq!(event.header("Content-Length"), Some("25"));
+    }
+
+    #[test]
+    fn a_delivery_report_s_copied_content_length_is_no_body() {
+        // mod_sms's SMS::DELIVERY_REPORT (send_report) copies the request's headers,
+        // its Content-Length among them, and not its body.
+        let event = b"Event-Name: CUSTOM\nEvent-Subclass: SMS%3A%3ADELIVERY_REPORT\nStatus: Success\nContent-Length: 5\n";
+        let frame = format!(
+            "Content-Length: {}\nContent-Type: text/event-plain\n\n",
+            event.len()
+        );
+        let Frame::Event(report) = one(&[frame.as_bytes(), event].concat()).unwrap() else {
+            panic!("not an event")
+        };
+        assert_eq!(report.subclass(), Some("SMS::DELIVERY_REPORT"));
+        assert_eq!(report.header("Status"), Some("Success"));
+        assert_eq!(report.body, None);
     }
 
     #[test]

@@ -9,8 +9,8 @@
 //!   events, and a later process after a restart, know whose leg it is.
 
 use pushwake_core::pbx::{
-    ChannelId, Contact, DialRequest, DialTarget, HangupReason, Party, PbxError, PbxEvent,
-    WakeStatus, CALL_ID_HEADER,
+    ChannelId, Contact, DialRequest, DialTarget, HangupReason, IncomingMessage, Party, PbxError,
+    PbxEvent, WakeStatus, CALL_ID_HEADER,
 };
 
 use crate::frame::{Event, Headers};
@@ -97,8 +97,83 @@ pub fn translate(event: &Event, ours: impl Fn(&str) -> bool) -> Option<PbxEvent>
             extension: event.header("user")?.to_owned(),
             uri: contact_uri(event.header("contact")?)?,
         }),
+        ("MESSAGE", _) => message_received(event).map(PbxEvent::MessageReceived),
         _ => None,
     }
+}
+
+/// The header pushwake puts on the `SMS::SEND_MESSAGE` of a message it sends, which
+/// mod_sms copies into its `SMS::DELIVERY_REPORT`: what the report is matched by.
+pub const MESSAGE_ID_VAR: &str = "pushwake_message_id";
+
+/// The SIP MESSAGE a `MESSAGE` event announces (sofia_presence.c,
+/// `sofia_presence_handle_sip_i_message`: `to_user`, `from_full`, `type`, the body),
+/// if it is one a phone sent to an extension. Not a message within a call (it has a
+/// `Unique-ID`: the phone is awake and in a call), nor one a `chat` API sent (its
+/// `proto` is not `sip`). FreeSWITCH gives no Call-ID or CSeq: sofia absorbs a
+/// retransmission itself.
+pub fn message_received(event: &Event) -> Option<IncomingMessage> {
+    if event.header("proto") != Some("sip") || event.unique_id().is_some() {
+        return None;
+    }
+    let extension = event
+        .header("to_user")
+        .map(str::trim)
+        .filter(|u| !u.is_empty())?;
+    let from = match event.header("from_full") {
+        Some(full) if !full.trim().is_empty() => full.trim().to_owned(),
+        _ => format!("<sip:{}>", event.header("from")?),
+    };
+    Some(IncomingMessage {
+        extension: extension.to_owned(),
+        from,
+        content_type: event
+            .header("type")
+            .filter(|t| !t.trim().is_empty())
+            .unwrap_or("text/plain")
+            .to_owned(),
+        body: event.body.clone().unwrap_or_default(),
+        dedup: None,
+        declared_len: None,
+    })
+}
+
+/// What a `SMS::DELIVERY_REPORT` says of the message pushwake sent, and which message
+/// that was (its [`MESSAGE_ID_VAR`]): mod_sms's `Status` (`Success` only for the
+/// phone's 2xx) and sofia's `Delivery-Result-Code` (the phone's answer, 0 when none
+/// came or nobody was registered).
+pub fn delivery_report(event: &Event) -> Option<(String, Result<(), PbxError>)> {
+    if event.subclass() != Some("SMS::DELIVERY_REPORT") {
+        return None;
+    }
+    let id = event.header(MESSAGE_ID_VAR)?.to_owned();
+    let code = event
+        .header("Delivery-Result-Code")
+        .and_then(|c| c.trim().parse::<u16>().ok())
+        .unwrap_or(0);
+    let result = match event.header("Status") {
+        Some("Success") => Ok(()),
+        _ if code == 0 => Err(PbxError::Gone(
+            "no registered phone took the message".to_owned(),
+        )),
+        _ => Err(PbxError::Failed(format!("the phone answered {code}"))),
+    };
+    Some((id, result))
+}
+
+/// `user@host` of a sender as a MESSAGE's From names it (`"Alice" <sip:200@pbx>;tag=x`),
+/// the form mod_sms's `from` takes.
+pub fn sender_address(from: &str) -> Option<String> {
+    let uri = match (from.find('<'), from.find('>')) {
+        (Some(open), Some(close)) if open < close => &from[open + 1..close],
+        _ => from.split(';').next().unwrap_or_default(),
+    };
+    let address = uri
+        .trim()
+        .trim_start_matches("sips:")
+        .trim_start_matches("sip:");
+    let address = address.split([';', '?']).next().unwrap_or_default();
+    (address.contains('@') && !address.contains(char::is_whitespace)).then(|| address.to_owned())
 }
 
 /// The URI of a `contact` header as sofia writes it (`"" <sip:101@host;pn-…>`, or a

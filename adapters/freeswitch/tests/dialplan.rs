@@ -358,3 +358,47 @@ fn the_member_context_hands_over_once_and_ends_the_member_as_the_group_needs() {
         assert_eq!(ending(&ran), expected, "{what}");
     }
 }
+
+/// The shipped chatplan (mod_sms's `chatplan_hunt` matches a condition's `field`
+/// against the MESSAGE event's header of that name): `final` for a push-enabled
+/// extension, so that FreeSWITCH does not relay its messages besides pushwake, and
+/// nothing for the others, which FreeSWITCH relays.
+#[test]
+fn the_chatplan_keeps_freeswitch_from_relaying_only_push_enabled_extensions_messages() {
+    let text = load("pushwake-chatplan.xml");
+    let document = roxmltree::Document::parse(&text).expect("the chatplan is XML");
+    let context = document
+        .descendants()
+        .find(|n| n.has_tag_name("context") && n.attribute("name") == Some("public"))
+        .expect("a context named as the example internal profile's");
+    let chatplan = extensions(context);
+    // chatplan_hunt's rule: an extension whose conditions all match the event's headers
+    // runs its actions.
+    let ran = |to_user: &str| -> Vec<(String, String)> {
+        let headers = HashMap::from([("to_user", to_user)]);
+        chatplan
+            .iter()
+            .filter(|extension| {
+                extension.conditions.iter().all(|c| {
+                    let field = c
+                        .field
+                        .as_deref()
+                        .expect("a chatplan condition has a field");
+                    let value = headers.get(field).copied().unwrap_or_default();
+                    Regex::new(c.expression.as_deref().unwrap_or_default())
+                        .unwrap()
+                        .is_match(value)
+                })
+            })
+            .flat_map(|extension| extension.conditions.iter().flat_map(|c| c.actions.clone()))
+            .collect()
+    };
+    assert_eq!(
+        ran("101"),
+        [("final".to_owned(), String::new())],
+        "a push-enabled extension's message is pushwake's alone"
+    );
+    for other in ["200", "1001", "10", ""] {
+        assert!(ran(other).is_empty(), "{other:?} is relayed by FreeSWITCH");
+    }
+}

@@ -276,3 +276,96 @@ fn hangups_connects_and_api_answers() {
     ));
     assert!(valid_uuid(CALLER) && !valid_uuid("x; uuid_kill all") && !valid_uuid(""));
 }
+
+#[test]
+fn a_message_event_is_the_message_a_phone_sent_and_nothing_else_is() {
+    // The headers sofia_presence_handle_sip_i_message gives (decoded).
+    let mut message = event(&[
+        ("Event-Name", "MESSAGE"),
+        ("proto", "sip"),
+        ("from", "200@127.0.0.1"),
+        ("to_user", "101"),
+        ("type", "text/plain"),
+        ("from_full", "\"Alice\" <sip:200@127.0.0.1>;tag=x1"),
+    ]);
+    message.body = Some("hello".into());
+    let Some(PbxEvent::MessageReceived(incoming)) = translate(&message, |_| false) else {
+        panic!("not a message")
+    };
+    assert_eq!(incoming.extension, "101");
+    assert_eq!(incoming.from, "\"Alice\" <sip:200@127.0.0.1>;tag=x1");
+    assert_eq!(incoming.content_type, "text/plain");
+    assert_eq!(incoming.body, "hello");
+    assert_eq!(incoming.dedup, None, "FreeSWITCH gives no Call-ID");
+    // Within a call (a Unique-ID), from the chat API (proto global), or to nobody: no.
+    for (name, value) in [("Unique-ID", CALLER), ("proto", "global"), ("to_user", " ")] {
+        let mut other = message.clone();
+        other.headers = message
+            .headers
+            .iter()
+            .filter(|(n, _)| *n != name)
+            .chain([(name, value)])
+            .collect();
+        assert_eq!(message_received(&other), None, "{name}: {value}");
+    }
+    // No from_full: the from header, as a URI.
+    let bare = event(&[
+        ("Event-Name", "MESSAGE"),
+        ("proto", "sip"),
+        ("from", "200@127.0.0.1"),
+        ("to_user", "101"),
+    ]);
+    let incoming = message_received(&bare).unwrap();
+    assert_eq!(incoming.from, "<sip:200@127.0.0.1>");
+    assert_eq!(incoming.content_type, "text/plain");
+    assert_eq!(incoming.body, "");
+}
+
+#[test]
+fn a_delivery_report_says_what_the_phone_answered() {
+    let report = |status: &str, code: &str| {
+        event(&[
+            ("Event-Name", "CUSTOM"),
+            ("Event-Subclass", "SMS::DELIVERY_REPORT"),
+            (MESSAGE_ID_VAR, "m-1"),
+            ("Status", status),
+            ("Delivery-Result-Code", code),
+        ])
+    };
+    assert_eq!(
+        delivery_report(&report("Success", "200")),
+        Some(("m-1".to_owned(), Ok(())))
+    );
+    assert!(matches!(
+        delivery_report(&report("Failure", "0")),
+        Some((_, Err(PbxError::Gone(_))))
+    ));
+    let Some((_, Err(PbxError::Failed(why)))) = delivery_report(&report("Failure", "500")) else {
+        panic!("a refusal")
+    };
+    assert!(why.contains("500"), "{why}");
+    let mut foreign = report("Success", "200");
+    foreign.headers = foreign
+        .headers
+        .iter()
+        .filter(|(n, _)| *n != MESSAGE_ID_VAR)
+        .collect();
+    assert_eq!(delivery_report(&foreign), None, "not one of pushwake's");
+}
+
+#[test]
+fn the_sender_s_address_is_user_at_host() {
+    for (from, address) in [
+        (
+            "\"Alice\" <sip:200@pbx.example.com>;tag=1",
+            Some("200@pbx.example.com"),
+        ),
+        ("<sips:200@pbx;transport=tls>", Some("200@pbx")),
+        ("sip:200@pbx;tag=1", Some("200@pbx")),
+        ("200@pbx", Some("200@pbx")),
+        ("\"Nobody\" <sip:pbx>", None),
+        ("", None),
+    ] {
+        assert_eq!(sender_address(from).as_deref(), address, "{from:?}");
+    }
+}
