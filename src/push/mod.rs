@@ -498,6 +498,66 @@ mod tests {
             let answer = self.answers.lock().unwrap().remove(0);
             Box::pin(async move { answer })
         }
+        fn carries_message(&self, _: &Device) -> Result<(), String> {
+            Ok(())
+        }
+        fn attempt_message<'a>(
+            &'a self,
+            _: &'a Device,
+            _: &'a MessagePush,
+            _: Duration,
+        ) -> AttemptFuture<'a> {
+            self.attempts.fetch_add(1, Ordering::SeqCst);
+            let answer = self.answers.lock().unwrap().remove(0);
+            Box::pin(async move { answer })
+        }
+    }
+
+    /// A pushkin that carries no message push (the trait's default).
+    struct CallsOnly;
+
+    impl Pushkin for CallsOnly {
+        fn platform(&self) -> Platform {
+            fcm::PLATFORM
+        }
+        fn attempt<'a>(&'a self, _: &'a Device, _: &'a WakePush, _: Duration) -> AttemptFuture<'a> {
+            Box::pin(async { Attempt::Delivered })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_message_push_is_retried_like_a_call_s_and_not_sent_where_it_is_refused() {
+        let (mut service, scripted) = service(vec![retry(), Attempt::Delivered]);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let message = payload::a_message_push(None);
+        assert_eq!(
+            service.send_message(&device(), &message, deadline).await,
+            PushVerdict::Delivered
+        );
+        assert_eq!(scripted.attempts.load(Ordering::SeqCst), 2);
+        // The device asked for no message push (PortSIP's allow-message-push=false).
+        let mut quiet = device();
+        quiet
+            .params
+            .set(crate::devices::fields::ALLOW_MESSAGE_PUSH, "false");
+        let verdict = service.send_message(&quiet, &message, deadline).await;
+        assert!(
+            matches!(&verdict, PushVerdict::NotSent { reason } if reason.contains("allow-message-push")),
+            "{verdict:?}"
+        );
+        assert_eq!(scripted.attempts.load(Ordering::SeqCst), 2, "no attempt");
+        // A provider that carries none says so, without an attempt.
+        service.add(Arc::new(CallsOnly));
+        let android = Device::new(
+            fcm::PLATFORM,
+            pushwake_core::directory::DeviceToken::new("bb"),
+            "101/fcm#0",
+        );
+        let verdict = service.send_message(&android, &message, deadline).await;
+        assert!(
+            matches!(&verdict, PushVerdict::NotSent { reason } if reason.contains("carries no message push")),
+            "{verdict:?}"
+        );
     }
 
     fn service(answers: Vec<Attempt>) -> (PushService, Arc<Scripted>) {

@@ -107,6 +107,24 @@ fn strings(value: Value) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// A message push for the providers' tests: message `m-1` for 101 from Alice (3900),
+/// received at 1,800,000,000, kept a week.
+#[cfg(test)]
+pub(crate) fn a_message_push(preview: Option<&str>) -> MessagePush {
+    MessagePush {
+        message_id: pushwake_core::messages::MessageId("m-1".into()),
+        extension: "101".into(),
+        sender: pushwake_core::pbx::Party {
+            number: "3900".into(),
+            name: "Alice".into(),
+        },
+        preview: preview.map(str::to_owned),
+        received_at: 1_800_000_000,
+        expires_at: 1_800_604_800,
+        node: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,20 +311,7 @@ mod tests {
         assert!(for_push(&incoming, 1).get("reason").is_none());
     }
 
-    fn a_message_push(preview: Option<&str>) -> MessagePush {
-        MessagePush {
-            message_id: pushwake_core::messages::MessageId("m-1".into()),
-            extension: "101".into(),
-            sender: Party {
-                number: "3900".into(),
-                name: "Alice".into(),
-            },
-            preview: preview.map(str::to_owned),
-            received_at: 1_800_000_000,
-            expires_at: 1_800_604_800,
-            node: None,
-        }
-    }
+    use super::a_message_push;
 
     #[test]
     fn a_message_push_carries_the_documented_fields_and_the_preview_only_when_on() {

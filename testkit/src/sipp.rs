@@ -75,6 +75,22 @@ pub enum CallerEnd {
     },
 }
 
+/// The start of a command line that sends requests from `local_port` to `to` at `pbx`.
+fn uac_args(pbx: &str, local_port: u16, to: &str) -> Vec<String> {
+    [
+        pbx,
+        "-i",
+        "127.0.0.1",
+        "-p",
+        &local_port.to_string(),
+        "-s",
+        to,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
 /// One SIP MESSAGE for [`SippRun::sender`] to send.
 #[derive(Clone, Debug)]
 pub struct OutgoingMessage {
@@ -188,15 +204,7 @@ impl SippRun {
         local_port: u16,
         end: CallerEnd,
     ) -> Result<Self, String> {
-        let mut args = vec![
-            pbx.to_owned(),
-            "-i".into(),
-            "127.0.0.1".into(),
-            "-p".into(),
-            local_port.to_string(),
-            "-s".into(),
-            to.to_owned(),
-        ];
+        let mut args = uac_args(pbx, local_port, to);
         // Its own RTP ports, derived from its SIP port: without -mp every sipp takes its
         // media ports from one pool of 50 pairs at 6000, and with more callers than that
         // on the machine the rest fail to start. Four per caller (audio and video, each
@@ -246,15 +254,7 @@ impl SippRun {
         local_port: u16,
         message: &OutgoingMessage,
     ) -> Result<Self, String> {
-        let mut args = vec![
-            pbx.to_owned(),
-            "-i".into(),
-            "127.0.0.1".into(),
-            "-p".into(),
-            local_port.to_string(),
-            "-s".into(),
-            to.to_owned(),
-        ];
+        let mut args = uac_args(pbx, local_port, to);
         for (k, v) in [
             ("from_user", from_user.to_owned()),
             ("expect", message.expect.to_string()),

@@ -820,6 +820,27 @@ mod tests {
     }
 
     #[test]
+    fn a_message_push_is_a_normal_priority_data_message_kept_until_the_message_expires() {
+        let push = payload::a_message_push(Some("Hi"));
+        let token = DeviceToken::new("dXbQ:APA91b-x_y");
+        let body = message_push(&token, &push, 1_800_000_000);
+        let android = &body["message"]["android"];
+        assert_eq!(android["priority"], "NORMAL");
+        assert_eq!(android["ttl"], "604800s");
+        assert_eq!(android["collapse_key"], "m-1");
+        assert_eq!(body["message"]["data"]["type"], "message_received");
+        assert_eq!(body["message"]["data"]["preview"], "Hi");
+        assert!(body["message"].get("notification").is_none());
+        // Never past FCM's 28 days, never 0 (gone) for one about to expire.
+        let late = message_push(&token, &push, push.expires_at + 10);
+        assert_eq!(late["message"]["android"]["ttl"], "1s");
+        let mut long = push.clone();
+        long.expires_at = push.received_at + 60 * 86_400;
+        let capped = message_push(&token, &long, push.received_at);
+        assert_eq!(capped["message"]["android"]["ttl"], "2419200s");
+    }
+
+    #[test]
     fn the_message_is_data_only_with_string_values_high_priority_and_a_ttl() {
         let push = WakePush {
             call_id: CallId("5d7d1c1e-0000-4000-8000-000000000001".into()),

@@ -392,6 +392,19 @@ mod tests {
     }
 
     #[test]
+    fn a_message_push_is_a_normal_urgency_data_message() {
+        let push = payload::a_message_push(None);
+        let body = message_push(&DeviceToken::new("hms-token"), &push, 1_800_000_000);
+        let android = &body["message"]["android"];
+        assert_eq!(android["urgency"], "NORMAL");
+        assert_eq!(android["ttl"], "604800s");
+        let data: serde_json::Value =
+            serde_json::from_str(body["message"]["data"].as_str().unwrap()).unwrap();
+        assert_eq!(data, payload::message_received(&push));
+        assert_eq!(body["message"]["token"], json!(["hms-token"]));
+    }
+
+    #[test]
     fn the_message_is_a_high_urgency_data_message_to_one_token() {
         let push = WakePush {
             call_id: CallId("5d7d1c1e-0000-4000-8000-000000000001".into()),

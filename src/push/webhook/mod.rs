@@ -349,6 +349,17 @@ mod tests {
     }
 
     #[test]
+    fn a_message_push_is_a_message_received_event() {
+        let push = payload::a_message_push(Some("Hi"));
+        let value = message_body(&DeviceToken::new("tablet-7"), &push, 1_800_000_005);
+        assert_eq!(value["event"], EVENT_MESSAGE);
+        assert_eq!(value["device"], "tablet-7");
+        assert_eq!(value["sent_at"], 1_800_000_005u64);
+        assert_eq!(value["message"], payload::message_received(&push));
+        assert!(value.get("call").is_none());
+    }
+
+    #[test]
     fn the_signature_is_hmac_sha256_over_timestamp_dot_body() {
         // The well-known HMAC-SHA256 vector (key "key", the quick brown fox) checks the
         // primitive; the same message behind "1800000000." checks what is signed

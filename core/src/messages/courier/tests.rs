@@ -41,6 +41,16 @@ fn drain(courier: &mut Courier) -> Vec<String> {
         .collect()
 }
 
+/// Messages m1 ("one") and m2 ("two") for 101, in that order.
+fn receive_two(courier: &mut Courier) {
+    courier
+        .receive(id("m1"), 1, incoming("101", "one", 1))
+        .unwrap();
+    courier
+        .receive(id("m2"), 2, incoming("101", "two", 2))
+        .unwrap();
+}
+
 #[test]
 fn a_message_for_a_sleeping_phone_is_stored_pushed_and_sent_at_its_registration() {
     let mut courier = courier(Confirmation::PbxAccepted);
@@ -88,12 +98,7 @@ fn a_message_for_a_reachable_phone_is_delivered_at_once_without_a_push() {
 fn messages_go_out_one_at_a_time_in_order_and_each_is_pushed_once() {
     let mut courier = courier(Confirmation::PbxAccepted);
     let now = Instant::now();
-    courier
-        .receive(id("m1"), 1, incoming("101", "one", 1))
-        .unwrap();
-    courier
-        .receive(id("m2"), 2, incoming("101", "two", 2))
-        .unwrap();
+    receive_two(&mut courier);
     assert_eq!(
         drain(&mut courier),
         ["store m1", "send m1", "store m2"],
@@ -129,12 +134,7 @@ fn messages_go_out_one_at_a_time_in_order_and_each_is_pushed_once() {
 fn with_app_confirmation_a_message_stays_until_confirmed_and_is_pushed_if_not() {
     let mut courier = courier(Confirmation::AppConfirms);
     let now = Instant::now();
-    courier
-        .receive(id("m1"), 1, incoming("101", "one", 1))
-        .unwrap();
-    courier
-        .receive(id("m2"), 2, incoming("101", "two", 2))
-        .unwrap();
+    receive_two(&mut courier);
     assert_eq!(drain(&mut courier), ["store m1", "send m1", "store m2"]);
     courier.sent(now, &id("m1"), Delivery::Accepted);
     assert!(
