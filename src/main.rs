@@ -412,6 +412,7 @@ async fn drive<P: CallControl>(
     if let Some(metrics) = serving.metrics {
         driver = driver.with_metrics(metrics);
     }
+    let mut keeper = None;
     match &config.messages {
         Some(section) if carries_messages => {
             let settings = pushwake_core::messages::courier::CourierSettings {
@@ -424,8 +425,13 @@ async fn drive<P: CallControl>(
                 max_age_secs = settings.limits.max_age.as_secs(),
                 "keeping messages for sleeping phones"
             );
-            let keeper = pushwake::messages::start_keeper(serving.devices.clone());
-            driver = driver.with_messages(settings, Some(keeper), serving.confirmations);
+            let started = pushwake::messages::start_keeper(serving.devices.clone());
+            keeper = Some(started.task);
+            driver = driver.with_messages(
+                settings,
+                Some((started.writes, started.restored)),
+                serving.confirmations,
+            );
         }
         Some(_) => tracing::warn!(
             pbx = %config.pbx.describe(),
@@ -433,12 +439,17 @@ async fn drive<P: CallControl>(
         ),
         None => {}
     }
-    driver
+    let stats = driver
         .with_registry(serving.registry)
         .with_health(serving.health)
         .with_notifier(pushwake::systemd::Notifier::from_env())
         .run(events, serving.control)
-        .await
+        .await;
+    // The driver is gone, and with it the keeper's queue: its last writes finish.
+    if let Some(task) = keeper {
+        pushwake::messages::finish(task, std::time::Duration::from_secs(5)).await;
+    }
+    stats
 }
 
 /// The configuration at `path`, or the exit after printing why not.

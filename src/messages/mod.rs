@@ -35,21 +35,39 @@ const FIRST_RETRY: Duration = Duration::from_secs(1);
 /// The longest wait between two tries.
 const MAX_RETRY: Duration = Duration::from_secs(30);
 
-/// Starts the keeper for the store of `devices`: returns where to send writes, and
-/// where the messages the store held arrive once it could be read.
-pub fn start_keeper(
-    devices: Devices,
-) -> (
-    mpsc::UnboundedSender<StoreOp>,
-    oneshot::Receiver<Vec<Message>>,
-) {
-    let (ops, queue) = mpsc::unbounded_channel();
+/// The keeper started: where to send writes, where the messages the store held arrive
+/// once it could be read, and the task, which ends once every write sent before the
+/// sender was dropped is done.
+pub struct Keeper {
+    /// Where the writes go.
+    pub writes: mpsc::UnboundedSender<StoreOp>,
+    /// The store's messages, once read.
+    pub restored: oneshot::Receiver<Vec<Message>>,
+    /// The keeper's task.
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Starts the keeper for the store of `devices`.
+pub fn start_keeper(devices: Devices) -> Keeper {
+    let (writes, queue) = mpsc::unbounded_channel();
     let (restored, restored_rx) = oneshot::channel();
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let store = devices.open_store().await;
         keep(store, queue, restored).await;
     });
-    (ops, restored_rx)
+    Keeper {
+        writes,
+        restored: restored_rx,
+        task,
+    }
+}
+
+/// Waits, at most `grace`, for the keeper's last writes (at shutdown, once the driver
+/// that sent them is gone); says so when some are left.
+pub async fn finish(task: tokio::task::JoinHandle<()>, grace: Duration) {
+    if tokio::time::timeout(grace, task).await.is_err() {
+        tracing::warn!("message store writes still pending at shutdown: a message delivered just now may be delivered again, one received just now is lost");
+    }
 }
 
 /// Reads the store's messages back (trying again while it is down), then carries out
