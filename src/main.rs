@@ -148,6 +148,16 @@ fn main() -> ExitCode {
                     Some(metrics) => format!("metrics on {}", metrics.listen),
                     None => "metrics not configured".to_owned(),
                 });
+                parts.push(match &loaded.messages {
+                    Some(messages) => format!(
+                        "messages kept (confirmed by the {})",
+                        match messages.settings.confirmation {
+                            pushwake_core::messages::courier::Confirmation::PbxAccepted => "pbx",
+                            pushwake_core::messages::courier::Confirmation::AppConfirms => "app",
+                        }
+                    ),
+                    None => "messages not configured".to_owned(),
+                });
                 println!("{}: ok ({})", config.display(), parts.join(", "));
                 ExitCode::SUCCESS
             }

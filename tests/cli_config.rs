@@ -180,7 +180,7 @@ fn the_shipped_example_is_valid() {
     assert_eq!(code, 0, "{stderr}");
     assert!(
         stdout.contains(
-            "ok (1 extension(s), apns configured, fcm not configured, hms not configured, webhook not configured, webpush not configured, http not configured, store sqlite:/var/lib/pushwake/devices.db, metrics not configured)"
+            "ok (1 extension(s), apns configured, fcm not configured, hms not configured, webhook not configured, webpush not configured, http not configured, store sqlite:/var/lib/pushwake/devices.db, metrics not configured, messages not configured)"
         ),
         "{stdout}"
     );
@@ -196,7 +196,7 @@ fn the_shipped_example_with_its_fcm_section_uncommented_is_valid() {
     assert_eq!(code, 0, "{stderr}\n{text}");
     assert!(
         stdout.contains(
-            "ok (1 extension(s), apns configured, fcm configured, hms not configured, webhook not configured, webpush not configured, http not configured, store sqlite:/var/lib/pushwake/devices.db, metrics not configured)"
+            "ok (1 extension(s), apns configured, fcm configured, hms not configured, webhook not configured, webpush not configured, http not configured, store sqlite:/var/lib/pushwake/devices.db, metrics not configured, messages not configured)"
         ),
         "{stdout}"
     );
@@ -220,7 +220,7 @@ fn the_shipped_example_with_its_webhook_section_uncommented_is_valid() {
     assert_eq!(code, 0, "{stderr}\n{text}");
     assert!(
         stdout.contains(
-            "fcm not configured, hms not configured, webhook configured, webpush not configured, http not configured, store sqlite:/var/lib/pushwake/devices.db, metrics not configured)"
+            "fcm not configured, hms not configured, webhook configured, webpush not configured, http not configured, store sqlite:/var/lib/pushwake/devices.db, metrics not configured, messages not configured)"
         ),
         "{stdout}"
     );
@@ -236,7 +236,7 @@ fn the_shipped_example_with_its_webhook_section_uncommented_is_valid() {
     assert_eq!(code, 0, "{stderr}\n{both}");
     assert!(
         stdout.contains(
-            "fcm configured, hms not configured, webhook configured, webpush not configured, http not configured, store sqlite:/var/lib/pushwake/devices.db, metrics not configured)"
+            "fcm configured, hms not configured, webhook configured, webpush not configured, http not configured, store sqlite:/var/lib/pushwake/devices.db, metrics not configured, messages not configured)"
         ),
         "{stdout}"
     );
@@ -714,6 +714,44 @@ fn the_shipped_example_with_its_apns_options_uncommented_is_valid() {
 }
 
 #[test]
+fn the_shipped_example_with_its_messages_section_uncommented_is_valid() {
+    let files = Files::new();
+    let example = files.example(&files.key());
+    let text = uncomment(
+        &example,
+        &["[messages]"],
+        &[
+            "[messages]",
+            "max_per_extension = ",
+            "max_age = ",
+            "max_body_bytes = ",
+            "preview = ",
+            "confirmation = ",
+            "confirm_within = ",
+        ],
+        "[messages]",
+    );
+    let config = files.write("pushwake.toml", &text, 0o600);
+    let (code, stdout, stderr) = run(&["check-config"], &config);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("metrics not configured, messages kept (confirmed by the pbx))"),
+        "{stdout}"
+    );
+    let bad = text.replace("confirmation = \"pbx\"", "confirmation = \"phone\"");
+    let config = files.write("pushwake.toml", &bad, 0o600);
+    let (code, _, stderr) = run(&["check-config"], &config);
+    assert_eq!(code, 2);
+    let line = line_of(&bad, "confirmation = \"phone\"");
+    assert!(
+        stderr.contains(&format!(
+            ":{line}: messages.confirmation: `phone` is neither"
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn the_shipped_example_with_its_metrics_section_uncommented_is_valid() {
     let files = Files::new();
     let example = files.example(&files.key());
@@ -727,7 +765,7 @@ fn the_shipped_example_with_its_metrics_section_uncommented_is_valid() {
     let (code, stdout, stderr) = run(&["check-config"], &config);
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(
-        stdout.contains("store sqlite:/var/lib/pushwake/devices.db, metrics on 127.0.0.1:9464)"),
+        stdout.contains("store sqlite:/var/lib/pushwake/devices.db, metrics on 127.0.0.1:9464, messages not configured)"),
         "{stdout}"
     );
     let bad = text.replace("listen = \"127.0.0.1:9464\"", "listen = \"localhost:9464\"");
@@ -757,7 +795,7 @@ fn the_shipped_example_with_its_http_section_uncommented_is_valid() {
     let (code, stdout, stderr) = run(&["check-config"], &config);
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(
-        stdout.contains("webpush not configured, http configured on 127.0.0.1:8089, store sqlite:/var/lib/pushwake/devices.db, metrics not configured)"),
+        stdout.contains("webpush not configured, http configured on 127.0.0.1:8089, store sqlite:/var/lib/pushwake/devices.db, metrics not configured, messages not configured)"),
         "{stdout}"
     );
 
