@@ -172,6 +172,16 @@ async fn a_message_to_a_sleeping_phone_is_pushed_kept_across_a_restart_and_deliv
     );
     assert_eq!(fcm_server.accepted().len(), 1, "no push for the second");
     assert!(rig.apns_server.rejected().is_empty() && fcm_server.refused().is_empty());
+    // No body in the log above debug.
+    for line in rig.logs().lines() {
+        let loud = [" INFO ", " WARN ", " ERROR "]
+            .iter()
+            .any(|l| line.contains(l));
+        assert!(
+            !(loud && (line.contains("are you awake") || line.contains("a second one"))),
+            "a message body in the log: {line}"
+        );
+    }
     rig.register_contact(1, 1, 0, "").await;
 }
 
