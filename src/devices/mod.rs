@@ -31,11 +31,19 @@ pub fn refuses_calls(device: &StoredDevice) -> bool {
 }
 
 fn refuses_calls_in(params: &pushwake_core::directory::DeviceParams) -> bool {
+    says_no(params, ALLOW_CALL_PUSH)
+}
+
+/// Whether the device asked for no message push (PortSIP's
+/// `allow-message-push=false`).
+pub fn refuses_messages_in(params: &pushwake_core::directory::DeviceParams) -> bool {
+    says_no(params, fields::ALLOW_MESSAGE_PUSH)
+}
+
+/// Whether the device's setting `key` is off (`false`, `no`, `0`, in any case).
+fn says_no(params: &pushwake_core::directory::DeviceParams, key: &str) -> bool {
     matches!(
-        params
-            .get(ALLOW_CALL_PUSH)
-            .map(str::to_ascii_lowercase)
-            .as_deref(),
+        params.get(key).map(str::to_ascii_lowercase).as_deref(),
         Some("false" | "no" | "0")
     )
 }

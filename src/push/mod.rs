@@ -203,7 +203,7 @@ impl PushService {
         let Some(pushkin) = self.pushkins.get(&device.platform) else {
             return not_configured(device);
         };
-        if refuses_messages(device) {
+        if crate::devices::refuses_messages_in(&device.params) {
             return PushVerdict::NotSent {
                 reason: "the device asked for no message push (allow-message-push=false)".into(),
             };
@@ -278,18 +278,6 @@ impl PushService {
             }
         }
     }
-}
-
-/// Whether the device asked for no message push (PortSIP's `allow-message-push=false`).
-fn refuses_messages(device: &Device) -> bool {
-    matches!(
-        device
-            .params
-            .get(crate::devices::fields::ALLOW_MESSAGE_PUSH)
-            .map(str::to_ascii_lowercase)
-            .as_deref(),
-        Some("false" | "no" | "0")
-    )
 }
 
 /// The verdict for a device whose platform has no section in the configuration.
