@@ -397,13 +397,21 @@ pub struct ApnsPushkin {
 
 /// What kind of APNs push an attempt sends.
 enum ApnsPush<'a> {
-    /// The PushKit wake-up, on the VoIP topic.
-    Voip,
-    /// The "missed call" alert, on the app's own topic, to its regular token.
-    MissedCall { topic: &'a str, token: &'a str },
-    /// The "new message" alert, the same way: never a VoIP push, which iOS answers
-    /// by ending an app that reports no call.
-    Message { topic: &'a str, token: &'a str },
+    /// The PushKit wake-up of this call, on the VoIP topic.
+    Voip(&'a WakePush),
+    /// A visible alert on the app's own topic, to its regular token: the "missed call"
+    /// or the "new message" (never a VoIP push, which iOS answers by ending an app that
+    /// reports no call).
+    Alert {
+        topic: &'a str,
+        token: &'a str,
+        /// One notice per call or message, even if it is sent twice.
+        collapse_id: &'a str,
+        body: serde_json::Value,
+        expires_at: u64,
+        /// Which alert, for the reason of a refusal.
+        what: &'static str,
+    },
 }
 
 /// What one attempt is about.
@@ -485,12 +493,33 @@ impl ApnsPushkin {
         content: Content<'_>,
         ring_window: Duration,
     ) -> Attempt {
+        let now = unix_now();
         let route = match content {
             Content::Call(push) => match push.kind {
-                PushKind::IncomingCall => Ok(ApnsPush::Voip),
-                PushKind::CallEnded(reason) => self.missed_call_route(device, reason),
+                PushKind::IncomingCall => Ok(ApnsPush::Voip(push)),
+                PushKind::CallEnded(reason) => {
+                    self.missed_call_route(device, reason)
+                        .map(|(topic, token)| ApnsPush::Alert {
+                            topic,
+                            token,
+                            collapse_id: push.call_id.as_str(),
+                            body: missed_call_alert(push),
+                            expires_at: now + ALERT_LIFETIME.as_secs(),
+                            what: "missed-call alert",
+                        })
+                }
             },
-            Content::Message(_) => self.message_route(device),
+            Content::Message(push) => {
+                self.message_route(device)
+                    .map(|(topic, token)| ApnsPush::Alert {
+                        topic,
+                        token,
+                        collapse_id: push.message_id.0.as_str(),
+                        body: message_alert(push),
+                        expires_at: push.expires_at,
+                        what: "message alert",
+                    })
+            }
         };
         let kind = match route {
             Ok(kind) => kind,
@@ -509,12 +538,11 @@ impl ApnsPushkin {
         } else {
             &self.production
         };
-        let now = unix_now();
         // Held until the answer is read: the stream is busy until then.
         let lease = self.connections.lease();
         let client = lease.client();
-        let (mut request, push_type, expires_at) = match (&kind, content) {
-            (ApnsPush::Voip, Content::Call(push)) => {
+        let (mut request, push_type, expires_at) = match &kind {
+            ApnsPush::Voip(push) => {
                 let expires_at =
                     now + ring_window.as_secs() + u64::from(ring_window.subsec_nanos() > 0);
                 let topic = device.params.get(TOPIC).unwrap_or(&self.topic);
@@ -525,28 +553,22 @@ impl ApnsPushkin {
                     .json(&payload::incoming_call(push, expires_at));
                 (request, "voip", expires_at)
             }
-            (ApnsPush::MissedCall { topic, token }, Content::Call(push)) => {
-                let expires_at = now + ALERT_LIFETIME.as_secs();
+            ApnsPush::Alert {
+                topic,
+                token,
+                collapse_id,
+                body,
+                expires_at,
+                ..
+            } => {
                 let request = client
                     .post(format!("{endpoint}/3/device/{token}"))
                     .header("apns-push-type", "alert")
                     .header("apns-topic", *topic)
-                    // One notice per call, even if it is sent twice.
-                    .header("apns-collapse-id", push.call_id.as_str())
-                    .json(&missed_call_alert(push));
-                (request, "alert", expires_at)
+                    .header("apns-collapse-id", *collapse_id)
+                    .json(body);
+                (request, "alert", *expires_at)
             }
-            (ApnsPush::Message { topic, token }, Content::Message(push)) => {
-                let request = client
-                    .post(format!("{endpoint}/3/device/{token}"))
-                    .header("apns-push-type", "alert")
-                    .header("apns-topic", *topic)
-                    // One notice per message, even if it is sent twice.
-                    .header("apns-collapse-id", push.message_id.0.as_str())
-                    .json(&message_alert(push));
-                (request, "alert", push.expires_at)
-            }
-            _ => unreachable!("the route is chosen from the content above"),
         };
         if let Some(token) = &self.token {
             let jwt = match token.lock().expect("token lock").get(now) {
@@ -596,13 +618,9 @@ impl ApnsPushkin {
         }
         let attempt = match (kind, attempt) {
             // A dead alert token says nothing about the VoIP token the device is woken
-            // with: the missed-call alert just fails.
-            (ApnsPush::MissedCall { .. }, Attempt::Rejected { reason, .. }) => Attempt::Rejected {
-                reason: format!("{reason} (missed-call alert to the alert_token)"),
-                dead_token: false,
-            },
-            (ApnsPush::Message { .. }, Attempt::Rejected { reason, .. }) => Attempt::Rejected {
-                reason: format!("{reason} (message alert to the alert_token)"),
+            // with: the alert just fails.
+            (ApnsPush::Alert { what, .. }, Attempt::Rejected { reason, .. }) => Attempt::Rejected {
+                reason: format!("{reason} ({what} to the alert_token)"),
                 dead_token: false,
             },
             (_, attempt) => attempt,
@@ -619,12 +637,12 @@ impl ApnsPushkin {
 
     /// Where a "new message" alert goes (the app's own topic and regular token), or
     /// why there is none.
-    fn message_route<'a>(&'a self, device: &'a Device) -> Result<ApnsPush<'a>, String> {
+    fn message_route<'a>(&'a self, device: &'a Device) -> Result<(&'a str, &'a str), String> {
         let Some(topic) = &self.alert_topic else {
             return Err("apns carries no message push without apns.alert_topic (a message alert goes to the app's own topic)".into());
         };
         match device.params.get(ALERT_TOKEN) {
-            Some(token) => Ok(ApnsPush::Message { topic, token }),
+            Some(token) => Ok((topic, token)),
             None => Err("apns carries no message push to a device without an alert_token".into()),
         }
     }
@@ -635,7 +653,7 @@ impl ApnsPushkin {
         &'a self,
         device: &'a Device,
         reason: EndReason,
-    ) -> Result<ApnsPush<'a>, String> {
+    ) -> Result<(&'a str, &'a str), String> {
         let Some(topic) = &self.alert_topic else {
             return Err("apns carries no push for an ended call (no apns.alert_topic for a missed-call alert)".into());
         };
@@ -643,7 +661,7 @@ impl ApnsPushkin {
             return Err("apns: no missed-call alert for a call answered on another device".into());
         }
         match device.params.get(ALERT_TOKEN) {
-            Some(token) => Ok(ApnsPush::MissedCall { topic, token }),
+            Some(token) => Ok((topic, token)),
             None => Err("apns carries no push for an ended call (the device has no alert_token for a missed-call alert)".into()),
         }
     }
