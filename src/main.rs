@@ -151,10 +151,7 @@ fn main() -> ExitCode {
                 parts.push(match &loaded.messages {
                     Some(messages) => format!(
                         "messages kept (confirmed by the {})",
-                        match messages.settings.confirmation {
-                            pushwake_core::messages::courier::Confirmation::PbxAccepted => "pbx",
-                            pushwake_core::messages::courier::Confirmation::AppConfirms => "app",
-                        }
+                        messages.settings.confirmation.as_str()
                     ),
                     None => "messages not configured".to_owned(),
                 });
@@ -430,7 +427,7 @@ async fn drive<P: CallControl>(
                 ..section.settings.clone()
             };
             tracing::info!(
-                confirmation = ?settings.confirmation,
+                confirmation = settings.confirmation.as_str(),
                 max_per_extension = settings.limits.per_extension,
                 max_age_secs = settings.limits.max_age.as_secs(),
                 "keeping messages for sleeping phones"

@@ -92,16 +92,18 @@ impl MessagesSection {
         };
         let confirmation = match &raw.confirmation {
             None => Confirmation::default(),
-            Some(value) => match value.get_ref().trim() {
-                "pbx" => Confirmation::PbxAccepted,
-                "app" => Confirmation::AppConfirms,
-                other => {
-                    return Err(file.error_at(
-                        value.span(),
-                        format!("messages.confirmation: `{other}` is neither \"pbx\" (delivered once the PBX sent it to a registered phone) nor \"app\" (delivered once the app confirmed it)"),
-                    ))
+            Some(value) => {
+                let name = value.get_ref().trim();
+                match Confirmation::ALL.into_iter().find(|c| c.as_str() == name) {
+                    Some(confirmation) => confirmation,
+                    None => {
+                        return Err(file.error_at(
+                            value.span(),
+                            format!("messages.confirmation: `{name}` is neither \"pbx\" (delivered once the PBX sent it to a registered phone) nor \"app\" (delivered once the app confirmed it)"),
+                        ))
+                    }
                 }
-            },
+            }
         };
         let confirm_within = match &raw.confirm_within {
             Some(value) => duration(

@@ -577,10 +577,7 @@ fn pbx_event(pbx: &AsteriskPbx, hangups: &mut Hangups, event: AriEvent) -> Optio
                 call_id: call_id.to_owned(),
                 cseq,
             });
-            let declared_len = message
-                .variables
-                .get("Content-Length")
-                .and_then(|l| l.trim().parse().ok());
+            let declared_len = message.declared_len();
             let content_type = message.content_type().to_owned();
             Some(PbxEvent::MessageReceived(IncomingMessage {
                 extension,

@@ -491,6 +491,7 @@ mod tests {
         assert_eq!(message.body, "Hello from 3900, are you awake?");
         assert_eq!(message.dedup_key(), Some(("1-14876@127.0.0.1", 7)));
         assert_eq!(message.content_type(), "text/plain;charset=UTF-8");
+        assert_eq!(message.declared_len(), Some(33));
         let shown = format!("{message:?}");
         assert!(
             !shown.contains("awake"),

@@ -139,6 +139,14 @@ impl TextMessage {
         Some((call_id, cseq.parse().ok()?)).filter(|(id, _)| !id.is_empty())
     }
 
+    /// The body's length as the sender declared it (`Content-Length`), if it did:
+    /// Asterisk passes a body of 1,024 bytes or more on empty.
+    pub fn declared_len(&self) -> Option<usize> {
+        self.variables
+            .get("Content-Length")
+            .and_then(|l| l.trim().parse().ok())
+    }
+
     /// The body's content type (`text/plain;charset=UTF-8`); `text/plain` when the
     /// request named none (RFC 3428's default).
     pub fn content_type(&self) -> &str {

@@ -34,6 +34,19 @@ pub enum Confirmation {
     AppConfirms,
 }
 
+impl Confirmation {
+    /// Both, with their names in the configuration (`[messages] confirmation`).
+    pub const ALL: [Confirmation; 2] = [Confirmation::PbxAccepted, Confirmation::AppConfirms];
+
+    /// Its name in the configuration: `pbx` or `app`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Confirmation::PbxAccepted => "pbx",
+            Confirmation::AppConfirms => "app",
+        }
+    }
+}
+
 /// How the courier works, as the operator set it (`[messages]`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CourierSettings {
