@@ -45,8 +45,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use pushwake_core::directory::DeviceToken;
 use serde_json::{json, Map, Value};
 
-use super::tokens::Caller;
-use super::{bearer, error, method_not_allowed, not_found, reply, unauthorized, Service};
+use super::{error, method_not_allowed, not_found, reply, scoped_caller, Service};
 use crate::devices::fields::{device_from_fields, valid_id, FieldError, MAX_ID_LEN};
 use crate::devices::StoredDevice;
 use crate::push::unix_now_secs;
@@ -118,27 +117,10 @@ where
     if !known {
         return method_not_allowed(allow);
     }
-    let caller = tokens.caller(bearer(request.headers()));
-    let Caller::Known { line, .. } = &caller else {
-        return unauthorized(
-            "send a token of [http] api_tokens_file as Authorization: Bearer <token>",
-        );
+    let line = match scoped_caller(tokens, request.headers(), extension, "manage", "devices") {
+        Ok(line) => line,
+        Err(refusal) => return *refusal,
     };
-    let line = *line;
-    if !valid_id(extension) {
-        return error(
-            StatusCode::NOT_FOUND,
-            Some("extension"),
-            &format!("not an extension: 1 to {MAX_ID_LEN} letters, digits or . _ + @ -"),
-        );
-    }
-    if !caller.may_manage(extension) {
-        return error(
-            StatusCode::FORBIDDEN,
-            None,
-            &format!("this token may not manage extension {extension}'s devices"),
-        );
-    }
     let registry = devices.registry();
     let Some(device_id) = device_id else {
         let listed: Vec<Value> = registry.list(extension).iter().map(view).collect();

@@ -19,9 +19,7 @@ use pushwake_core::messages::MessageId;
 use tokio::sync::oneshot;
 
 use super::devices::PATH;
-use super::tokens::Caller;
-use super::{bearer, error, method_not_allowed, not_found, unauthorized, Service};
-use crate::devices::fields::valid_id;
+use super::{error, method_not_allowed, not_found, scoped_caller, Service};
 use crate::driver::MessageConfirmation;
 
 /// The last segment of a confirmation's path.
@@ -54,21 +52,9 @@ pub async fn answer<B>(service: &Service, request: Request<B>) -> Response<Full<
     if request.method() != Method::POST {
         return method_not_allowed("POST");
     }
-    let caller = tokens.caller(bearer(request.headers()));
-    if !matches!(caller, Caller::Known { .. }) {
-        return unauthorized(
-            "send a token of [http] api_tokens_file as Authorization: Bearer <token>",
-        );
-    }
-    if !valid_id(extension) {
-        return error(StatusCode::NOT_FOUND, Some("extension"), "not an extension");
-    }
-    if !caller.may_manage(extension) {
-        return error(
-            StatusCode::FORBIDDEN,
-            None,
-            &format!("this token may not confirm extension {extension}'s messages"),
-        );
+    if let Err(refusal) = scoped_caller(tokens, request.headers(), extension, "confirm", "messages")
+    {
+        return *refusal;
     }
     if id.is_empty()
         || id.len() > MAX_MESSAGE_ID_LEN

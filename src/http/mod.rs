@@ -206,6 +206,41 @@ where
     response
 }
 
+/// The line (in `tokens`' file) of the token of an API request about `extension`,
+/// where it must allow the caller to `act` on that extension's `things` (`manage` its
+/// `devices`), or the answer refusing it: 401 without a token of the file, 404 for a
+/// name that is no extension, 403 for a token whose scope does not cover it.
+fn scoped_caller(
+    tokens: &tokens::ApiTokens,
+    headers: &hyper::HeaderMap,
+    extension: &str,
+    act: &str,
+    things: &str,
+) -> Result<usize, Box<Response<Full<Bytes>>>> {
+    use crate::devices::fields::{valid_id, MAX_ID_LEN};
+    let caller = tokens.caller(bearer(headers));
+    let tokens::Caller::Known { line, .. } = caller else {
+        return Err(Box::new(unauthorized(
+            "send a token of [http] api_tokens_file as Authorization: Bearer <token>",
+        )));
+    };
+    if !valid_id(extension) {
+        return Err(Box::new(error(
+            StatusCode::NOT_FOUND,
+            Some("extension"),
+            &format!("not an extension: 1 to {MAX_ID_LEN} letters, digits or . _ + @ -"),
+        )));
+    }
+    if !caller.may_manage(extension) {
+        return Err(Box::new(error(
+            StatusCode::FORBIDDEN,
+            None,
+            &format!("this token may not {act} extension {extension}'s {things}"),
+        )));
+    }
+    Ok(line)
+}
+
 /// The token of an `Authorization: Bearer <token>` header (the scheme in any case).
 fn bearer(headers: &hyper::HeaderMap) -> Option<&str> {
     let mut values = headers.get_all(AUTHORIZATION).iter();
