@@ -197,6 +197,16 @@ impl ApnsServer {
         self.state.recorder.received()
     }
 
+    /// How many pushes were accepted so far (cheap: nothing is copied).
+    pub fn accepted_count(&self) -> usize {
+        self.state.recorder.received_count()
+    }
+
+    /// How many pushes were refused so far (cheap: nothing is copied).
+    pub fn rejected_count(&self) -> usize {
+        self.state.recorder.refused_count()
+    }
+
     /// Pushes refused so far.
     pub fn rejected(&self) -> Vec<RejectedPush> {
         self.state.recorder.refused()

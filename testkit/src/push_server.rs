@@ -321,6 +321,16 @@ impl<T: Clone, R: Clone> Recorder<T, R> {
         self.received.lock().unwrap().clone()
     }
 
+    /// How many were received so far (without copying them).
+    pub fn received_count(&self) -> usize {
+        self.received.lock().unwrap().len()
+    }
+
+    /// How many were refused so far (without copying them).
+    pub fn refused_count(&self) -> usize {
+        self.refused.lock().unwrap().len()
+    }
+
     /// Every refusal so far.
     pub fn refused(&self) -> Vec<R> {
         self.refused.lock().unwrap().clone()

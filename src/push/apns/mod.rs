@@ -2,17 +2,22 @@
 //! alert, with token-based (.p8 key, ES256 JWT) or certificate-based (TLS client
 //! certificate) authentication, to the production or the sandbox host per device.
 //!
-//! Built on reqwest's HTTP/2 client rather than the `a2` crate: a2 0.10 hard-codes
-//! Apple's hosts and trusts only the public roots, so nothing it sends could be checked
-//! against a local test server (see docs/design.md's dependency notes). One HTTP/2
-//! connection per host is opened at start-up, kept warm with HTTP/2 pings, and carries
-//! every push multiplexed.
+//! Built on hyper's connection-level HTTP/2 client ([`ConnectionSet`]) rather than the
+//! `a2` crate: a2 0.10 hard-codes Apple's hosts and trusts only the public roots, so
+//! nothing it sends could be checked against a local test server (see docs/design.md's
+//! dependency notes). One HTTP/2 connection per host is opened at start-up, kept warm
+//! with HTTP/2 pings, and carries every push multiplexed; more open as a burst of pushes
+//! needs them (Apple's 1,000 streams per connection).
 
 use std::sync::Mutex;
 use std::time::Duration;
 
+use bytes::Bytes;
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE};
+use hyper::StatusCode;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use reqwest::StatusCode;
+use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use pushwake_core::directory::{Device, Platform};
 
@@ -143,7 +148,7 @@ pub enum ApnsSetupError {
 /// and key, in any order) or a PKCS#12 file (`.p12`, as Keychain Access exports it).
 #[derive(Clone, PartialEq, Eq)]
 pub struct ClientCertificate {
-    /// The certificate chain and the key, as PEM (what reqwest's rustls backend takes).
+    /// The certificate chain and the key, as PEM.
     identity_pem: Vec<u8>,
     /// The certificate's subject, for logs.
     subject: String,
@@ -243,17 +248,23 @@ impl ClientCertificate {
         std::time::UNIX_EPOCH + Duration::from_secs(self.not_after.max(0) as u64)
     }
 
-    fn identity(&self) -> Result<reqwest::Identity, ApnsSetupError> {
-        reqwest::Identity::from_pem(&self.identity_pem).map_err(|e| {
-            bad_certificate(&format!(
-                "the certificate or its key cannot be used: {}",
-                super::describe_http_error(&e, "")
-            ))
-        })
+    /// The chain and the key, as rustls takes them.
+    fn identity(
+        &self,
+    ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), ApnsSetupError> {
+        let chain = CertificateDer::pem_slice_iter(&self.identity_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                bad_certificate(&format!("the certificate cannot be read from its PEM: {e}"))
+            })?;
+        let key = PrivateKeyDer::from_pem_slice(&self.identity_pem).map_err(|e| {
+            bad_certificate(&format!("the private key cannot be read from its PEM: {e}"))
+        })?;
+        Ok((chain, key))
     }
 
     /// Reads the subject and expiry of the first certificate (`first`, DER), and builds
-    /// a throwaway client with it: rustls checks the key parses and matches.
+    /// a throwaway TLS configuration with it: rustls checks the key parses and matches.
     fn checked(identity_pem: Vec<u8>, first: &[u8]) -> Result<Self, ApnsSetupError> {
         let (_, parsed) = x509_parser::parse_x509_certificate(first)
             .map_err(|e| bad_certificate(&format!("the certificate cannot be parsed: {e}")))?;
@@ -262,16 +273,11 @@ impl ClientCertificate {
             subject: parsed.subject().to_string(),
             not_after: parsed.validity().not_after.timestamp(),
         };
-        let identity = certificate.identity()?;
-        reqwest::Client::builder()
-            .identity(identity)
-            .build()
-            .map_err(|e| {
-                bad_certificate(&format!(
-                    "the certificate and its key do not go together: {}",
-                    super::describe_http_error(&e, "")
-                ))
-            })?;
+        super::connections::tls_config(Some(certificate.identity()?)).map_err(|e| {
+            bad_certificate(&format!(
+                "the certificate and its key do not go together: {e}"
+            ))
+        })?;
         Ok(certificate)
     }
 }
@@ -382,12 +388,18 @@ impl ProviderToken {
     }
 }
 
+/// One APNs host and the connections to it.
+struct ApnsHost {
+    /// Its base URL, for logs.
+    endpoint: String,
+    /// HTTP/2 connections to it, as many as the pushes in flight need.
+    connections: ConnectionSet,
+}
+
 /// The APNs pushkin.
 pub struct ApnsPushkin {
-    /// HTTP/2 connections to APNs, as many as the pushes in flight need.
-    connections: ConnectionSet,
-    production: String,
-    sandbox: String,
+    production: ApnsHost,
+    sandbox: ApnsHost,
     warm_sandbox: bool,
     topic: String,
     alert_topic: Option<String>,
@@ -435,26 +447,20 @@ impl ApnsPushkin {
             ),
             ApnsAuth::Certificate(certificate) => (None, Some(certificate.identity()?)),
         };
-        let recipe = move || {
-            let builder = reqwest::Client::builder()
-                .http2_prior_knowledge()
-                .http2_keep_alive_interval(Some(Duration::from_secs(30)))
-                .http2_keep_alive_timeout(Duration::from_secs(10))
-                .http2_keep_alive_while_idle(true)
-                .pool_idle_timeout(None)
-                .connect_timeout(Duration::from_secs(5));
-            match &identity {
-                Some(identity) => builder.identity(identity.clone()),
-                None => builder,
-            }
-            .build()
+        let tls = super::connections::tls_config(identity).map_err(ApnsSetupError::Client)?;
+        let host = |endpoint: &str| -> Result<ApnsHost, ApnsSetupError> {
+            let endpoint = endpoint.trim_end_matches('/').to_owned();
+            let connections =
+                ConnectionSet::new(&endpoint, &tls, STREAMS_PER_CONNECTION, MAX_CONNECTIONS)
+                    .map_err(ApnsSetupError::Client)?;
+            Ok(ApnsHost {
+                endpoint,
+                connections,
+            })
         };
-        let connections = ConnectionSet::new(recipe, STREAMS_PER_CONNECTION, MAX_CONNECTIONS)
-            .map_err(|e| ApnsSetupError::Client(super::describe_http_error(&e, "")))?;
         Ok(Self {
-            connections,
-            production: settings.endpoint.trim_end_matches('/').to_owned(),
-            sandbox: settings.sandbox_endpoint.trim_end_matches('/').to_owned(),
+            production: host(&settings.endpoint)?,
+            sandbox: host(&settings.sandbox_endpoint)?,
             warm_sandbox: settings.warm_sandbox,
             topic: settings.topic,
             alert_topic: settings.alert_topic,
@@ -466,18 +472,18 @@ impl ApnsPushkin {
     /// pay for TCP and TLS set-up. Failure is logged and returned (for `/healthz`):
     /// pushes retry by themselves.
     pub async fn warm_up(&self) -> Result<(), String> {
-        let mut hosts = vec![self.production.as_str()];
+        let mut hosts = vec![&self.production];
         if self.warm_sandbox {
             hosts.push(&self.sandbox);
         }
-        let opened = futures_util::future::join_all(hosts.into_iter().map(|endpoint| async move {
-            match self.connections.first().get(endpoint).send().await {
-                Ok(response) => {
-                    tracing::info!(%endpoint, version = ?response.version(), "APNs connection open");
+        let opened = futures_util::future::join_all(hosts.into_iter().map(|host| async move {
+            let endpoint = &host.endpoint;
+            match host.connections.warm_up().await {
+                Ok(()) => {
+                    tracing::info!(%endpoint, "APNs connection open (HTTP/2)");
                     Ok(())
                 }
                 Err(error) => {
-                    let error = super::describe_http_error(&error, "<apns>");
                     tracing::warn!(%endpoint, %error, "cannot reach APNs yet; pushes will retry");
                     Err(format!("cannot reach APNs at {endpoint}: {error}"))
                 }
@@ -533,25 +539,23 @@ impl ApnsPushkin {
                 }
             }
         };
-        let endpoint = if uses_sandbox(device) {
+        let host = if uses_sandbox(device) {
             &self.sandbox
         } else {
             &self.production
         };
-        // Held until the answer is read: the stream is busy until then.
-        let lease = self.connections.lease();
-        let client = lease.client();
-        let (mut request, push_type, expires_at) = match &kind {
+        let connections = &host.connections;
+        let (mut request, body, push_type, expires_at) = match &kind {
             ApnsPush::Voip(push) => {
                 let expires_at =
                     now + ring_window.as_secs() + u64::from(ring_window.subsec_nanos() > 0);
                 let topic = device.params.get(TOPIC).unwrap_or(&self.topic);
-                let request = client
-                    .post(format!("{endpoint}/3/device/{}", device.token.expose()))
+                let request = connections
+                    .request(&format!("/3/device/{}", device.token.expose()))
                     .header("apns-push-type", "voip")
-                    .header("apns-topic", topic)
-                    .json(&payload::incoming_call(push, expires_at));
-                (request, "voip", expires_at)
+                    .header("apns-topic", topic);
+                let body = serde_json::to_vec(&payload::incoming_call(push, expires_at));
+                (request, body, "voip", expires_at)
             }
             ApnsPush::Alert {
                 topic,
@@ -561,13 +565,12 @@ impl ApnsPushkin {
                 expires_at,
                 ..
             } => {
-                let request = client
-                    .post(format!("{endpoint}/3/device/{token}"))
+                let request = connections
+                    .request(&format!("/3/device/{token}"))
                     .header("apns-push-type", "alert")
                     .header("apns-topic", *topic)
-                    .header("apns-collapse-id", *collapse_id)
-                    .json(body);
-                (request, "alert", *expires_at)
+                    .header("apns-collapse-id", *collapse_id);
+                (request, serde_json::to_vec(body), "alert", *expires_at)
             }
         };
         if let Some(token) = &self.token {
@@ -581,23 +584,46 @@ impl ApnsPushkin {
                 }
             };
             // Apple's documented form; the scheme is case-insensitive (RFC 7235).
-            request = request.header(reqwest::header::AUTHORIZATION, format!("bearer {jwt}"));
+            request = request.header(AUTHORIZATION, format!("bearer {jwt}"));
         }
-        let response = request
-            .header("apns-priority", "10")
-            .header("apns-expiration", expires_at.to_string())
-            .timeout(ring_window.clamp(Duration::from_secs(1), Duration::from_secs(10)))
-            .send()
-            .await;
-        let response = match response {
-            Ok(r) => r,
+        let request = body.map_err(|e| e.to_string()).and_then(|body| {
+            request
+                .header(CONTENT_TYPE, "application/json")
+                .header("apns-priority", "10")
+                .header("apns-expiration", expires_at.to_string())
+                .body(Bytes::from(body))
+                // Says what is wrong, never the value: a header from the device's
+                // parameters, or a path with its token.
+                .map_err(|e| e.to_string())
+        });
+        let request = match request {
+            Ok(request) => request,
             Err(error) => {
+                return Attempt::Rejected {
+                    reason: format!("the device's push cannot be written as a request: {error} (check its token and topic)"),
+                    dead_token: false,
+                }
+            }
+        };
+        // Held until the answer is read: the stream is busy until then.
+        let lease = connections.lease();
+        let wait = ring_window.clamp(Duration::from_secs(1), Duration::from_secs(10));
+        let response = match tokio::time::timeout(wait, lease.send(request)).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(error)) => {
                 return Attempt::Retry {
-                    reason: super::describe_http_error(&error, "<apns>"),
+                    reason: error.to_string(),
+                    after: None,
+                };
+            }
+            Err(_) => {
+                return Attempt::Retry {
+                    reason: format!("no answer within {} s", wait.as_secs()),
                     after: None,
                 };
             }
         };
+        drop(lease);
         let status = response.status();
         if status == StatusCode::OK {
             return Attempt::Delivered;
@@ -605,7 +631,7 @@ impl ApnsPushkin {
         let retry_after = retry_after(response.headers());
         let alert_token = device.params.get(ALERT_TOKEN);
         let secrets = [device.token.expose(), alert_token.unwrap_or_default()];
-        let reason = reply_reason(&response.bytes().await.unwrap_or_default(), &secrets);
+        let reason = reply_reason(response.body(), &secrets);
         let attempt = classify(status, &reason, retry_after);
         if reason == "ExpiredProviderToken" {
             if let Some(token) = &self.token {
