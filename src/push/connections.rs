@@ -26,6 +26,8 @@ use hyper::{Request, Response, Uri};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::rustls;
 
+use super::describe_error as describe;
+
 /// How long opening a connection (TCP, TLS, HTTP/2 settings) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// An idle connection is pinged this often, so a dead one is found before a push needs
@@ -424,21 +426,6 @@ async fn drive<T>(
             tracing::info!(%host, %error, "HTTP/2 connection lost; the next push opens another")
         }
     }
-}
-
-/// An error and its causes, joined.
-pub fn describe(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.ends_with(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// rustls' client configuration with the system's trust store (as the rest of pushwake

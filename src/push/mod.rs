@@ -441,10 +441,23 @@ pub(crate) fn describe_http_error(error: &reqwest::Error, placeholder: &str) -> 
     if let Some(url) = error.url() {
         text = text.replace(url.as_str(), placeholder);
     }
-    let mut source = std::error::Error::source(error);
+    with_causes(text, std::error::Error::source(error))
+}
+
+/// An error and its causes, joined with `: ` (for errors that carry no URL).
+pub(crate) fn describe_error(error: &(dyn std::error::Error + 'static)) -> String {
+    with_causes(error.to_string(), error.source())
+}
+
+/// `text` followed by each cause in `source`'s chain, except one `text` already ends
+/// with (h2's and io's errors print their inner error and also give it as the source).
+fn with_causes(mut text: String, mut source: Option<&(dyn std::error::Error + 'static)>) -> String {
     while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
         source = cause.source();
     }
     text
