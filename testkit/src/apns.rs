@@ -380,24 +380,9 @@ fn handle(state: &State, expect: &ApnsExpectations, request: Request) -> Reply {
     // pushwake's payload contract (docs/app-developers.md): a call's fields, or a
     // message's.
     let fields: &[&str] = if body["type"] == "message_received" {
-        &[
-            "type",
-            "message_id",
-            "extension",
-            "sender_number",
-            "sender_name",
-            "received_at",
-            "expires_at",
-        ]
+        &crate::push_server::MESSAGE_FIELDS
     } else {
-        &[
-            "type",
-            "call_id",
-            "extension",
-            "caller_number",
-            "caller_name",
-            "expires_at",
-        ]
+        &crate::push_server::DATA_FIELDS
     };
     for field in fields {
         if body.get(field).is_none() {

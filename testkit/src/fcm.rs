@@ -35,28 +35,7 @@ use crate::push_server::{
 pub const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
 /// The JWT-bearer grant type (RFC 7523).
 pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
-/// The data fields every wake-up message carries.
-pub const DATA_FIELDS: [&str; 7] = [
-    "type",
-    "version",
-    "call_id",
-    "extension",
-    "caller_number",
-    "caller_name",
-    "expires_at",
-];
-
-/// The data fields every message push carries.
-pub const MESSAGE_FIELDS: [&str; 8] = [
-    "type",
-    "version",
-    "message_id",
-    "extension",
-    "sender_number",
-    "sender_name",
-    "received_at",
-    "expires_at",
-];
+pub use crate::push_server::{DATA_FIELDS, MESSAGE_FIELDS};
 /// The longest `ttl` FCM takes.
 const FCM_MAX_TTL: Duration = Duration::from_secs(28 * 24 * 3600);
 

@@ -285,6 +285,30 @@ impl HttpServer {
     }
 }
 
+/// The fields pushwake's payload contract (docs/app-developers.md) gives every call
+/// push (a wake-up, or a call's end), whatever carries it: the stand-ins check them.
+pub const DATA_FIELDS: [&str; 7] = [
+    "type",
+    "version",
+    "call_id",
+    "extension",
+    "caller_number",
+    "caller_name",
+    "expires_at",
+];
+
+/// The fields the payload contract gives every message push.
+pub const MESSAGE_FIELDS: [&str; 8] = [
+    "type",
+    "version",
+    "message_id",
+    "extension",
+    "sender_number",
+    "sender_name",
+    "received_at",
+    "expires_at",
+];
+
 /// What a server received (`T`) and refused (`R`), in arrival order; every record wakes
 /// the waits.
 pub struct Recorder<T, R> {
