@@ -2,7 +2,7 @@
 //! alert, with token-based (.p8 key, ES256 JWT) or certificate-based (TLS client
 //! certificate) authentication, to the production or the sandbox host per device.
 //!
-//! Built on hyper's connection-level HTTP/2 client ([`ConnectionSet`]) rather than the
+//! Built on bare HTTP/2 connections (the `h2` crate, [`ConnectionSet`]) rather than the
 //! `a2` crate: a2 0.10 hard-codes Apple's hosts and trusts only the public roots, so
 //! nothing it sends could be checked against a local test server (see docs/design.md's
 //! dependency notes). One HTTP/2 connection per host is opened at start-up, kept warm
