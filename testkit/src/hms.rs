@@ -225,15 +225,7 @@ fn handle(state: &State, app: &(String, String), request: Request) -> Reply {
             "80100003",
         );
     }
-    for field in [
-        "type",
-        "version",
-        "call_id",
-        "extension",
-        "caller_number",
-        "caller_name",
-        "expires_at",
-    ] {
+    for field in crate::push_server::DATA_FIELDS {
         if data.get(field).is_none() {
             return refuse(format!("data lacks {field}"), 400, "80100003");
         }
