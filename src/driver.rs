@@ -255,6 +255,12 @@ impl<P: CallControl> Driver<P> {
                             _ => None,
                         };
                         self.feed(Input::Event(event));
+                        if connection == Some(true) {
+                            // After the adapter's own "connected" line: this one says the
+                            // snapshot is in and /healthz says "connected" (what tests and
+                            // an operator reading the log wait for).
+                            tracing::info!("connected to the PBX, serving calls");
+                        }
                         match connection {
                             // READY=1 once: systemd's start completes at the first connection.
                             Some(true) if !std::mem::replace(&mut self.ready, true) => {

@@ -9,6 +9,10 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::Notify;
 
+/// The driver's line once the PBX's event stream is up and its calls are read (after the
+/// adapter's own "connected" line): from it on, `/healthz` says `"pbx": "connected"`.
+pub const SERVING: &str = "connected to the PBX, serving calls";
+
 /// A running daemon.
 pub struct Daemon {
     child: Child,
@@ -19,9 +23,10 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts `binary run --config <config>` and waits until it is connected to ARI.
+    /// Starts `binary run --config <config>` and waits until it serves calls
+    /// ([`SERVING`]: connected to the PBX, its calls read).
     pub async fn start(binary: &Path, config: &Path) -> Result<Self, String> {
-        Self::start_until(binary, config, "ARI events connected").await
+        Self::start_until(binary, config, SERVING).await
     }
 
     /// Starts `binary run --config <config>` and waits for a log line containing

@@ -132,10 +132,9 @@ impl FreeSwitchRig {
             config = config.raw(raw);
         }
         let config = config.write().unwrap();
-        let daemon =
-            Daemon::start_with_env(binary, &config, "FreeSWITCH event socket connected", env)
-                .await
-                .unwrap_or_else(|e| panic!("{e}"));
+        let daemon = Daemon::start_with_env(binary, &config, crate::daemon::SERVING, env)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         Self {
             server,
             apns: apns_server,
@@ -151,13 +150,9 @@ impl FreeSwitchRig {
     /// SIGKILL first if it still runs: a crash).
     pub async fn restart(&mut self) {
         self.daemon.kill().await;
-        self.daemon = Daemon::start_until(
-            &self.binary,
-            &self.config,
-            "FreeSWITCH event socket connected",
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        self.daemon = Daemon::start_until(&self.binary, &self.config, crate::daemon::SERVING)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// The dialplan hands a call for `extension` over.
