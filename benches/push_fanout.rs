@@ -14,7 +14,10 @@
 //! - per-push latency percentiles;
 //! - pushwake's own CPU time per push (this process's `getrusage`, the server excluded);
 //! - the TCP connections the server saw (the fewest Apple's stream limit allows:
-//!   ⌈COUNT / 1,000⌉).
+//!   ⌈COUNT / 1,000⌉);
+//! - the same for a bare HTTP/2 client (the `h2` crate and nothing else, see
+//!   [`BareClient`]) sending the same pushes in rounds alternating with pushwake's: the
+//!   least any client pays on this machine, so pushwake / bare is pushwake's own share.
 //!
 //! Targets (the bench exits non-zero if a median misses one): wall ≤ 4 × floor + 100 ms;
 //! connections ≤ ⌈COUNT / 1,000⌉. Each figure is also printed as a `FIGURE` line for
@@ -26,9 +29,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pushwake::push::apns::{
-    ApnsAuth, ApnsPushkin, ApnsSettings, MAX_CONNECTIONS, STREAMS_PER_CONNECTION,
+    ApnsAuth, ApnsPushkin, ApnsSettings, ProviderToken, MAX_CONNECTIONS, STREAMS_PER_CONNECTION,
 };
-use pushwake::push::{PushKind, PushService, PushVerdict, WakePush};
+use pushwake::push::{payload, PushKind, PushService, PushVerdict, WakePush};
 use pushwake_core::directory::{Device, DeviceToken};
 use pushwake_core::pbx::{CallId, Party};
 use pushwake_testkit::apns::ApnsServer;
@@ -257,14 +260,20 @@ async fn bench(counts: &[usize], delay: Duration) -> Result<bool, String> {
         let floor = delay * rounds_needed as u32;
         let fewest = count.div_ceil(STREAMS_PER_CONNECTION);
         let mut rounds = Vec::new();
+        let mut bare_rounds = Vec::new();
+        // Alternating, so that both see the same minutes of this shared machine.
         for _ in 0..ROUNDS {
-            rounds.push(round(&apns, &mut server, count, &mut call).await?);
+            rounds.push(round(&apns, &mut server, count, &mut call, Client::Pushwake).await?);
+            bare_rounds.push(round(&apns, &mut server, count, &mut call, Client::BareH2).await?);
         }
-        let median = |f: &dyn Fn(&Round) -> Duration| {
+        let median_of = |rounds: &[Round], f: &dyn Fn(&Round) -> Duration| {
             let mut v: Vec<Duration> = rounds.iter().map(f).collect();
             v.sort();
             v[v.len() / 2]
         };
+        let median = |f: &dyn Fn(&Round) -> Duration| median_of(&rounds, f);
+        let bare_wall = median_of(&bare_rounds, &|r| r.wall);
+        let bare_cpu = median_of(&bare_rounds, &|r| r.cpu_per_push);
         let spread = |f: &dyn Fn(&Round) -> Duration| {
             let v: Vec<f64> = rounds.iter().map(|r| ms(f(r))).collect();
             let lo = v.iter().cloned().fold(f64::MAX, f64::min);
@@ -302,6 +311,13 @@ async fn bench(counts: &[usize], delay: Duration) -> Result<bool, String> {
             ms(cpu_floor)
         );
         println!("  TCP connections the server saw per round: at most {connections} (fewest the stream limit allows: {fewest})");
+        println!(
+            "  a bare HTTP/2 client in the same minutes (same requests, {fewest} connection(s) opened beforehand, nothing else): wall median {:.1} ms, CPU per push {:.1} µs; pushwake / bare: wall {:.2}, CPU {:.2}",
+            ms(bare_wall),
+            bare_cpu.as_secs_f64() * 1e6,
+            wall.as_secs_f64() / bare_wall.as_secs_f64(),
+            cpu.as_secs_f64() / bare_cpu.as_secs_f64()
+        );
         let wall_ok = wall <= wall_target;
         let connections_ok = connections <= fewest;
         all_met &= wall_ok && connections_ok;
@@ -327,6 +343,20 @@ async fn bench(counts: &[usize], delay: Duration) -> Result<bool, String> {
             true,
         );
         figure(
+            &format!("push fan-out {count}: a bare HTTP/2 client, same minutes"),
+            &format!(
+                "wall {:.1} ms, CPU per push {:.1} µs",
+                ms(bare_wall),
+                bare_cpu.as_secs_f64() * 1e6
+            ),
+            &format!(
+                "reported; pushwake / bare: wall {:.2}, CPU {:.2}",
+                wall.as_secs_f64() / bare_wall.as_secs_f64(),
+                cpu.as_secs_f64() / bare_cpu.as_secs_f64()
+            ),
+            true,
+        );
+        figure(
             &format!("push fan-out {count}: connections"),
             &connections.to_string(),
             &format!("≤ {fewest}"),
@@ -336,33 +366,189 @@ async fn bench(counts: &[usize], delay: Duration) -> Result<bool, String> {
     Ok(all_met)
 }
 
+/// Who sends a round's pushes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Client {
+    /// pushwake's APNs pushkin, through its push service.
+    Pushwake,
+    /// The baseline: the `h2` crate and nothing else (see [`BareClient`]).
+    BareH2,
+}
+
+/// The least a client can do to send the same pushes: the same requests (path, headers,
+/// pushwake's payload, one provider token) on plain `h2` connections opened before the
+/// round, one task per push, no retry, timeout, health or metrics. What pushwake costs
+/// above it is pushwake's own.
+struct BareClient {
+    senders: Vec<h2::client::SendRequest<bytes::Bytes>>,
+    authority: String,
+    topic: String,
+    jwt: String,
+}
+
+impl BareClient {
+    async fn connect(apns: &TestApns, endpoint: &str, connections: usize) -> Result<Self, String> {
+        let authority = endpoint
+            .strip_prefix("http://")
+            .ok_or_else(|| format!("the bench's server is h2c, not {endpoint}"))?
+            .to_owned();
+        let mut senders = Vec::new();
+        for _ in 0..connections {
+            let tcp = tokio::net::TcpStream::connect(&authority)
+                .await
+                .map_err(|e| format!("bare client: {e}"))?;
+            tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+            let (sender, connection) = h2::client::handshake(tcp)
+                .await
+                .map_err(|e| format!("bare client: {e}"))?;
+            tokio::spawn(connection);
+            // Until the server's SETTINGS arrived, h2 would allow only its default streams.
+            let sender = sender.ready().await.map_err(|e| e.to_string())?;
+            senders.push(sender);
+        }
+        let now = unix_now();
+        let jwt = ProviderToken::new(apns.key.private_pem.as_bytes(), &apns.team_id, &apns.key_id)
+            .and_then(|mut token| token.get(now))
+            .map_err(|e| e.to_string())?;
+        Ok(Self {
+            senders,
+            authority,
+            topic: apns.topic.clone(),
+            jwt,
+        })
+    }
+
+    async fn send(&self, lane: usize, token: &str, push: &WakePush) -> Result<(), String> {
+        let expires_at = unix_now() + 30;
+        let body = match serde_json::to_vec(&payload::incoming_call(push, expires_at)) {
+            Ok(body) => body,
+            Err(e) => return Err(e.to_string()),
+        };
+        let request = hyper::Request::post(format!("http://{}/3/device/{token}", self.authority))
+            .header("apns-push-type", "voip")
+            .header("apns-topic", &self.topic)
+            .header("authorization", format!("bearer {}", self.jwt))
+            .header("content-type", "application/json")
+            .header("apns-priority", "10")
+            .header("apns-expiration", expires_at.to_string())
+            .header("content-length", body.len())
+            .body(());
+        let Ok(request) = request else {
+            return Err("the bare client built a bad request".into());
+        };
+        let answer = async {
+            let mut sender = self.senders[lane % self.senders.len()]
+                .clone()
+                .ready()
+                .await?;
+            let (response, mut stream) = sender.send_request(request, false)?;
+            stream.send_data(bytes::Bytes::from(body), true)?;
+            let response = response.await?;
+            let status = response.status();
+            let mut answer = response.into_body();
+            while let Some(chunk) = answer.data().await {
+                let chunk = chunk?;
+                let _ = answer.flow_control().release_capacity(chunk.len());
+            }
+            Ok::<_, h2::Error>(status)
+        };
+        match answer.await {
+            Ok(status) if status == hyper::StatusCode::OK => Ok(()),
+            Ok(status) => Err(format!("the server answered {status}")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A round's client, ready to send.
+enum Sender {
+    Pushwake(Arc<PushService>),
+    Bare(Arc<BareClient>),
+}
+
+impl Sender {
+    async fn new(
+        apns: &TestApns,
+        server: &ServerProcess,
+        count: usize,
+        client: Client,
+    ) -> Result<Self, String> {
+        Ok(match client {
+            Client::Pushwake => {
+                let pushkin = Arc::new(
+                    ApnsPushkin::new(ApnsSettings {
+                        auth: ApnsAuth::Token {
+                            team_id: apns.team_id.clone(),
+                            key_id: apns.key_id.clone(),
+                            key_pem: apns.key.private_pem.clone().into_bytes(),
+                        },
+                        topic: apns.topic.clone(),
+                        alert_topic: None,
+                        endpoint: server.endpoint.clone(),
+                        sandbox_endpoint: server.endpoint.clone(),
+                        warm_sandbox: false,
+                    })
+                    .map_err(|e| e.to_string())?,
+                );
+                // As the daemon does at start-up: the connection is open before the
+                // first call.
+                pushkin.warm_up().await?;
+                let mut service = PushService::new();
+                service.add(pushkin);
+                Sender::Pushwake(Arc::new(service))
+            }
+            Client::BareH2 => {
+                let connections = count.div_ceil(STREAMS_PER_CONNECTION);
+                Sender::Bare(Arc::new(
+                    BareClient::connect(apns, &server.endpoint, connections).await?,
+                ))
+            }
+        })
+    }
+
+    /// The `n`th push of the bench, for the `n`th call.
+    async fn send(&self, n: usize, deadline: Instant) -> Result<(), String> {
+        let device = Device::new(
+            pushwake::push::apns::PLATFORM,
+            DeviceToken::new(format!("{n:064x}")),
+            format!("bench#{n}"),
+        );
+        let push = WakePush {
+            call_id: CallId(format!("5d7d1c1e-0000-4000-8000-{n:012}")),
+            extension: "101".into(),
+            caller: Party {
+                number: "200".into(),
+                name: "Alice".into(),
+            },
+            kind: PushKind::IncomingCall,
+            status: None,
+            node: None,
+        };
+        match self {
+            Sender::Pushwake(service) => match service.send(&device, &push, deadline).await {
+                PushVerdict::Delivered => Ok(()),
+                verdict => Err(format!("{verdict:?}")),
+            },
+            Sender::Bare(client) => client.send(n, device.token.expose(), &push).await,
+        }
+    }
+}
+
 async fn round(
     apns: &TestApns,
     server: &mut ServerProcess,
     count: usize,
     call: &mut usize,
+    client: Client,
 ) -> Result<Round, String> {
     let before = server.stats()?;
-    let pushkin = Arc::new(
-        ApnsPushkin::new(ApnsSettings {
-            auth: ApnsAuth::Token {
-                team_id: apns.team_id.clone(),
-                key_id: apns.key_id.clone(),
-                key_pem: apns.key.private_pem.clone().into_bytes(),
-            },
-            topic: apns.topic.clone(),
-            alert_topic: None,
-            endpoint: server.endpoint.clone(),
-            sandbox_endpoint: server.endpoint.clone(),
-            warm_sandbox: false,
-        })
-        .map_err(|e| e.to_string())?,
-    );
-    // As the daemon does at start-up: the connection is open before the first call.
-    pushkin.warm_up().await?;
-    let mut service = PushService::new();
-    service.add(pushkin);
-    let service = Arc::new(service);
+    let sender = Arc::new(Sender::new(apns, server, count, client).await?);
     let warm = server.stats()?;
 
     let cpu_before = cpu_time();
@@ -372,34 +558,18 @@ async fn round(
     for _ in 0..count {
         *call += 1;
         let n = *call;
-        let service = service.clone();
+        let sender = sender.clone();
         tasks.spawn(async move {
-            let device = Device::new(
-                pushwake::push::apns::PLATFORM,
-                DeviceToken::new(format!("{n:064x}")),
-                format!("bench#{n}"),
-            );
-            let push = WakePush {
-                call_id: CallId(format!("5d7d1c1e-0000-4000-8000-{n:012}")),
-                extension: "101".into(),
-                caller: Party {
-                    number: "200".into(),
-                    name: "Alice".into(),
-                },
-                kind: PushKind::IncomingCall,
-                status: None,
-                node: None,
-            };
             let sent = Instant::now();
-            let verdict = service.send(&device, &push, deadline).await;
-            (verdict, sent.elapsed())
+            let result = sender.send(n, deadline).await;
+            (result, sent.elapsed())
         });
     }
     let mut latencies = Vec::with_capacity(count);
     while let Some(done) = tasks.join_next().await {
-        let (verdict, latency) = done.map_err(|e| e.to_string())?;
-        if verdict != PushVerdict::Delivered {
-            return Err(format!("a push was not delivered: {verdict:?}"));
+        let (result, latency) = done.map_err(|e| e.to_string())?;
+        if let Err(why) = result {
+            return Err(format!("a push was not delivered: {why}"));
         }
         latencies.push(latency);
     }

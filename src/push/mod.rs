@@ -243,10 +243,10 @@ impl PushService {
             // No attempt outlives the ring window, whatever it waits on (a connection, a
             // token fetch, a slow reply): the provider's own timeouts need not agree.
             let window = deadline - now;
-            let one = tokio::time::timeout(window.max(Duration::from_secs(1)), attempt(window));
-            let outcome = watch_attempt(one, device, subject)
+            let limit = window.max(Duration::from_secs(1));
+            let outcome = watch_attempt(attempt(window), limit, device, subject)
                 .await
-                .unwrap_or_else(|_| Attempt::Retry {
+                .unwrap_or_else(|| Attempt::Retry {
                     reason: format!("{}: no answer within the ring window", device.platform),
                     after: None,
                 });
@@ -315,19 +315,30 @@ fn retry_starts_in_time(now: Instant, wait: Duration, deadline: Instant) -> bool
 /// a hung provider is otherwise invisible (the call only ends with "no device answered").
 const SLOW_ANSWER: Duration = Duration::from_secs(2);
 
-/// Awaits one attempt; once it has had no answer for [`SLOW_ANSWER`] says so at warn
-/// (the provider, the device's label, how long: never the token), and again when that
-/// slow attempt ends: answered late, timed out, or abandoned because the call ended.
+/// Awaits one attempt for at most `limit` (`None` if it had no answer by then); once it
+/// has had no answer for [`SLOW_ANSWER`] says so at warn (the provider, the device's
+/// label, how long: never the token), and again when that slow attempt ends: answered
+/// late, timed out, or abandoned because the call ended.
+///
+/// One timer serves both the warning and the limit (reset from the one to the other):
+/// in a burst of pushes, each timer is a lock of the runtime's timer wheel to set and
+/// one to clear.
 async fn watch_attempt(
-    attempt: impl Future<Output = Result<Attempt, tokio::time::error::Elapsed>>,
+    attempt: impl Future<Output = Attempt>,
+    limit: Duration,
     device: &Device,
     subject: Subject<'_>,
-) -> Result<Attempt, tokio::time::error::Elapsed> {
+) -> Option<Attempt> {
     tokio::pin!(attempt);
     let started = Instant::now();
+    let timer = tokio::time::sleep(SLOW_ANSWER.min(limit));
+    tokio::pin!(timer);
     tokio::select! {
-        outcome = &mut attempt => return outcome,
-        () = tokio::time::sleep(SLOW_ANSWER) => {}
+        outcome = &mut attempt => return Some(outcome),
+        () = &mut timer => {}
+    }
+    if limit <= SLOW_ANSWER {
+        return None;
     }
     tracing::warn!(provider = %device.platform, about = %subject, device = %device.label, waited = %seconds(started.elapsed()), "push provider has not answered yet");
     let abandoned = SlowAttempt {
@@ -335,13 +346,17 @@ async fn watch_attempt(
         subject,
         started,
     };
-    let outcome = attempt.await;
+    timer.as_mut().reset(started + limit);
+    let outcome = tokio::select! {
+        outcome = &mut attempt => Some(outcome),
+        () = &mut timer => None,
+    };
     std::mem::forget(abandoned);
     let ended = match &outcome {
-        Ok(Attempt::Delivered) => "answered late: delivered".to_owned(),
-        Ok(Attempt::Rejected { reason, .. }) => format!("answered late: rejected ({reason})"),
-        Ok(Attempt::Retry { reason, .. }) => format!("failed: {reason}"),
-        Err(_) => "no answer within the ring window: given up".to_owned(),
+        Some(Attempt::Delivered) => "answered late: delivered".to_owned(),
+        Some(Attempt::Rejected { reason, .. }) => format!("answered late: rejected ({reason})"),
+        Some(Attempt::Retry { reason, .. }) => format!("failed: {reason}"),
+        None => "no answer within the ring window: given up".to_owned(),
     };
     tracing::warn!(provider = %device.platform, about = %subject, device = %device.label, waited = %seconds(started.elapsed()), outcome = %ended, "slow push provider: the attempt ended");
     outcome
@@ -795,6 +810,20 @@ mod tests {
             abandoned.contains("provider=apns") && abandoned.contains("waited=4.0s"),
             "{abandoned}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_window_shorter_than_the_slow_warning_still_ends_the_attempt_on_time() {
+        let service = slow_service(None);
+        let started = Instant::now();
+        let log = logged(async {
+            let deadline = started + Duration::from_millis(1500);
+            let verdict = service.send(&device(), &push(), deadline).await;
+            assert!(matches!(verdict, PushVerdict::Failed { .. }), "{verdict:?}");
+        })
+        .await;
+        assert_eq!(started.elapsed(), Duration::from_millis(1500), "{log}");
+        assert!(!log.contains("has not answered yet"), "{log}");
     }
 
     #[tokio::test(start_paused = true)]

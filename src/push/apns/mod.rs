@@ -472,6 +472,14 @@ impl ApnsPushkin {
     /// pay for TCP and TLS set-up. Failure is logged and returned (for `/healthz`):
     /// pushes retry by themselves.
     pub async fn warm_up(&self) -> Result<(), String> {
+        // The provider token too: signing it (ES256, and the first use of the random
+        // generator) is otherwise the first call's work.
+        if let Some(token) = &self.token {
+            if let Err(error) = token.lock().expect("token lock").get(unix_now()) {
+                tracing::error!(%error, "cannot sign the APNs provider token");
+                return Err(format!("cannot sign the APNs provider token: {error}"));
+            }
+        }
         let mut hosts = vec![&self.production];
         if self.warm_sandbox {
             hosts.push(&self.sandbox);
