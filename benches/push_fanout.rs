@@ -262,9 +262,20 @@ async fn bench(counts: &[usize], delay: Duration) -> Result<bool, String> {
         let mut rounds = Vec::new();
         let mut bare_rounds = Vec::new();
         // Alternating, so that both see the same minutes of this shared machine.
+        // `FANOUT_ONLY=pushwake` (or `bare`) runs one client's rounds alone, for a profile.
+        let only = std::env::var("FANOUT_ONLY").unwrap_or_default();
         for _ in 0..ROUNDS {
-            rounds.push(round(&apns, &mut server, count, &mut call, Client::Pushwake).await?);
-            bare_rounds.push(round(&apns, &mut server, count, &mut call, Client::BareH2).await?);
+            if only != "bare" {
+                rounds.push(round(&apns, &mut server, count, &mut call, Client::Pushwake).await?);
+            }
+            if only != "pushwake" {
+                bare_rounds
+                    .push(round(&apns, &mut server, count, &mut call, Client::BareH2).await?);
+            }
+        }
+        if rounds.is_empty() || bare_rounds.is_empty() {
+            println!("FANOUT_ONLY={only}: one client's rounds only, no figures");
+            return Ok(true);
         }
         let median_of = |rounds: &[Round], f: &dyn Fn(&Round) -> Duration| {
             let mut v: Vec<Duration> = rounds.iter().map(f).collect();
@@ -466,6 +477,26 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// What a round's pushes came to, collected as they end.
+struct Done {
+    outcomes: std::sync::Mutex<Vec<(Result<(), String>, Duration)>>,
+    left: std::sync::atomic::AtomicUsize,
+    /// Notified once, by the last push.
+    all: tokio::sync::Notify,
+}
+
+impl Done {
+    fn record(&self, result: Result<(), String>, latency: Duration) {
+        self.outcomes
+            .lock()
+            .expect("outcomes")
+            .push((result, latency));
+        if self.left.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+            self.all.notify_waiters();
+        }
+    }
+}
+
 /// A round's client, ready to send.
 enum Sender {
     Pushwake(Arc<PushService>),
@@ -554,26 +585,45 @@ async fn round(
     let cpu_before = cpu_time();
     let start = Instant::now();
     let deadline = start + Duration::from_secs(30);
-    let mut tasks = tokio::task::JoinSet::new();
+    // Each push records its own outcome and only the last one wakes this thread: a
+    // JoinSet woke it for every push (a futex call per push on a parked thread, counted
+    // as the client's CPU).
+    let done = Arc::new(Done {
+        outcomes: std::sync::Mutex::new(Vec::with_capacity(count)),
+        left: std::sync::atomic::AtomicUsize::new(count),
+        all: tokio::sync::Notify::new(),
+    });
+    let all_done = done.all.notified();
+    tokio::pin!(all_done);
+    all_done.as_mut().enable();
     for _ in 0..count {
         *call += 1;
         let n = *call;
-        let sender = sender.clone();
-        tasks.spawn(async move {
+        let (sender, done) = (sender.clone(), done.clone());
+        tokio::spawn(async move {
             let sent = Instant::now();
             let result = sender.send(n, deadline).await;
-            (result, sent.elapsed())
+            done.record(result, sent.elapsed());
         });
     }
+    if tokio::time::timeout(Duration::from_secs(60), all_done)
+        .await
+        .is_err()
+    {
+        return Err(format!(
+            "{} of {count} pushes had no outcome after 60 s",
+            done.left.load(std::sync::atomic::Ordering::Acquire)
+        ));
+    }
+    let wall = start.elapsed();
+    let outcomes = std::mem::take(&mut *done.outcomes.lock().expect("outcomes"));
     let mut latencies = Vec::with_capacity(count);
-    while let Some(done) = tasks.join_next().await {
-        let (result, latency) = done.map_err(|e| e.to_string())?;
+    for (result, latency) in outcomes {
         if let Err(why) = result {
             return Err(format!("a push was not delivered: {why}"));
         }
         latencies.push(latency);
     }
-    let wall = start.elapsed();
     let cpu = cpu_time().saturating_sub(cpu_before);
     let after = server.stats()?;
     if after.refused > before.refused {

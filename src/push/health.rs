@@ -2,7 +2,7 @@
 //! (its warm-up, then every request): read by `/healthz`.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use pushwake_core::directory::Platform;
 
@@ -34,15 +34,26 @@ impl ProviderState {
 /// Every configured provider's state, shared by the push service (writer) and the HTTP
 /// listener (reader). Cheap to clone.
 #[derive(Clone, Debug, Default)]
-pub struct ProviderHealth(Arc<Mutex<BTreeMap<&'static str, ProviderState>>>);
+pub struct ProviderHealth(Arc<RwLock<BTreeMap<&'static str, ProviderState>>>);
 
 impl ProviderHealth {
-    /// Records `state` for `platform`.
+    /// Records `state` for `platform`. Every push's outcome comes here, mostly the same
+    /// as the last: that costs a shared read, not a write lock every push would contend
+    /// for.
     pub fn set(&self, platform: Platform, state: ProviderState) {
-        self.0
-            .lock()
+        let name = platform.as_str();
+        let same = self
+            .0
+            .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(platform.as_str(), state);
+            .get(name)
+            == Some(&state);
+        if !same {
+            self.0
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(name, state);
+        }
     }
 
     /// Records what one request's outcome says of the provider: an answer (delivered,
@@ -64,7 +75,7 @@ impl ProviderHealth {
     /// Every provider's state, by platform name.
     pub fn states(&self) -> Vec<(&'static str, ProviderState)> {
         self.0
-            .lock()
+            .read()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
             .map(|(platform, state)| (*platform, state.clone()))

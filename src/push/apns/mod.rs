@@ -9,11 +9,11 @@
 //! with HTTP/2 pings, and carries every push multiplexed; more open as a burst of pushes
 //! needs them (Apple's 1,000 streams per connection).
 
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use hyper::StatusCode;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use tokio_rustls::rustls::pki_types::pem::PemObject as _;
@@ -327,6 +327,66 @@ fn sign(
     jsonwebtoken::encode(&header, &claims, key).map_err(|e| ApnsSetupError::BadKey(e.to_string()))
 }
 
+/// Whether a token issued at `iat` may still be sent at `now` (a clock set back makes
+/// it stale too).
+fn fresh(iat: u64, now: u64) -> bool {
+    now.saturating_sub(iat) < TOKEN_LIFETIME.as_secs() && now >= iat
+}
+
+/// The provider token as the `authorization` header every push carries, read by all of
+/// them at once: a read lock and a cheap clone while the token is fresh, the signer's
+/// lock only to renew it. (One mutex around the token, taken by every push, was a
+/// contended lock in a burst: threads put to sleep and woken, `cargo bench --bench
+/// push_fanout`.)
+struct Bearer {
+    signer: Mutex<ProviderToken>,
+    /// `bearer <jwt>`, marked sensitive (never indexed by HPACK, hidden from `Debug`),
+    /// with the token's `iat`.
+    header: RwLock<Option<(HeaderValue, u64)>>,
+}
+
+impl Bearer {
+    fn new(token: ProviderToken) -> Self {
+        Self {
+            signer: Mutex::new(token),
+            header: RwLock::new(None),
+        }
+    }
+
+    /// The header to send at Unix time `now`.
+    fn header(&self, now: u64) -> Result<HeaderValue, ApnsSetupError> {
+        if let Some((value, iat)) = &*self.header.read().expect("bearer lock") {
+            if fresh(*iat, now) {
+                return Ok(value.clone());
+            }
+        }
+        let mut signer = self.signer.lock().expect("token lock");
+        let jwt = signer.get(now)?;
+        self.cache(&signer, &jwt)
+    }
+
+    /// Apple said the token expired: see [`ProviderToken::expired`].
+    fn expired(&self, now: u64) -> Result<bool, ApnsSetupError> {
+        let mut signer = self.signer.lock().expect("token lock");
+        let renewed = signer.expired(now)?;
+        if renewed {
+            let jwt = signer.get(now)?;
+            self.cache(&signer, &jwt)?;
+        }
+        Ok(renewed)
+    }
+
+    fn cache(&self, signer: &ProviderToken, jwt: &str) -> Result<HeaderValue, ApnsSetupError> {
+        // A JWT is base64url and dots: always a valid header value.
+        let mut value = HeaderValue::from_str(&format!("bearer {jwt}"))
+            .map_err(|_| ApnsSetupError::BadKey("the signed token is no header value".into()))?;
+        value.set_sensitive(true);
+        let iat = signer.issued_at().unwrap_or_default();
+        *self.header.write().expect("bearer lock") = Some((value.clone(), iat));
+        Ok(value)
+    }
+}
+
 /// The provider token (JWT) with its reuse and renewal rules. Time is passed in, so the
 /// rules are tested without waiting an hour.
 pub struct ProviderToken {
@@ -355,13 +415,14 @@ impl ProviderToken {
     /// [`TOKEN_LIFETIME`], else a new one.
     pub fn get(&mut self, now: u64) -> Result<String, ApnsSetupError> {
         match &self.current {
-            Some((jwt, iat))
-                if now.saturating_sub(*iat) < TOKEN_LIFETIME.as_secs() && now >= *iat =>
-            {
-                Ok(jwt.clone())
-            }
+            Some((jwt, iat)) if fresh(*iat, now) => Ok(jwt.clone()),
             _ => self.renew(now),
         }
+    }
+
+    /// When the current token was issued (Unix seconds), if there is one.
+    pub fn issued_at(&self) -> Option<u64> {
+        self.current.as_ref().map(|(_, iat)| *iat)
     }
 
     /// Apple said the token expired: renew it, unless it was renewed less than
@@ -404,7 +465,7 @@ pub struct ApnsPushkin {
     topic: String,
     alert_topic: Option<String>,
     /// The provider token, with token authentication; `None` with a client certificate.
-    token: Option<Mutex<ProviderToken>>,
+    token: Option<Bearer>,
 }
 
 /// What kind of APNs push an attempt sends.
@@ -442,7 +503,9 @@ impl ApnsPushkin {
                 key_id,
                 key_pem,
             } => (
-                Some(Mutex::new(ProviderToken::new(&key_pem, &team_id, &key_id)?)),
+                Some(Bearer::new(ProviderToken::new(
+                    &key_pem, &team_id, &key_id,
+                )?)),
                 None,
             ),
             ApnsAuth::Certificate(certificate) => (None, Some(certificate.identity()?)),
@@ -475,7 +538,7 @@ impl ApnsPushkin {
         // The provider token too: signing it (ES256, and the first use of the random
         // generator) is otherwise the first call's work.
         if let Some(token) = &self.token {
-            if let Err(error) = token.lock().expect("token lock").get(unix_now()) {
+            if let Err(error) = token.header(unix_now()) {
                 tracing::error!(%error, "cannot sign the APNs provider token");
                 return Err(format!("cannot sign the APNs provider token: {error}"));
             }
@@ -582,8 +645,8 @@ impl ApnsPushkin {
             }
         };
         if let Some(token) = &self.token {
-            let jwt = match token.lock().expect("token lock").get(now) {
-                Ok(jwt) => jwt,
+            let bearer = match token.header(now) {
+                Ok(bearer) => bearer,
                 Err(error) => {
                     return Attempt::Rejected {
                         reason: error.to_string(),
@@ -592,7 +655,7 @@ impl ApnsPushkin {
                 }
             };
             // Apple's documented form; the scheme is case-insensitive (RFC 7235).
-            request = request.header(AUTHORIZATION, format!("bearer {jwt}"));
+            request = request.header(AUTHORIZATION, bearer);
         }
         let request = body.map_err(|e| e.to_string()).and_then(|body| {
             request
@@ -643,7 +706,7 @@ impl ApnsPushkin {
         let attempt = classify(status, &reason, retry_after);
         if reason == "ExpiredProviderToken" {
             if let Some(token) = &self.token {
-                match token.lock().expect("token lock").expired(unix_now()) {
+                match token.expired(unix_now()) {
                     Ok(true) => {}
                     Ok(false) => tracing::error!("APNs says the provider token expired although it is fresh: is the clock right?"),
                     Err(error) => tracing::error!(%error, "cannot sign a new APNs provider token"),
@@ -850,6 +913,29 @@ mod tests {
         let second = token.get(t0 + 50 * 60).unwrap();
         assert_ne!(second, first);
         assert_eq!(token.renewals(), 2);
+    }
+
+    #[test]
+    fn the_bearer_header_follows_the_token_and_is_sensitive() {
+        let bearer =
+            Bearer::new(ProviderToken::new(&test_key(), "TEAM123456", "KEY1234567").unwrap());
+        let t0 = 1_800_000_000;
+        let first = bearer.header(t0).unwrap();
+        assert!(first.is_sensitive());
+        assert!(
+            first.to_str().unwrap().starts_with("bearer ey"),
+            "{first:?}"
+        );
+        assert_eq!(bearer.header(t0 + 49 * 60).unwrap(), first);
+        let renewed = bearer.header(t0 + 50 * 60).unwrap();
+        assert_ne!(renewed, first);
+        // Apple says it expired (20 minutes on): the next push carries the new one.
+        assert!(bearer.expired(t0 + 71 * 60).unwrap());
+        let after_expiry = bearer.header(t0 + 71 * 60).unwrap();
+        assert_ne!(after_expiry, renewed);
+        assert_eq!(bearer.signer.lock().unwrap().renewals(), 3);
+        // A clock set back makes the cached header stale as well.
+        assert_ne!(bearer.header(t0).unwrap(), after_expiry);
     }
 
     #[test]
