@@ -10,7 +10,7 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 
 use crate::model::{Bridge, Channel};
 
@@ -77,6 +77,9 @@ pub struct Originate {
 #[derive(Clone)]
 pub struct AriClient {
     http: reqwest::Client,
+    /// A permit per request in flight (see [`MAX_REQUESTS_IN_FLIGHT`]), shared by the
+    /// client's clones.
+    in_flight: Arc<Semaphore>,
     base: String,
     username: String,
     password: String,
@@ -94,6 +97,17 @@ impl std::fmt::Debug for AriClient {
 /// connections after `session_keep_alive` (15 s by default).
 pub const KEEP_WARM_INTERVAL: Duration = Duration::from_secs(5);
 
+/// The most requests one client has in flight at once; the rest wait their turn.
+/// Asterisk's HTTP server takes at most `sessionlimit` connections at once (`http.conf`,
+/// 100 by default, the event WebSocket among them) and closes any beyond that before
+/// answering; HTTP/1.1 carries one request per connection at a time, so a call storm's
+/// 200 originates at once lost a quarter of them ("connection closed before message
+/// completed", `tests/asterisk_http_limit.rs`). pushwake holds two clients (calls and
+/// contact listings; dials), so together they stay well under the default. Asterisk
+/// works through ARI requests a few milliseconds each: more at once would only queue
+/// there instead of here.
+pub const MAX_REQUESTS_IN_FLIGHT: usize = 32;
+
 /// How long [`AriClient::ping`] waits for Asterisk's answer (it answers within
 /// milliseconds; a ping still unanswered after this means Asterisk is unreachable).
 pub const PING_TIMEOUT: Duration = Duration::from_secs(4);
@@ -103,7 +117,8 @@ impl AriClient {
     pub fn new(url: &str, username: &str, password: &str) -> Result<Self, AriError> {
         let http = reqwest::Client::builder()
             .pool_idle_timeout(Duration::from_secs(12))
-            .pool_max_idle_per_host(8)
+            // Every connection a burst opened stays for the next one (until idle).
+            .pool_max_idle_per_host(MAX_REQUESTS_IN_FLIGHT)
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(10))
@@ -115,6 +130,7 @@ impl AriClient {
             })?;
         Ok(Self {
             http,
+            in_flight: Arc::new(Semaphore::new(MAX_REQUESTS_IN_FLIGHT)),
             base: format!("{}/ari", url.trim_end_matches('/')),
             username: username.to_owned(),
             password: password.to_owned(),
@@ -141,6 +157,9 @@ impl AriClient {
             path: path.to_owned(),
             message,
         };
+        // Held until the answer is read: the connection is busy until then. The
+        // semaphore is never closed.
+        let _permit = self.in_flight.acquire().await;
         let response = request.send().await.map_err(|e| transport(describe(&e)))?;
         let status = response.status();
         let bytes = response

@@ -25,6 +25,6 @@ pub use config::AsteriskConfig;
 pub use contacts::ContactLister;
 pub use control::AsteriskPbx;
 
-pub use client::{AriClient, AriError, Originate};
+pub use client::{AriClient, AriError, Originate, MAX_REQUESTS_IN_FLIGHT};
 pub use events::{spawn_event_pump, spawn_event_pump_checked, AriEvent, EventFeed, EventsConfig};
 pub use model::{Bridge, CallerId, Channel, ContactInfo, DialplanLocation, Endpoint};

@@ -146,12 +146,14 @@ impl Bench {
         proc_status_kib(self.pid, "VmHWM:").unwrap_or(0) as f64 / 1024.0
     }
 
-    /// How many warnings the daemon logged so far, and the first few kinds (the message
-    /// without its time stamp and fields), each worth a look after a run.
+    /// How many warnings the daemon logged so far, and the first line of each of the
+    /// first few kinds (a kind: the message without its time stamp and fields), each
+    /// worth a look after a run.
     fn warnings(&self) -> (usize, Vec<String>) {
         let logs = self.daemon.logs();
         let lines: Vec<&str> = logs.lines().filter(|l| l.contains(" WARN ")).collect();
         let mut kinds: Vec<String> = Vec::new();
+        let mut first_lines = Vec::new();
         for line in &lines {
             let message = line.split_once(" WARN ").map_or(*line, |(_, m)| m);
             // `module: message key=value …`: the message alone.
@@ -163,9 +165,10 @@ impl Bench {
             let kind = words.join(" ");
             if !kinds.contains(&kind) && kinds.len() < 3 {
                 kinds.push(kind);
+                first_lines.push((*line).to_owned());
             }
         }
-        (lines.len(), kinds)
+        (lines.len(), first_lines)
     }
 
     fn cpu_used(&self) -> f64 {
