@@ -33,11 +33,11 @@ use pushwake::push::apns::{
 };
 use pushwake::push::{payload, PushKind, PushService, PushVerdict, WakePush};
 use pushwake_core::directory::{Device, DeviceToken};
-use pushwake_core::pbx::{CallId, Party};
 use pushwake_testkit::apns::ApnsServer;
 use pushwake_testkit::config::TestApns;
 use pushwake_testkit::figures::figure;
 use pushwake_testkit::keys::EcKey;
+use pushwake_testkit::push_server::nth_wake_push;
 use tokio::time::Instant;
 
 const ROUNDS: usize = 3;
@@ -550,17 +550,7 @@ impl Sender {
             DeviceToken::new(format!("{n:064x}")),
             format!("bench#{n}"),
         );
-        let push = WakePush {
-            call_id: CallId(format!("5d7d1c1e-0000-4000-8000-{n:012}")),
-            extension: "101".into(),
-            caller: Party {
-                number: "200".into(),
-                name: "Alice".into(),
-            },
-            kind: PushKind::IncomingCall,
-            status: None,
-            node: None,
-        };
+        let push = nth_wake_push(n, PushKind::IncomingCall);
         match self {
             Sender::Pushwake(service) => match service.send(&device, &push, deadline).await {
                 PushVerdict::Delivered => Ok(()),

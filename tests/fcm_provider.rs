@@ -10,7 +10,6 @@ use std::time::Duration;
 use pushwake::push::fcm::{FcmPushkin, FcmSettings, ServiceAccount};
 use pushwake::push::{Attempt, PushKind, PushService, PushVerdict, Pushkin, WakePush};
 use pushwake_core::directory::{Device, DeviceToken};
-use pushwake_core::pbx::{CallId, Party};
 use pushwake_testkit::fcm::{FcmExpectations, FcmReply, FcmServer, DATA_FIELDS};
 use pushwake_testkit::keys::RsaKey;
 use tokio::time::Instant;
@@ -104,17 +103,7 @@ fn device(n: usize) -> Device {
 }
 
 fn push(n: usize) -> WakePush {
-    WakePush {
-        call_id: CallId(format!("5d7d1c1e-0000-4000-8000-{n:012}")),
-        extension: "101".into(),
-        caller: Party {
-            number: "200".into(),
-            name: "Alice".into(),
-        },
-        kind: PushKind::IncomingCall,
-        status: None,
-        node: None,
-    }
+    pushwake_testkit::push_server::nth_wake_push(n, PushKind::IncomingCall)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

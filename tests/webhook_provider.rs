@@ -9,7 +9,6 @@ use std::time::Duration;
 use pushwake::push::webhook::{WebhookPushkin, WebhookSecret, WebhookSettings};
 use pushwake::push::{EndReason, PushKind, PushService, PushVerdict, Pushkin, WakePush};
 use pushwake_core::directory::{Device, DeviceToken};
-use pushwake_core::pbx::{CallId, Party};
 use pushwake_testkit::webhook::{generate_secret, WebhookReply, WebhookServer};
 use tokio::time::Instant;
 
@@ -87,17 +86,7 @@ fn device(n: usize) -> Device {
 }
 
 fn push(n: usize, kind: PushKind) -> WakePush {
-    WakePush {
-        call_id: CallId(format!("5d7d1c1e-0000-4000-8000-{n:012}")),
-        extension: "101".into(),
-        caller: Party {
-            number: "200".into(),
-            name: "Alice".into(),
-        },
-        kind,
-        status: None,
-        node: None,
-    }
+    pushwake_testkit::push_server::nth_wake_push(n, kind)
 }
 
 #[tokio::test]

@@ -8,7 +8,6 @@ use std::time::Duration;
 use pushwake::push::webpush::{VapidKey, WebPushPushkin, WebPushSettings};
 use pushwake::push::{payload, EndReason, PushKind, PushService, PushVerdict, WakePush};
 use pushwake_core::directory::{Device, DeviceToken};
-use pushwake_core::pbx::{CallId, Party};
 use pushwake_testkit::webpush::{generate_vapid_pem, WebPushReply, WebPushServer};
 use tokio::time::Instant;
 
@@ -44,17 +43,7 @@ impl Env {
 }
 
 fn push(n: usize, kind: PushKind) -> WakePush {
-    WakePush {
-        call_id: CallId(format!("5d7d1c1e-0000-4000-8000-{n:012}")),
-        extension: "101".into(),
-        caller: Party {
-            number: "200".into(),
-            name: "Alice".into(),
-        },
-        kind,
-        status: None,
-        node: None,
-    }
+    pushwake_testkit::push_server::nth_wake_push(n, kind)
 }
 
 fn now() -> u64 {

@@ -9,7 +9,7 @@
 //! - [`Recorder`]: what a server received and what it refused, with waits woken by each
 //!   record (a [`Notify`], not polling);
 //! - [`Scripts`]: replies scripted per device, for good or a number of times;
-//! - a few reply helpers.
+//! - a few reply helpers, and [`nth_wake_push`]: the push the providers' tests send.
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
@@ -29,6 +29,25 @@ use tokio_rustls::rustls;
 
 /// A reply of a local server.
 pub type Reply = Response<Full<Bytes>>;
+
+/// The `n`th call the providers' tests and the fan-out bench push: to 101, from Alice
+/// (200), call id `5d7d1c1e-0000-4000-8000-<n>`, without a status URL or a node.
+pub fn nth_wake_push(
+    n: usize,
+    kind: pushwake_core::push::PushKind,
+) -> pushwake_core::push::WakePush {
+    pushwake_core::push::WakePush {
+        call_id: pushwake_core::pbx::CallId(format!("5d7d1c1e-0000-4000-8000-{n:012}")),
+        extension: "101".into(),
+        caller: pushwake_core::pbx::Party {
+            number: "200".into(),
+            name: "Alice".into(),
+        },
+        kind,
+        status: None,
+        node: None,
+    }
+}
 
 /// How a server talks to its clients.
 #[derive(Clone)]
