@@ -37,7 +37,7 @@ use pushwake_testkit::apns::ApnsServer;
 use pushwake_testkit::config::TestApns;
 use pushwake_testkit::figures::figure;
 use pushwake_testkit::keys::EcKey;
-use pushwake_testkit::push_server::nth_wake_push;
+use pushwake_testkit::push_server::{nth_wake_push, unix_now};
 use tokio::time::Instant;
 
 const ROUNDS: usize = 3;
@@ -431,10 +431,8 @@ impl BareClient {
 
     async fn send(&self, lane: usize, token: &str, push: &WakePush) -> Result<(), String> {
         let expires_at = unix_now() + 30;
-        let body = match serde_json::to_vec(&payload::incoming_call(push, expires_at)) {
-            Ok(body) => body,
-            Err(e) => return Err(e.to_string()),
-        };
+        let body = serde_json::to_vec(&payload::incoming_call(push, expires_at))
+            .map_err(|e| e.to_string())?;
         let request = hyper::Request::post(format!("http://{}/3/device/{token}", self.authority))
             .header("apns-push-type", "voip")
             .header("apns-topic", &self.topic)
@@ -469,12 +467,6 @@ impl BareClient {
             Err(e) => Err(e.to_string()),
         }
     }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// What a round's pushes came to, collected as they end.

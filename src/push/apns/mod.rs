@@ -365,13 +365,13 @@ impl Bearer {
         self.cache(&signer, &jwt)
     }
 
-    /// Apple said the token expired: see [`ProviderToken::expired`].
+    /// Apple said the token expired: see [`ProviderToken::expired`]. A renewal drops
+    /// the cached header, so the next push builds it from the new token.
     fn expired(&self, now: u64) -> Result<bool, ApnsSetupError> {
         let mut signer = self.signer.lock().expect("token lock");
         let renewed = signer.expired(now)?;
         if renewed {
-            let jwt = signer.get(now)?;
-            self.cache(&signer, &jwt)?;
+            *self.header.write().expect("bearer lock") = None;
         }
         Ok(renewed)
     }
