@@ -544,7 +544,9 @@ impl<P: CallControl> Driver<P> {
                         let delivery = match pbx.execute(PbxCommand::SendMessage(message)).await {
                             Ok(_) => Delivery::Accepted,
                             Err(PbxError::Gone(_)) => Delivery::NoContact,
-                            Err(PbxError::Failed(error)) => Delivery::Failed(error),
+                            Err(PbxError::Failed(error) | PbxError::Unavailable(error)) => {
+                                Delivery::Failed(error)
+                            }
                         };
                         MessageOutcome::Sent(id, delivery)
                     });
@@ -848,7 +850,7 @@ async fn execute_with_retries<P: CallControl>(pbx: &P, command: PbxCommand) {
                 tracing::debug!(command = command.name(), %what, "nothing to do: already gone");
                 return;
             }
-            Err(PbxError::Failed(error)) => match delays.next() {
+            Err(PbxError::Failed(error) | PbxError::Unavailable(error)) => match delays.next() {
                 Some(delay) if retryable => {
                     tracing::warn!(command = command.name(), %error, retry_in = ?delay, "PBX command failed; retrying");
                     tokio::time::sleep(*delay).await;

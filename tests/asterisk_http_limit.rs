@@ -1,14 +1,23 @@
-//! A burst of ARI requests on a real Asterisk: its HTTP server takes at most
-//! `sessionlimit` connections at once (100 by default) and closes any beyond that
+//! ARI requests that Asterisk's HTTP server drops, on a real Asterisk 22. It takes at
+//! most `sessionlimit` connections at once (100 by default) and closes any beyond that
 //! before answering, so a client that opens a connection per concurrent request loses
 //! requests in a call storm (seen: 28 of 200 originates, "connection closed before
 //! message completed"). pushwake's ARI client keeps its requests in flight under
-//! [`pushwake_asterisk::MAX_REQUESTS_IN_FLIGHT`].
+//! [`pushwake_asterisk::MAX_REQUESTS_IN_FLIGHT`]; and a dial request lost with its
+//! connection all the same (a restart, a proxy in between) is sent again while the
+//! caller still waits.
 
 use std::time::Duration;
 
 use pushwake_asterisk::AriClient;
 use pushwake_testkit::asterisk::TestAsterisk;
+use pushwake_testkit::config::{TestDevice, TestExtension};
+use pushwake_testkit::proxy::TcpProxy;
+use pushwake_testkit::rig::Rig;
+use pushwake_testkit::sipp::{CallerEnd, Phone};
+
+const SLOT: u8 = 37;
+const SECS: fn(u64) -> Duration = Duration::from_secs;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_requests_past_asterisks_session_limit_all_get_answers() {
@@ -35,4 +44,65 @@ async fn a_burst_of_requests_past_asterisks_session_limit_all_get_answers() {
         "{burst} pings took {:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dial_request_lost_with_its_connection_is_sent_again_and_the_phone_answers() {
+    let pbx = TestAsterisk::connect()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let proxy = TcpProxy::for_url(&pbx.ari_url)
+        .await
+        .unwrap_or_else(|e| panic!("cannot start the proxy: {e}"));
+    let mut rig = Rig::new(
+        pbx.through(&proxy.url()),
+        SLOT,
+        env!("CARGO_BIN_EXE_pushwake"),
+    )
+    .await;
+    let token = "37aa".repeat(16);
+    let extension = rig.phone_number(1);
+    let config = rig
+        .config()
+        .extension(TestExtension::new(&extension, "20s").device(TestDevice::apns(token.clone())));
+    rig.start(config).await;
+    // A phone already registered: its contact is dialled as soon as the caller comes.
+    let mut phone = rig
+        .phone(
+            1,
+            1,
+            Phone::Answer {
+                answer_after_ms: 200,
+            },
+        )
+        .await;
+    rig.register(1, 1, 120, &token).await;
+
+    // The first originate's connection is closed unanswered, as past the session limit.
+    proxy.close_next("POST /ari/channels", 1);
+    let mut caller = rig.call(
+        &extension,
+        CallerEnd::AnsweredCallerHangsUp { talk_ms: 500 },
+    );
+    rig.finish(&mut caller, SECS(30)).await;
+    rig.finish(&mut phone, SECS(30)).await;
+    assert_eq!(
+        proxy.closes_left(),
+        0,
+        "the first dial request never went through the proxy: {:?}",
+        proxy.requests()
+    );
+    assert!(
+        proxy.count("POST /ari/channels") >= 2,
+        "no second dial request: {:?}",
+        proxy.requests()
+    );
+    let logs = rig.logs();
+    assert!(
+        logs.contains("the PBX could not be reached; dialling again"),
+        "the lost request was not reported: {logs}"
+    );
+    assert!(logs.contains("dialling contact again"), "{logs}");
+    rig.register(1, 1, 0, &token).await;
+    rig.assert_clean().await;
 }

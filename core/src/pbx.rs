@@ -371,9 +371,13 @@ pub enum PbxError {
     /// caller hung up.
     #[error("{0} no longer exists")]
     Gone(String),
-    /// The PBX could not be reached or answered with an error.
+    /// The PBX answered with an error: it refused the command.
     #[error("{0}")]
     Failed(String),
+    /// The PBX could not be reached, or the connection broke before it answered: the
+    /// command may not have been carried out, and the same command later may succeed.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// A caller handed over to pushwake and still waiting, as found on (re)connecting.

@@ -1,7 +1,8 @@
 //! A TCP proxy in front of the test PBX's HTTP port (ARI): it counts the HTTP requests
 //! that pass through it, by method and path, and can stop forwarding in both directions
 //! without closing anything — what a firewall that starts dropping packets does to a
-//! connection.
+//! connection. It can also close the connection of chosen requests instead of
+//! forwarding them, as Asterisk's HTTP server does past its `sessionlimit`.
 //!
 //! Requests are counted from the client's byte stream (request line, headers, a
 //! `Content-Length` body, on kept-alive connections too); a connection upgraded to a
@@ -21,8 +22,12 @@ pub struct TcpProxy {
     addr: SocketAddr,
     forwarding: watch::Sender<bool>,
     counts: Arc<Mutex<HashMap<String, u64>>>,
+    closes: Closes,
     task: tokio::task::JoinHandle<()>,
 }
+
+/// How many more requests of each `METHOD /path` to close the connection of.
+type Closes = Arc<Mutex<HashMap<String, u64>>>;
 
 impl Drop for TcpProxy {
     fn drop(&mut self) {
@@ -37,11 +42,19 @@ impl TcpProxy {
         let addr = listener.local_addr()?;
         let (forwarding, gate) = watch::channel(true);
         let counts = Arc::new(Mutex::new(HashMap::new()));
-        let task = tokio::spawn(accept(listener, upstream, gate, counts.clone()));
+        let closes = Closes::default();
+        let task = tokio::spawn(accept(
+            listener,
+            upstream,
+            gate,
+            counts.clone(),
+            closes.clone(),
+        ));
         Ok(Self {
             addr,
             forwarding,
             counts,
+            closes,
             task,
         })
     }
@@ -76,6 +89,24 @@ impl TcpProxy {
         self.forwarding.send_replace(true);
     }
 
+    /// The next `n` requests that are exactly `request` (`METHOD /path`, written as
+    /// [`requests`](Self::requests) counts them) are not forwarded: their connection is
+    /// closed both ways instead, without an answer — what a server past its connection
+    /// limit does. They are still counted.
+    pub fn close_next(&self, request: &str, n: u64) {
+        *self
+            .closes
+            .lock()
+            .unwrap()
+            .entry(request.to_owned())
+            .or_default() += n;
+    }
+
+    /// How many requests `close_next` asked for are still to be closed.
+    pub fn closes_left(&self) -> u64 {
+        self.closes.lock().unwrap().values().sum()
+    }
+
     /// The requests forwarded so far, by `METHOD /path` (the query left off; channel,
     /// bridge and application ids written `{id}`).
     pub fn requests(&self) -> HashMap<String, u64> {
@@ -100,9 +131,10 @@ async fn accept(
     upstream: SocketAddr,
     gate: watch::Receiver<bool>,
     counts: Arc<Mutex<HashMap<String, u64>>>,
+    closes: Closes,
 ) {
     while let Ok((client, _)) = listener.accept().await {
-        let (gate, counts) = (gate.clone(), counts.clone());
+        let (gate, counts, closes) = (gate.clone(), counts.clone(), closes.clone());
         tokio::spawn(async move {
             let mut wait = gate.clone();
             // A connection made during a cut gets nowhere until forwarding resumes.
@@ -115,33 +147,43 @@ async fn accept(
             let _ = (client.set_nodelay(true), server.set_nodelay(true));
             let (client_read, client_write) = client.into_split();
             let (server_read, server_write) = server.into_split();
-            let counter = RequestCounter::new(counts);
-            tokio::join!(
-                pipe(client_read, server_write, gate.clone(), Some(counter)),
-                pipe(server_read, client_write, gate, None)
-            );
+            let counter = RequestCounter::new(counts, closes);
+            let upstream = pipe(client_read, server_write, gate.clone(), Some(counter));
+            let downstream = pipe(server_read, client_write, gate, None);
+            tokio::pin!(upstream, downstream);
+            // A request to close ends both directions at once (dropping every half
+            // closes both sockets); otherwise each direction runs to its end.
+            tokio::select! {
+                closed = &mut upstream => if !closed {
+                    downstream.await;
+                },
+                _ = &mut downstream => {
+                    upstream.await;
+                }
+            }
         });
     }
 }
 
 /// Copies `from` to `to` while the gate is open; a read that completes while it is shut
-/// is held until it opens again (as TCP retransmits what a firewall dropped).
+/// is held until it opens again (as TCP retransmits what a firewall dropped). True when
+/// it stopped at a request to close.
 async fn pipe(
     mut from: OwnedReadHalf,
     mut to: OwnedWriteHalf,
     mut gate: watch::Receiver<bool>,
     mut counter: Option<RequestCounter>,
-) {
+) -> bool {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         if gate.wait_for(|open| *open).await.is_err() {
-            return;
+            return false;
         }
         let read = tokio::select! {
             read = from.read(&mut buf) => read,
             shut = gate.wait_for(|open| !*open) => {
                 if shut.is_err() {
-                    return;
+                    return false;
                 }
                 continue;
             }
@@ -149,18 +191,21 @@ async fn pipe(
         let n = match read {
             Ok(0) | Err(_) => {
                 let _ = to.shutdown().await;
-                return;
+                return false;
             }
             Ok(n) => n,
         };
         if gate.wait_for(|open| *open).await.is_err() {
-            return;
+            return false;
         }
         if let Some(counter) = &mut counter {
-            counter.feed(&buf[..n]);
+            if counter.feed(&buf[..n]) == Feed::Close {
+                // Nothing of this read goes on: the server never sees a whole request.
+                return true;
+            }
         }
         if to.write_all(&buf[..n]).await.is_err() {
-            return;
+            return false;
         }
     }
 }
@@ -168,8 +213,17 @@ async fn pipe(
 /// Finds the requests in a client's byte stream.
 struct RequestCounter {
     counts: Arc<Mutex<HashMap<String, u64>>>,
+    closes: Closes,
     state: Parse,
     head: Vec<u8>,
+}
+
+/// What to do with the bytes a counter was fed.
+#[derive(Debug, PartialEq, Eq)]
+enum Feed {
+    Forward,
+    /// They end a request to close the connection of.
+    Close,
 }
 
 enum Parse {
@@ -182,18 +236,19 @@ enum Parse {
 }
 
 impl RequestCounter {
-    fn new(counts: Arc<Mutex<HashMap<String, u64>>>) -> Self {
+    fn new(counts: Arc<Mutex<HashMap<String, u64>>>, closes: Closes) -> Self {
         Self {
             counts,
+            closes,
             state: Parse::Head,
             head: Vec::new(),
         }
     }
 
-    fn feed(&mut self, mut bytes: &[u8]) {
+    fn feed(&mut self, mut bytes: &[u8]) -> Feed {
         while !bytes.is_empty() {
             match &mut self.state {
-                Parse::Opaque => return,
+                Parse::Opaque => return Feed::Forward,
                 Parse::Body(left) => {
                     let skip = (*left).min(bytes.len());
                     *left -= skip;
@@ -209,20 +264,25 @@ impl RequestCounter {
                         if self.head.len() > 64 * 1024 {
                             self.state = Parse::Opaque;
                         }
-                        return;
+                        return Feed::Forward;
                     };
                     let used = end + 4 - before;
                     bytes = &bytes[used..];
                     let head = String::from_utf8_lossy(&self.head[..end]).into_owned();
                     self.head.clear();
-                    self.state = self.count(&head);
+                    let (next, feed) = self.count(&head);
+                    self.state = next;
+                    if feed == Feed::Close {
+                        return Feed::Close;
+                    }
                 }
             }
         }
+        Feed::Forward
     }
 
-    /// Counts one request head; what follows it.
-    fn count(&self, head: &str) -> Parse {
+    /// Counts one request head; what follows it, and whether to close its connection.
+    fn count(&self, head: &str) -> (Parse, Feed) {
         let mut lines = head.split("\r\n");
         let mut request = lines.next().unwrap_or_default().split(' ');
         let (method, target) = (
@@ -230,12 +290,15 @@ impl RequestCounter {
             request.next().unwrap_or_default(),
         );
         let path = target.split('?').next().unwrap_or_default();
-        *self
-            .counts
-            .lock()
-            .unwrap()
-            .entry(format!("{method} {}", normalise(path)))
-            .or_default() += 1;
+        let request = format!("{method} {}", normalise(path));
+        let feed = match self.closes.lock().unwrap().get_mut(&request) {
+            Some(left) if *left > 0 => {
+                *left -= 1;
+                Feed::Close
+            }
+            _ => Feed::Forward,
+        };
+        *self.counts.lock().unwrap().entry(request).or_default() += 1;
         let mut length = 0;
         for line in lines {
             let Some((name, value)) = line.split_once(':') else {
@@ -244,18 +307,19 @@ impl RequestCounter {
             let (name, value) = (name.trim().to_ascii_lowercase(), value.trim());
             match name.as_str() {
                 "content-length" => length = value.parse().unwrap_or(0),
-                "upgrade" => return Parse::Opaque,
+                "upgrade" => return (Parse::Opaque, feed),
                 "transfer-encoding" if value.eq_ignore_ascii_case("chunked") => {
-                    return Parse::Opaque
+                    return (Parse::Opaque, feed)
                 }
                 _ => {}
             }
         }
-        if length > 0 {
+        let next = if length > 0 {
             Parse::Body(length)
         } else {
             Parse::Head
-        }
+        };
+        (next, feed)
     }
 }
 
@@ -285,13 +349,13 @@ mod tests {
     #[test]
     fn counts_kept_alive_requests_split_anywhere_and_stops_at_an_upgrade() {
         let counts = Arc::new(Mutex::new(HashMap::new()));
-        let mut counter = RequestCounter::new(counts.clone());
+        let mut counter = RequestCounter::new(counts.clone(), Closes::default());
         let stream = b"GET /ari/channels/1733.4/variable?variable=X HTTP/1.1\r\nHost: a\r\n\r\n\
 POST /ari/channels?endpoint=x HTTP/1.1\r\nContent-Length: 5\r\n\r\nGET /GET /ari/asterisk/ping HTTP/1.1\r\n\r\n\
 GET /ari/events?app=a HTTP/1.1\r\nUpgrade: websocket\r\n\r\nGET /not/counted HTTP/1.1\r\n\r\n";
         // Byte by byte: a request may be split across reads anywhere.
         for b in stream.iter() {
-            counter.feed(std::slice::from_ref(b));
+            assert_eq!(counter.feed(std::slice::from_ref(b)), Feed::Forward);
         }
         let counts = counts.lock().unwrap().clone();
         assert_eq!(counts["GET /ari/channels/{id}/variable"], 1);
@@ -340,5 +404,58 @@ GET /ari/events?app=a HTTP/1.1\r\nUpgrade: websocket\r\n\r\nGET /not/counted HTT
         client.read_exact(&mut echo).await.unwrap();
         assert_eq!(echo, request);
         assert_eq!(proxy.count(""), 2);
+    }
+
+    #[tokio::test]
+    async fn closes_the_connection_of_a_chosen_request_without_forwarding_it() {
+        // An upstream that echoes, and counts the bytes it got.
+        let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream_addr = upstream.local_addr().unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let seen = received.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = upstream.accept().await {
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        seen.lock().unwrap().extend_from_slice(&buf[..n]);
+                        if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let proxy = TcpProxy::start(upstream_addr).await.unwrap();
+        proxy.close_next("POST /ari/channels", 1);
+        let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+        let ping = b"GET /ari/asterisk/ping HTTP/1.1\r\n\r\n";
+        client.write_all(ping).await.unwrap();
+        let mut echo = vec![0u8; ping.len()];
+        client.read_exact(&mut echo).await.unwrap();
+        let dial = b"POST /ari/channels?endpoint=x HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}";
+        client.write_all(dial).await.unwrap();
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            client.read_to_end(&mut rest),
+        )
+        .await
+        .expect("the connection was not closed");
+        assert!(read.is_err() || rest.is_empty(), "answered: {rest:?}");
+        assert_eq!(
+            received.lock().unwrap().as_slice(),
+            ping,
+            "the POST went on"
+        );
+        assert_eq!(proxy.closes_left(), 0);
+        assert_eq!(proxy.count("POST /ari/channels"), 1);
+        // The next one goes through.
+        let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+        client.write_all(dial).await.unwrap();
+        let mut echo = vec![0u8; dial.len()];
+        client.read_exact(&mut echo).await.unwrap();
+        assert_eq!(echo, dial);
     }
 }

@@ -241,6 +241,9 @@ fn classify(app: &str, channels: &[Channel], bridges: &[Bridge]) -> Found {
 fn pbx_error(error: AriError) -> PbxError {
     match error {
         AriError::NotFound(what) => PbxError::Gone(what),
+        // No answer: Asterisk may not have seen the request (its HTTP server closes
+        // connections past its session limit unanswered, or it is restarting).
+        transport @ AriError::Transport { .. } => PbxError::Unavailable(transport.to_string()),
         other => PbxError::Failed(other.to_string()),
     }
 }

@@ -88,7 +88,14 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn failed(what: &str, error: EslError) -> PbxError {
-    PbxError::Failed(format!("{what}: {error}"))
+    let message = format!("{what}: {error}");
+    match error {
+        // No answer from FreeSWITCH: the command may not have reached it.
+        EslError::Connect { .. } | EslError::ConnectionLost(_) | EslError::NotConnected => {
+            PbxError::Unavailable(message)
+        }
+        _ => PbxError::Failed(message),
+    }
 }
 
 impl FreeSwitchPbx {

@@ -29,6 +29,12 @@ use crate::status::{StatusSecret, StatusUpdate};
 /// How long a "call ended" push may still be sent after the call ended.
 const CALL_ENDED_WINDOW: Duration = Duration::from_secs(10);
 
+/// How long to wait before dialling a contact again after the PBX could not be reached
+/// with its dial request ([`PbxError::Unavailable`]): one delay per retry, so a contact
+/// is tried at most once more than there are delays. A refusal ([`PbxError::Failed`]) is
+/// never retried: the PBX would refuse the same request again.
+const REDIAL_DELAYS: [Duration; 2] = [Duration::from_secs(1), Duration::from_secs(2)];
+
 /// Tunables of the engine that are not per extension.
 #[derive(Clone, Debug, Default)]
 pub struct EngineSettings {
@@ -190,6 +196,19 @@ struct Leg {
     fallback: bool,
     registration: Option<String>,
     state: LegState,
+    /// Which dial request of this target it is: 1, or more when it is a redial after the
+    /// PBX could not be reached ([`REDIAL_DELAYS`]).
+    attempt: usize,
+}
+
+/// A dial request to send again: the PBX could not be reached with the last one.
+#[derive(Clone, Debug)]
+struct Redial {
+    at: Instant,
+    target: DialTarget,
+    registration: Option<String>,
+    /// The attempt it will be.
+    attempt: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -219,6 +238,8 @@ struct Call {
     status: Option<StatusLink>,
     /// The extension's fallback, and when to ring it, until it is rung.
     fallback: Option<(Instant, String)>,
+    /// Dial requests to send again, each at its time.
+    redials: Vec<Redial>,
 }
 
 impl Call {
@@ -228,6 +249,16 @@ impl Call {
 
     fn leg_mut(&mut self, id: &ChannelId) -> Option<&mut Leg> {
         self.legs.iter_mut().find(|l| &l.id == id)
+    }
+
+    /// Forgets the redials that a new dial of `uri` makes pointless: those of the same
+    /// contact, and those of older contacts of the same device.
+    fn drop_redials_superseded_by(&mut self, uri: &str) {
+        let device = device_key(uri);
+        self.redials.retain(|r| match r.target.contact() {
+            Some(old) => old != uri && (device.is_none() || device_key(old) != device),
+            None => true,
+        });
     }
 }
 
@@ -469,6 +500,7 @@ impl WakeEngine {
                     Some(c.deadline),
                     c.next_poll,
                     c.fallback.as_ref().map(|f| f.0),
+                    c.redials.iter().map(|r| r.at).min(),
                 ]
             })
             .flatten()
@@ -503,7 +535,7 @@ impl WakeEngine {
         match input {
             Input::Event(event) => self.handle_event(now, event),
             Input::ContactsListed { call, result, .. } => self.contacts_listed(now, &call, result),
-            Input::DialResult { leg, result } => self.dial_result(&leg, result),
+            Input::DialResult { leg, result } => self.dial_result(now, &leg, result),
             Input::ConnectResult { call, result } => self.connect_result(now, &call, result),
             Input::PushResult {
                 call,
@@ -531,6 +563,7 @@ impl WakeEngine {
         for id in fallbacks {
             self.dial_fallback(now, &id);
         }
+        self.redial_due(now);
         let due: Vec<(CallId, bool)> = self
             .calls
             .values()
@@ -633,8 +666,17 @@ impl WakeEngine {
                     self.consider_contact(now, &id, contact, true);
                 }
             }
-            PbxEvent::ContactRemoved { .. } => {
-                // A leg already ringing that contact fails by itself; nothing to do.
+            PbxEvent::ContactRemoved { extension, uri } => {
+                // A leg already ringing that contact fails by itself; a redial of it
+                // would only fail too.
+                for call in self
+                    .calls
+                    .values_mut()
+                    .filter(|c| c.phase == Phase::Waiting && c.extension == extension)
+                {
+                    call.redials
+                        .retain(|r| r.target.contact() != Some(uri.as_str()));
+                }
             }
             PbxEvent::MessageReceived(_) => {
                 // Messages are the courier's (crate::messages::courier), not calls.
@@ -765,6 +807,7 @@ impl WakeEngine {
                 contacts_listed: false,
                 status,
                 fallback,
+                redials: Vec::new(),
             },
         );
     }
@@ -855,6 +898,7 @@ impl WakeEngine {
                 leg.state = LegState::Gone;
             }
         }
+        call.drop_redials_superseded_by(&contact.uri);
         for old in doomed {
             self.by_leg.remove(&old);
             self.hangup(old, HangupReason::Normal);
@@ -868,7 +912,7 @@ impl WakeEngine {
             return;
         };
         tracing::info!(call = %id, "no device answered yet: ringing the fallback too");
-        self.dial_target(now, id, DialTarget::Fallback(dial), None);
+        self.dial_target(now, id, DialTarget::Fallback(dial), None, 1);
     }
 
     fn dial(&mut self, now: Instant, id: &CallId, contact: Contact) {
@@ -877,7 +921,36 @@ impl WakeEngine {
             id,
             DialTarget::Contact(contact.uri),
             contact.registration,
+            1,
         );
+    }
+
+    /// Sends the redials whose time has come, of calls still waiting, unless a leg
+    /// already rings that target again (the phone registered anew in the meantime).
+    fn redial_due(&mut self, now: Instant) {
+        let mut due = Vec::new();
+        for call in self
+            .calls
+            .values_mut()
+            .filter(|c| c.phase == Phase::Waiting && now < c.deadline)
+        {
+            let (ready, later) = std::mem::take(&mut call.redials)
+                .into_iter()
+                .partition(|r| now >= r.at);
+            call.redials = later;
+            for redial in ready {
+                let (uri, fallback) = target_uri(&redial.target);
+                let covered = call
+                    .live_legs()
+                    .any(|l| l.uri == uri && l.fallback == fallback);
+                if !covered {
+                    due.push((call.id.clone(), redial));
+                }
+            }
+        }
+        for (id, redial) in due {
+            self.dial_target(now, &id, redial.target, redial.registration, redial.attempt);
+        }
     }
 
     fn dial_target(
@@ -886,6 +959,7 @@ impl WakeEngine {
         id: &CallId,
         target: DialTarget,
         registration: Option<String>,
+        attempt: usize,
     ) {
         let Some(call) = self.calls.get_mut(id) else {
             return;
@@ -895,12 +969,14 @@ impl WakeEngine {
         // Whole seconds, rounded up: the PBX's own safety timeout for the leg.
         let timeout = Duration::from_secs(left.as_secs() + u64::from(left.subsec_nanos() > 0))
             .max(Duration::from_secs(1));
-        let (uri, fallback) = match &target {
-            DialTarget::Contact(uri) => (uri.clone(), false),
-            DialTarget::Fallback(dial) => (dial.clone(), true),
-        };
+        let (uri, fallback) = target_uri(&target);
+        let uri = uri.to_owned();
         let what = if fallback { "fallback" } else { "contact" };
-        tracing::info!(call = %id, leg = %leg, after = ?now - call.started, "dialling {what}");
+        if attempt > 1 {
+            tracing::info!(call = %id, leg = %leg, after = ?now - call.started, attempt, "dialling {what} again");
+        } else {
+            tracing::info!(call = %id, leg = %leg, after = ?now - call.started, "dialling {what}");
+        }
         let request = DialRequest {
             call: call.id.clone(),
             leg: leg.clone(),
@@ -916,6 +992,7 @@ impl WakeEngine {
             fallback,
             registration,
             state: LegState::Requested,
+            attempt,
         });
         self.by_leg.insert(leg, id.clone());
         self.stats.legs_dialled += 1;
@@ -923,7 +1000,7 @@ impl WakeEngine {
             .push_back(Command::Pbx(PbxCommand::Dial(request)));
     }
 
-    fn dial_result(&mut self, leg_id: &ChannelId, result: Result<(), PbxError>) {
+    fn dial_result(&mut self, now: Instant, leg_id: &ChannelId, result: Result<(), PbxError>) {
         let Some(call_id) = self.by_leg.get(leg_id).cloned() else {
             if result.is_ok() {
                 // The call ended while the request was in flight; the hang-up sent then
@@ -935,6 +1012,8 @@ impl WakeEngine {
         let Some(call) = self.calls.get_mut(&call_id) else {
             return;
         };
+        // A redial must still find the caller waiting, with time left to ring.
+        let redial_until = (call.phase == Phase::Waiting).then_some(call.deadline);
         let Some(leg) = call.leg_mut(leg_id) else {
             return;
         };
@@ -946,12 +1025,41 @@ impl WakeEngine {
                 }
             }
             Err(error) => {
-                tracing::warn!(call = %call_id, leg = %leg_id, %error, "dial request failed");
                 leg.state = LegState::Gone;
+                let unreachable = matches!(error, PbxError::Unavailable(_));
+                let retry = REDIAL_DELAYS
+                    .get(leg.attempt.saturating_sub(1))
+                    .map(|delay| now + *delay)
+                    .filter(|at| unreachable && redial_until.is_some_and(|until| *at < until));
+                match retry {
+                    Some(at) => {
+                        tracing::warn!(call = %call_id, leg = %leg_id, %error, retry_in = ?at - now, "dial request failed: the PBX could not be reached; dialling again");
+                        let target = match leg.fallback {
+                            true => DialTarget::Fallback(leg.uri.clone()),
+                            false => DialTarget::Contact(leg.uri.clone()),
+                        };
+                        let redial = Redial {
+                            at,
+                            target,
+                            registration: leg.registration.clone(),
+                            attempt: leg.attempt + 1,
+                        };
+                        let target = redial.target.clone();
+                        call.redials.retain(|r| r.target != target);
+                        call.redials.push(redial);
+                    }
+                    None => {
+                        tracing::warn!(call = %call_id, leg = %leg_id, %error, "dial request failed");
+                    }
+                }
                 self.by_leg.remove(leg_id);
-                // The clock does not matter for this check.
-                let started = call.started;
-                self.fail_if_hopeless(started, &call_id);
+                if unreachable {
+                    // The PBX may have created the leg all the same (the connection broke
+                    // after the request reached it): that leg must not ring the phone
+                    // beside its redial.
+                    self.hangup(leg_id.clone(), HangupReason::Normal);
+                }
+                self.fail_if_hopeless(now, &call_id);
             }
         }
     }
@@ -1122,6 +1230,7 @@ impl WakeEngine {
         let hopeless = call.phase == Phase::Waiting
             && call.contacts_listed
             && call.live_legs().next().is_none()
+            && call.redials.is_empty()
             && call.pushes.iter().all(|p| *p == PushState::Failed);
         if hopeless && call.fallback.is_some() {
             tracing::warn!(call = %id, "every push failed and no contact could be rung: ringing the fallback now");
@@ -1397,6 +1506,7 @@ impl WakeEngine {
                     fallback: false,
                     registration: None,
                     state: LegState::Answered,
+                    attempt: 1,
                 }],
                 devices: Vec::new(),
                 pushes: Vec::new(),
@@ -1404,6 +1514,7 @@ impl WakeEngine {
                 // Its secret died with the previous process.
                 status: None,
                 fallback: None,
+                redials: Vec::new(),
             },
         );
     }
@@ -1411,6 +1522,15 @@ impl WakeEngine {
 
 /// The phone a contact belongs to, by its RFC 8599 provider and token; `None` for a
 /// contact without (usable) push parameters.
+/// What a target rings, as a leg records it: the URI or dial string, and whether it is
+/// the fallback.
+fn target_uri(target: &DialTarget) -> (&str, bool) {
+    match target {
+        DialTarget::Contact(uri) => (uri, false),
+        DialTarget::Fallback(dial) => (dial, true),
+    }
+}
+
 fn device_key(uri: &str) -> Option<(String, String)> {
     PushParams::from_contact(uri)
         .ok()

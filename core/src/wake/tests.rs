@@ -605,6 +605,173 @@ fn a_failed_dial_request_counts_as_a_dead_leg() {
     assert_eq!(continued(&commands), vec![(ch("c1"), WakeStatus::Failed)]);
 }
 
+fn unreachable(leg: &ChannelId) -> Input {
+    Input::DialResult {
+        leg: leg.clone(),
+        result: Err(PbxError::Unavailable(
+            "connection closed before message completed".into(),
+        )),
+    }
+}
+
+#[test]
+fn a_dial_request_the_pbx_did_not_answer_is_sent_again() {
+    let mut h = Harness::new();
+    let (call, _) = h.caller("c1", "101");
+    let call = call.unwrap();
+    let first = dials(&h.contacts(&call, &[("sip:a", Some("r1"))]))[0].clone();
+    h.push_result(&call, 0, false);
+    let commands = h.feed(unreachable(&first.leg));
+    assert!(
+        continued(&commands).is_empty(),
+        "a redial is coming: not hopeless"
+    );
+    // The PBX may have created the leg before the connection broke: it must not ring.
+    assert_eq!(
+        hangups(&commands),
+        vec![(first.leg.clone(), HangupReason::Normal)]
+    );
+    assert!(dials(&h.advance(Duration::from_millis(999))).is_empty());
+    let again = dials(&h.advance(Duration::from_millis(1)));
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!(again[0].target, DialTarget::Contact("sip:a".into()));
+    assert_ne!(again[0].leg, first.leg, "a new leg for the new request");
+    // The redial's leg is a leg like any other: it answers and is joined.
+    h.feed(Input::DialResult {
+        leg: again[0].leg.clone(),
+        result: Ok(()),
+    });
+    let joined = h.event(answered(&again[0].leg));
+    assert!(
+        pbx(&joined, |c| matches!(c, PbxCommand::Connect { .. })
+            .then_some(()))
+        .len()
+            == 1,
+        "{joined:?}"
+    );
+    // The first leg, if the PBX did create it, is not the call's any more.
+    let stray = h.event(answered(&first.leg));
+    assert_eq!(
+        hangups(&stray),
+        vec![(first.leg, HangupReason::AnsweredElsewhere)]
+    );
+}
+
+#[test]
+fn redials_end_after_the_last_delay() {
+    let mut h = Harness::new();
+    let (call, _) = h.caller("c1", "101");
+    let call = call.unwrap();
+    let mut leg = dials(&h.contacts(&call, &[("sip:a", None)]))[0].leg.clone();
+    h.push_result(&call, 0, false);
+    for delay in REDIAL_DELAYS {
+        assert!(continued(&h.feed(unreachable(&leg))).is_empty());
+        assert!(dials(&h.advance(delay - Duration::from_millis(1))).is_empty());
+        leg = dials(&h.advance(Duration::from_millis(1)))[0].leg.clone();
+    }
+    // The last attempt fails too: nothing left to try.
+    let commands = h.feed(unreachable(&leg));
+    assert_eq!(continued(&commands), vec![(ch("c1"), WakeStatus::Failed)]);
+    assert_eq!(REDIAL_DELAYS.len() + 1, 3, "three dial requests in all");
+}
+
+#[test]
+fn a_refused_dial_request_is_not_sent_again() {
+    let mut h = Harness::new();
+    let (call, _) = h.caller("c1", "101");
+    let call = call.unwrap();
+    let leg = dials(&h.contacts(&call, &[("sip:a", None)]))[0].leg.clone();
+    let commands = h.feed(Input::DialResult {
+        leg,
+        result: Err(PbxError::Failed(
+            "ARI POST /channels: 500 Allocation failed".into(),
+        )),
+    });
+    assert!(
+        hangups(&commands).is_empty(),
+        "the PBX said no: there is no leg"
+    );
+    for _ in 0..5 {
+        assert!(dials(&h.advance(Duration::from_secs(1))).is_empty());
+    }
+}
+
+#[test]
+fn a_redial_waits_for_no_registration_and_never_doubles_one() {
+    let mut h = Harness::new();
+    let (call, _) = h.caller("c1", "101");
+    let call = call.unwrap();
+    let leg = dials(&h.contacts(&call, &[("sip:a", None)]))[0].leg.clone();
+    h.feed(unreachable(&leg));
+    // The phone registers again before the redial is due: it is rung at once, once.
+    let now = h.event(PbxEvent::ContactAdded {
+        extension: "101".into(),
+        uri: "sip:a".into(),
+    });
+    assert_eq!(dials(&now).len(), 1);
+    for _ in 0..4 {
+        assert!(dials(&h.advance(Duration::from_secs(1))).is_empty());
+    }
+}
+
+#[test]
+fn a_redial_gives_way_to_the_same_phone_at_another_address() {
+    let mut h = Harness::new();
+    let (call, _) = h.caller("c1", "101");
+    let call = call.unwrap();
+    let old = "sip:101@10.0.0.5:5060;pn-provider=apns;pn-prid=aa;pn-param=t";
+    let new = "sip:101@10.0.0.9:5060;pn-provider=apns;pn-prid=aa;pn-param=t";
+    let leg = dials(&h.contacts(&call, &[(old, None)]))[0].leg.clone();
+    h.feed(unreachable(&leg));
+    let moved = dials(&h.event(PbxEvent::ContactAdded {
+        extension: "101".into(),
+        uri: new.into(),
+    }));
+    assert_eq!(moved.len(), 1);
+    assert_eq!(moved[0].target, DialTarget::Contact(new.into()));
+    for _ in 0..4 {
+        assert!(dials(&h.advance(Duration::from_secs(1))).is_empty());
+    }
+}
+
+#[test]
+fn no_redial_of_a_removed_contact_nor_of_an_ended_call() {
+    let mut h = Harness::new();
+    let (call, _) = h.caller("c1", "101");
+    let call = call.unwrap();
+    let leg = dials(&h.contacts(&call, &[("sip:a", None)]))[0].leg.clone();
+    h.feed(unreachable(&leg));
+    h.event(PbxEvent::ContactRemoved {
+        extension: "101".into(),
+        uri: "sip:a".into(),
+    });
+    assert!(dials(&h.advance(Duration::from_secs(3))).is_empty());
+
+    let (call, _) = h.caller("c2", "101");
+    let call = call.unwrap();
+    let leg = dials(&h.contacts(&call, &[("sip:b", None)]))[0].leg.clone();
+    h.feed(unreachable(&leg));
+    h.event(gone(&ch("c2")));
+    assert!(dials(&h.advance(Duration::from_secs(3))).is_empty());
+}
+
+#[test]
+fn no_redial_after_the_ring_window() {
+    let mut h = Harness::new();
+    let (call, _) = h.caller("c1", "101");
+    let call = call.unwrap();
+    h.advance(RING - Duration::from_millis(500));
+    let leg = dials(&h.contacts(&call, &[("sip:a", None)]))[0].leg.clone();
+    let commands = h.feed(unreachable(&leg));
+    assert!(
+        continued(&commands).is_empty(),
+        "the push may still wake it"
+    );
+    let end = h.advance(Duration::from_millis(500));
+    assert!(dials(&end).is_empty());
+    assert_eq!(continued(&end), vec![(ch("c1"), WakeStatus::Timeout)]);
+}
+
 #[test]
 fn a_failed_bridge_returns_the_caller_with_failed() {
     let mut h = Harness::new();
@@ -827,10 +994,10 @@ fn no_caller_is_ever_left_waiting() {
                     let l = legs[next(legs.len() as u64) as usize].clone();
                     h.feed(Input::DialResult {
                         leg: l,
-                        result: if next(2) == 0 {
-                            Ok(())
-                        } else {
-                            Err(PbxError::Failed("x".into()))
+                        result: match next(3) {
+                            0 => Ok(()),
+                            1 => Err(PbxError::Failed("x".into())),
+                            _ => Err(PbxError::Unavailable("y".into())),
                         },
                     })
                 }
