@@ -24,9 +24,12 @@ pub struct Daemon {
 
 impl Daemon {
     /// Starts `binary run --config <config>` and waits until it serves calls
-    /// ([`SERVING`]: connected to the PBX, its calls read).
+    /// ([`SERVING`]: connected to the PBX, its calls read). `$PUSHWAKE_READY_LINE`
+    /// replaces that line, for benchmarks comparing a daemon built before it existed
+    /// (`PUSHWAKE_BIN=<old daemon> PUSHWAKE_READY_LINE="ARI events connected"`).
     pub async fn start(binary: &Path, config: &Path) -> Result<Self, String> {
-        Self::start_until(binary, config, SERVING).await
+        let ready = std::env::var("PUSHWAKE_READY_LINE").unwrap_or_else(|_| SERVING.into());
+        Self::start_until(binary, config, &ready).await
     }
 
     /// Starts `binary run --config <config>` and waits for a log line containing

@@ -16,7 +16,8 @@
 //! Extensions 7000..8199 (ARI application `pwbench`, called from slot 37's caller 3700:
 //! `scripts/asterisk-up`). Ports: SIP 40000–40099 and 41000–41999, sipp media 42000–49999.
 //! Run with `scripts/bench-storm` (release build); `PUSHWAKE_BIN` picks the daemon (e.g.
-//! one built from an older commit, for a before/after comparison). Prints its figures
+//! one built from an older commit, for a before/after comparison; one built before
+//! 93aa350 also needs `PUSHWAKE_READY_LINE="ARI events connected"`). Prints its figures
 //! and exits 1 when a target is missed. Not a test: CI does not run it.
 
 use std::collections::HashMap;
