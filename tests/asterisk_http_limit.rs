@@ -12,7 +12,6 @@ use std::time::Duration;
 use pushwake_asterisk::AriClient;
 use pushwake_testkit::asterisk::TestAsterisk;
 use pushwake_testkit::config::{TestDevice, TestExtension};
-use pushwake_testkit::proxy::TcpProxy;
 use pushwake_testkit::rig::Rig;
 use pushwake_testkit::sipp::{CallerEnd, Phone};
 
@@ -48,18 +47,7 @@ async fn a_burst_of_requests_past_asterisks_session_limit_all_get_answers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dial_request_lost_with_its_connection_is_sent_again_and_the_phone_answers() {
-    let pbx = TestAsterisk::connect()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let proxy = TcpProxy::for_url(&pbx.ari_url)
-        .await
-        .unwrap_or_else(|e| panic!("cannot start the proxy: {e}"));
-    let mut rig = Rig::new(
-        pbx.through(&proxy.url()),
-        SLOT,
-        env!("CARGO_BIN_EXE_pushwake"),
-    )
-    .await;
+    let (mut rig, proxy) = Rig::asterisk_behind_proxy(SLOT, env!("CARGO_BIN_EXE_pushwake")).await;
     let token = "37aa".repeat(16);
     let extension = rig.phone_number(1);
     let config = rig

@@ -6,9 +6,7 @@
 
 use std::time::Duration;
 
-use pushwake_testkit::asterisk::TestAsterisk;
 use pushwake_testkit::config::{TestDevice, TestExtension};
-use pushwake_testkit::proxy::TcpProxy;
 use pushwake_testkit::rig::Rig;
 use pushwake_testkit::sipp::{CallerEnd, Phone, SippRun};
 
@@ -20,18 +18,7 @@ fn token(phone: u8) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silently_dropped_ari_connection_is_noticed_and_the_calls_go_on() {
-    let pbx = TestAsterisk::connect()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let proxy = TcpProxy::for_url(&pbx.ari_url)
-        .await
-        .unwrap_or_else(|e| panic!("cannot start the proxy: {e}"));
-    let mut rig = Rig::new(
-        pbx.through(&proxy.url()),
-        36,
-        env!("CARGO_BIN_EXE_pushwake"),
-    )
-    .await;
+    let (mut rig, proxy) = Rig::asterisk_behind_proxy(36, env!("CARGO_BIN_EXE_pushwake")).await;
     for k in 1..=2 {
         rig.register(k, 1, 0, &token(k)).await;
     }

@@ -50,6 +50,22 @@ impl Rig<TestAsterisk> {
     pub async fn asterisk(slot: u8, binary: impl Into<PathBuf>) -> Self {
         Self::connect(slot, binary).await
     }
+
+    /// Like [`Rig::asterisk`], with the daemon reaching ARI (REST and WebSocket) through
+    /// a [`TcpProxy`](crate::proxy::TcpProxy) the test controls.
+    pub async fn asterisk_behind_proxy(
+        slot: u8,
+        binary: impl Into<PathBuf>,
+    ) -> (Self, crate::proxy::TcpProxy) {
+        let pbx = TestAsterisk::connect()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let proxy = crate::proxy::TcpProxy::for_url(&pbx.ari_url)
+            .await
+            .unwrap_or_else(|e| panic!("cannot start the proxy: {e}"));
+        let rig = Self::new(pbx.through(&proxy.url()), slot, binary).await;
+        (rig, proxy)
+    }
 }
 
 impl<P: TestPbx> Rig<P> {

@@ -124,6 +124,24 @@ impl Harness {
         })
     }
 
+    /// Moves the clock `secs` seconds, a second at a time, and checks that nothing is
+    /// dialled.
+    fn assert_no_dial_for(&mut self, secs: u64) {
+        for second in 1..=secs {
+            let dialled = dials(&self.advance(Duration::from_secs(1)));
+            assert!(dialled.is_empty(), "dialled {second} s on: {dialled:?}");
+        }
+    }
+
+    /// A caller `channel` for 101, whose contact `uri` is dialled and whose dial
+    /// request the PBX does not answer.
+    fn dial_unanswered(&mut self, channel: &str, uri: &str) {
+        let (call, _) = self.caller(channel, "101");
+        let call = call.unwrap();
+        let leg = dials(&self.contacts(&call, &[(uri, None)]))[0].leg.clone();
+        self.feed(unreachable(&leg));
+    }
+
     fn push_result(&mut self, call: &CallId, device: usize, delivered: bool) -> Vec<Command> {
         let verdict = if delivered {
             PushVerdict::Delivered
@@ -691,68 +709,50 @@ fn a_refused_dial_request_is_not_sent_again() {
         hangups(&commands).is_empty(),
         "the PBX said no: there is no leg"
     );
-    for _ in 0..5 {
-        assert!(dials(&h.advance(Duration::from_secs(1))).is_empty());
-    }
+    h.assert_no_dial_for(5);
 }
 
 #[test]
-fn a_redial_waits_for_no_registration_and_never_doubles_one() {
+fn a_registration_before_the_redial_is_due_rings_the_phone_once() {
     let mut h = Harness::new();
-    let (call, _) = h.caller("c1", "101");
-    let call = call.unwrap();
-    let leg = dials(&h.contacts(&call, &[("sip:a", None)]))[0].leg.clone();
-    h.feed(unreachable(&leg));
+    h.dial_unanswered("c1", "sip:a");
     // The phone registers again before the redial is due: it is rung at once, once.
     let now = h.event(PbxEvent::ContactAdded {
         extension: "101".into(),
         uri: "sip:a".into(),
     });
     assert_eq!(dials(&now).len(), 1);
-    for _ in 0..4 {
-        assert!(dials(&h.advance(Duration::from_secs(1))).is_empty());
-    }
+    h.assert_no_dial_for(4);
 }
 
 #[test]
 fn a_redial_gives_way_to_the_same_phone_at_another_address() {
     let mut h = Harness::new();
-    let (call, _) = h.caller("c1", "101");
-    let call = call.unwrap();
     let old = "sip:101@10.0.0.5:5060;pn-provider=apns;pn-prid=aa;pn-param=t";
     let new = "sip:101@10.0.0.9:5060;pn-provider=apns;pn-prid=aa;pn-param=t";
-    let leg = dials(&h.contacts(&call, &[(old, None)]))[0].leg.clone();
-    h.feed(unreachable(&leg));
+    h.dial_unanswered("c1", old);
     let moved = dials(&h.event(PbxEvent::ContactAdded {
         extension: "101".into(),
         uri: new.into(),
     }));
     assert_eq!(moved.len(), 1);
     assert_eq!(moved[0].target, DialTarget::Contact(new.into()));
-    for _ in 0..4 {
-        assert!(dials(&h.advance(Duration::from_secs(1))).is_empty());
-    }
+    h.assert_no_dial_for(4);
 }
 
 #[test]
 fn no_redial_of_a_removed_contact_nor_of_an_ended_call() {
     let mut h = Harness::new();
-    let (call, _) = h.caller("c1", "101");
-    let call = call.unwrap();
-    let leg = dials(&h.contacts(&call, &[("sip:a", None)]))[0].leg.clone();
-    h.feed(unreachable(&leg));
+    h.dial_unanswered("c1", "sip:a");
     h.event(PbxEvent::ContactRemoved {
         extension: "101".into(),
         uri: "sip:a".into(),
     });
-    assert!(dials(&h.advance(Duration::from_secs(3))).is_empty());
+    h.assert_no_dial_for(3);
 
-    let (call, _) = h.caller("c2", "101");
-    let call = call.unwrap();
-    let leg = dials(&h.contacts(&call, &[("sip:b", None)]))[0].leg.clone();
-    h.feed(unreachable(&leg));
+    h.dial_unanswered("c2", "sip:b");
     h.event(gone(&ch("c2")));
-    assert!(dials(&h.advance(Duration::from_secs(3))).is_empty());
+    h.assert_no_dial_for(3);
 }
 
 #[test]
