@@ -929,10 +929,12 @@ impl WakeEngine {
     /// already rings that target again (the phone registered anew in the meantime).
     fn redial_due(&mut self, now: Instant) {
         let mut due = Vec::new();
+        // Read-only for the calls without a redial (nearly all): this runs on every
+        // timer of every waiting call.
         for call in self
             .calls
             .values_mut()
-            .filter(|c| c.phase == Phase::Waiting && now < c.deadline)
+            .filter(|c| !c.redials.is_empty() && c.phase == Phase::Waiting && now < c.deadline)
         {
             let (ready, later) = std::mem::take(&mut call.redials)
                 .into_iter()
