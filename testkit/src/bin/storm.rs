@@ -325,16 +325,45 @@ fn request_user(first_line: &str) -> Option<&str> {
 }
 
 /// Per call placed by callers: (extension, INVITE sent at, final code, final at).
-fn call_outcomes(messages: &[Short]) -> Vec<(String, f64, Option<u16>, f64)> {
-    let mut calls: HashMap<&str, (String, f64, Option<u16>, f64)> = HashMap::new();
+/// What the caller saw of one call, from sipp's trace (seconds since the epoch).
+#[derive(Clone, Debug)]
+struct CallOutcome {
+    /// The called extension.
+    user: String,
+    /// The first INVITE sent.
+    invited: f64,
+    /// How many times the INVITE was sent (more than one: the PBX was slow to answer
+    /// it, and sipp retransmitted).
+    invites: usize,
+    /// The first 180/183: pushwake has parked the caller with ringback.
+    ringback: Option<f64>,
+    /// The final response, and when it came.
+    code: Option<u16>,
+    ended: f64,
+}
+
+impl CallOutcome {
+    /// From the first INVITE to the final response.
+    fn wait(&self) -> f64 {
+        self.ended - self.invited
+    }
+}
+
+fn call_outcomes(messages: &[Short]) -> Vec<CallOutcome> {
+    let mut calls: HashMap<&str, CallOutcome> = HashMap::new();
     for m in messages {
         if m.sent && m.first_line.starts_with("INVITE ") {
-            calls.entry(&m.call_id).or_insert((
-                request_user(&m.first_line).unwrap_or_default().to_owned(),
-                m.at,
-                None,
-                0.0,
-            ));
+            calls
+                .entry(&m.call_id)
+                .or_insert(CallOutcome {
+                    user: request_user(&m.first_line).unwrap_or_default().to_owned(),
+                    invited: m.at,
+                    invites: 0,
+                    ringback: None,
+                    code: None,
+                    ended: 0.0,
+                })
+                .invites += 1;
         } else if !m.sent {
             let code: Option<u16> = m
                 .first_line
@@ -342,9 +371,12 @@ fn call_outcomes(messages: &[Short]) -> Vec<(String, f64, Option<u16>, f64)> {
                 .and_then(|r| r.split(' ').next())
                 .and_then(|c| c.parse().ok());
             if let (Some(code), Some(call)) = (code, calls.get_mut(m.call_id.as_str())) {
-                if code >= 200 && call.2.is_none() {
-                    call.2 = Some(code);
-                    call.3 = m.at;
+                if (180..=183).contains(&code) && call.ringback.is_none() {
+                    call.ringback = Some(m.at);
+                }
+                if code >= 200 && call.code.is_none() {
+                    call.code = Some(code);
+                    call.ended = m.at;
                 }
             }
         }
@@ -544,33 +576,48 @@ async fn parked_run(
         .iter()
         .flat_map(|c| call_outcomes(&c.messages()))
         .collect();
-    let timeouts = outcomes.iter().filter(|o| o.2 == Some(480)).count();
+    let timeouts = outcomes.iter().filter(|o| o.code == Some(480)).count();
+    let window_ok =
+        |o: &CallOutcome| (ring.as_secs_f64() - 0.5..=ring.as_secs_f64() + 1.0).contains(&o.wait());
     let waits: Vec<f64> = outcomes
         .iter()
-        .filter(|o| o.2.is_some())
-        .map(|o| o.3 - o.1)
+        .filter(|o| o.code.is_some())
+        .map(CallOutcome::wait)
         .collect();
-    let late = waits
+    let late_calls: Vec<&CallOutcome> = outcomes
         .iter()
-        .filter(|w| **w > ring.as_secs_f64() + 1.0 || **w < ring.as_secs_f64() - 0.5)
-        .count();
+        .filter(|o| o.code.is_some() && !window_ok(o))
+        .collect();
+    let late = late_calls.len();
     if late > 0 {
         // When the late callers had called, from the first call: a cluster points at a
-        // moment when the machine (or Asterisk) was busy.
-        let first = outcomes.iter().map(|o| o.1).fold(f64::INFINITY, f64::min);
-        let mut starts: Vec<f64> = outcomes
+        // moment when the machine (or Asterisk) was busy. Where the time went: before the
+        // ringback (Asterisk taking the INVITE, retransmitted if slow, and handing the
+        // channel to pushwake) or after it (pushwake's ring window).
+        let first = outcomes
             .iter()
-            .filter(|o| {
-                o.2.is_some()
-                    && !(ring.as_secs_f64() - 0.5..=ring.as_secs_f64() + 1.0).contains(&(o.3 - o.1))
-            })
-            .map(|o| o.1 - first)
-            .collect();
+            .map(|o| o.invited)
+            .fold(f64::INFINITY, f64::min);
+        let mut starts: Vec<f64> = late_calls.iter().map(|o| o.invited - first).collect();
         starts.sort_by(f64::total_cmp);
+        let before: Vec<f64> = late_calls
+            .iter()
+            .filter_map(|o| Some(o.ringback? - o.invited))
+            .collect();
+        let after: Vec<f64> = late_calls
+            .iter()
+            .filter_map(|o| Some(o.ended - o.ringback?))
+            .collect();
+        let retransmitted = late_calls.iter().filter(|o| o.invites > 1).count();
         println!(
-            "  the late callers called {:.1}–{:.1} s after the first",
+            "  the late callers called {:.1}–{:.1} s after the first; {retransmitted} of them sent their INVITE more than once",
             starts.first().copied().unwrap_or(0.0),
             starts.last().copied().unwrap_or(0.0)
+        );
+        println!(
+            "  late callers, INVITE → ringback (s): {}; ringback → outcome (s): {}",
+            summary(before),
+            summary(after)
         );
     }
     let rss = bench.peak_rss_mib();
@@ -775,7 +822,7 @@ async fn woken_round(bench: &Bench, extensions: &[String], uas_port: u16) -> Res
         .iter()
         .flat_map(|c| call_outcomes(&c.messages()))
         .collect();
-    let answered = outcomes.iter().filter(|o| o.2 == Some(200)).count();
+    let answered = outcomes.iter().filter(|o| o.code == Some(200)).count();
     let mut register_to_invite_ms = Vec::new();
     for m in uas.messages() {
         if m.sent || !m.first_line.starts_with("INVITE ") {
@@ -788,7 +835,10 @@ async fn woken_round(bench: &Bench, extensions: &[String], uas_port: u16) -> Res
             register_to_invite_ms.push((m.at - sent) * 1000.0);
         }
     }
-    let invited: HashMap<&str, f64> = outcomes.iter().map(|o| (o.0.as_str(), o.1)).collect();
+    let invited: HashMap<&str, f64> = outcomes
+        .iter()
+        .map(|o| (o.user.as_str(), o.invited))
+        .collect();
     let push_ms = bench.apns.accepted()[pushes_before..]
         .iter()
         .filter_map(|p| {
