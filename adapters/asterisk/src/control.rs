@@ -329,12 +329,20 @@ impl CallControl for AsteriskPbx {
                 c.hangup(channel.as_str(), reason).await
             }
             PbxCommand::Return { caller, status } => {
-                match c
+                let done = match c
                     .set_variable(caller.as_str(), STATUS_VARIABLE, status.as_str())
                     .await
                 {
                     Ok(()) => c.continue_in_dialplan(caller.as_str()).await,
                     Err(e) => Err(e),
+                };
+                match done {
+                    // 409 "Channel not in Stasis application": the caller has already
+                    // left pushwake (an earlier return of it went through), nothing to do.
+                    Err(AriError::Status { status: 409, .. }) => Err(AriError::NotFound(format!(
+                        "caller {caller} no longer in the application"
+                    ))),
+                    other => other,
                 }
             }
             PbxCommand::Release { call } => c.destroy_bridge(&bridge_of(&call)).await,

@@ -34,6 +34,11 @@ const CALL_ENDED_WINDOW: Duration = Duration::from_secs(10);
 /// is tried at most once more than there are delays. A refusal ([`PbxError::Failed`]) is
 /// never retried: the PBX would refuse the same request again.
 const REDIAL_DELAYS: [Duration; 2] = [Duration::from_secs(1), Duration::from_secs(2)];
+/// How long a caller sent back to the dialplan is remembered with its status: if the
+/// event stream reconnects meanwhile and the PBX still shows the caller held (the return
+/// was still on its way, or lost with the connection), it is returned again with the
+/// same status, not taken for a caller of a previous process (`RECOVERED`).
+const RETURN_MEMORY: Duration = Duration::from_secs(300);
 
 /// Tunables of the engine that are not per extension.
 #[derive(Clone, Debug, Default)]
@@ -314,6 +319,8 @@ pub struct WakeEngine {
     published: HashMap<String, Option<ExtensionState>>,
     /// Extensions whose state may have changed, shown anew at the end of the input.
     stale_states: BTreeSet<String>,
+    /// Callers sent back to the dialplan in the last [`RETURN_MEMORY`], oldest first.
+    returned: VecDeque<(Instant, ChannelId, WakeStatus)>,
 }
 
 impl std::fmt::Debug for WakeEngine {
@@ -349,6 +356,7 @@ impl WakeEngine {
             registered: None,
             published: HashMap::new(),
             stale_states: BTreeSet::new(),
+            returned: VecDeque::new(),
         }
     }
 
@@ -702,7 +710,7 @@ impl WakeEngine {
         }
         self.stats.calls += 1;
         if self.shutting_down {
-            self.return_to_dialplan(channel, WakeStatus::Shutdown);
+            self.return_to_dialplan(now, channel, WakeStatus::Shutdown);
             return;
         }
         let policy = match self.policy_of(&extension) {
@@ -719,17 +727,17 @@ impl WakeEngine {
             }
             Some(p) if !p.devices.is_empty() => {
                 tracing::info!(caller = %channel, extension, "every device of the extension has a dead token: NOPUSH");
-                self.return_to_dialplan(channel, WakeStatus::NoPush);
+                self.return_to_dialplan(now, channel, WakeStatus::NoPush);
                 return;
             }
             Some(_) => {
                 tracing::info!(caller = %channel, extension, "extension has no devices: NOPUSH");
-                self.return_to_dialplan(channel, WakeStatus::NoPush);
+                self.return_to_dialplan(now, channel, WakeStatus::NoPush);
                 return;
             }
             None => {
                 tracing::info!(caller = %channel, extension, "extension is not push-enabled: NOPUSH");
-                self.return_to_dialplan(channel, WakeStatus::NoPush);
+                self.return_to_dialplan(now, channel, WakeStatus::NoPush);
                 return;
             }
         };
@@ -1184,7 +1192,7 @@ impl WakeEngine {
                 let caller = call.caller.clone();
                 self.hangup(leg, HangupReason::Normal);
                 self.release(id.clone());
-                self.return_to_dialplan(caller, WakeStatus::Failed);
+                self.return_to_dialplan(now, caller, WakeStatus::Failed);
                 self.end_call(now, id, CallOutcome::Returned(WakeStatus::Failed));
             }
         }
@@ -1339,7 +1347,7 @@ impl WakeEngine {
         let caller = call.caller.clone();
         tracing::info!(call = %id, %status, after = ?now - call.started, "returning the caller to the dialplan");
         self.tear_down(id, HangupReason::Normal, None);
-        self.return_to_dialplan(caller, status);
+        self.return_to_dialplan(now, caller, status);
         self.end_call(now, id, CallOutcome::Returned(status));
     }
 
@@ -1408,9 +1416,21 @@ impl WakeEngine {
             .push_back(Command::Pbx(PbxCommand::Hangup { channel, reason }));
     }
 
-    fn return_to_dialplan(&mut self, caller: ChannelId, status: WakeStatus) {
+    fn return_to_dialplan(&mut self, now: Instant, caller: ChannelId, status: WakeStatus) {
+        self.forget_old_returns(now);
+        self.returned.push_back((now, caller.clone(), status));
         self.commands
             .push_back(Command::Pbx(PbxCommand::Return { caller, status }));
+    }
+
+    fn forget_old_returns(&mut self, now: Instant) {
+        while self
+            .returned
+            .front()
+            .is_some_and(|(at, _, _)| now.saturating_duration_since(*at) >= RETURN_MEMORY)
+        {
+            self.returned.pop_front();
+        }
     }
 
     fn release(&mut self, call: CallId) {
@@ -1439,13 +1459,26 @@ impl WakeEngine {
                 self.release(call);
             }
         }
+        self.forget_old_returns(now);
+        let returned: HashMap<ChannelId, WakeStatus> = self
+            .returned
+            .iter()
+            .map(|(_, caller, status)| (caller.clone(), *status))
+            .collect();
         for held in snapshot.callers {
             let ch = held.channel;
             if self.by_caller.contains_key(&ch) || self.by_leg.contains_key(&ch) {
                 continue;
             }
+            if let Some(status) = returned.get(&ch) {
+                // Returned by this process, and still held when the PBX was asked: the
+                // return may have been lost with the connection. Again, and the same.
+                tracing::info!(caller = %ch, %status, "returning a caller to the dialplan again");
+                self.return_to_dialplan(now, ch, *status);
+                continue;
+            }
             tracing::warn!(caller = %ch, extension = %held.extension, "returning a caller left waiting by a previous process: RECOVERED");
-            self.return_to_dialplan(ch, WakeStatus::Recovered);
+            self.return_to_dialplan(now, ch, WakeStatus::Recovered);
         }
         for leg in snapshot.legs {
             if self.by_caller.contains_key(&leg) || self.by_leg.contains_key(&leg) {

@@ -911,6 +911,49 @@ fn our_own_waiting_caller_is_not_recovered_on_reconnect() {
 }
 
 #[test]
+fn a_caller_returned_but_still_held_at_a_reconnect_is_returned_again_with_its_own_status() {
+    let mut h = Harness::new();
+    let (call, _) = h.caller("c1", "101");
+    assert!(call.is_some());
+    let (refused, _) = h.caller("c2", "999");
+    assert!(refused.is_none());
+    let commands = h.advance(RING);
+    assert_eq!(continued(&commands), vec![(ch("c1"), WakeStatus::Timeout)]);
+    // The events reconnect before the PBX has acted on either return: both callers
+    // are still held. Each goes back with the status it was given, not RECOVERED.
+    let snapshot = PbxSnapshot {
+        callers: ["c1", "c2", "c3"]
+            .iter()
+            .map(|c| HeldCaller {
+                channel: ch(c),
+                extension: "101".into(),
+            })
+            .collect(),
+        live: ["c1", "c2", "c3"].iter().map(|c| ch(c)).collect(),
+        ..PbxSnapshot::default()
+    };
+    let mut returned = continued(&h.event(PbxEvent::Connected(snapshot.clone())));
+    returned.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        returned,
+        vec![
+            (ch("c1"), WakeStatus::Timeout),
+            (ch("c2"), WakeStatus::NoPush),
+            (ch("c3"), WakeStatus::Recovered)
+        ]
+    );
+    // Long after, a caller still held is no longer told apart from a stranger's.
+    h.advance(RETURN_MEMORY);
+    let commands = h.event(PbxEvent::Connected(snapshot));
+    assert!(
+        continued(&commands)
+            .iter()
+            .all(|(_, status)| *status == WakeStatus::Recovered),
+        "{commands:?}"
+    );
+}
+
+#[test]
 fn our_own_conversation_is_neither_adopted_nor_released_on_reconnect() {
     let mut h = Harness::new();
     let (call, _) = h.caller("c1", "101");
