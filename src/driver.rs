@@ -48,6 +48,11 @@ const RETRY_DELAYS: [Duration; 3] = [
     Duration::from_secs(1),
     Duration::from_secs(3),
 ];
+/// How long a caller's return to the dialplan is tried, at the last of
+/// [`RETRY_DELAYS`] once those are spent, while the PBX does not take it: until it does,
+/// the caller hears ringback with nobody behind it, and no timer of the engine's is left
+/// to end that (the call is over for the engine).
+const RETURN_RETRY_FOR: Duration = Duration::from_secs(60);
 /// How long shutdown waits for the last commands to reach the PBX.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// How often the gauges of waiting and active calls are refreshed.
@@ -842,7 +847,14 @@ async fn execute<P: CallControl>(pbx: Arc<P>, command: PbxCommand) -> Option<Inp
 
 async fn execute_with_retries<P: CallControl>(pbx: &P, command: PbxCommand) {
     let retryable = !matches!(command, PbxCommand::Ring { .. });
-    let mut delays = RETRY_DELAYS.iter();
+    let started = tokio::time::Instant::now();
+    let last = RETRY_DELAYS[RETRY_DELAYS.len() - 1];
+    let mut delays = RETRY_DELAYS
+        .iter()
+        .copied()
+        .chain(std::iter::repeat(last).take_while(|_| {
+            matches!(command, PbxCommand::Return { .. }) && started.elapsed() < RETURN_RETRY_FOR
+        }));
     loop {
         match pbx.execute(command.clone()).await {
             Ok(_) => return,
@@ -853,7 +865,7 @@ async fn execute_with_retries<P: CallControl>(pbx: &P, command: PbxCommand) {
             Err(PbxError::Failed(error) | PbxError::Unavailable(error)) => match delays.next() {
                 Some(delay) if retryable => {
                     tracing::warn!(command = command.name(), %error, retry_in = ?delay, "PBX command failed; retrying");
-                    tokio::time::sleep(*delay).await;
+                    tokio::time::sleep(delay).await;
                 }
                 _ => {
                     tracing::error!(command = command.name(), %error, "PBX command failed");

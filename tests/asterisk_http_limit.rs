@@ -5,7 +5,7 @@
 //! message completed"). pushwake's ARI client keeps its requests in flight under
 //! [`pushwake_asterisk::MAX_REQUESTS_IN_FLIGHT`]; and a dial request lost with its
 //! connection all the same (a restart, a proxy in between) is sent again while the
-//! caller still waits.
+//! caller still waits; a caller's return to the dialplan, too, until Asterisk takes it.
 
 use std::time::Duration;
 
@@ -92,5 +92,36 @@ async fn a_dial_request_lost_with_its_connection_is_sent_again_and_the_phone_ans
     );
     assert!(logs.contains("dialling contact again"), "{logs}");
     rig.register(1, 1, 0, &token).await;
+    rig.assert_clean().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_return_to_the_dialplan_asterisk_keeps_dropping_is_sent_until_it_goes_through() {
+    let (mut rig, proxy) = Rig::asterisk_behind_proxy(38, env!("CARGO_BIN_EXE_pushwake")).await;
+    let token = "38aa".repeat(16);
+    let extension = rig.phone_number(1);
+    let config = rig
+        .config()
+        .extension(TestExtension::new(&extension, "4s").device(TestDevice::apns(token.clone())));
+    rig.start(config).await;
+    // Nothing wakes; when the ring window ends, the return's first six requests (setting
+    // PUSHWAKE_STATUS on the caller) have their connections closed unanswered: more
+    // failures in a row than any other command is retried for.
+    proxy.close_next("POST /ari/channels/{id}/variable", 6);
+    let mut caller = rig.call(&extension, CallerEnd::Refused(480));
+    rig.finish(&mut caller, SECS(60)).await;
+    assert_eq!(
+        proxy.closes_left(),
+        0,
+        "the return did not go through the proxy six times: {:?}",
+        proxy.requests()
+    );
+    let logs = rig.logs();
+    assert!(
+        logs.matches("PBX command failed; retrying command=\"return\"")
+            .count()
+            >= 6,
+        "{logs}"
+    );
     rig.assert_clean().await;
 }

@@ -284,6 +284,37 @@ async fn a_failed_continue_is_retried_so_the_caller_is_not_stuck() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_return_the_pbx_keeps_refusing_is_tried_for_a_minute_and_then_given_up() {
+    let setup = start();
+    // Six failures: more than the retries of any other command.
+    setup.pbx.failing_continues.store(6, Ordering::SeqCst);
+    caller_enters(&setup, "caller-1").await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(
+        setup.pbx.count(is_continue(WakeStatus::Timeout)),
+        7,
+        "six failures, then success"
+    );
+    // A PBX that never takes it: tried for a minute, then no more.
+    setup
+        .pbx
+        .failing_continues
+        .store(u32::MAX, Ordering::SeqCst);
+    caller_enters(&setup, "caller-2").await;
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    let tried = setup.pbx.count(is_continue(WakeStatus::Timeout)) - 7;
+    assert!((18..=26).contains(&tried), "{tried} tries in two minutes");
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert_eq!(
+        setup.pbx.count(is_continue(WakeStatus::Timeout)) - 7,
+        tried,
+        "still trying after {tried}"
+    );
+    drop(setup.control);
+    setup.driver.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
 async fn shutdown_returns_waiting_callers_before_the_driver_ends() {
     let setup = start();
     caller_enters(&setup, "caller-1").await;
