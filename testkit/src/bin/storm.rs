@@ -324,7 +324,6 @@ fn request_user(first_line: &str) -> Option<&str> {
     uri.strip_prefix("sip:")?.split('@').next()
 }
 
-/// Per call placed by callers: (extension, INVITE sent at, final code, final at).
 /// What the caller saw of one call, from sipp's trace (seconds since the epoch).
 #[derive(Clone, Debug)]
 struct CallOutcome {
@@ -349,6 +348,7 @@ impl CallOutcome {
     }
 }
 
+/// Per call placed by callers, what they saw of it.
 fn call_outcomes(messages: &[Short]) -> Vec<CallOutcome> {
     let mut calls: HashMap<&str, CallOutcome> = HashMap::new();
     for m in messages {
